@@ -1,0 +1,46 @@
+//! The capture set: which service addresses are redirected to the proxy, and where the proxy is.
+
+use crate::SockAddr4;
+
+/// Map name: service VIP:port ([`SockAddr4`]) → [`CapturedService`].
+pub const CAPTURE_MAP: &str = "CAPTURE";
+/// Map name: a one-slot array holding the [`ProxyTarget`].
+pub const PROXY_TARGET_MAP: &str = "PROXY_TARGET";
+/// Capacity of [`CAPTURE_MAP`].
+pub const CAPTURE_MAX_ENTRIES: u32 = 16384;
+
+/// Socket mark the proxy puts on its own upstream sockets; the connect hook never redirects them,
+/// so the proxy can live inside a captured cgroup without looping back to itself.
+pub const PROXY_SOCKET_MARK: u32 = 0x1e7_0001;
+
+/// What the loader knows about a captured VIP:port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapturedService {
+    /// Index of the service in the agent's route table at the time of the last sync.
+    pub service_id: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CapturedService>() == 4);
+
+/// Where captured connections are sent, and whether capture is on at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyTarget {
+    /// Proxy address as pods reach it.
+    pub addr: SockAddr4,
+    /// Non-zero while the proxy accepts connections. A `u32`, not `bool`: no padding, no invalid
+    /// bit patterns. While zero, captured connects go to their original destination (fail open).
+    pub ready: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
+unsafe impl aya::Pod for CapturedService {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
+unsafe impl aya::Pod for ProxyTarget {}

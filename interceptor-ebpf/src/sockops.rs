@@ -1,0 +1,55 @@
+//! `sockops`: once a redirected connection is established, its original destination is re-keyed
+//! from the socket cookie to the client address the proxy will see as its peer.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    helpers::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+    EbpfContext as _,
+};
+use aya_log_ebpf::warn;
+use interceptor_common::{stats::Program, SockAddr4};
+
+use crate::{
+    maps::{ORIG_DST, ORIG_DST_COOKIE},
+    stats::{count, Outcome},
+};
+
+/// `AF_INET` from `<linux/socket.h>`.
+const AF_INET: u32 = 2;
+/// The program's return value: "handled", per the sockops convention.
+const DONE: u32 = 1;
+
+// Not named `sockops`: the symbol would clash with the ELF section of that name.
+#[sock_ops]
+pub fn sockops_handover(ctx: SockOpsContext) -> u32 {
+    let outcome = match try_sockops(&ctx) {
+        Ok(outcome) => outcome,
+        Err(ret) => {
+            warn!(&ctx, "sockops: ORIG_DST insert failed: {}", ret);
+            Outcome::Error
+        }
+    };
+    count(Program::SockOps, outcome);
+    DONE
+}
+
+fn try_sockops(ctx: &SockOpsContext) -> Result<Outcome, i32> {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ctx.family() != AF_INET {
+        return Ok(Outcome::Ignored);
+    }
+    // SAFETY: helper taking the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(orig) = ORIG_DST_COOKIE.get_ptr(cookie) else {
+        return Ok(Outcome::Ignored);
+    };
+    // SAFETY: copied out right away, before any update of the map can recycle the slot.
+    let orig: SockAddr4 = unsafe { *orig };
+    // `local_ip4` is network order (in-memory bytes are the octets), `local_port` host order.
+    let client = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
+    ORIG_DST.insert(client, orig, u64::from(BPF_ANY))?;
+    // Already handed over; a failed delete only leaves an entry for the LRU to evict.
+    let _ = ORIG_DST_COOKIE.remove(cookie);
+    Ok(Outcome::Captured)
+}

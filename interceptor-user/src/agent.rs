@@ -1,0 +1,170 @@
+//! The running agent: loads config and capture, serves the proxy, applies config changes live,
+//! and shuts down cleanly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::bpf::{BpfError, CaptureSettings, SocketCapture};
+use crate::config::{ConfigError, Settings, Snapshot};
+use crate::proxy::{upstream_client, Proxy, ProxyInputs};
+use crate::routing::RouteTable;
+
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Quiet time after a file change before reloading, so an editor's burst of writes is one reload.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config was refused at start-up.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The proxy listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address asked for.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading, attaching or syncing the kernel programs failed.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// Watching the config directory or installing signal handlers failed.
+    #[error("cannot watch {what}: {source}")]
+    Watch {
+        /// What could not be watched.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Loads and compiles the config in `dir`.
+///
+/// # Errors
+/// Every error in the config, with file, line and field.
+pub fn load_routes(dir: &Path, namespace: &str) -> Result<RouteTable, ConfigError> {
+    RouteTable::compile(&Snapshot::load_dir(dir, namespace)?)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Start-up failures; once serving, errors (bad reloads, failed syncs) are logged and survived.
+pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentError> {
+    let table = load_routes(&config_dir, &settings.namespace)?;
+    for warning in table.warnings() {
+        warn!("{warning}");
+    }
+    let mut capture = SocketCapture::load(&CaptureSettings {
+        cgroup: settings.cgroup.clone(),
+        bpffs: settings.bpffs.clone(),
+        redirect: settings.redirect,
+    })?;
+    let report = capture.sync_capture(&table.capture_set())?;
+    info!(added = report.added, "capture set loaded");
+
+    let routes = Arc::new(ArcSwap::from_pointee(table));
+    let inputs = ProxyInputs {
+        routes: routes.clone(),
+        original_destinations: Arc::new(capture.original_destinations()?),
+        namespace: settings.namespace.clone().into(),
+        upstream: upstream_client(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
+    };
+    let listen = settings.listen_addr();
+    let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let proxy_task = tokio::spawn(proxy.run(
+        async {
+            let _ = stop_rx.await;
+        },
+        DRAIN_DEADLINE,
+    ));
+    capture.set_ready(true)?;
+    info!(%listen, redirect = %settings.redirect, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
+    let _watcher = watch_dir(&config_dir, reload_tx.clone())?;
+    let watch_err =
+        |what: &str, source: std::io::Error| AgentError::Watch { what: what.into(), source: Box::new(source) };
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| watch_err("SIGHUP", e))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| watch_err("SIGTERM", e))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| watch_err("SIGINT", e))?;
+
+    let mut version = 1u64;
+    loop {
+        let cause = tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => "SIGHUP",
+            Some(cause) = reload_rx.recv() => {
+                // Let a burst of file events settle into one reload.
+                tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                while reload_rx.try_recv().is_ok() {}
+                cause
+            }
+        };
+        match load_routes(&config_dir, &settings.namespace) {
+            Err(err) => error!(cause, "config change rejected, previous config keeps serving: {err}"),
+            Ok(table) => {
+                for warning in table.warnings() {
+                    warn!("{warning}");
+                }
+                let desired = table.capture_set();
+                // Routes first: a connection captured by a new entry must find its service.
+                routes.store(Arc::new(table));
+                version += 1;
+                match capture.sync_capture(&desired) {
+                    Ok(r) => info!(
+                        cause,
+                        version,
+                        added = r.added,
+                        changed = r.changed,
+                        removed = r.removed,
+                        "config applied"
+                    ),
+                    Err(err) => {
+                        error!(cause, version, %err, "config applied to the proxy, but the kernel capture set failed to sync")
+                    }
+                }
+            }
+        }
+    }
+
+    info!("shutting down: capture off, draining");
+    if let Err(err) = capture.set_ready(false) {
+        warn!(%err, "could not turn capture off before draining");
+    }
+    let _ = stop_tx.send(());
+    let _ = proxy_task.await;
+    drop(capture);
+    info!("stopped");
+    Ok(())
+}
+
+fn watch_dir(dir: &Path, tx: mpsc::Sender<&'static str>) -> Result<notify::RecommendedWatcher, AgentError> {
+    let watch_err =
+        |source: notify::Error| AgentError::Watch { what: dir.display().to_string(), source: Box::new(source) };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove() {
+                let _ = tx.try_send("file change");
+            }
+        }
+    })
+    .map_err(watch_err)?;
+    watcher.watch(dir, RecursiveMode::Recursive).map_err(watch_err)?;
+    Ok(watcher)
+}

@@ -1,0 +1,188 @@
+//! Typed wrappers over the kernel maps, opened by the names in `interceptor-common`. Opening checks
+//! the kernel's key and value sizes against ours, and every error names the map.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use interceptor_common::{
+    capture::{CapturedService, ProxyTarget, CAPTURE_MAP, PROXY_TARGET_MAP},
+    origdst::ORIG_DST_MAP,
+    stats::{Program, ProgramStats, ServiceStats, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
+    SockAddr4,
+};
+
+use super::{
+    addr::{from_kernel, to_kernel},
+    sync::CaptureStore,
+    BpfError,
+};
+
+/// Moves map `name` out of `ebpf` and converts it to the typed map `M`.
+fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap { name })?;
+    M::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+/// Wraps an aya error with the map's name.
+fn err(name: &'static str) -> impl Fn(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+// === impl CaptureMap ===
+
+/// `CAPTURE`: service VIP:port → service id.
+pub(crate) struct CaptureMap(HashMap<MapData, SockAddr4, CapturedService>);
+
+impl CaptureMap {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        take(ebpf, CAPTURE_MAP).map(Self)
+    }
+}
+
+impl CaptureStore for CaptureMap {
+    fn entries(&self) -> Result<BTreeMap<SocketAddrV4, u32>, BpfError> {
+        self.0
+            .iter()
+            .map(|entry| {
+                let (addr, service) = entry.map_err(err(CAPTURE_MAP))?;
+                Ok((from_kernel(addr), service.service_id))
+            })
+            .collect()
+    }
+
+    fn put(&mut self, addr: SocketAddrV4, service_id: u32) -> Result<(), BpfError> {
+        self.0.insert(to_kernel(addr), CapturedService { service_id }, 0).map_err(err(CAPTURE_MAP))
+    }
+
+    fn delete(&mut self, addr: SocketAddrV4) -> Result<(), BpfError> {
+        match self.0.remove(&to_kernel(addr)) {
+            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map { name: CAPTURE_MAP, source }),
+        }
+    }
+}
+
+// === impl ProxyTargetMap ===
+
+/// `PROXY_TARGET`: the proxy address and the ready flag, in slot 0.
+pub(crate) struct ProxyTargetMap(Array<MapData, ProxyTarget>);
+
+impl ProxyTargetMap {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        take(ebpf, PROXY_TARGET_MAP).map(Self)
+    }
+
+    pub(crate) fn get(&self) -> Result<ProxyTarget, BpfError> {
+        self.0.get(&0, 0).map_err(err(PROXY_TARGET_MAP))
+    }
+
+    pub(crate) fn set(&mut self, target: ProxyTarget) -> Result<(), BpfError> {
+        self.0.set(0, target, 0).map_err(err(PROXY_TARGET_MAP))
+    }
+}
+
+// === impl OrigDstMap ===
+
+/// `ORIG_DST`: client address → original destination. Shared by proxy tasks.
+#[derive(Clone)]
+pub(crate) struct OrigDstMap(Arc<Mutex<HashMap<MapData, SockAddr4, SockAddr4>>>);
+
+impl OrigDstMap {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        take(ebpf, ORIG_DST_MAP).map(|map| Self(Arc::new(Mutex::new(map))))
+    }
+
+    /// Looks `client` up and deletes the entry. Two syscalls under a mutex: aya's `remove` wants
+    /// `&mut`, and the lock is only contended by concurrent accepts.
+    pub(crate) fn take_entry(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+        let key = to_kernel(client);
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let orig = match map.get(&key, 0) {
+            Ok(orig) => orig,
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => return Ok(None),
+            Err(source) => return Err(BpfError::Map { name: ORIG_DST_MAP, source }),
+        };
+        match map.remove(&key) {
+            // Gone already: LRU eviction between the two calls. We still have the value.
+            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+            Err(source) => return Err(BpfError::Map { name: ORIG_DST_MAP, source }),
+        }
+        Ok(Some(from_kernel(orig)))
+    }
+}
+
+// === impl StatsMaps ===
+
+/// `SERVICE_STATS` and `PROGRAM_STATS`, summed over CPUs when read.
+pub(crate) struct StatsMaps {
+    services: PerCpuHashMap<MapData, SockAddr4, ServiceStats>,
+    programs: PerCpuArray<MapData, ProgramStats>,
+}
+
+impl StatsMaps {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        Ok(Self { services: take(ebpf, SERVICE_STATS_MAP)?, programs: take(ebpf, PROGRAM_STATS_MAP)? })
+    }
+
+    /// Connections per service address.
+    pub(crate) fn services(&self) -> Result<BTreeMap<SocketAddrV4, u64>, BpfError> {
+        let mut out = BTreeMap::new();
+        for entry in self.services.iter() {
+            let (addr, per_cpu) = entry.map_err(err(SERVICE_STATS_MAP))?;
+            let total = per_cpu.iter().map(|s| s.connections).sum();
+            out.insert(from_kernel(addr), total);
+        }
+        Ok(out)
+    }
+
+    /// Counters of every program, in [`Program::ALL`] order.
+    pub(crate) fn programs(&self) -> Result<Vec<(Program, ProgramStats)>, BpfError> {
+        Program::ALL
+            .iter()
+            .map(|&program| {
+                let per_cpu = self.programs.get(&(program as u32), 0).map_err(err(PROGRAM_STATS_MAP))?;
+                Ok((program, sum(per_cpu.iter())))
+            })
+            .collect()
+    }
+}
+
+/// Field-wise sum of per-CPU program counters.
+fn sum<'a>(values: impl Iterator<Item = &'a ProgramStats>) -> ProgramStats {
+    values.fold(ProgramStats::default(), |acc, v| ProgramStats {
+        events: acc.events + v.events,
+        captured: acc.captured + v.captured,
+        bypassed: acc.bypassed + v.bypassed,
+        errors: acc.errors + v.errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_counters_sum_field_wise() {
+        let cpus = [
+            ProgramStats { events: 3, captured: 1, bypassed: 1, errors: 0 },
+            ProgramStats { events: 2, captured: 0, bypassed: 0, errors: 1 },
+        ];
+        assert_eq!(sum(cpus.iter()), ProgramStats { events: 5, captured: 1, bypassed: 1, errors: 1 });
+    }
+
+    #[test]
+    fn shared_handle_is_send_and_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<OrigDstMap>();
+    }
+}

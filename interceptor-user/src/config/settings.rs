@@ -1,0 +1,162 @@
+//! Agent settings: where to listen, what to capture, where to pin; a YAML file plus defaults.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Diagnostic, Severity};
+
+/// Default proxy listener: every address of the node, Istio's outbound port.
+pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15001);
+/// Default cgroup whose processes are captured: the node's whole cgroup v2 tree.
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
+/// Default directory of pinned maps.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/interceptor";
+/// Namespace of resources that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// How connections are captured.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// cgroup connect hooks redirect sockets (no packet rewriting).
+    #[default]
+    Socket,
+}
+
+/// The settings file as written; every field optional.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsFile {
+    /// Proxy listener.
+    pub listen: Option<SocketAddrV4>,
+    /// Address captured connections are sent to, as pods reach the node. Defaults to `listen`,
+    /// which then must not be `0.0.0.0`.
+    pub redirect: Option<SocketAddrV4>,
+    /// cgroup v2 directory whose processes are captured.
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for pinned maps.
+    pub bpffs: Option<PathBuf>,
+    /// Capture mode.
+    pub mode: Option<CaptureMode>,
+    /// Namespace of resources without one.
+    pub namespace: Option<String>,
+}
+
+/// Resolved settings the agent runs with.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Settings {
+    /// Proxy listener.
+    pub listen: SocketAddrV4,
+    /// Address captured connections are sent to.
+    pub redirect: SocketAddrV4,
+    /// cgroup v2 directory whose processes are captured.
+    pub cgroup: PathBuf,
+    /// bpffs directory for pinned maps.
+    pub bpffs: PathBuf,
+    /// Capture mode.
+    pub mode: CaptureMode,
+    /// Namespace of resources without one.
+    pub namespace: String,
+}
+
+impl SettingsFile {
+    /// Reads a settings file.
+    ///
+    /// # Errors
+    /// Unreadable file, YAML error or unknown field, with file and line.
+    pub fn read(path: &Path) -> Result<Self, Diagnostic> {
+        let text = std::fs::read_to_string(path).map_err(|err| Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            line: 0,
+            resource: "settings".into(),
+            field: String::new(),
+            message: format!("cannot read: {err}"),
+        })?;
+        serde_yaml::from_str::<Option<Self>>(&text)
+            .map(Option::unwrap_or_default)
+            .map_err(|err| Diagnostic::from_serde(path, 0, "settings", &err))
+    }
+
+    /// Values set in `over` win over values set here.
+    pub fn merge(self, over: SettingsFile) -> SettingsFile {
+        SettingsFile {
+            listen: over.listen.or(self.listen),
+            redirect: over.redirect.or(self.redirect),
+            cgroup: over.cgroup.or(self.cgroup),
+            bpffs: over.bpffs.or(self.bpffs),
+            mode: over.mode.or(self.mode),
+            namespace: over.namespace.or(self.namespace),
+        }
+    }
+
+    /// Fills defaults and checks the combination.
+    ///
+    /// # Errors
+    /// A redirect address that pods could not reach.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
+        let redirect = self.redirect.unwrap_or(listen);
+        if redirect.ip().is_unspecified() || redirect.port() == 0 {
+            return Err(format!(
+                "redirect: {redirect} is not an address pods can connect to; set `redirect` to an \
+                 address of this node (e.g. the pods' gateway) and the listener's port"
+            ));
+        }
+        Ok(Settings {
+            listen,
+            redirect,
+            cgroup: self.cgroup.unwrap_or_else(|| DEFAULT_CGROUP.into()),
+            bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            mode: self.mode.unwrap_or_default(),
+            namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        })
+    }
+}
+
+impl Settings {
+    /// The listener as a generic socket address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::V4(self.listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_defaults_to_a_concrete_listen_address() {
+        let file = SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        assert_eq!(file.resolve().unwrap().redirect, "10.0.0.1:15001".parse().unwrap());
+    }
+
+    #[test]
+    fn unspecified_redirect_is_refused() {
+        let err = SettingsFile::default().resolve().unwrap_err();
+        assert!(err.contains("redirect"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = SettingsFile { namespace: Some("a".into()), mode: Some(CaptureMode::Socket), ..Default::default() };
+        let flags = SettingsFile { namespace: Some("b".into()), ..Default::default() };
+        let merged = file.merge(flags);
+        assert_eq!(merged.namespace.as_deref(), Some("b"));
+        assert_eq!(merged.mode, Some(CaptureMode::Socket));
+    }
+
+    #[test]
+    fn unknown_fields_name_their_line() {
+        let dir = std::env::temp_dir().join(format!("interceptor-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, "listen: 0.0.0.0:15001\nredirekt: 1.2.3.4:5\n").unwrap();
+        let err = SettingsFile::read(&path).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.message.contains("redirekt"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! Services and their endpoints (from ServiceEntry and WorkloadEntry files), subsets by labels,
+//! and the load balancers that pick an endpoint.
+
+mod balancer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::config::{Diagnostic, Resource, ServiceEntry, Severity, Snapshot, WorkloadEntry};
+
+pub use balancer::{Balancer, Policy};
+
+/// Kubernetes' cluster domain: `name.namespace.svc.cluster.local`.
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+
+/// Expands a short host (`reviews`) against `namespace` the way Istio does; names with a dot and
+/// wildcards are taken as written.
+pub fn qualify_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}.{namespace}.{CLUSTER_DOMAIN}", host.to_ascii_lowercase())
+    }
+}
+
+/// A workload: an address with labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Workload IP.
+    pub ip: IpAddr,
+    /// Namespace the workload lives in.
+    pub namespace: String,
+    /// Labels subsets select on.
+    pub labels: BTreeMap<String, String>,
+    /// Port name → port on the workload.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl Endpoint {
+    /// Whether the endpoint carries every one of `labels`.
+    pub fn has_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// A service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port clients use.
+    pub number: u16,
+    /// Name, for endpoint port maps.
+    pub name: String,
+    /// Port on endpoints that don't name one.
+    pub target: u16,
+}
+
+/// A service: its host name, VIPs, ports and endpoints.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Fully qualified host.
+    pub host: String,
+    /// Namespace of the ServiceEntry.
+    pub namespace: String,
+    /// Captured virtual IPs.
+    pub vips: Vec<Ipv4Addr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Service {
+    /// The port with number `number`.
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Addresses of the endpoints carrying `labels`, on the workload side of `port`.
+    pub fn endpoint_addrs(&self, port: &ServicePort, labels: &BTreeMap<String, String>) -> Vec<SocketAddr> {
+        self.endpoints
+            .iter()
+            .filter(|e| e.has_labels(labels))
+            .map(|e| SocketAddr::new(e.ip, e.ports.get(&port.name).copied().unwrap_or(port.target)))
+            .collect()
+    }
+}
+
+/// Every known service by host, and every known workload by IP.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    services: BTreeMap<String, Service>,
+    workloads: HashMap<IpAddr, Endpoint>,
+}
+
+impl Registry {
+    /// Builds the registry from a snapshot's ServiceEntries and WorkloadEntries.
+    ///
+    /// Errors (bad addresses, ports) go to `diagnostics` as errors; the resource is skipped.
+    pub fn build(snapshot: &Snapshot, diagnostics: &mut Vec<Diagnostic>) -> Self {
+        let mut registry = Registry::default();
+        let workload_entries: Vec<(Endpoint, &Resource<WorkloadEntry>)> = snapshot
+            .workload_entries
+            .iter()
+            .filter_map(|we| {
+                let endpoint = endpoint(&we.spec, &we.meta.namespace, &we.source, "spec", diagnostics)?;
+                Some((endpoint, we))
+            })
+            .collect();
+        for (endpoint, _) in &workload_entries {
+            registry.workloads.insert(endpoint.ip, endpoint.clone());
+        }
+        for se in &snapshot.service_entries {
+            registry.add_service_entry(se, &workload_entries, diagnostics);
+        }
+        registry
+    }
+
+    fn add_service_entry(
+        &mut self,
+        se: &Resource<ServiceEntry>,
+        workload_entries: &[(Endpoint, &Resource<WorkloadEntry>)],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        let src = &se.source;
+        let namespace = &se.meta.namespace;
+        let mut vips = Vec::new();
+        for (i, address) in se.spec.addresses.iter().enumerate() {
+            match address.parse::<Ipv4Addr>() {
+                Ok(ip) => vips.push(ip),
+                Err(_) => diagnostics.push(src.diagnostic(
+                    Severity::Error,
+                    format!("spec.addresses[{i}]"),
+                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet)"),
+                )),
+            }
+        }
+        let mut ports = Vec::new();
+        for (i, port) in se.spec.ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            let Some(number) = valid_port(port.number, &format!("{field}.number"), src, diagnostics) else {
+                continue;
+            };
+            let target = match port.target_port {
+                Some(t) => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
+                None => number,
+            };
+            if ports.iter().any(|p: &ServicePort| p.number == number) {
+                diagnostics.push(src.diagnostic(
+                    Severity::Error,
+                    format!("{field}.number"),
+                    format!("port {number} is listed twice"),
+                ));
+            }
+            ports.push(ServicePort { number, name: port.name.clone(), target });
+        }
+        if ports.is_empty() {
+            diagnostics.push(src.diagnostic(Severity::Error, "spec.ports", "a ServiceEntry needs at least one port"));
+        }
+        if let Some(resolution) = se.spec.resolution.as_deref() {
+            if resolution != "STATIC" {
+                diagnostics.push(src.diagnostic(
+                    Severity::Warning,
+                    "spec.resolution",
+                    format!("resolution {resolution} is not supported yet; endpoints are used as STATIC"),
+                ));
+            }
+        }
+        let mut endpoints: Vec<Endpoint> = se
+            .spec
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| endpoint(e, namespace, src, &format!("spec.endpoints[{i}]"), diagnostics))
+            .collect();
+        if let Some(selector) = &se.spec.workload_selector {
+            endpoints.extend(
+                workload_entries
+                    .iter()
+                    .filter(|(e, we)| &we.meta.namespace == namespace && e.has_labels(&selector.labels))
+                    .map(|(e, _)| e.clone()),
+            );
+        }
+        for e in &endpoints {
+            self.workloads.entry(e.ip).or_insert_with(|| e.clone());
+        }
+        if se.spec.hosts.is_empty() {
+            diagnostics.push(src.diagnostic(Severity::Error, "spec.hosts", "a ServiceEntry needs at least one host"));
+        }
+        for (i, host) in se.spec.hosts.iter().enumerate() {
+            let host = qualify_host(host, namespace);
+            if self.services.contains_key(&host) {
+                diagnostics.push(src.diagnostic(
+                    Severity::Error,
+                    format!("spec.hosts[{i}]"),
+                    format!("host {host} is already defined by another ServiceEntry"),
+                ));
+                continue;
+            }
+            let service = Service {
+                host: host.clone(),
+                namespace: namespace.clone(),
+                // VIPs belong to the entry's first host; a second host would capture the same traffic.
+                vips: if i == 0 { vips.clone() } else { Vec::new() },
+                ports: ports.clone(),
+                endpoints: endpoints.clone(),
+            };
+            self.services.insert(host, service);
+        }
+    }
+
+    /// The service named `host` (fully qualified).
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        self.services.get(host)
+    }
+
+    /// Every service, by host.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// The workload at `ip`, if known.
+    pub fn workload(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.workloads.get(&ip)
+    }
+}
+
+fn valid_port(n: u32, field: &str, src: &crate::config::Source, diagnostics: &mut Vec<Diagnostic>) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            diagnostics.push(src.diagnostic(Severity::Error, field, format!("{n} is not a port (1-65535)")));
+            None
+        }
+    }
+}
+
+fn endpoint(
+    spec: &WorkloadEntry,
+    namespace: &str,
+    src: &crate::config::Source,
+    field: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Endpoint> {
+    let ip = match spec.address.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => {
+            diagnostics.push(src.diagnostic(
+                Severity::Error,
+                format!("{field}.address"),
+                format!("{:?} is not an IP address (DNS endpoints are not supported yet)", spec.address),
+            ));
+            return None;
+        }
+    };
+    let mut ports = BTreeMap::new();
+    for (name, number) in &spec.ports {
+        let port = valid_port(*number, &format!("{field}.ports.{name}"), src, diagnostics)?;
+        ports.insert(name.clone(), port);
+    }
+    Some(Endpoint { ip, namespace: namespace.to_owned(), labels: spec.labels.clone(), ports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hosts_resolve_against_the_namespace() {
+        assert_eq!(qualify_host("reviews", "prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify_host("Reviews.prod.svc.cluster.local", "x"), "reviews.prod.svc.cluster.local");
+        // Istio takes names with a dot as written, even when they look short.
+        assert_eq!(qualify_host("reviews.prod", "x"), "reviews.prod");
+        assert_eq!(qualify_host("*.example.com", "x"), "*.example.com");
+    }
+
+    #[test]
+    fn endpoints_use_named_ports_then_target_port() {
+        let port = ServicePort { number: 80, name: "http".into(), target: 8080 };
+        let mut named = Endpoint {
+            ip: "10.0.0.1".parse().unwrap(),
+            namespace: "default".into(),
+            labels: BTreeMap::from([("version".into(), "v1".into())]),
+            ports: BTreeMap::new(),
+        };
+        let plain = Endpoint { ip: "10.0.0.2".parse().unwrap(), ..named.clone() };
+        named.ports.insert("http".into(), 9090);
+        let service = Service {
+            host: "a".into(),
+            namespace: "default".into(),
+            vips: vec![],
+            ports: vec![port.clone()],
+            endpoints: vec![named, plain],
+        };
+        let v1 = BTreeMap::from([("version".to_string(), "v1".to_string())]);
+        assert_eq!(
+            service.endpoint_addrs(&port, &v1),
+            vec!["10.0.0.1:9090".parse::<SocketAddr>().unwrap(), "10.0.0.2:8080".parse().unwrap()]
+        );
+        let v2 = BTreeMap::from([("version".to_string(), "v2".to_string())]);
+        assert!(service.endpoint_addrs(&port, &v2).is_empty());
+    }
+}

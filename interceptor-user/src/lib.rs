@@ -1,0 +1,9 @@
+//! The interceptor node agent: Istio routing rules enforced by eBPF capture and a Rust proxy.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod bpf;
+pub mod config;
+pub mod endpoints;
+pub mod proxy;
+pub mod routing;

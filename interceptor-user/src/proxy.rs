@@ -1,0 +1,119 @@
+//! The proxy: accepts connections the kernel redirected, routes every HTTP request by the rules of
+//! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
+
+mod outbound;
+mod upstream;
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, warn, Instrument};
+
+use crate::routing::RouteTable;
+
+pub use outbound::Outbound;
+pub use upstream::{client as upstream_client, UpstreamClient};
+
+/// Answers "where was this accepted connection going before it was redirected?".
+pub trait OriginalDestination: Send + Sync + 'static {
+    /// The original destination of the connection from `client`, consumed by the call.
+    fn take(&self, client: SocketAddr) -> Option<SocketAddrV4>;
+}
+
+impl OriginalDestination for crate::bpf::OrigDstTable {
+    fn take(&self, client: SocketAddr) -> Option<SocketAddrV4> {
+        let SocketAddr::V4(client) = client else { return None };
+        match crate::bpf::OrigDstTable::take(self, client) {
+            Ok(found) => found,
+            Err(err) => {
+                warn!(%client, %err, "original destination lookup failed");
+                None
+            }
+        }
+    }
+}
+
+/// Everything a connection needs, cheap to clone.
+#[derive(Clone)]
+pub struct ProxyInputs {
+    /// The active route table; swapped whole on reload.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// Original destinations of redirected connections.
+    pub original_destinations: Arc<dyn OriginalDestination>,
+    /// Namespace short Host headers resolve against.
+    pub namespace: Arc<str>,
+    /// Pooled upstream connections.
+    pub upstream: UpstreamClient,
+}
+
+/// The listener for captured connections.
+pub struct Proxy {
+    listener: TcpListener,
+    inputs: ProxyInputs,
+}
+
+impl Proxy {
+    /// Binds the listener now, so a bad address fails at start-up.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn bind(addr: SocketAddr, inputs: ProxyInputs) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self { listener, inputs })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (keep-alive
+    /// connections close after their current request) for at most `drain`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, client) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let original = self.inputs.original_destinations.take(client);
+            debug!(%client, ?original, "accepted");
+            let outbound = Arc::new(Outbound::new(self.inputs.clone(), client, original));
+            let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            let span = tracing::debug_span!("conn", %client);
+            tokio::spawn(
+                async move {
+                    if let Err(err) = conn.await {
+                        debug!(%err, "downstream connection ended with an error");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        drop(self.listener);
+        tokio::select! {
+            () = graceful.shutdown() => debug!("all connections drained"),
+            () = tokio::time::sleep(drain) => warn!(?drain, "drain deadline passed; closing remaining connections"),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Compiled `match` blocks: string matchers (exact / prefix / anchored regex) and the request view
+//! they are evaluated against.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use regex::Regex;
+
+use crate::config::{HttpMatchRequest, StringMatch};
+use crate::endpoints::Registry;
+
+/// The parts of a request that rules look at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// Host header or `:authority`, as sent (may carry a port).
+    pub authority: &'a str,
+    /// `http` (cleartext is all that is captured).
+    pub scheme: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Service port the client connected to.
+    pub port: u16,
+    /// Client address, for sourceLabels / sourceNamespace.
+    pub source: Option<IpAddr>,
+}
+
+/// A compiled `StringMatch`.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    /// `{}`: the value only has to be present.
+    Present,
+    /// Whole value equals.
+    Exact(String),
+    /// Value starts with.
+    Prefix(String),
+    /// Whole value matches (the regex is anchored at both ends).
+    Regex(Regex),
+}
+
+impl Matcher {
+    /// Compiles a `StringMatch`; `ignore_case` lowers exact/prefix and makes the regex case-insensitive.
+    ///
+    /// # Errors
+    /// More than one of exact/prefix/regex, or a regex that does not compile (RE2 syntax).
+    pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<Self, String> {
+        let lower = |s: &String| if ignore_case { s.to_lowercase() } else { s.clone() };
+        match (&m.exact, &m.prefix, &m.regex) {
+            (None, None, None) => Ok(Matcher::Present),
+            (Some(exact), None, None) => Ok(Matcher::Exact(lower(exact))),
+            (None, Some(prefix), None) => Ok(Matcher::Prefix(lower(prefix))),
+            (None, None, Some(regex)) => {
+                let flags = if ignore_case { "(?i)" } else { "" };
+                Regex::new(&format!("^{flags}(?:{regex})$")).map(Matcher::Regex).map_err(|err| match err {
+                    regex::Error::Syntax(msg) => {
+                        format!("invalid regex {regex:?}: {}", msg.lines().last().unwrap_or(&msg))
+                    }
+                    other => format!("invalid regex {regex:?}: {other}"),
+                })
+            }
+            _ => Err("set only one of exact, prefix, regex".into()),
+        }
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Present => true,
+            Matcher::Exact(exact) => value == exact,
+            Matcher::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            Matcher::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+/// A compiled `match` block: every field set must match.
+#[derive(Clone, Debug, Default)]
+pub struct MatchBlock {
+    uri: Option<Matcher>,
+    ignore_uri_case: bool,
+    scheme: Option<Matcher>,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<(http::HeaderName, Matcher)>,
+    without_headers: Vec<(http::HeaderName, Matcher)>,
+    query_params: Vec<(String, Matcher)>,
+    port: Option<u16>,
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    /// Set when the block names gateways but not `mesh`: it never applies to sidecar traffic.
+    gateway_only: bool,
+}
+
+impl MatchBlock {
+    /// Compiles a `match` block. Errors come back as `(field below the block, message)`.
+    ///
+    /// # Errors
+    /// Every field that does not compile.
+    pub fn compile(m: &HttpMatchRequest) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut one = |field: &str, sm: &Option<StringMatch>, ignore_case: bool| -> Option<Matcher> {
+            let sm = sm.as_ref()?;
+            Matcher::compile(sm, ignore_case).map_err(|e| errors.push((field.to_owned(), e))).ok()
+        };
+        let uri = one("uri", &m.uri, m.ignore_uri_case);
+        let scheme = one("scheme", &m.scheme, false);
+        let method = one("method", &m.method, false);
+        let authority = one("authority", &m.authority, false);
+        let mut headers_of = |field: &str, map: &BTreeMap<String, StringMatch>| {
+            let mut out = Vec::new();
+            for (name, sm) in map {
+                let at = format!("{field}.{name}");
+                let header = match http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        errors.push((at, format!("{name:?} is not a valid header name")));
+                        continue;
+                    }
+                };
+                match Matcher::compile(sm, false) {
+                    Ok(matcher) => out.push((header, matcher)),
+                    Err(e) => errors.push((at, e)),
+                }
+            }
+            out
+        };
+        let headers = headers_of("headers", &m.headers);
+        let without_headers = headers_of("withoutHeaders", &m.without_headers);
+        let mut query_params = Vec::new();
+        for (name, sm) in &m.query_params {
+            match Matcher::compile(sm, false) {
+                Ok(matcher) => query_params.push((name.clone(), matcher)),
+                Err(e) => errors.push((format!("queryParams.{name}"), e)),
+            }
+        }
+        let port = match m.port.map(u16::try_from) {
+            None => None,
+            Some(Ok(p)) if p > 0 => Some(p),
+            Some(_) => {
+                errors.push(("port".into(), format!("{} is not a port (1-65535)", m.port.unwrap_or(0))));
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(MatchBlock {
+            uri,
+            ignore_uri_case: m.ignore_uri_case,
+            scheme,
+            method,
+            authority,
+            headers,
+            without_headers,
+            query_params,
+            port,
+            source_labels: m.source_labels.clone(),
+            source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
+            gateway_only: !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh"),
+        })
+    }
+
+    /// Whether the block matches the request.
+    pub fn matches(&self, req: &RequestView<'_>, registry: &Registry) -> bool {
+        if self.gateway_only {
+            return false;
+        }
+        if let Some(uri) = &self.uri {
+            let ok = if self.ignore_uri_case && !matches!(uri, Matcher::Regex(_)) {
+                uri.matches(&req.path.to_lowercase())
+            } else {
+                uri.matches(req.path)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let field = |m: &Option<Matcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        if !field(&self.scheme, req.scheme)
+            || !field(&self.method, req.method)
+            || !field(&self.authority, req.authority)
+        {
+            return false;
+        }
+        if self.port.is_some_and(|p| p != req.port) {
+            return false;
+        }
+        if !self.headers.iter().all(|(name, m)| header_value(req.headers, name).is_some_and(|v| m.matches(&v))) {
+            return false;
+        }
+        // Envoy's inverted header match: a missing header only satisfies an inverted presence check.
+        let without = |(name, m): &(http::HeaderName, Matcher)| match header_value(req.headers, name) {
+            Some(v) => !m.matches(&v),
+            None => matches!(m, Matcher::Present),
+        };
+        if !self.without_headers.iter().all(without) {
+            return false;
+        }
+        if !self.query_params.is_empty() {
+            let query = req.query.unwrap_or("");
+            let ok = self.query_params.iter().all(|(name, m)| {
+                form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == name.as_str() && m.matches(&v))
+            });
+            if !ok {
+                return false;
+            }
+        }
+        if !self.source_labels.is_empty() || self.source_namespace.is_some() {
+            let Some(workload) = req.source.and_then(|ip| registry.workload(ip)) else {
+                return false;
+            };
+            if !workload.has_labels(&self.source_labels) {
+                return false;
+            }
+            if self.source_namespace.as_ref().is_some_and(|ns| ns != &workload.namespace) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A header's value; repeated headers are joined with `,` as Envoy does. Non-UTF-8 never matches.
+fn header_value<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<std::borrow::Cow<'h, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?.to_str().ok()?;
+    let mut rest = values.peekable();
+    if rest.peek().is_none() {
+        return Some(first.into());
+    }
+    let mut joined = first.to_owned();
+    for v in rest {
+        joined.push(',');
+        joined.push_str(v.to_str().ok()?);
+    }
+    Some(joined.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sm(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> StringMatch {
+        StringMatch { exact: exact.map(Into::into), prefix: prefix.map(Into::into), regex: regex.map(Into::into) }
+    }
+
+    fn view<'a>(headers: &'a HeaderMap, path: &'a str) -> RequestView<'a> {
+        RequestView {
+            method: "GET",
+            path,
+            query: None,
+            authority: "my-app",
+            scheme: "http",
+            headers,
+            port: 80,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn regex_is_a_full_match() {
+        let m = Matcher::compile(&sm(None, None, Some("beta")), false).unwrap();
+        assert!(m.matches("beta"));
+        assert!(!m.matches("xbeta"), "Envoy's safe_regex is anchored");
+        let m = Matcher::compile(&sm(None, None, Some(".*beta-tester.*")), false).unwrap();
+        assert!(m.matches("Mozilla beta-tester/1"));
+        assert!(!m.matches("Mozilla"));
+    }
+
+    #[test]
+    fn a_bad_regex_says_why() {
+        let err = Matcher::compile(&sm(None, None, Some("(unclosed")), false).unwrap_err();
+        assert!(err.contains("(unclosed"), "{err}");
+        let err = Matcher::compile(&sm(Some("a"), Some("b"), None), false).unwrap_err();
+        assert!(err.contains("only one"), "{err}");
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive_and_empty_means_present() {
+        let block = MatchBlock::compile(&HttpMatchRequest {
+            headers: BTreeMap::from([
+                ("User-Agent".into(), sm(None, Some("curl"), None)),
+                ("x-env".into(), StringMatch::default()),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", "curl/8".parse().unwrap());
+        let registry = Registry::default();
+        assert!(!block.matches(&view(&headers, "/"), &registry), "x-env missing");
+        headers.insert("x-env", "".parse().unwrap());
+        assert!(block.matches(&view(&headers, "/"), &registry));
+    }
+
+    #[test]
+    fn without_headers_follows_envoy_on_missing_headers() {
+        let block = MatchBlock::compile(&HttpMatchRequest {
+            without_headers: BTreeMap::from([("x-a".into(), sm(Some("1"), None, None))]),
+            ..Default::default()
+        })
+        .unwrap();
+        let registry = Registry::default();
+        let mut headers = HeaderMap::new();
+        assert!(!block.matches(&view(&headers, "/"), &registry));
+        headers.insert("x-a", "2".parse().unwrap());
+        assert!(block.matches(&view(&headers, "/"), &registry));
+        headers.insert("x-a", "1".parse().unwrap());
+        assert!(!block.matches(&view(&headers, "/"), &registry));
+    }
+
+    #[test]
+    fn uri_case_and_query_params() {
+        let block = MatchBlock::compile(&HttpMatchRequest {
+            uri: Some(sm(None, Some("/API"), None)),
+            ignore_uri_case: true,
+            query_params: BTreeMap::from([("user".into(), sm(Some("jason"), None, None))]),
+            ..Default::default()
+        })
+        .unwrap();
+        let registry = Registry::default();
+        let headers = HeaderMap::new();
+        let mut req = view(&headers, "/api/v1");
+        assert!(!block.matches(&req, &registry));
+        req.query = Some("a=b&user=jason");
+        assert!(block.matches(&req, &registry));
+        req.path = "/other";
+        assert!(!block.matches(&req, &registry));
+    }
+
+    #[test]
+    fn gateway_only_blocks_never_match_mesh_traffic() {
+        let block =
+            MatchBlock::compile(&HttpMatchRequest { gateways: vec!["istio-system/gw".into()], ..Default::default() })
+                .unwrap();
+        assert!(!block.matches(&view(&HeaderMap::new(), "/"), &Registry::default()));
+    }
+}

@@ -1,0 +1,155 @@
+//! The `interceptor` agent as a process on the test node, with its config directory and log.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::node::{Node, GATEWAY};
+
+/// How long the agent may take to load, attach and listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running agent. Dropping it sends SIGTERM and waits for a clean exit.
+pub struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `files` (name → YAML) into a fresh config directory and starts the agent in the node
+    /// namespace, capturing the node's cgroup. With `in_captured_cgroup`, the agent itself runs
+    /// inside that cgroup (its own upstream connections must then stay uncaptured).
+    ///
+    /// # Errors
+    /// The agent exits or does not report ready in time; the error carries its log.
+    pub fn start(node: &Node, files: &[(&str, &str)], in_captured_cgroup: bool) -> Result<Agent> {
+        let redirect = format!("{GATEWAY}:15001");
+        Self::start_with(node, files, &["--listen", "0.0.0.0:15001", "--redirect", &redirect], in_captured_cgroup)
+    }
+
+    /// Like [`Agent::start`], with extra agent flags (e.g. `--settings FILE`) instead of the
+    /// default listener and redirect.
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub fn start_with(node: &Node, files: &[(&str, &str)], flags: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
+        let dir = std::env::temp_dir().join(format!("{}-agent", node.node_netns()));
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)?;
+        for (name, text) in files {
+            std::fs::write(config.join(name), text)?;
+        }
+        let log = dir.join("agent.log");
+        let log_file = std::fs::File::create(&log)?;
+        let cgroup = node.cgroup().display().to_string();
+        let bpffs = node.bpffs().display().to_string();
+        let config_arg = config.display().to_string();
+        let mut args = vec!["run", "--config", &config_arg, "--cgroup", &cgroup, "--bpffs", &bpffs];
+        args.extend_from_slice(flags);
+        let mut cmd =
+            node.command_in(&node.node_netns(), in_captured_cgroup, &crate::workspace_binary("interceptor"), &args);
+        cmd.env("RUST_LOG", "info,access=info").stdout(Stdio::null()).stderr(log_file);
+        let child = cmd.spawn().context("starting the interceptor agent")?;
+        let mut agent = Agent { child: Some(child), dir, log };
+        agent.wait_for_log("agent ready", READY_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// The config directory the agent watches.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `count` times in all (bounded).
+    ///
+    /// # Errors
+    /// Timeout, or the agent exited first; the error carries the log.
+    pub fn wait_for_log_count(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().matches(needle).count() >= count {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("agent exited with {status} before logging {needle:?}; log:\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent did not log {needle:?} within {timeout:?}; log:\n{}", self.log())
+    }
+
+    /// Waits until the log contains `needle` (bounded).
+    ///
+    /// # Errors
+    /// As [`Agent::wait_for_log_count`].
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Stops the agent with SIGTERM and returns its exit code and log.
+    ///
+    /// # Errors
+    /// It does not exit within 10 s (it is then killed).
+    pub fn stop(&mut self) -> Result<(Option<i32>, String)> {
+        let Some(mut child) = self.child.take() else { bail!("agent already stopped") };
+        if let Some(status) = child.try_wait()? {
+            return Ok((status.code(), self.log()));
+        }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status.code(), self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("agent ignored SIGTERM for 10 s; log:\n{}", self.log())
+    }
+}
+
+/// Runs the agent binary once with `args` (e.g. `validate`), returning exit code and output.
+///
+/// # Errors
+/// The binary cannot be run.
+pub fn run_agent_command(args: &[&str]) -> Result<(Option<i32>, String)> {
+    let out =
+        Command::new(crate::workspace_binary("interceptor")).args(args).output().context("running interceptor")?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code(), text))
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads a child's stdout to the end.
+///
+/// # Errors
+/// The pipe cannot be read.
+pub fn read_stdout(child: &mut Child) -> Result<String> {
+    let mut text = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        out.read_to_string(&mut text)?;
+    }
+    child.wait()?;
+    Ok(text)
+}

@@ -1,0 +1,299 @@
+//! Network namespaces, veth pairs, the capture cgroup and pod processes of one test node.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The node's address on every pod link: pods' default gateway and the proxy's redirect address.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// Service VIPs exist only as captured addresses; in the node the range is unreachable, so an
+/// uncaptured packet goes nowhere and the client learns it at once (ICMP) instead of timing out.
+pub const SERVICE_RANGE: &str = "10.96.0.0/12";
+
+/// A pod to create: a network namespace with one address.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Short name, unique in the node.
+    pub name: String,
+    /// Pod IP (10.244.0.x).
+    pub ip: Ipv4Addr,
+}
+
+impl PodSpec {
+    /// A pod named `name` at `ip`.
+    pub fn new(name: &str, ip: [u8; 4]) -> Self {
+        Self { name: name.to_owned(), ip: Ipv4Addr::from(ip) }
+    }
+}
+
+/// What `pod load` reports.
+#[derive(Debug, Deserialize)]
+pub struct LoadReport {
+    /// 200 answers by body (the backend's name).
+    pub bodies: BTreeMap<String, usize>,
+    /// Answers by status.
+    pub statuses: BTreeMap<u16, usize>,
+    /// Requests without an answer.
+    pub failures: usize,
+    /// The first such failure.
+    pub first_failure: Option<String>,
+    /// TCP connections opened.
+    pub connections: usize,
+    /// Requests sent.
+    pub requests: usize,
+}
+
+impl LoadReport {
+    /// Answers from the backend named `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.bodies.get(name).copied().unwrap_or(0)
+    }
+
+    /// Answers with `status`.
+    pub fn status(&self, status: u16) -> usize {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+}
+
+/// One test node. Dropping it kills its processes and removes namespaces, cgroup and pins.
+pub struct Node {
+    suffix: String,
+    pods: Vec<PodSpec>,
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+    children: Vec<Child>,
+    created_netns: Vec<String>,
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup/unified` on hybrid hosts, else `/sys/fs/cgroup`).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .context("no cgroup2 file system is mounted")
+}
+
+impl Node {
+    /// Creates the node namespace, one namespace per pod, the links and routes, the capture cgroup
+    /// and the bpffs directory. Names carry a per-run suffix.
+    ///
+    /// # Errors
+    /// Any `ip` command failing; what was created so far is removed.
+    pub fn create(pods: &[PodSpec]) -> Result<Node> {
+        let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let mut node = Node {
+            cgroup: cgroup2_root()?.join(format!("interceptor-test-{suffix}")),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}")),
+            suffix,
+            pods: pods.to_vec(),
+            children: Vec::new(),
+            created_netns: Vec::new(),
+        };
+        node.build().context("building the test node")?;
+        Ok(node)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let node = self.node_netns();
+        ip(&["netns", "add", &node])?;
+        self.created_netns.push(node.clone());
+        ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        // An uncaptured packet to a VIP goes nowhere, and nothing leaves the node.
+        ip(&["-n", &node, "route", "add", "unreachable", SERVICE_RANGE])?;
+        let gateway = GATEWAY.to_string();
+        for (i, pod) in self.pods.clone().iter().enumerate() {
+            let ns = self.pod_netns(&pod.name);
+            ip(&["netns", "add", &ns])?;
+            self.created_netns.push(ns.clone());
+            let host_if = format!("ic{i}-{}", self.suffix);
+            ip(&["-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["-n", &node, "addr", "add", &format!("{gateway}/32"), "dev", &host_if])?;
+            ip(&["-n", &node, "link", "set", &host_if, "up"])?;
+            ip(&["-n", &node, "route", "add", &format!("{}/32", pod.ip), "dev", &host_if])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "route", "add", &gateway, "dev", "eth0"])?;
+            ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        }
+        std::fs::create_dir(&self.cgroup).with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
+        Ok(())
+    }
+
+    /// The node namespace's name.
+    pub fn node_netns(&self) -> String {
+        format!("ic-node-{}", self.suffix)
+    }
+
+    /// A pod namespace's name.
+    pub fn pod_netns(&self, pod: &str) -> String {
+        format!("ic-{pod}-{}", self.suffix)
+    }
+
+    /// The cgroup whose processes are captured (created by this node).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The bpffs directory the agent pins to.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// A command that runs `program args…` in network namespace `netns`, inside the capture
+    /// cgroup when `captured`. `nsenter` switches only the network namespace, so /sys/fs/bpf and
+    /// the cgroup mounts stay visible.
+    pub fn command_in(&self, netns: &str, captured: bool, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}")).arg("--").arg("sh").arg("-c");
+        let join =
+            if captured { format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display()) } else { String::new() };
+        cmd.arg(format!("{join}exec \"$0\" \"$@\"")).arg(program).args(args);
+        cmd
+    }
+
+    /// Starts a long-running process; it is killed when the node is dropped.
+    ///
+    /// # Errors
+    /// The process cannot be started.
+    pub fn spawn(&mut self, mut cmd: Command) -> Result<u32> {
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Starts `pod serve` in pod `pod`, answering with `name` on port 8080.
+    ///
+    /// # Errors
+    /// The pod is unknown or the process cannot start.
+    pub fn serve(&mut self, pod: &str, name: &str) -> Result<()> {
+        let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
+        let listen = format!("{}:8080", spec.ip);
+        let mut cmd = self.command_in(
+            &self.pod_netns(pod),
+            false,
+            &crate::workspace_binary("pod"),
+            &["serve", "--listen", &listen, "--name", name],
+        );
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.spawn(cmd)?;
+        wait_for_listener(&self.pod_netns(pod), &listen)
+    }
+
+    /// Runs `pod load` from pod `pod` inside the capture cgroup and returns its report.
+    ///
+    /// # Errors
+    /// The client cannot run or prints no report.
+    pub fn load(&self, pod: &str, args: &[&str]) -> Result<LoadReport> {
+        let mut full = vec!["load"];
+        full.extend_from_slice(args);
+        let out = self
+            .command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running pod load")?;
+        if !out.status.success() {
+            bail!("pod load failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing {:?}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Like [`Node::load`], in the background: the caller collects the report later.
+    ///
+    /// # Errors
+    /// The client cannot start.
+    pub fn load_in_background(&self, pod: &str, args: &[&str]) -> Result<Child> {
+        let mut full = vec!["load"];
+        full.extend_from_slice(args);
+        self.command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting pod load")
+    }
+
+    /// Reads a pinned map as `bpftool -j map dump pinned` prints it.
+    ///
+    /// # Errors
+    /// bpftool fails or prints no JSON.
+    pub fn bpftool_dump(&self, map: &str) -> Result<serde_json::Value> {
+        let path = self.bpffs.join(map);
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&path)
+            .output()
+            .context("running bpftool")?;
+        if !out.status.success() {
+            bail!("bpftool map dump pinned {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
+    }
+
+    /// Kills a process this node started.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(pos) = self.children.iter().position(|c| c.id() == pid) {
+            let mut child = self.children.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (bounded) until something listens on `addr` inside `netns`.
+fn wait_for_listener(netns: &str, addr: &str) -> Result<()> {
+    for _ in 0..100 {
+        let out = Command::new("ip").args(["netns", "exec", netns, "ss", "-Htln", &format!("src {addr}")]).output()?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr} in {netns} after 5 s")
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Processes that joined the cgroup through `command_in` are children we waited for above.
+        if self.cgroup.exists() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.cgroup).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        for ns in self.created_netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}

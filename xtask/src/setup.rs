@@ -1,0 +1,109 @@
+//! Installs what building and loading the kernel programs needs; every step checks first, so a
+//! second run does nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: rustc-web ships LLVM 22 and (with the -bpf package) a prebuilt `core` for
+/// bpfel-unknown-none; llvm-22-dev is what bpf-linker links against.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "curl",
+];
+/// The rustup name under which Debian's compiler is linked (build.rs uses it).
+const TOOLCHAIN: &str = "debian-web";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    apt_packages()?;
+    toolchain()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn toolchain() -> Result<()> {
+    let listed = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup")?;
+    if String::from_utf8_lossy(&listed.stdout).lines().any(|l| l.starts_with(TOOLCHAIN)) {
+        return Ok(());
+    }
+    eprintln!("setup: linking Debian's rustc as the `{TOOLCHAIN}` toolchain");
+    run_checked(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let out = Command::new("bpf-linker").arg("--version").output();
+    if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes)");
+    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", path),
+    )
+}
+
+fn bpffs() -> Result<()> {
+    if succeeds(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
+        return Ok(());
+    }
+    if !Path::new("/sys/fs/bpf").exists() {
+        bail!("/sys/fs/bpf does not exist: is this a Linux host with BPF?");
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf");
+    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
