@@ -67,6 +67,77 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // Unit tests first (fast), then the kernel-backed end-to-end tests one at a time.
-    cargo(&["test", "--lib", "--bins", "-p", "interceptor-user", "-p", "interceptor-common"])?;
-    cargo(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])
+    let mut total = TestCount::default();
+    total += cargo_test(&["test", "-p", "interceptor-user", "-p", "interceptor-common", "-p", "xtask"])?;
+    total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
+    // One closing line for the whole run (cargo prints one per test binary).
+    println!("tests: {} passed, {} failed", total.passed, total.failed);
+    if total.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestCount {
+    passed: usize,
+    failed: usize,
+}
+
+impl std::ops::AddAssign for TestCount {
+    fn add_assign(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Runs `cargo test …`, echoing its output, and adds up its `test result:` lines.
+fn cargo_test(args: &[&str]) -> Result<TestCount> {
+    use std::io::{BufRead, BufReader};
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let mut count = TestCount::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            count += parse_result(rest);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(count)
+}
+
+/// Reads `ok. 9 passed; 0 failed; …`.
+fn parse_result(rest: &str) -> TestCount {
+    let number_before = |word: &str| {
+        rest.split(';')
+            .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    TestCount { passed: number_before("passed"), failed: number_before("failed") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let c = parse_result("ok. 48 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.04s");
+        assert_eq!((c.passed, c.failed), (48, 0));
+        let c = parse_result("FAILED. 7 passed; 2 failed; 0 ignored");
+        assert_eq!((c.passed, c.failed), (7, 2));
+    }
 }
