@@ -210,6 +210,28 @@ impl Snapshot {
         }
     }
 
+    /// Loads a directory (as [`Snapshot::load_dir`]) or a single YAML file.
+    ///
+    /// # Errors
+    /// All syntax and schema errors found, each with file, line and field.
+    pub fn load_path(path: &Path, default_namespace: &str) -> Result<Self, ConfigError> {
+        if path.is_dir() {
+            return Self::load_dir(path, default_namespace);
+        }
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        match std::fs::read_to_string(path) {
+            Ok(text) => snapshot.add_file(path, &text, default_namespace, &mut errors),
+            Err(err) => errors.push(file_error(path, format!("cannot read: {err}"))),
+        }
+        if errors.is_empty() {
+            Ok(snapshot)
+        } else {
+            errors.extend(snapshot.warnings);
+            Err(ConfigError { diagnostics: errors })
+        }
+    }
+
     /// Parses one file's documents into this snapshot; errors go to `errors`.
     pub fn add_file(&mut self, file: &Path, text: &str, default_namespace: &str, errors: &mut Vec<Diagnostic>) {
         let documents = match index_documents(text) {

@@ -2,13 +2,18 @@
 //! and the load balancers that pick an endpoint.
 
 mod balancer;
+mod hash;
+mod limits;
+mod outlier;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::config::{Diagnostic, Resource, ServiceEntry, Severity, Snapshot, WorkloadEntry};
 
-pub use balancer::{Balancer, Policy};
+pub use balancer::{Balancer, InFlight, PickContext, Policy};
+pub use limits::{LimitSettings, Limits, Overflow, Slot};
+pub use outlier::{Outcome, OutlierSettings};
 
 /// Kubernetes' cluster domain: `name.namespace.svc.cluster.local`.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -52,6 +57,28 @@ pub struct ServicePort {
     pub name: String,
     /// Port on endpoints that don't name one.
     pub target: u16,
+    /// How the proxy treats traffic on the port.
+    pub protocol: Protocol,
+}
+
+/// The application protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Protocol {
+    /// HTTP/1.1, HTTP/2, gRPC, or unspecified (sniffed as HTTP).
+    Http,
+    /// Anything else (TCP, TLS, HTTPS, MONGO, MYSQL, REDIS …): forwarded as a byte stream.
+    Tcp,
+}
+
+impl Protocol {
+    /// Istio's rule: the `protocol` field, else the port name's prefix (`http-web`, `tcp-db`).
+    pub fn of(protocol: &str, name: &str) -> Self {
+        let declared = if protocol.is_empty() { name.split('-').next().unwrap_or("") } else { protocol };
+        match declared.to_ascii_uppercase().as_str() {
+            "TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS" | "UDP" => Protocol::Tcp,
+            _ => Protocol::Http,
+        }
+    }
 }
 
 /// A service: its host name, VIPs, ports and endpoints.
@@ -151,7 +178,12 @@ impl Registry {
                     format!("port {number} is listed twice"),
                 ));
             }
-            ports.push(ServicePort { number, name: port.name.clone(), target });
+            ports.push(ServicePort {
+                number,
+                name: port.name.clone(),
+                target,
+                protocol: Protocol::of(&port.protocol, &port.name),
+            });
         }
         if ports.is_empty() {
             diagnostics.push(src.diagnostic(Severity::Error, "spec.ports", "a ServiceEntry needs at least one port"));
@@ -274,8 +306,16 @@ mod tests {
     }
 
     #[test]
+    fn protocols_come_from_the_field_then_the_port_name() {
+        assert_eq!(Protocol::of("TCP", "http"), Protocol::Tcp);
+        assert_eq!(Protocol::of("", "tcp-db"), Protocol::Tcp);
+        assert_eq!(Protocol::of("GRPC", ""), Protocol::Http);
+        assert_eq!(Protocol::of("", "web"), Protocol::Http);
+    }
+
+    #[test]
     fn endpoints_use_named_ports_then_target_port() {
-        let port = ServicePort { number: 80, name: "http".into(), target: 8080 };
+        let port = ServicePort { number: 80, name: "http".into(), target: 8080, protocol: Protocol::Http };
         let mut named = Endpoint {
             ip: "10.0.0.1".parse().unwrap(),
             namespace: "default".into(),

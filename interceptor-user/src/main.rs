@@ -26,14 +26,57 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Check a config directory; exit 1 if it has errors.
+    /// Check a config directory or file: errors and warnings with file, line and field; exit 1
+    /// when there is an error.
     Validate {
-        /// Directory of Istio YAML.
-        dir: PathBuf,
+        /// Directory or file of Istio YAML.
+        path: PathBuf,
+        /// Namespace of resources that do not name one.
+        #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        output: Output,
+    },
+    /// Print the compiled route table.
+    Routes {
+        /// Directory or file of Istio YAML.
+        path: PathBuf,
         /// Namespace of resources that do not name one.
         #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// Explain how a request would be routed: which rule matches, why earlier ones do not, where
+    /// it goes with what probability.
+    Explain {
+        /// Directory or file of Istio YAML.
+        #[arg(value_name = "CONFIG")]
+        config: PathBuf,
+        /// Host header (`my-app`, `my-app.default.svc.cluster.local:80`).
+        #[arg(long)]
+        host: String,
+        /// Request path, with query.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Request header `name: value`, repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Client IP, for sourceLabels / sourceNamespace.
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+        /// Namespace of resources that do not name one.
+        #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 /// Settings from a file, overridden by flags.
@@ -85,7 +128,17 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run { config, settings } => run(config, settings),
-        Command::Validate { dir, namespace } => validate(&dir, &namespace),
+        Command::Validate { path, namespace, output } => validate(&path, &namespace, output),
+        Command::Routes { path, namespace } => match load(&path, &namespace) {
+            Ok(table) => {
+                print!("{}", table.describe());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Explain { config, host, path, headers, method, source_ip, namespace } => {
+            explain(&config, &namespace, &host, &path, &headers, &method, source_ip)
+        }
     }
 }
 
@@ -113,19 +166,99 @@ fn run(config: PathBuf, settings: SettingsArgs) -> ExitCode {
     }
 }
 
-fn validate(dir: &std::path::Path, namespace: &str) -> ExitCode {
-    let diagnostics = match Snapshot::load_dir(dir, namespace).and_then(|s| RouteTable::compile(&s)) {
+fn validate(path: &std::path::Path, namespace: &str, output: Output) -> ExitCode {
+    let diagnostics = match Snapshot::load_path(path, namespace).and_then(|s| RouteTable::compile(&s)) {
         Ok(table) => table.warnings().to_vec(),
         Err(err) => err.diagnostics,
     };
-    for d in &diagnostics {
-        println!("{d}");
-    }
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-    println!("{errors} error(s), {} warning(s)", diagnostics.len() - errors);
+    match output {
+        Output::Json => {
+            let report = serde_json::json!({
+                "valid": errors == 0,
+                "errors": errors,
+                "warnings": diagnostics.len() - errors,
+                "diagnostics": diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        }
+        Output::Text => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            println!("{errors} error(s), {} warning(s)", diagnostics.len() - errors);
+        }
+    }
     if errors > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Loads and compiles, printing the diagnostics on failure.
+fn load(path: &std::path::Path, namespace: &str) -> Result<RouteTable, ExitCode> {
+    match Snapshot::load_path(path, namespace).and_then(|s| RouteTable::compile(&s)) {
+        Ok(table) => Ok(table),
+        Err(err) => {
+            eprintln!("{err}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn explain(
+    path: &std::path::Path,
+    namespace: &str,
+    host: &str,
+    path_and_query: &str,
+    headers: &[String],
+    method: &str,
+    source: Option<std::net::IpAddr>,
+) -> ExitCode {
+    let table = match load(path, namespace) {
+        Ok(table) => table,
+        Err(code) => return code,
+    };
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let parsed = h.split_once(':').and_then(|(k, v)| {
+            Some((http::HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes()).ok()?, v.trim().parse().ok()?))
+        });
+        match parsed {
+            Some((k, v)) => {
+                map.append(k, v);
+            }
+            None => {
+                eprintln!("error: header {h:?} is not `name: value`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(service) = table.service_for_authority(host, namespace) else {
+        println!("service: {host}\n  no known service has this host: the request is not captured or gets 404 NR");
+        return ExitCode::FAILURE;
+    };
+    let port = host
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .or_else(|| service.ports.first().map(|p| p.number))
+        .unwrap_or(80);
+    let (p, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let view = interceptor::routing::RequestView {
+        method,
+        path: p,
+        query,
+        authority: host,
+        scheme: "http",
+        headers: &map,
+        port,
+        source,
+    };
+    let explanation = table.explain(&service.host, &view);
+    print!("{explanation}");
+    ExitCode::SUCCESS
 }

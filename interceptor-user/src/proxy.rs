@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 mod outbound;
+mod tcp;
 mod upstream;
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -74,6 +75,13 @@ impl Proxy {
         self.listener.local_addr()
     }
 
+    /// The service behind `original` when its port is a TCP (non-HTTP) port.
+    fn tcp_service(&self, original: SocketAddrV4) -> Option<String> {
+        let table = self.inputs.routes.load();
+        let service = table.service_at(original)?;
+        (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_owned())
+    }
+
     /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (keep-alive
     /// connections close after their current request) for at most `drain`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
@@ -96,6 +104,10 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let original = self.inputs.original_destinations.take(client);
             debug!(%client, ?original, "accepted");
+            if let Some((original, service)) = original.and_then(|o| self.tcp_service(o).map(|s| (o, s))) {
+                tokio::spawn(tcp::serve(self.inputs.clone(), stream, client, original, service));
+                continue;
+            }
             let outbound = Arc::new(Outbound::new(self.inputs.clone(), client, original));
             let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);

@@ -45,6 +45,12 @@ pub struct LoadReport {
     pub connections: usize,
     /// Requests sent.
     pub requests: usize,
+    /// Headers of the last answer.
+    pub last_headers: BTreeMap<String, String>,
+    /// Body of the last answer.
+    pub last_body: String,
+    /// Wall time of the run, in milliseconds.
+    pub elapsed_ms: u64,
 }
 
 impl LoadReport {
@@ -192,14 +198,19 @@ impl Node {
     /// # Errors
     /// The pod is unknown or the process cannot start.
     pub fn serve(&mut self, pod: &str, name: &str) -> Result<()> {
+        self.serve_with(pod, name, &[])
+    }
+
+    /// Starts `pod serve` with extra options (`--status 503`, `--delay-ms 500`).
+    ///
+    /// # Errors
+    /// The pod is unknown or the process cannot start.
+    pub fn serve_with(&mut self, pod: &str, name: &str, options: &[&str]) -> Result<()> {
         let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
         let listen = format!("{}:8080", spec.ip);
-        let mut cmd = self.command_in(
-            &self.pod_netns(pod),
-            false,
-            &crate::workspace_binary("pod"),
-            &["serve", "--listen", &listen, "--name", name],
-        );
+        let mut args = vec!["serve", "--listen", &listen, "--name", name];
+        args.extend_from_slice(options);
+        let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.spawn(cmd)?;
         wait_for_listener(&self.pod_netns(pod), &listen)

@@ -45,9 +45,9 @@ pub struct VirtualService {
     /// TLS rules: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Value>,
-    /// TCP rules: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<Value>,
+    /// TCP rules for non-HTTP ports, in order.
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
     /// Visibility; everything is visible to a node agent.
     #[serde(default)]
     pub export_to: Vec<String>,
@@ -66,56 +66,275 @@ pub struct HttpRoute {
     /// Weighted destinations.
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
-    /// Not supported yet.
-    pub redirect: Option<Value>,
-    /// Not supported yet.
-    pub direct_response: Option<Value>,
-    /// Not supported yet.
-    pub delegate: Option<Value>,
-    /// Not supported yet.
-    pub rewrite: Option<Value>,
-    /// Not supported yet.
-    pub timeout: Option<Value>,
-    /// Not supported yet.
-    pub retries: Option<Value>,
-    /// Not supported yet.
-    pub fault: Option<Value>,
-    /// Not supported yet.
-    pub mirror: Option<Value>,
-    /// Not supported yet.
-    pub mirrors: Option<Value>,
-    /// Not supported yet.
-    pub mirror_percent: Option<Value>,
-    /// Not supported yet.
-    pub mirror_percentage: Option<Value>,
-    /// Not supported yet.
-    pub cors_policy: Option<Value>,
-    /// Not supported yet.
-    pub headers: Option<Value>,
+    /// Answer with a redirect instead of routing.
+    pub redirect: Option<HttpRedirect>,
+    /// Answer directly instead of routing.
+    pub direct_response: Option<HttpDirectResponse>,
+    /// Take the rules of another VirtualService (one level).
+    pub delegate: Option<Delegate>,
+    /// Rewrite path and authority before forwarding.
+    pub rewrite: Option<HttpRewrite>,
+    /// Whole-request timeout (Go duration, e.g. `5s`); none by default.
+    pub timeout: Option<String>,
+    /// Retry policy; Istio retries twice on connect failures and 503 when absent.
+    pub retries: Option<HttpRetry>,
+    /// Fault injection.
+    pub fault: Option<HttpFaultInjection>,
+    /// Mirror traffic to another destination (fire and forget).
+    pub mirror: Option<Destination>,
+    /// Several mirrors, each with its own percentage.
+    #[serde(default)]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    /// Deprecated integer percentage for `mirror`.
+    pub mirror_percent: Option<u32>,
+    /// Percentage of requests mirrored by `mirror`; 100 when absent.
+    pub mirror_percentage: Option<Percent>,
+    /// CORS.
+    pub cors_policy: Option<CorsPolicy>,
+    /// Header manipulation for the whole rule.
+    pub headers: Option<Headers>,
 }
 
-impl HttpRoute {
-    /// Names of the Istio fields set on this rule that the agent does not act on yet.
-    pub fn unsupported_fields(&self) -> Vec<&'static str> {
-        [
-            ("redirect", self.redirect.is_some()),
-            ("directResponse", self.direct_response.is_some()),
-            ("delegate", self.delegate.is_some()),
-            ("rewrite", self.rewrite.is_some()),
-            ("timeout", self.timeout.is_some()),
-            ("retries", self.retries.is_some()),
-            ("fault", self.fault.is_some()),
-            ("mirror", self.mirror.is_some()),
-            ("mirrors", self.mirrors.is_some()),
-            ("mirrorPercent", self.mirror_percent.is_some()),
-            ("mirrorPercentage", self.mirror_percentage.is_some()),
-            ("corsPolicy", self.cors_policy.is_some()),
-            ("headers", self.headers.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
-    }
+/// `redirect`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRedirect {
+    /// Replaces the whole path.
+    pub uri: Option<String>,
+    /// Replaces the authority.
+    pub authority: Option<String>,
+    /// Replaces the port.
+    pub port: Option<u32>,
+    /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
+    pub derive_port: Option<String>,
+    /// Replaces the scheme.
+    pub scheme: Option<String>,
+    /// Status code; 301 when absent.
+    pub redirect_code: Option<u32>,
+}
+
+/// `directResponse`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpDirectResponse {
+    /// Status code.
+    pub status: u32,
+    /// Body.
+    pub body: Option<HttpBody>,
+}
+
+/// `directResponse.body`: text or base64 bytes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBody {
+    /// Text body.
+    pub string: Option<String>,
+    /// Base64 body.
+    pub bytes: Option<String>,
+}
+
+/// `delegate`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Delegate {
+    /// Name of the delegate VirtualService.
+    pub name: String,
+    /// Its namespace; the root's when empty.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `rewrite`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRewrite {
+    /// Replaces the matched prefix (prefix match) or the whole path.
+    pub uri: Option<String>,
+    /// Replaces the authority (Host).
+    pub authority: Option<String>,
+    /// Regex rewrite of the path.
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `uriRegexRewrite`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// RE2 regex.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Replacement; `\1` refers to capture groups.
+    pub rewrite: String,
+}
+
+/// `retries`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetry {
+    /// Retries allowed (not counting the first try).
+    #[serde(default)]
+    pub attempts: i64,
+    /// Timeout of each try.
+    pub per_try_timeout: Option<String>,
+    /// Envoy retry conditions, comma-separated.
+    pub retry_on: Option<String>,
+    /// Locality handling; no effect on one node.
+    pub retry_remote_localities: Option<bool>,
+    /// Allow retrying on the same host.
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// Base interval between retries.
+    pub backoff: Option<String>,
+}
+
+/// `fault`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpFaultInjection {
+    /// Delay before forwarding.
+    pub delay: Option<FaultDelay>,
+    /// Answer with an error instead of forwarding.
+    pub abort: Option<FaultAbort>,
+}
+
+/// `fault.delay`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    /// How long.
+    pub fixed_delay: Option<String>,
+    /// Not supported by Istio either.
+    pub exponential_delay: Option<String>,
+    /// Share of requests delayed.
+    pub percentage: Option<Percent>,
+    /// Deprecated integer share.
+    pub percent: Option<i64>,
+}
+
+/// `fault.abort`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// HTTP status answered.
+    pub http_status: Option<i64>,
+    /// gRPC status answered (name, e.g. `UNAVAILABLE`).
+    pub grpc_status: Option<String>,
+    /// HTTP/2 error: not supported.
+    pub http2_error: Option<String>,
+    /// Share of requests aborted.
+    pub percentage: Option<Percent>,
+}
+
+/// `{value: 12.5}`: a percentage.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    /// 0 to 100.
+    #[serde(default)]
+    pub value: f64,
+}
+
+/// One of `mirrors`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpMirrorPolicy {
+    /// Where copies go.
+    pub destination: Destination,
+    /// Share of requests copied; 100 when absent.
+    pub percentage: Option<Percent>,
+}
+
+/// `corsPolicy`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Allowed origins.
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    /// Allowed methods.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Headers the browser may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a preflight may be cached.
+    pub max_age: Option<String>,
+    /// Allow credentials.
+    pub allow_credentials: Option<bool>,
+    /// `FORWARD` (default) or `IGNORE` preflights whose origin is not allowed.
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `headers`: request and response manipulation.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    /// On the request sent upstream.
+    pub request: Option<HeaderOperations>,
+    /// On the response sent downstream.
+    pub response: Option<HeaderOperations>,
+}
+
+/// `set`, `add`, `remove`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOperations {
+    /// Replace.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One `tcp` rule.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    /// Match blocks, OR-ed; empty matches everything.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// A `tcp` match block.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    /// Destination IP subnets (CIDR or IP).
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    /// Service port.
+    pub port: Option<u32>,
+    /// Client labels.
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    /// Client namespace.
+    #[serde(default)]
+    pub source_namespace: String,
+    /// Gateways.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+}
+
+/// A weighted L4 destination.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    /// Where to send the connection.
+    pub destination: Destination,
+    /// Relative weight.
+    pub weight: Option<i64>,
 }
 
 /// One `match` block; its fields are AND-ed.
@@ -181,9 +400,8 @@ pub struct HttpRouteDestination {
     pub destination: Destination,
     /// Relative weight; absent means 100 when alone, else 0 (Istio's rule).
     pub weight: Option<i64>,
-    /// Header manipulation: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Value>,
+    /// Header manipulation when this destination is chosen.
+    pub headers: Option<Headers>,
 }
 
 /// A service (and optionally subset and port).
@@ -239,23 +457,23 @@ pub struct Subset {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-/// `trafficPolicy`: the load balancer is acted on; the rest is accepted and not yet enforced.
+/// `trafficPolicy`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Endpoint selection.
     pub load_balancer: Option<LoadBalancerSettings>,
-    /// Not enforced yet.
-    pub connection_pool: Option<Value>,
-    /// Not enforced yet.
-    pub outlier_detection: Option<Value>,
-    /// Not enforced yet.
+    /// Connection limits.
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Ejection of failing endpoints.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream TLS: not supported yet.
     pub tls: Option<Value>,
-    /// Not enforced yet.
+    /// Per-port policies: not supported yet.
     pub port_level_settings: Option<Value>,
-    /// Not enforced yet.
+    /// Tunnelling: not supported yet.
     pub tunnel: Option<Value>,
-    /// Not enforced yet.
+    /// PROXY protocol: not supported yet.
     pub proxy_protocol: Option<Value>,
 }
 
@@ -263,8 +481,6 @@ impl TrafficPolicy {
     /// Names of the Istio fields set here that the agent does not enforce yet.
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         [
-            ("connectionPool", self.connection_pool.is_some()),
-            ("outlierDetection", self.outlier_detection.is_some()),
             ("tls", self.tls.is_some()),
             ("portLevelSettings", self.port_level_settings.is_some()),
             ("tunnel", self.tunnel.is_some()),
@@ -276,21 +492,142 @@ impl TrafficPolicy {
     }
 }
 
+/// `connectionPool`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPoolSettings {
+    /// TCP limits.
+    pub tcp: Option<TcpSettings>,
+    /// HTTP limits.
+    pub http: Option<HttpSettings>,
+}
+
+/// `connectionPool.tcp`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSettings {
+    /// Most connections to the whole cluster.
+    pub max_connections: Option<i64>,
+    /// Connect timeout (Go duration).
+    pub connect_timeout: Option<String>,
+    /// Keepalive: not supported yet.
+    pub tcp_keepalive: Option<Value>,
+    /// Connection lifetime: not supported yet.
+    pub max_connection_duration: Option<String>,
+    /// Idle timeout of TCP proxying: not supported yet.
+    pub idle_timeout: Option<String>,
+}
+
+/// `connectionPool.http`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Requests that may wait for a connection.
+    pub http1_max_pending_requests: Option<i64>,
+    /// Requests in flight to the cluster.
+    pub http2_max_requests: Option<i64>,
+    /// Requests per upstream connection; 1 disables keep-alive.
+    pub max_requests_per_connection: Option<i64>,
+    /// Retries in flight: not supported yet.
+    pub max_retries: Option<i64>,
+    /// Idle timeout of upstream connections.
+    pub idle_timeout: Option<String>,
+    /// `DEFAULT`, `DO_NOT_UPGRADE`, `UPGRADE`: not supported yet.
+    pub h2_upgrade_policy: Option<String>,
+    /// Use the client's protocol upstream: not supported yet.
+    pub use_client_protocol: Option<bool>,
+    /// HTTP/2 streams per connection: not supported yet.
+    pub max_concurrent_streams: Option<i64>,
+}
+
+/// `outlierDetection`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Deprecated: gateway errors in a row (as `consecutiveGatewayErrors`).
+    pub consecutive_errors: Option<i64>,
+    /// Gateway errors (502, 503, 504, connect failures) in a row before ejection.
+    pub consecutive_gateway_errors: Option<i64>,
+    /// 5xx answers (and connect failures) in a row before ejection; Istio's default 5.
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Local-origin failures: not supported yet.
+    pub consecutive_local_origin_failures: Option<i64>,
+    /// Split local-origin errors: not supported yet.
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Analysis interval; 10s by default.
+    pub interval: Option<String>,
+    /// Ejection time, times the number of ejections; 30s by default.
+    pub base_ejection_time: Option<String>,
+    /// Most endpoints ejected at once, in percent; 10 by default (at least one).
+    pub max_ejection_percent: Option<i64>,
+    /// Below this healthy share ejection is ignored; 0 by default.
+    pub min_health_percent: Option<i64>,
+}
+
 /// `loadBalancer`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     /// A simple algorithm.
     pub simple: Option<SimpleLb>,
-    /// Consistent hashing: not supported yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistent_hash: Option<Value>,
+    /// Consistent hashing.
+    pub consistent_hash: Option<ConsistentHashLb>,
     /// Locality settings: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<Value>,
     /// Warm-up: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<Value>,
+}
+
+/// `loadBalancer.consistentHash`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashLb {
+    /// Hash on a request header.
+    pub http_header_name: Option<String>,
+    /// Hash on a cookie (generated when absent and `ttl` is set).
+    pub http_cookie: Option<HttpCookie>,
+    /// Hash on the client IP.
+    pub use_source_ip: Option<bool>,
+    /// Hash on a query parameter.
+    pub http_query_parameter_name: Option<String>,
+    /// Ring hash (default).
+    pub ring_hash: Option<RingHash>,
+    /// Maglev.
+    pub maglev: Option<Maglev>,
+    /// Deprecated ring size.
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// `consistentHash.httpCookie`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCookie {
+    /// Cookie name.
+    pub name: String,
+    /// Cookie path.
+    pub path: Option<String>,
+    /// Lifetime of a generated cookie.
+    pub ttl: Option<String>,
+    /// Extra attributes: not supported yet.
+    pub attributes: Option<Value>,
+}
+
+/// `consistentHash.ringHash`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    /// Ring entries; 1024 by default.
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// `consistentHash.maglev`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    /// Table size (a prime); 65537 by default.
+    pub table_size: Option<u64>,
 }
 
 /// `loadBalancer.simple`.

@@ -1,12 +1,14 @@
-//! Endpoint selection inside one subset: round robin, random, least request.
+//! Endpoint selection inside one subset: least request, round robin, random, consistent hash
+//! (ring or maglev), skipping endpoints that outlier detection ejected.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rand::Rng;
 
-use crate::config::SimpleLb;
+use super::hash::{MaglevTable, Ring};
+use super::outlier::{Outcome, OutlierDetector, OutlierSettings};
 
 /// The algorithm a DestinationRule asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -17,19 +19,46 @@ pub enum Policy {
     Random,
     /// Fewer requests in flight wins, between two random picks (Envoy's power of two choices).
     LeastRequest,
+    /// No balancing: the connection goes to the address the client asked for.
+    Passthrough,
+    /// Consistent hash on a ring of at least this many entries.
+    RingHash(usize),
+    /// Consistent hash with a Maglev table of this (prime) size.
+    Maglev(usize),
 }
 
-impl From<SimpleLb> for Policy {
-    fn from(lb: SimpleLb) -> Self {
+impl Policy {
+    /// The policy for `loadBalancer.simple`; LEAST_REQUEST is Istio's default.
+    pub fn from_simple(lb: crate::config::SimpleLb) -> Self {
+        use crate::config::SimpleLb;
         match lb {
             SimpleLb::RoundRobin => Policy::RoundRobin,
             SimpleLb::Random => Policy::Random,
-            // PASSTHROUGH would bypass load balancing, which a VIP destination cannot: treated as default.
-            SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified | SimpleLb::Passthrough => {
-                Policy::LeastRequest
-            }
+            SimpleLb::Passthrough => Policy::Passthrough,
+            SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified => Policy::LeastRequest,
         }
     }
+
+    /// Envoy's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "ROUND_ROBIN",
+            Policy::Random => "RANDOM",
+            Policy::LeastRequest => "LEAST_REQUEST",
+            Policy::Passthrough => "PASSTHROUGH",
+            Policy::RingHash(_) => "RING_HASH",
+            Policy::Maglev(_) => "MAGLEV",
+        }
+    }
+}
+
+/// What the request contributes to a pick.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickContext<'a> {
+    /// Hash of the request's key, for consistent-hash policies.
+    pub hash: Option<u64>,
+    /// Endpoints to avoid (tried already by this request), when others are available.
+    pub avoid: &'a [SocketAddr],
 }
 
 /// The endpoints of one subset and the state of its policy.
@@ -39,6 +68,9 @@ pub struct Balancer {
     endpoints: Vec<SocketAddr>,
     next: AtomicUsize,
     in_flight: Vec<Arc<AtomicUsize>>,
+    outlier: Option<OutlierDetector>,
+    ring: OnceLock<Ring>,
+    maglev: OnceLock<MaglevTable>,
 }
 
 /// Marks a request in flight on an endpoint until dropped.
@@ -54,9 +86,18 @@ impl Drop for InFlight {
 
 impl Balancer {
     /// A balancer over `endpoints`.
-    pub fn new(policy: Policy, endpoints: Vec<SocketAddr>) -> Self {
+    pub fn new(policy: Policy, endpoints: Vec<SocketAddr>, outlier: Option<OutlierSettings>) -> Self {
         let in_flight = endpoints.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
-        Self { policy, endpoints, next: AtomicUsize::new(0), in_flight }
+        let outlier = outlier.map(|settings| OutlierDetector::new(settings, endpoints.len()));
+        Self {
+            policy,
+            endpoints,
+            next: AtomicUsize::new(0),
+            in_flight,
+            outlier,
+            ring: OnceLock::new(),
+            maglev: OnceLock::new(),
+        }
     }
 
     /// The policy in use.
@@ -64,67 +105,153 @@ impl Balancer {
         self.policy
     }
 
-    /// All endpoints.
+    /// All endpoints, ejected or not.
     pub fn endpoints(&self) -> &[SocketAddr] {
         &self.endpoints
     }
 
-    /// Picks an endpoint; `None` when the subset has none.
-    pub fn pick(&self) -> Option<(SocketAddr, InFlight)> {
+    /// Whether the endpoint at `index` is ejected now.
+    pub fn is_ejected(&self, index: usize) -> bool {
+        self.outlier.as_ref().is_some_and(|o| o.is_ejected(index))
+    }
+
+    /// Picks an endpoint; `None` when the subset has no usable endpoint (or the policy is
+    /// PASSTHROUGH, which the caller handles).
+    pub fn pick(&self, ctx: PickContext<'_>) -> Option<(SocketAddr, InFlight)> {
         let n = self.endpoints.len();
-        if n == 0 {
+        if n == 0 || self.policy == Policy::Passthrough {
             return None;
         }
-        let i = match self.policy {
-            Policy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            Policy::Random => rand::thread_rng().gen_range(0..n),
-            Policy::LeastRequest if n == 1 => 0,
-            Policy::LeastRequest => {
-                let mut rng = rand::thread_rng();
-                let a = rng.gen_range(0..n);
-                let b = (a + rng.gen_range(1..n)) % n;
-                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        };
+        let usable = |i: usize| !self.is_ejected(i) && !ctx.avoid.contains(&self.endpoints[i]);
+        // Avoiding tried endpoints is a preference; ejection is not (no panic mode: Istio's
+        // minHealthPercent defaults to 0).
+        let healthy = |i: usize| !self.is_ejected(i);
+        let i = self.choose(ctx.hash, &usable).or_else(|| self.choose(ctx.hash, &healthy))?;
         self.in_flight[i].fetch_add(1, Ordering::Relaxed);
         Some((self.endpoints[i], InFlight(self.in_flight[i].clone())))
+    }
+
+    fn choose(&self, hash: Option<u64>, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        // Walk from a policy-chosen start to the next acceptable endpoint.
+        let walk = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        match self.policy {
+            Policy::RoundRobin => walk(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            Policy::Random => walk(rand::thread_rng().gen_range(0..n)),
+            Policy::LeastRequest => {
+                let mut rng = rand::thread_rng();
+                let a = walk(rng.gen_range(0..n))?;
+                // The second choice starts elsewhere, so two endpoints are compared when there are two.
+                let b = if n > 1 { walk((a + rng.gen_range(1..n)) % n)? } else { a };
+                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+            Policy::RingHash(size) => {
+                let hash = hash.unwrap_or_else(|| rand::thread_rng().gen());
+                let ring = self.ring.get_or_init(|| Ring::new(&self.endpoints, size));
+                ring.lookup(hash, ok)
+            }
+            Policy::Maglev(size) => {
+                let hash = hash.unwrap_or_else(|| rand::thread_rng().gen());
+                let table = self.maglev.get_or_init(|| MaglevTable::new(&self.endpoints, size));
+                let first = table.lookup(hash);
+                walk(first)
+            }
+            Policy::Passthrough => None,
+        }
+    }
+
+    /// Records how a request to `endpoint` ended, for outlier detection.
+    pub fn record(&self, endpoint: SocketAddr, outcome: Outcome) {
+        let Some(outlier) = &self.outlier else { return };
+        if let Some(index) = self.endpoints.iter().position(|e| *e == endpoint) {
+            if outlier.record(index, outcome) {
+                tracing::info!(%endpoint, "outlier detection ejected endpoint");
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (0..n).map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i))).collect()
     }
 
+    fn pick(b: &Balancer) -> u16 {
+        b.pick(PickContext::default()).unwrap().0.port()
+    }
+
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
-        let b = Balancer::new(Policy::RoundRobin, addrs(3));
-        let picks: Vec<u16> = (0..6).map(|_| b.pick().unwrap().0.port()).collect();
+        let b = Balancer::new(Policy::RoundRobin, addrs(3), None);
+        let picks: Vec<u16> = (0..6).map(|_| pick(&b)).collect();
         assert_eq!(picks, vec![8000, 8001, 8002, 8000, 8001, 8002]);
     }
 
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
-        let b = Balancer::new(Policy::LeastRequest, addrs(2));
-        let (busy, _held) = b.pick().unwrap();
+        let b = Balancer::new(Policy::LeastRequest, addrs(2), None);
+        let (busy, _held) = b.pick(PickContext::default()).unwrap();
         for _ in 0..50 {
-            let (other, _) = b.pick().unwrap();
+            let (other, _) = b.pick(PickContext::default()).unwrap();
             assert_ne!(other, busy);
         }
     }
 
     #[test]
     fn an_empty_subset_has_no_pick() {
-        for policy in [Policy::RoundRobin, Policy::Random, Policy::LeastRequest] {
-            assert!(Balancer::new(policy, vec![]).pick().is_none());
+        for policy in
+            [Policy::RoundRobin, Policy::Random, Policy::LeastRequest, Policy::RingHash(16), Policy::Maglev(7)]
+        {
+            assert!(Balancer::new(policy, vec![], None).pick(PickContext::default()).is_none());
+        }
+    }
+
+    #[test]
+    fn tried_endpoints_are_avoided_while_others_remain() {
+        let b = Balancer::new(Policy::RoundRobin, addrs(2), None);
+        let first = addrs(2)[0];
+        for _ in 0..10 {
+            let (e, _) = b.pick(PickContext { hash: None, avoid: &[first] }).unwrap();
+            assert_ne!(e, first);
+        }
+        let all = addrs(2);
+        assert!(b.pick(PickContext { hash: None, avoid: &all }).is_some(), "avoiding is only a preference");
+    }
+
+    #[test]
+    fn consistent_hashes_stick_to_one_endpoint() {
+        for policy in [Policy::RingHash(1024), Policy::Maglev(65537)] {
+            let b = Balancer::new(policy, addrs(5), None);
+            for key in 0..50u64 {
+                let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+                let first = b.pick(PickContext { hash: Some(hash), avoid: &[] }).unwrap().0;
+                for _ in 0..5 {
+                    assert_eq!(b.pick(PickContext { hash: Some(hash), avoid: &[] }).unwrap().0, first, "{policy:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ejected_endpoints_get_no_traffic() {
+        let settings = OutlierSettings {
+            consecutive_5xx: Some(2),
+            consecutive_gateway: None,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+        };
+        let b = Balancer::new(Policy::RoundRobin, addrs(3), Some(settings));
+        let bad = addrs(3)[1];
+        b.record(bad, Outcome::Status(500));
+        b.record(bad, Outcome::Status(503));
+        for _ in 0..30 {
+            assert_ne!(b.pick(PickContext::default()).unwrap().0, bad);
         }
     }
 }

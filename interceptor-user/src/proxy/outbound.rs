@@ -1,26 +1,37 @@
-//! One captured client connection: routes each of its requests and forwards it upstream.
+//! One captured client connection: routes each of its requests and carries out the rule's action
+//! (fault, CORS, redirect, direct response, or forwarding with rewrite, headers, mirrors, retries
+//! and timeout).
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use tracing::info;
+use hyper::body::{Body, Incoming};
+use rand::Rng;
+use tracing::{debug, info};
 
+use super::upstream::UpstreamBody;
 use super::ProxyInputs;
-use crate::routing::{RequestView, ResponseFlag, RouteTable};
+use crate::endpoints::{Outcome, PickContext, Policy};
+use crate::routing::{
+    Action, Cluster, HashKey, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule, Target,
+};
 
 /// Body of every response the proxy sends downstream.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Header on responses the proxy made itself, carrying Envoy's response flag (NR, NC, UH, UF).
+/// Header on responses the proxy made itself, carrying Envoy's response flags (NR, NC, UH, UF …).
 pub const FLAGS_HEADER: &str = "x-interceptor-flags";
+
+/// Request bodies up to this size are buffered so retries and mirrors can replay them (Envoy
+/// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
+pub const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1); never forwarded.
 const HOP_BY_HOP: [header::HeaderName; 6] = [
@@ -40,12 +51,65 @@ pub struct Outbound {
 }
 
 /// What the access log says about one request.
-struct Served<'a> {
-    service: &'a str,
-    rule: &'a str,
-    cluster: &'a str,
-    endpoint: Option<SocketAddr>,
-    flag: Option<ResponseFlag>,
+#[derive(Default)]
+pub struct Served {
+    /// Service addressed.
+    pub service: String,
+    /// Rule label.
+    pub rule: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Endpoint of the last try.
+    pub endpoint: Option<SocketAddr>,
+    /// Tries made.
+    pub tries: u32,
+    /// Response flags.
+    pub flags: Vec<ResponseFlag>,
+}
+
+impl Served {
+    fn flags(&self) -> String {
+        if self.flags.is_empty() {
+            return "-".into();
+        }
+        self.flags.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The request body, replayable when small.
+enum RequestBody {
+    Buffered(Bytes),
+    Stream(Option<Incoming>),
+}
+
+impl RequestBody {
+    async fn read(body: Incoming) -> Result<Self, hyper::Error> {
+        match body.size_hint().exact() {
+            Some(n) if n <= REPLAY_BUFFER_LIMIT => Ok(RequestBody::Buffered(body.collect().await?.to_bytes())),
+            _ => Ok(RequestBody::Stream(Some(body))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+
+    /// The body for one try; a stream can be taken once.
+    fn take(&mut self) -> Option<UpstreamBody> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(Full::new(bytes.clone()).map_err(|never| match never {}).boxed()),
+            RequestBody::Stream(stream) => stream.take().map(|b| b.boxed()),
+        }
+    }
+}
+
+/// The request as forwarded, minus the body; rebuilt for every try.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    version: Version,
+    path_and_query: String,
+    headers: HeaderMap,
 }
 
 impl Outbound {
@@ -54,7 +118,7 @@ impl Outbound {
         Self { inputs, client, original }
     }
 
-    /// Routes and forwards one request. Never fails: errors become Envoy-style local replies.
+    /// Routes one request and carries out its rule. Never fails: errors become Envoy-style local replies.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         // The table current at the start of the request serves all of it, even across a reload.
@@ -62,81 +126,123 @@ impl Outbound {
         let method = req.method().clone();
         let authority = authority_of(&req).to_owned();
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-
-        let (service, port) = self.service(&table, &authority);
-        let mut served =
-            Served { service: service.unwrap_or("-"), rule: "-", cluster: "-", endpoint: None, flag: None };
-        let response = match service {
-            None => {
-                served.flag = Some(ResponseFlag::NR);
-                local_reply(ResponseFlag::NR, format!("no service for authority {authority:?}"))
-            }
-            Some(service) => {
-                let (path, query) = match path_and_query.split_once('?') {
-                    Some((path, query)) => (path, Some(query)),
-                    None => (path_and_query.as_str(), None),
-                };
-                let view = RequestView {
-                    method: method.as_str(),
-                    path,
-                    query,
-                    authority: &authority,
-                    scheme: "http",
-                    headers: req.headers(),
-                    port,
-                    source: Some(self.client.ip()),
-                };
-                let decision = table.route(service, &view);
-                served.rule = decision.rule;
-                match decision.outcome {
-                    Err(unroutable) => {
-                        served.flag = Some(unroutable.flag);
-                        let why = match unroutable.flag {
-                            ResponseFlag::NC => format!("cluster not found: {}", unroutable.detail),
-                            _ => format!("no route matched for {}", unroutable.detail),
-                        };
-                        local_reply(unroutable.flag, why)
-                    }
-                    Ok(cluster) => {
-                        served.cluster = &cluster.name;
-                        match cluster.balancer.pick() {
-                            None => {
-                                served.flag = Some(ResponseFlag::UH);
-                                local_reply(ResponseFlag::UH, "no healthy upstream".into())
-                            }
-                            Some((endpoint, _in_flight)) => {
-                                served.endpoint = Some(endpoint);
-                                match self.forward(req, endpoint, &path_and_query).await {
-                                    Ok(response) => response,
-                                    Err(err) => {
-                                        served.flag = Some(ResponseFlag::UF);
-                                        local_reply(
-                                            ResponseFlag::UF,
-                                            format!("upstream connect error or disconnect/reset before headers: {err}"),
-                                        )
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let mut served = Served::default();
+        let response = self.dispatch(&table, req, &authority, &path_and_query, &mut served).await;
         info!(
             target: "access",
             method = %method,
             authority = %authority,
             path = %path_and_query,
-            service = served.service,
-            rule = served.rule,
-            cluster = served.cluster,
+            service = %or_dash(&served.service),
+            rule = %or_dash(&served.rule),
+            cluster = %or_dash(&served.cluster),
             endpoint = %served.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            tries = served.tries,
             status = response.status().as_u16(),
-            flags = served.flag.map_or("-", ResponseFlag::as_str),
+            flags = %served.flags(),
             duration_ms = started.elapsed().as_millis() as u64,
             "request",
         );
         Ok(response)
+    }
+
+    async fn dispatch(
+        &self,
+        table: &RouteTable,
+        req: Request<Incoming>,
+        authority: &str,
+        path_and_query: &str,
+        served: &mut Served,
+    ) -> Response<ProxyBody> {
+        let (service, port) = self.service(table, authority);
+        let Some(service) = service else {
+            served.flags.push(ResponseFlag::NR);
+            return local_reply(ResponseFlag::NR, format!("no service for authority {authority:?}"));
+        };
+        served.service = service.to_owned();
+        let (path, query) = split_query(path_and_query);
+        let view = RequestView {
+            method: req.method().as_str(),
+            path,
+            query,
+            authority,
+            scheme: "http",
+            headers: req.headers(),
+            port,
+            source: Some(self.client.ip()),
+        };
+        let decision = table.route(service, &view);
+        let Some(rule) = decision.rule else {
+            served.flags.push(ResponseFlag::NR);
+            return local_reply(ResponseFlag::NR, format!("no route matched for {service}"));
+        };
+        served.rule = rule.label.clone();
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let cors = rule.cors.as_ref().zip(origin.as_ref()).filter(|(c, o)| o.to_str().is_ok_and(|o| c.allows(o)));
+
+        if let (Some(policy), Some(_)) = (&rule.cors, &origin) {
+            if is_preflight(&req) {
+                if let Some((c, o)) = cors {
+                    let mut response = empty(StatusCode::OK);
+                    c.preflight_headers(o, response.headers_mut());
+                    return response;
+                }
+                if !policy.forward_unmatched {
+                    return empty(StatusCode::OK);
+                }
+            }
+        }
+
+        let mut response = match self.fault(rule, served).await {
+            Some(aborted) => aborted,
+            None => match &rule.action {
+                Action::Direct(d) => {
+                    let mut r = Response::new(full(d.body.clone()));
+                    *r.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+                    if !d.body.is_empty() {
+                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
+                    r
+                }
+                Action::Redirect(r) => {
+                    let mut response = empty(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY));
+                    if let Ok(location) = HeaderValue::from_str(&r.location("http", authority, path_and_query)) {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
+                    response
+                }
+                Action::Route(route) => self.forward(req, route, rule, decision.block, authority, served).await,
+            },
+        };
+        rule.headers.response.apply(response.headers_mut());
+        if let Some((c, o)) = cors {
+            c.response_headers(o, response.headers_mut());
+        }
+        response
+    }
+
+    /// Applies the rule's fault: delays in place, returns the abort reply.
+    async fn fault(&self, rule: &Rule, served: &mut Served) -> Option<Response<ProxyBody>> {
+        let fault = rule.fault.as_ref()?;
+        if let Some((delay, p)) = fault.delay {
+            if rand::thread_rng().gen_bool(p) {
+                served.flags.push(ResponseFlag::DI);
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let abort = fault.abort.as_ref()?;
+        if !rand::thread_rng().gen_bool(abort.probability) {
+            return None;
+        }
+        served.flags.push(ResponseFlag::FI);
+        let mut r = Response::new(full(Bytes::from_static(b"fault filter abort")));
+        *r.status_mut() = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        if let Some(grpc) = abort.grpc_status {
+            r.headers_mut().insert("grpc-status", HeaderValue::from(grpc));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
+        r.headers_mut().insert(FLAGS_HEADER, HeaderValue::from_static("FI"));
+        Some(r)
     }
 
     /// The service and port this request addresses: the captured VIP:port when there is one, else
@@ -154,23 +260,302 @@ impl Outbound {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
-        endpoint: SocketAddr,
-        path_and_query: &str,
-    ) -> Result<Response<ProxyBody>, hyper_util::client::legacy::Error> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.to_string())
-            .path_and_query(path_and_query)
-            .build()
-            .expect("an IP socket address and an already parsed path form a valid URI");
-        *req.uri_mut() = uri;
-        strip_hop_by_hop(req.headers_mut());
-        req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let mut response = self.inputs.upstream.request(req).await?;
-        strip_hop_by_hop(response.headers_mut());
-        Ok(response.map(|body| body.boxed()))
+        req: Request<Incoming>,
+        route: &RouteAction,
+        rule: &Rule,
+        block: Option<&MatchBlock>,
+        authority: &str,
+        served: &mut Served,
+    ) -> Response<ProxyBody> {
+        let weighted = route.pick();
+        served.cluster = weighted.target.name().to_owned();
+        let cluster = match &weighted.target {
+            Target::Missing { cluster } => {
+                served.flags.push(ResponseFlag::NC);
+                return local_reply(ResponseFlag::NC, format!("cluster not found: {cluster}"));
+            }
+            Target::Cluster(cluster) => cluster.clone(),
+        };
+        let (parts, body) = req.into_parts();
+        let mut head = Head {
+            method: parts.method,
+            version: parts.version,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            headers: parts.headers,
+        };
+        if let Some(rewrite) = &route.rewrite {
+            let (path, query) = split_query(&head.path_and_query);
+            if let Some(new_path) = rewrite.path(path, block.and_then(MatchBlock::uri_prefix)) {
+                head.path_and_query = match query {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path,
+                };
+            }
+            if let Some(a) = rewrite.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+                head.headers.insert(header::HOST, a);
+            }
+        }
+        strip_hop_by_hop(&mut head.headers);
+        rule.headers.request.apply(&mut head.headers);
+        weighted.headers.request.apply(&mut head.headers);
+        head.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if !cluster.keep_alive {
+            head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+
+        let mut body = match RequestBody::read(body).await {
+            Ok(body) => body,
+            Err(err) => {
+                debug!(%err, "downstream body failed");
+                return reply(StatusCode::BAD_REQUEST, "request body could not be read", None);
+            }
+        };
+        if body.replayable() {
+            for mirror in &route.mirrors {
+                if rand::thread_rng().gen_bool(mirror.probability) {
+                    if let (Target::Cluster(c), RequestBody::Buffered(bytes)) = (&mirror.target, &body) {
+                        self.mirror(c.clone(), head.clone(), bytes.clone(), authority);
+                    }
+                }
+            }
+        }
+
+        let tries = self.tries(&head, &mut body, &cluster, route, served);
+        let mut response = match route.timeout {
+            None => tries.await,
+            Some(timeout) => match tokio::time::timeout(timeout, tries).await {
+                Ok(response) => response,
+                Err(_) => {
+                    served.flags.push(ResponseFlag::UT);
+                    local_reply(ResponseFlag::UT, "upstream request timeout".into())
+                }
+            },
+        };
+        weighted.headers.response.apply(response.headers_mut());
+        response
     }
+
+    /// The first try and the retries the policy allows, each on a newly picked endpoint.
+    async fn tries(
+        &self,
+        head: &Head,
+        body: &mut RequestBody,
+        cluster: &Arc<Cluster>,
+        route: &RouteAction,
+        served: &mut Served,
+    ) -> Response<ProxyBody> {
+        let retry = &route.retry;
+        let max_tries = if body.replayable() { 1 + retry.attempts } else { 1 };
+        let (hash, set_cookie) = self.hash(cluster, head);
+        let client = self.inputs.upstream.with_connect_timeout(cluster.connect_timeout);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        loop {
+            served.tries += 1;
+            if served.tries > 1 {
+                backoff(retry.backoff, served.tries - 1).await;
+            }
+            let last = served.tries >= max_tries;
+            let Ok(_slot) = cluster.limits.acquire().await else {
+                served.flags.push(ResponseFlag::UO);
+                return local_reply(
+                    ResponseFlag::UO,
+                    "upstream connect error or disconnect/reset before headers: overflow".into(),
+                );
+            };
+            let avoid: &[SocketAddr] = if retry.other_hosts { &tried } else { &[] };
+            let picked = cluster.balancer.pick(PickContext { hash, avoid });
+            let (endpoint, _in_flight) = match (picked, cluster.balancer.policy(), self.original) {
+                (Some((e, guard)), _, _) => (e, Some(guard)),
+                (None, Policy::Passthrough, Some(original)) => (SocketAddr::V4(original), None),
+                (None, ..) => {
+                    served.flags.push(ResponseFlag::UH);
+                    return local_reply(ResponseFlag::UH, "no healthy upstream".into());
+                }
+            };
+            served.endpoint = Some(endpoint);
+            let Some(try_body) = body.take() else {
+                served.flags.push(ResponseFlag::UF);
+                return local_reply(ResponseFlag::UF, "request body already consumed".into());
+            };
+            let request = match build_request(head, endpoint, try_body) {
+                Ok(r) => r,
+                Err(err) => return reply(StatusCode::BAD_REQUEST, &format!("bad request target: {err}"), None),
+            };
+            let sent = client.request(request);
+            let result = match retry.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+                None => Ok(sent.await),
+            };
+            match result {
+                Ok(Ok(mut response)) => {
+                    let status = response.status().as_u16();
+                    cluster.balancer.record(endpoint, Outcome::Status(status));
+                    let grpc = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                    if retry.on.retries_status(status, grpc) {
+                        if !last {
+                            tried.push(endpoint);
+                            continue;
+                        }
+                        if served.tries > 1 {
+                            served.flags.push(ResponseFlag::URX);
+                        }
+                    }
+                    strip_hop_by_hop(response.headers_mut());
+                    if let Some(cookie) = &set_cookie {
+                        response.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                    }
+                    return response.map(|b| b.boxed());
+                }
+                Ok(Err(err)) => {
+                    cluster.balancer.record(endpoint, Outcome::ConnectFailure);
+                    let failure = if err.is_connect() {
+                        crate::routing::TryFailure::Connect
+                    } else {
+                        crate::routing::TryFailure::Reset
+                    };
+                    debug!(%endpoint, error = %err, "try failed");
+                    if !last && retry.on.retries_failure(failure) {
+                        tried.push(endpoint);
+                        continue;
+                    }
+                    served.flags.push(ResponseFlag::UF);
+                    if served.tries > 1 {
+                        served.flags.push(ResponseFlag::URX);
+                    }
+                    return local_reply(
+                        ResponseFlag::UF,
+                        format!("upstream connect error or disconnect/reset before headers: {}", error_chain(&err)),
+                    );
+                }
+                Err(()) => {
+                    cluster.balancer.record(endpoint, Outcome::Status(504));
+                    if !last && retry.on.retries_failure(crate::routing::TryFailure::Timeout) {
+                        tried.push(endpoint);
+                        continue;
+                    }
+                    served.flags.push(ResponseFlag::UT);
+                    return local_reply(ResponseFlag::UT, "upstream request timeout".into());
+                }
+            }
+        }
+    }
+
+    /// The consistent-hash value of the request, and a cookie to set when one was generated.
+    fn hash(&self, cluster: &Cluster, head: &Head) -> (Option<u64>, Option<HeaderValue>) {
+        let Some(key) = &cluster.hash_key else { return (None, None) };
+        let h = |bytes: &[u8]| Some(xxhash_rust::xxh3::xxh3_64(bytes));
+        match key {
+            HashKey::Header(name) => (head.headers.get(name).and_then(|v| h(v.as_bytes())), None),
+            HashKey::SourceIp => (h(self.client.ip().to_string().as_bytes()), None),
+            HashKey::QueryParam(name) => {
+                let query = split_query(&head.path_and_query).1.unwrap_or("");
+                let value = form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == name.as_str())
+                    .map(|(_, v)| v.into_owned());
+                (value.and_then(|v| h(v.as_bytes())), None)
+            }
+            HashKey::Cookie { name, path, ttl } => {
+                let found = head
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|c| c.trim().strip_prefix(name.as_str())?.strip_prefix('=').map(str::to_owned));
+                match (found, ttl) {
+                    (Some(value), _) => (h(value.as_bytes()), None),
+                    (None, Some(ttl)) => {
+                        // Envoy generates the cookie so the client sticks from its next request on.
+                        let value = format!("{:016x}", rand::random::<u64>());
+                        let mut cookie = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                        if let Some(path) = path {
+                            cookie.push_str(&format!("; Path={path}"));
+                        }
+                        cookie.push_str("; HttpOnly");
+                        (h(format!("\"{value}\"").as_bytes()), HeaderValue::from_str(&cookie).ok())
+                    }
+                    (None, None) => (None, None),
+                }
+            }
+        }
+    }
+
+    /// Sends a copy of the request to a mirror cluster and forgets it (Envoy adds `-shadow` to
+    /// the authority so the mirror can tell).
+    fn mirror(&self, cluster: Arc<Cluster>, mut head: Head, body: Bytes, authority: &str) {
+        let client = self.inputs.upstream.with_connect_timeout(cluster.connect_timeout);
+        let host = authority.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok());
+        let shadow = match host {
+            Some((h, p)) => format!("{h}-shadow:{p}"),
+            None => format!("{authority}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            head.headers.insert(header::HOST, v);
+        }
+        tokio::spawn(async move {
+            let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else { return };
+            let Ok(request) = build_request(&head, endpoint, Full::new(body).map_err(|never| match never {}).boxed())
+            else {
+                return;
+            };
+            match client.request(request).await {
+                Ok(response) => {
+                    // Read the answer so the connection goes back to the pool.
+                    let _ = response.into_body().collect().await;
+                }
+                Err(err) => debug!(%endpoint, %err, "mirror request failed"),
+            }
+        });
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// Envoy's back-off: a random wait up to `base · 2^(n-1)`, capped at ten times the base.
+async fn backoff(base: Duration, retry: u32) {
+    let cap = base.saturating_mul(10);
+    let ceiling = base.saturating_mul(1 << (retry - 1).min(10)).min(cap);
+    let wait = ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
+    tokio::time::sleep(wait).await;
+}
+
+fn build_request(head: &Head, endpoint: SocketAddr, body: UpstreamBody) -> Result<Request<UpstreamBody>, http::Error> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(head.path_and_query.as_str())
+        .build()?;
+    let mut request = Request::builder().method(head.method.clone()).uri(uri).version(head.version).body(body)?;
+    *request.headers_mut() = head.headers.clone();
+    Ok(request)
+}
+
+fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    }
+}
+
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Host header, else the request target's authority.
@@ -198,14 +583,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn reply(status: StatusCode, body: &str, flag: Option<ResponseFlag>) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(flag) = flag {
+        response.headers_mut().insert(FLAGS_HEADER, HeaderValue::from_static(flag.as_str()));
+    }
+    response
+}
+
 /// A response the proxy makes itself, as Envoy would: status from the flag, a short text body.
 fn local_reply(flag: ResponseFlag, body: String) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(flag.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response.headers_mut().insert(FLAGS_HEADER, HeaderValue::from_static(flag.as_str()));
-    response
+    reply(status, &body, Some(flag))
 }
 
 #[cfg(test)]
@@ -230,5 +631,14 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[FLAGS_HEADER], "NC");
         assert_eq!(local_reply(ResponseFlag::NR, String::new()).status(), 404);
+        assert_eq!(local_reply(ResponseFlag::UT, String::new()).status(), 504);
+    }
+
+    #[test]
+    fn flags_print_like_envoy() {
+        let mut s = Served::default();
+        assert_eq!(s.flags(), "-");
+        s.flags = vec![ResponseFlag::UF, ResponseFlag::URX];
+        assert_eq!(s.flags(), "UF,URX");
     }
 }

@@ -8,33 +8,70 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 use http::Uri;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Envoy's default connect timeout, which Istio keeps.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A pooled client; clones share the pool.
-pub type UpstreamClient = Client<MarkedConnector, Incoming>;
+/// Body of requests sent upstream: streamed from the client, or replayed from a buffer.
+pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
-/// Builds the shared upstream client. `mark` is set on every socket (needs CAP_NET_ADMIN).
+/// A pooled client; clones share the pool.
+pub type Client = LegacyClient<MarkedConnector, UpstreamBody>;
+
+/// Pooled clients by connect timeout (a DestinationRule setting), shared by all config versions
+/// so a reload keeps the warm connections.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    mark: Option<u32>,
+    by_timeout: Arc<Mutex<HashMap<Duration, Client>>>,
+}
+
+impl UpstreamClient {
+    /// Clients whose sockets carry `mark` (needs CAP_NET_ADMIN).
+    pub fn new(mark: Option<u32>) -> Self {
+        Self { mark, by_timeout: Arc::default() }
+    }
+
+    /// The mark upstream sockets carry.
+    pub fn mark(&self) -> Option<u32> {
+        self.mark
+    }
+
+    /// The pooled client for clusters with this connect timeout.
+    pub fn with_connect_timeout(&self, connect_timeout: Duration) -> Client {
+        let mut clients = self.by_timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                LegacyClient::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .build(MarkedConnector { mark: self.mark, connect_timeout })
+            })
+            .clone()
+    }
+}
+
+/// Builds the shared upstream clients. `mark` is set on every socket (needs CAP_NET_ADMIN).
 pub fn client(mark: Option<u32>) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(MarkedConnector { mark })
+    UpstreamClient::new(mark)
 }
 
 /// Connects to `http://ip:port` URIs with a marked, no-delay TCP socket.
 #[derive(Clone, Copy, Debug)]
 pub struct MarkedConnector {
     mark: Option<u32>,
+    connect_timeout: Duration,
 }
 
 impl tower_service::Service<Uri> for MarkedConnector {
@@ -48,21 +85,26 @@ impl tower_service::Service<Uri> for MarkedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mark = self.mark;
-        Box::pin(async move {
-            let addr = endpoint_of(&uri)?;
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            if let Some(mark) = mark {
-                socket.set_mark(mark)?;
-            }
-            socket.set_nonblocking(true)?;
-            socket.set_nodelay(true)?;
-            let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
-            Ok(TokioIo::new(stream))
-        })
+        let connect_timeout = self.connect_timeout;
+        Box::pin(async move { Ok(TokioIo::new(connect(endpoint_of(&uri)?, mark, connect_timeout).await?)) })
     }
+}
+
+/// Opens a no-delay TCP connection to `addr` whose socket carries `mark`.
+///
+/// # Errors
+/// Socket setup, connect failure, or `timeout`.
+pub async fn connect(addr: SocketAddr, mark: Option<u32>, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
 }
 
 /// The socket address of an `http://ip:port/…` URI (endpoints are always IP addresses).

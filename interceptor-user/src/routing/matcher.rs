@@ -168,8 +168,14 @@ impl MatchBlock {
 
     /// Whether the block matches the request.
     pub fn matches(&self, req: &RequestView<'_>, registry: &Registry) -> bool {
+        self.first_mismatch(req, registry).is_none()
+    }
+
+    /// The first field that does not match, or `None` when the block matches. Allocation-free
+    /// except for repeated headers (joined) and case-insensitive paths.
+    pub fn first_mismatch(&self, req: &RequestView<'_>, registry: &Registry) -> Option<Mismatch> {
         if self.gateway_only {
-            return false;
+            return Some(Mismatch::Gateways);
         }
         if let Some(uri) = &self.uri {
             let ok = if self.ignore_uri_case && !matches!(uri, Matcher::Regex(_)) {
@@ -178,51 +184,203 @@ impl MatchBlock {
                 uri.matches(req.path)
             };
             if !ok {
-                return false;
+                return Some(Mismatch::Uri);
             }
         }
         let field = |m: &Option<Matcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
-        if !field(&self.scheme, req.scheme)
-            || !field(&self.method, req.method)
-            || !field(&self.authority, req.authority)
-        {
-            return false;
+        if !field(&self.scheme, req.scheme) {
+            return Some(Mismatch::Scheme);
+        }
+        if !field(&self.method, req.method) {
+            return Some(Mismatch::Method);
+        }
+        if !field(&self.authority, req.authority) {
+            return Some(Mismatch::Authority);
         }
         if self.port.is_some_and(|p| p != req.port) {
-            return false;
+            return Some(Mismatch::Port);
         }
-        if !self.headers.iter().all(|(name, m)| header_value(req.headers, name).is_some_and(|v| m.matches(&v))) {
-            return false;
+        for (i, (name, m)) in self.headers.iter().enumerate() {
+            if !header_value(req.headers, name).is_some_and(|v| m.matches(&v)) {
+                return Some(Mismatch::Header(i));
+            }
         }
         // Envoy's inverted header match: a missing header only satisfies an inverted presence check.
-        let without = |(name, m): &(http::HeaderName, Matcher)| match header_value(req.headers, name) {
-            Some(v) => !m.matches(&v),
-            None => matches!(m, Matcher::Present),
-        };
-        if !self.without_headers.iter().all(without) {
-            return false;
-        }
-        if !self.query_params.is_empty() {
-            let query = req.query.unwrap_or("");
-            let ok = self.query_params.iter().all(|(name, m)| {
-                form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == name.as_str() && m.matches(&v))
-            });
+        for (i, (name, m)) in self.without_headers.iter().enumerate() {
+            let ok = match header_value(req.headers, name) {
+                Some(v) => !m.matches(&v),
+                None => matches!(m, Matcher::Present),
+            };
             if !ok {
-                return false;
+                return Some(Mismatch::WithoutHeader(i));
+            }
+        }
+        for (i, (name, m)) in self.query_params.iter().enumerate() {
+            let query = req.query.unwrap_or("");
+            if !form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == name.as_str() && m.matches(&v)) {
+                return Some(Mismatch::QueryParam(i));
             }
         }
         if !self.source_labels.is_empty() || self.source_namespace.is_some() {
             let Some(workload) = req.source.and_then(|ip| registry.workload(ip)) else {
-                return false;
+                return Some(Mismatch::SourceUnknown);
             };
             if !workload.has_labels(&self.source_labels) {
-                return false;
+                return Some(Mismatch::SourceLabels);
             }
             if self.source_namespace.as_ref().is_some_and(|ns| ns != &workload.namespace) {
-                return false;
+                return Some(Mismatch::SourceNamespace);
             }
         }
-        true
+        None
+    }
+
+    /// Says why `mismatch` happened for this request, for `explain`.
+    pub fn describe(&self, mismatch: Mismatch, req: &RequestView<'_>) -> String {
+        let header = |name: &http::HeaderName| {
+            header_value(req.headers, name).map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"))
+        };
+        match mismatch {
+            Mismatch::Gateways => "applies only to gateways (no `mesh`)".into(),
+            Mismatch::Uri => format!(
+                "uri {:?} does not match {}",
+                req.path,
+                self.uri.as_ref().map_or(String::new(), |m| m.to_string())
+            ),
+            Mismatch::Scheme => format!("scheme {:?} does not match {}", req.scheme, opt(&self.scheme)),
+            Mismatch::Method => format!("method {:?} does not match {}", req.method, opt(&self.method)),
+            Mismatch::Authority => format!("authority {:?} does not match {}", req.authority, opt(&self.authority)),
+            Mismatch::Port => format!("port {} is not {}", req.port, self.port.unwrap_or(0)),
+            Mismatch::Header(i) => {
+                let (name, m) = &self.headers[i];
+                format!("header {name} is {} and does not match {m}", header(name))
+            }
+            Mismatch::WithoutHeader(i) => {
+                let (name, m) = &self.without_headers[i];
+                format!(
+                    "withoutHeaders {name}: header is {} (must not match {m}; absent only passes for {{}})",
+                    header(name)
+                )
+            }
+            Mismatch::QueryParam(i) => {
+                let (name, m) = &self.query_params[i];
+                format!("query parameter {name} does not match {m} in {:?}", req.query.unwrap_or(""))
+            }
+            Mismatch::SourceUnknown => {
+                format!("client {:?} is not a known workload (sourceLabels/sourceNamespace)", req.source)
+            }
+            Mismatch::SourceLabels => format!("client does not carry labels {:?}", self.source_labels),
+            Mismatch::SourceNamespace => {
+                format!("client is not in namespace {}", self.source_namespace.as_deref().unwrap_or(""))
+            }
+        }
+    }
+
+    /// The literal prefix of a `uri: {prefix: …}` match, used by prefix rewrites.
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.uri {
+            Some(Matcher::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the block matches every request (no field set).
+    pub fn is_catch_all(&self) -> bool {
+        self.uri.is_none()
+            && self.scheme.is_none()
+            && self.method.is_none()
+            && self.authority.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query_params.is_empty()
+            && self.port.is_none()
+            && self.source_labels.is_empty()
+            && self.source_namespace.is_none()
+            && !self.gateway_only
+    }
+
+    /// Istio's delegate merge: the delegate's fields win where both set one, header and query
+    /// conditions add up.
+    pub fn merge(root: &MatchBlock, delegate: &MatchBlock) -> MatchBlock {
+        let mut out = delegate.clone();
+        out.uri = delegate.uri.clone().or_else(|| root.uri.clone());
+        if delegate.uri.is_none() {
+            out.ignore_uri_case = root.ignore_uri_case;
+        }
+        out.scheme = delegate.scheme.clone().or_else(|| root.scheme.clone());
+        out.method = delegate.method.clone().or_else(|| root.method.clone());
+        out.authority = delegate.authority.clone().or_else(|| root.authority.clone());
+        out.port = delegate.port.or(root.port);
+        let add = |ours: &mut Vec<(http::HeaderName, Matcher)>, theirs: &[(http::HeaderName, Matcher)]| {
+            for (name, m) in theirs {
+                if !ours.iter().any(|(n, _)| n == name) {
+                    ours.push((name.clone(), m.clone()));
+                }
+            }
+        };
+        add(&mut out.headers, &root.headers);
+        add(&mut out.without_headers, &root.without_headers);
+        for (name, m) in &root.query_params {
+            if !out.query_params.iter().any(|(n, _)| n == name) {
+                out.query_params.push((name.clone(), m.clone()));
+            }
+        }
+        for (k, v) in &root.source_labels {
+            out.source_labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        out.source_namespace = delegate.source_namespace.clone().or_else(|| root.source_namespace.clone());
+        out.gateway_only = root.gateway_only || delegate.gateway_only;
+        out
+    }
+}
+
+fn opt(m: &Option<Matcher>) -> String {
+    m.as_ref().map_or(String::new(), |m| m.to_string())
+}
+
+/// The field of a match block that did not match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The block names gateways but not `mesh`.
+    Gateways,
+    /// `uri`.
+    Uri,
+    /// `scheme`.
+    Scheme,
+    /// `method`.
+    Method,
+    /// `authority`.
+    Authority,
+    /// `port`.
+    Port,
+    /// The i-th `headers` entry.
+    Header(usize),
+    /// The i-th `withoutHeaders` entry.
+    WithoutHeader(usize),
+    /// The i-th `queryParams` entry.
+    QueryParam(usize),
+    /// sourceLabels/sourceNamespace set, client unknown.
+    SourceUnknown,
+    /// `sourceLabels`.
+    SourceLabels,
+    /// `sourceNamespace`.
+    SourceNamespace,
+}
+
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Present => write!(f, "{{}} (present)"),
+            Matcher::Exact(v) => write!(f, "exact {v:?}"),
+            Matcher::Prefix(v) => write!(f, "prefix {v:?}"),
+            Matcher::Regex(r) => {
+                let full = r.as_str();
+                // Show the regex as written, without the anchoring added at compile time.
+                let inner = full.strip_prefix('^').unwrap_or(full).trim_start_matches("(?i)");
+                let inner = inner.strip_prefix("(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(inner);
+                write!(f, "regex {inner:?}")
+            }
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -31,6 +33,12 @@ enum Command {
         /// Body of every answer (e.g. the version).
         #[arg(long)]
         name: String,
+        /// Status of every answer.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// Wait this long before answering, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -75,12 +83,20 @@ struct Report {
     connections: usize,
     /// Requests sent.
     requests: usize,
+    /// Headers of the last answer.
+    last_headers: BTreeMap<String, String>,
+    /// Body of the last answer.
+    last_body: String,
+    /// Wall time of the whole run, in milliseconds.
+    elapsed_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name } => serve(listen, name).await,
+        Command::Serve { listen, name, status, delay_ms } => {
+            serve(listen, name, status, Duration::from_millis(delay_ms)).await
+        }
         Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds } => {
             let headers: Vec<(String, String)> = header
                 .iter()
@@ -107,17 +123,50 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(listen: SocketAddr, name: String) -> Result<()> {
+/// Path that answers how many other requests this backend served (for mirror tests).
+const COUNT_PATH: &str = "/__count";
+
+/// Answers `name` with `status` after `delay`; echoes what it received in `x-seen-*` headers and
+/// every request header as `x-req-<name>`.
+async fn serve(listen: SocketAddr, name: String, status: u16, delay: Duration) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
     eprintln!("serving {name} on {listen}");
-    let body = Bytes::from(name);
+    let body = Bytes::from(name.clone());
+    let served = Arc::new(AtomicUsize::new(0));
+    let status = hyper::StatusCode::from_u16(status)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let body = body.clone();
+        let (body, served, name) = (body.clone(), served.clone(), name.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (body, served, name) = (body.clone(), served.clone(), name.clone());
+                async move {
+                    if req.uri().path() == COUNT_PATH {
+                        let count = served.load(Ordering::SeqCst).to_string();
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(count))));
+                    }
+                    served.fetch_add(1, Ordering::SeqCst);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = status;
+                    let h = response.headers_mut();
+                    let seen_path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                    h.insert("x-served-by", name.parse().expect("backend names are header-safe"));
+                    if let Ok(v) = seen_path.parse() {
+                        h.insert("x-seen-path", v);
+                    }
+                    if let Some(host) = req.headers().get("host") {
+                        h.insert("x-seen-host", host.clone());
+                    }
+                    for (k, v) in req.headers() {
+                        if let Ok(name) = hyper::header::HeaderName::from_bytes(format!("x-req-{k}").as_bytes()) {
+                            h.append(name, v.clone());
+                        }
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -145,7 +194,8 @@ async fn load(
     max: Duration,
 ) -> Report {
     let mut report = Report::default();
-    let deadline = Instant::now() + max;
+    let started = Instant::now();
+    let deadline = started + max;
     let mut sender: Option<Sender> = None;
     for _ in 0..n {
         if Instant::now() > deadline {
@@ -168,16 +218,23 @@ async fn load(
             }
             let response = s.send_request(req.body(Empty::new())?).await?;
             let status = response.status().as_u16();
+            let headers: BTreeMap<String, String> = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
             let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+            anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned(), headers))
         }
         .await;
         match result {
-            Ok((status, body)) => {
+            Ok((status, body, headers)) => {
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
-                    *report.bodies.entry(body).or_default() += 1;
+                    *report.bodies.entry(body.clone()).or_default() += 1;
                 }
+                report.last_headers = headers;
+                report.last_body = body;
             }
             Err(err) => {
                 report.failures += 1;
@@ -189,5 +246,6 @@ async fn load(
             tokio::time::sleep(pause).await;
         }
     }
+    report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     report
 }

@@ -1,0 +1,206 @@
+//! Human answers to "why did my request go there?": rule-by-rule match results, destinations with
+//! their probabilities, endpoints and balancing policy.
+
+use std::fmt::{self, Write as _};
+
+use super::{Action, RequestView, RouteTable, Rule, Target};
+
+/// How one rule fared against the request.
+#[derive(Debug)]
+pub enum RuleResult {
+    /// It matched (through this block, if it has blocks).
+    Matched(Option<usize>),
+    /// Each block's first failing field.
+    NotMatched(Vec<String>),
+    /// Not looked at: an earlier rule matched.
+    NotReached,
+}
+
+/// The explanation of one request.
+#[derive(Debug)]
+pub struct Explanation<'t> {
+    /// The service the request addresses.
+    pub service: &'t str,
+    /// The VirtualService bound to it, if any.
+    pub virtual_service: Option<&'t str>,
+    /// Each rule with its result.
+    pub rules: Vec<(&'t Rule, RuleResult)>,
+    table: &'t RouteTable,
+}
+
+pub(super) fn explain<'t>(table: &'t RouteTable, service: &'t str, req: &RequestView<'_>) -> Explanation<'t> {
+    let mut out = Explanation { service, virtual_service: None, rules: Vec::new(), table };
+    let Some(routes) = table.routes.get(service) else { return out };
+    out.virtual_service = routes.virtual_service.as_deref();
+    if routes.virtual_service.is_none() {
+        if let Some(rule) = routes.default_rules.get(&req.port) {
+            out.rules.push((rule, RuleResult::Matched(None)));
+        }
+        return out;
+    }
+    let mut matched = false;
+    for rule in routes.rules.iter() {
+        if matched {
+            out.rules.push((rule, RuleResult::NotReached));
+            continue;
+        }
+        if rule.matches.is_empty() {
+            matched = true;
+            out.rules.push((rule, RuleResult::Matched(None)));
+            continue;
+        }
+        let mut reasons = Vec::new();
+        let mut hit = None;
+        for (i, block) in rule.matches.iter().enumerate() {
+            match block.first_mismatch(req, &table.registry) {
+                None => {
+                    hit = Some(i);
+                    break;
+                }
+                Some(m) => reasons.push(format!("match[{i}]: {}", block.describe(m, req))),
+            }
+        }
+        match hit {
+            Some(i) => {
+                matched = true;
+                out.rules.push((rule, RuleResult::Matched(Some(i))));
+            }
+            None => out.rules.push((rule, RuleResult::NotMatched(reasons))),
+        }
+    }
+    out
+}
+
+impl Explanation<'_> {
+    /// The rule that matched, if any.
+    pub fn matched(&self) -> Option<&Rule> {
+        self.rules.iter().find(|(_, r)| matches!(r, RuleResult::Matched(_))).map(|(rule, _)| *rule)
+    }
+}
+
+impl fmt::Display for Explanation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "service: {}", self.service)?;
+        if !self.table.routes.contains_key(self.service) {
+            return writeln!(f, "  not a known service: the request is not routed (404 NR)");
+        }
+        match self.virtual_service {
+            Some(vs) => writeln!(f, "virtual service: {vs}")?,
+            None => writeln!(f, "virtual service: none (Istio's default route to every endpoint of the service)")?,
+        }
+        for (rule, result) in &self.rules {
+            match result {
+                RuleResult::Matched(block) => {
+                    let via = block.map_or_else(String::new, |b| format!(" (match[{b}])"));
+                    writeln!(f, "  ✔ {}{via}: MATCHED", rule.label)?;
+                }
+                RuleResult::NotMatched(reasons) => {
+                    writeln!(f, "  ✘ {}: no match", rule.label)?;
+                    for r in reasons {
+                        writeln!(f, "      {r}")?;
+                    }
+                }
+                RuleResult::NotReached => writeln!(f, "  · {}: not evaluated (an earlier rule matched)", rule.label)?,
+            }
+        }
+        let Some(rule) = self.matched() else {
+            return writeln!(f, "result: 404 NR (no rule matched)");
+        };
+        write_action(f, rule)
+    }
+}
+
+fn write_action(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
+    if let Some(fault) = &rule.fault {
+        if let Some((d, p)) = fault.delay {
+            writeln!(f, "fault: delay {d:?} on {:.1}% of requests", p * 100.0)?;
+        }
+        if let Some(a) = &fault.abort {
+            writeln!(f, "fault: abort with {} on {:.1}% of requests", a.status, a.probability * 100.0)?;
+        }
+    }
+    match &rule.action {
+        Action::Redirect(r) => writeln!(f, "result: redirect {}", r.code),
+        Action::Direct(d) => writeln!(f, "result: direct response {} ({} bytes)", d.status, d.body.len()),
+        Action::Route(route) => {
+            writeln!(f, "result: route")?;
+            if let Some(t) = route.timeout {
+                writeln!(f, "  timeout: {t:?}")?;
+            }
+            writeln!(f, "  retries: {} attempt(s), per try {:?}", route.retry.attempts, route.retry.per_try_timeout)?;
+            for (target, p) in route.probabilities() {
+                writeln!(f, "  {:>6.2}%  {}", p * 100.0, target.target.name())?;
+                write_target(f, &target.target, "           ")?;
+            }
+            for m in &route.mirrors {
+                writeln!(f, "  mirror {:.1}% → {}", m.probability * 100.0, m.target.name())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_target(f: &mut fmt::Formatter<'_>, target: &Target, indent: &str) -> fmt::Result {
+    match target {
+        Target::Missing { .. } => writeln!(f, "{indent}cluster not defined: requests get 503 NC"),
+        Target::Cluster(c) => {
+            let eps = c.balancer.endpoints();
+            if eps.is_empty() {
+                return writeln!(f, "{indent}no endpoints: requests get 503 UH (no healthy upstream)");
+            }
+            let mut line = format!("{indent}lb {}:", c.balancer.policy().name());
+            for (i, e) in eps.iter().enumerate() {
+                let _ = write!(line, " {e}{}", if c.balancer.is_ejected(i) { " (ejected)" } else { "" });
+            }
+            writeln!(f, "{line}")
+        }
+    }
+}
+
+/// The whole table, service by service.
+pub(super) fn describe(table: &RouteTable) -> String {
+    let mut out = String::new();
+    for (vip, (host, _)) in &table.capture {
+        let _ = writeln!(out, "capture {vip} → {host}");
+    }
+    let mut hosts: Vec<&String> = table.routes.keys().collect();
+    hosts.sort();
+    for host in hosts {
+        let routes = &table.routes[host];
+        let _ = writeln!(out, "\n{host}  [{}]", routes.virtual_service.as_deref().unwrap_or("no VirtualService"));
+        if routes.virtual_service.is_none() {
+            let mut ports: Vec<_> = routes.default_rules.iter().collect();
+            ports.sort_by_key(|(p, _)| **p);
+            for (port, rule) in ports {
+                let _ = writeln!(out, "  port {port}: {}", targets(rule));
+            }
+            continue;
+        }
+        for rule in routes.rules.iter() {
+            let conditions = if rule.matches.is_empty() {
+                "always".to_owned()
+            } else {
+                format!("{} match block(s)", rule.matches.len())
+            };
+            let _ = writeln!(out, "  {} ({conditions}): {}", rule.label, targets(rule));
+        }
+        for rule in routes.tcp_rules.iter() {
+            let names: Vec<String> =
+                rule.targets.iter().map(|t| format!("{} w{}", t.target.name(), t.weight)).collect();
+            let _ = writeln!(out, "  {} (tcp): {}", rule.label, names.join(", "));
+        }
+    }
+    out
+}
+
+fn targets(rule: &Rule) -> String {
+    match &rule.action {
+        Action::Redirect(r) => format!("redirect {}", r.code),
+        Action::Direct(d) => format!("direct response {}", d.status),
+        Action::Route(route) => route
+            .probabilities()
+            .map(|(t, p)| format!("{:.1}% {}", p * 100.0, t.target.name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}

@@ -1,0 +1,99 @@
+//! The standard test service: `my-app` with VIP 10.96.0.10:80, pods v1a/v1b (`version: v1`) and
+//! v2 (`version: v2`) on port 8080, a client pod, and the subsets v1 and v2.
+
+use anyhow::Result;
+
+use crate::{Node, PodSpec};
+
+/// The client pod's name.
+pub const CLIENT: &str = "client";
+/// The service VIP:port.
+pub const VIP: &str = "10.96.0.10:80";
+/// The service host.
+pub const HOST: &str = "my-app.default.svc.cluster.local";
+
+/// The ServiceEntry: VIP, port 80 → 8080, three pods.
+pub const SERVICE: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: my-app
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  addresses:
+  - 10.96.0.10
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+    targetPort: 8080
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.11
+    labels: {version: v1}
+  - address: 10.244.0.12
+    labels: {version: v1}
+  - address: 10.244.0.13
+    labels: {version: v2}
+";
+
+/// The DestinationRule with subsets v1 and v2.
+pub const SUBSETS: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: my-app-dr
+spec:
+  host: my-app.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+";
+
+/// A VirtualService for my-app with the given `http:` rules (indented as list items).
+pub fn virtual_service(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: my-app-vs\nspec:\n  hosts:\n  - my-app.default.svc.cluster.local\n  http:\n{http}"
+    )
+}
+
+/// A node with the client pod and the three my-app pods, not yet serving.
+///
+/// # Errors
+/// The node cannot be built.
+pub fn node_with_pods() -> Result<Node> {
+    Node::create(&[
+        PodSpec::new(CLIENT, [10, 244, 0, 10]),
+        PodSpec::new("v1a", [10, 244, 0, 11]),
+        PodSpec::new("v1b", [10, 244, 0, 12]),
+        PodSpec::new("v2", [10, 244, 0, 13]),
+    ])
+}
+
+/// A node whose my-app pods serve their version.
+///
+/// # Errors
+/// The node cannot be built or a backend does not start.
+pub fn node() -> Result<Node> {
+    let mut node = node_with_pods()?;
+    node.serve("v1a", "v1")?;
+    node.serve("v1b", "v1")?;
+    node.serve("v2", "v2")?;
+    Ok(node)
+}
+
+/// Sends `n` requests from the client pod to the VIP with extra `pod load` arguments.
+///
+/// # Errors
+/// The client cannot run.
+pub fn load(node: &Node, n: usize, extra: &[&str]) -> Result<crate::LoadReport> {
+    let n = n.to_string();
+    let mut args = vec!["--target", VIP, "--host", HOST, "-n", &n];
+    args.extend_from_slice(extra);
+    node.load(CLIENT, &args)
+}
