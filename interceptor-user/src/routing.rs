@@ -4,6 +4,7 @@
 mod actions;
 mod compile;
 mod explain;
+mod index;
 mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -250,6 +251,8 @@ struct ServiceRoutes {
     /// Name of the VirtualService bound to the service.
     virtual_service: Option<String>,
     rules: Arc<Vec<Rule>>,
+    /// Prefilter over `rules`.
+    index: Option<Arc<index::RuleIndex>>,
     tcp_rules: Arc<Vec<TcpRule>>,
     /// Routes used when no VirtualService applies, by port.
     default_rules: HashMap<u16, Rule>,
@@ -331,12 +334,26 @@ impl RouteTable {
                 None => none,
             };
         }
-        for rule in routes.rules.iter() {
-            if let Some(block) = rule.matching_block(req, &self.registry) {
-                return Decision { service, rule: Some(rule), block };
+        let Some(index) = &routes.index else {
+            for rule in routes.rules.iter() {
+                if let Some(block) = rule.matching_block(req, &self.registry) {
+                    return Decision { service, rule: Some(rule), block };
+                }
+            }
+            return none;
+        };
+        let rules = &routes.rules;
+        let found = index.first(req, |at| match at.block {
+            None => true,
+            Some(b) => rules[at.rule as usize].matches[b as usize].matches(req, &self.registry),
+        });
+        match found {
+            None => none,
+            Some(at) => {
+                let rule = &rules[at.rule as usize];
+                Decision { service, rule: Some(rule), block: at.block.map(|b| &rule.matches[b as usize]) }
             }
         }
-        none
     }
 
     /// Decides where a TCP connection to `service` on `port`, from `source`, goes.

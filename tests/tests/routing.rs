@@ -136,3 +136,26 @@ fn outlier_detection_ejects_the_failing_endpoint() {
     assert_eq!(r.status(500), 2, "two 500s eject v1a, then only v1b answers: {r:?}");
     assert_eq!(r.count("v1b"), 98, "{r:?}");
 }
+
+#[test]
+fn tcp_routes_forward_non_http_ports_by_weight() {
+    let node = node().unwrap();
+    let tcp_service = SERVICE
+        .replace("name: my-app\n", "name: tcp-app\n")
+        .replace("- my-app.default", "- tcp-app.default")
+        .replace("10.96.0.10", "10.96.0.30")
+        .replace("number: 80\n    name: http\n    protocol: HTTP", "number: 9000\n    name: db\n    protocol: TCP");
+    let dr =
+        SUBSETS.replace("name: my-app-dr", "name: tcp-app-dr").replace("host: my-app.default", "host: tcp-app.default");
+    let vs = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: tcp-app\nspec:\n  hosts: [tcp-app]\n  tcp:\n  - match:\n    - port: 9000\n    route:\n    - destination: {host: tcp-app, subset: v2}\n";
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", &tcp_service), ("dr.yaml", &dr), ("vs.yaml", vs)], false).unwrap();
+    // The bytes happen to be HTTP; the proxy does not parse them on a TCP port.
+    let r = node
+        .load(CLIENT, &["--target", "10.96.0.30:9000", "--host", "tcp-app", "-n", "10", "--new-connections"])
+        .unwrap();
+    assert_eq!(r.count("v2"), 10, "{r:?}");
+    let (_, log) = agent.stop().unwrap();
+    assert_eq!(log.matches("tcp connection").count(), 10, "{log}");
+    assert!(log.contains("default/tcp-app#tcp-0"), "{log}");
+}

@@ -697,20 +697,7 @@ fn compile_route(
     let mut targets = Vec::new();
     for (j, dest) in http.route.iter().enumerate() {
         let at = format!("{at}.route[{j}]");
-        // Istio: a lone destination without a weight takes all traffic; with several, absent is 0.
-        let weight = match dest.weight {
-            None if single => 100,
-            None => 0,
-            Some(w) if w < 0 => {
-                diags.push(src.diagnostic(
-                    Severity::Error,
-                    format!("{at}.weight"),
-                    format!("weight must be >= 0, got {w}"),
-                ));
-                continue;
-            }
-            Some(w) => w.unsigned_abs(),
-        };
+        let Some(weight) = weight(dest.weight, single, src, &at, diags) else { continue };
         let headers = HeaderPolicy::compile(dest.headers.as_ref())
             .map_err(|e| report(src, &format!("{at}.headers"), diags, e))
             .unwrap_or_default();
@@ -769,6 +756,24 @@ fn compile_route(
         }
     }
     Some(RouteAction { targets, total_weight, rewrite, timeout, retry, mirrors })
+}
+
+/// A destination's weight; `None` (reported) when negative. Istio: a lone destination without
+/// a weight takes all traffic; among several, an absent weight is 0.
+fn weight(weight: Option<i64>, single: bool, src: &Source, at: &str, diags: &mut Vec<Diagnostic>) -> Option<u64> {
+    match weight {
+        None if single => Some(100),
+        None => Some(0),
+        Some(w) if w < 0 => {
+            diags.push(src.diagnostic(
+                Severity::Error,
+                format!("{at}.weight"),
+                format!("weight must be >= 0, got {w}"),
+            ));
+            None
+        }
+        Some(w) => Some(w.unsigned_abs()),
+    }
 }
 
 fn compile_destination(
@@ -943,19 +948,7 @@ fn compile_tcp(
         let mut targets = Vec::new();
         for (j, dest) in tcp.route.iter().enumerate() {
             let dat = format!("{at}.route[{j}]");
-            let weight = match dest.weight {
-                None if single => 100,
-                None => 0,
-                Some(w) if w < 0 => {
-                    diags.push(src.diagnostic(
-                        Severity::Error,
-                        format!("{dat}.weight"),
-                        format!("weight must be >= 0, got {w}"),
-                    ));
-                    continue;
-                }
-                Some(w) => w.unsigned_abs(),
-            };
+            let Some(weight) = weight(dest.weight, single, src, &dat, diags) else { continue };
             if let Some(target) = compile_destination(&dest.destination, &vs.meta.namespace, &dat, src, clusters, diags)
             {
                 if weight > 0 {
@@ -998,6 +991,14 @@ fn bind(
         return;
     }
     let name = format!("{}/{}", vs.meta.namespace, vs.meta.name);
+    let index = match super::index::RuleIndex::build(&http) {
+        Ok(index) => Some(Arc::new(index)),
+        Err(e) => {
+            // Still correct without the prefilter, only slower.
+            diags.push(src.diagnostic(Severity::Warning, "spec.http", format!("{e}; rules are checked one by one")));
+            None
+        }
+    };
     for (i, host) in vs.spec.hosts.iter().enumerate() {
         let pattern = qualify_host(host, &vs.meta.namespace);
         let mut bound = false;
@@ -1015,6 +1016,7 @@ fn bind(
                 None => {
                     service_routes.virtual_service = Some(name.clone());
                     service_routes.rules = http.clone();
+                    service_routes.index = index.clone();
                     service_routes.tcp_rules = tcp.clone();
                     let tcp_ports = service.ports.iter().filter(|p| p.protocol == Protocol::Tcp).count();
                     if !http.is_empty() && tcp_ports == service.ports.len() {

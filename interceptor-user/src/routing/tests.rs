@@ -197,3 +197,153 @@ fn a_rule_needs_exactly_one_action() {
     let err = compile(&vs("  - match:\n    - uri: {prefix: /a}\n")).unwrap_err();
     assert!(err.diagnostics.iter().any(|d| d.message.contains("needs one of")), "{err}");
 }
+
+/// Property tests: the compiled table agrees with a direct reading of the config, and weighted
+/// choice converges to the weights.
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch, VirtualService};
+
+    fn string_match() -> impl Strategy<Value = StringMatch> {
+        let lit = "/?[ab]{0,3}";
+        prop_oneof![
+            lit.prop_map(|s| StringMatch { exact: Some(s), ..Default::default() }),
+            lit.prop_map(|s| StringMatch { prefix: Some(s), ..Default::default() }),
+            prop_oneof![Just("/a.*"), Just("/(a|b)b?"), Just(".*b"), Just("[ab]+")]
+                .prop_map(|r| StringMatch { regex: Some(r.to_owned()), ..Default::default() }),
+        ]
+    }
+
+    fn block() -> impl Strategy<Value = HttpMatchRequest> {
+        (
+            proptest::option::of(string_match()),
+            proptest::option::of(prop_oneof![Just("GET"), Just("POST")]),
+            proptest::option::of(prop_oneof![string_match(), Just(StringMatch::default())]),
+            proptest::option::of(string_match()),
+            any::<bool>(),
+        )
+            .prop_map(|(uri, method, header, without, ignore_case)| HttpMatchRequest {
+                uri,
+                method: method.map(|m| StringMatch { exact: Some(m.to_owned()), ..Default::default() }),
+                headers: header.into_iter().map(|h| ("x-a".to_owned(), h)).collect(),
+                without_headers: without.into_iter().map(|h| ("x-b".to_owned(), h)).collect(),
+                ignore_uri_case: ignore_case,
+                ..Default::default()
+            })
+    }
+
+    fn rules() -> impl Strategy<Value = Vec<Vec<HttpMatchRequest>>> {
+        proptest::collection::vec(proptest::collection::vec(block(), 0..3), 1..6)
+    }
+
+    fn request() -> impl Strategy<Value = (String, &'static str, Option<String>, Option<String>)> {
+        (
+            "/[aAbB]{0,4}",
+            prop_oneof![Just("GET"), Just("POST")],
+            proptest::option::of("/?[ab]{0,3}"),
+            proptest::option::of("/?[ab]{0,3}"),
+        )
+    }
+
+    /// Istio's semantics read straight off the config, with nothing precompiled.
+    fn naive(
+        rules: &[Vec<HttpMatchRequest>],
+        path: &str,
+        method: &str,
+        xa: Option<&str>,
+        xb: Option<&str>,
+    ) -> Option<usize> {
+        let check = |m: &StringMatch, v: &str, ci: bool| {
+            let (v, lower) = if ci { (v.to_lowercase(), true) } else { (v.to_owned(), false) };
+            let fold = |s: &String| if lower { s.to_lowercase() } else { s.clone() };
+            match (&m.exact, &m.prefix, &m.regex) {
+                (Some(e), ..) => v == fold(e),
+                (_, Some(p), _) => v.starts_with(&fold(p)),
+                (.., Some(r)) => {
+                    let flags = if ci { "(?i)" } else { "" };
+                    regex::Regex::new(&format!("^{flags}(?:{r})$")).unwrap().is_match(if ci { path } else { &v })
+                }
+                _ => true,
+            }
+        };
+        rules.iter().position(|blocks| {
+            blocks.is_empty()
+                || blocks.iter().any(|b| {
+                    b.uri.as_ref().is_none_or(|m| check(m, path, b.ignore_uri_case))
+                        && b.method.as_ref().is_none_or(|m| check(m, method, false))
+                        && b.headers.values().all(|m| xa.is_some_and(|v| check(m, v, false)))
+                        && b.without_headers.values().all(|m| match xb {
+                            Some(v) => !check(m, v, false),
+                            None => *m == StringMatch::default(),
+                        })
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn compiled_matching_agrees_with_the_naive_reading(rules in rules(), reqs in proptest::collection::vec(request(), 1..20)) {
+            let spec = VirtualService {
+                hosts: vec!["my-app".into()],
+                http: rules
+                    .iter()
+                    .map(|blocks| HttpRoute {
+                        matches: blocks.clone(),
+                        route: vec![HttpRouteDestination {
+                            destination: crate::config::Destination { host: "my-app".into(), subset: "v1".into(), port: None },
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let yaml = format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs}}\nspec:\n{}",
+                serde_yaml::to_string(&serde_yaml::to_value(&spec).unwrap()).unwrap().lines().map(|l| format!("  {l}\n")).collect::<String>()
+            );
+            let table = compile(&yaml).unwrap();
+            for (path, method, xa, xb) in reqs {
+                let mut headers = HeaderMap::new();
+                if let Some(v) = &xa { headers.insert("x-a", v.parse().unwrap()); }
+                if let Some(v) = &xb { headers.insert("x-b", v.parse().unwrap()); }
+                let req = RequestView { method, path: &path, query: None, authority: "my-app", scheme: "http", headers: &headers, port: 80, source: None };
+                let got = table.route(HOST, &req).rule.map(|r| r.label.clone());
+                let want = naive(&rules, &path, method, xa.as_deref(), xb.as_deref()).map(|i| format!("default/vs#{i}"));
+                prop_assert_eq!(got, want, "path {} method {} x-a {:?} x-b {:?}", path, method, xa, xb);
+            }
+        }
+
+        #[test]
+        fn weighted_choice_converges(weights in proptest::collection::vec(1u32..50, 2..5)) {
+            let dests: String = weights.iter().enumerate().map(|(i, w)| {
+                let subset = ["v1", "v2", "v3"][i % 3];
+                format!("    - destination: {{host: my-app, subset: {subset}}}\n      weight: {w}\n")
+            }).collect();
+            let table = compile(&vs(&format!("  - route:\n{dests}"))).unwrap();
+            let n = 20_000u32;
+            let mut counts: BTreeMap<usize, u32> = BTreeMap::new();
+            let headers = HeaderMap::new();
+            let Some(Action::Route(route)) = get(&table, &headers, "/").rule.map(|r| &r.action) else { panic!("a route") };
+            for _ in 0..n {
+                let picked = route.pick() as *const WeightedTarget;
+                let index = route.targets.iter().position(|t| std::ptr::eq(t, picked)).unwrap();
+                *counts.entry(index).or_default() += 1;
+            }
+            let total: u32 = weights.iter().sum();
+            for (i, w) in weights.iter().enumerate() {
+                let p = f64::from(*w) / f64::from(total);
+                let expected = f64::from(n) * p;
+                let margin = 4.0 * (f64::from(n) * p * (1.0 - p)).sqrt() + 1.0;
+                let got = f64::from(counts.get(&i).copied().unwrap_or(0));
+                prop_assert!((got - expected).abs() <= margin, "destination {} got {} expected {:.0}±{:.0}", i, got, expected, margin);
+            }
+        }
+    }
+}
