@@ -347,3 +347,62 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn delegates_take_the_roots_conditions() {
+    let root = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root}\nspec:\n  hosts: [my-app]\n  http:\n  - match:\n    - uri: {prefix: /api}\n    delegate: {name: api}\n  - route:\n    - destination: {host: my-app, subset: v1}\n---\n";
+    let delegate = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api}\nspec:\n  http:\n  - match:\n    - headers:\n        x-beta: {exact: \"1\"}\n    route:\n    - destination: {host: my-app, subset: v2}\n  - route:\n    - destination: {host: my-app, subset: v3}\n";
+    let table = compile(&format!("{root}{delegate}")).unwrap();
+    let mut headers = HeaderMap::new();
+    assert_eq!(subset_of(&get(&table, &headers, "/web")), "v1", "outside the root's match");
+    assert_eq!(subset_of(&get(&table, &headers, "/api/x")), "v3");
+    headers.insert("x-beta", "1".parse().unwrap());
+    let d = get(&table, &headers, "/api/x");
+    assert_eq!(subset_of(&d), "v2");
+    assert_eq!(d.rule.unwrap().label, "default/root#0→default/api#0");
+    assert_eq!(subset_of(&get(&table, &headers, "/web")), "v1", "the delegate's rules need the root's /api");
+}
+
+#[test]
+fn analysis_warns_about_shadowed_rules_and_losing_virtual_services() {
+    let second = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: later}\nspec:\n  hosts: [my-app]\n  http:\n  - route:\n    - destination: {host: my-app, subset: v2}\n";
+    let first = vs("  - route:\n    - destination: {host: my-app, subset: v1}\n  - match:\n    - uri: {prefix: /never}\n    route:\n    - destination: {host: my-app, subset: v2}\n");
+    let table = compile(&format!("{first}{second}")).unwrap();
+    let warnings: Vec<String> = table.warnings().iter().map(ToString::to_string).collect();
+    assert!(warnings.iter().any(|w| w.contains("spec.http[1]") && w.contains("unreachable")), "{warnings:#?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("VirtualService default/later")
+                && w.contains("already routed by VirtualService default/vs")),
+        "{warnings:#?}"
+    );
+    assert_eq!(subset_of(&get(&table, &HeaderMap::new(), "/")), "v1", "the older VirtualService wins");
+}
+
+#[test]
+fn tcp_rules_match_port_and_fall_back_to_the_service() {
+    let tcp = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db]\n  addresses: [10.96.0.40]\n  ports: [{number: 5432, name: tcp-pg}]\n  endpoints: [{address: 10.244.0.20}]\n";
+    let table = compile(tcp).unwrap();
+    let host = "db.default.svc.cluster.local";
+    assert_eq!(table.protocol(host, 5432), crate::endpoints::Protocol::Tcp);
+    let (rule, target) =
+        table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
+    assert_eq!((rule, target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
+}
+
+#[test]
+fn policy_errors_name_their_field() {
+    let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad}\nspec:\n  host: other\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      consistentHash: {useSourceIp: true}\n    connectionPool:\n      tcp: {maxConnections: -1, connectTimeout: soon}\n";
+    let err = compile(dr).unwrap_err();
+    let fields: Vec<&str> =
+        err.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "spec.trafficPolicy.loadBalancer",
+            "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+            "spec.trafficPolicy.connectionPool.tcp.connectTimeout"
+        ]
+    );
+}
