@@ -254,6 +254,14 @@ impl Node {
         serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
     }
 
+    /// Runs `program args…` in pod `pod`'s network namespace and waits for it.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn exec_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> Result<()> {
+        run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", self.pod_netns(pod))).arg("--").arg(program).args(args))
+    }
+
     /// Kills a process this node started.
     pub fn kill(&mut self, pid: u32) {
         if let Some(pos) = self.children.iter().position(|c| c.id() == pid) {
