@@ -47,13 +47,11 @@ pub static CONNTRACK: LruHashMap<SockAddr4, Conntrack, { CONNTRACK_MAX_ENTRIES a
 
 /// Packet mode: per-CPU packet counters per interface index.
 #[btf_map]
-pub static IFACE_STATS: PerCpuHashMap<u32, PacketStats, { IFACE_STATS_MAX_ENTRIES as usize }> =
-    PerCpuHashMap::new();
+pub static IFACE_STATS: PerCpuHashMap<u32, PacketStats, { IFACE_STATS_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
 
 /// Packet mode: per-CPU packet counters per captured service VIP:port.
 #[btf_map]
-pub static PACKET_STATS: PerCpuHashMap<SockAddr4, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> =
-    PerCpuHashMap::new();
+pub static PACKET_STATS: PerCpuHashMap<SockAddr4, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
 
 /// `a == b` for `&str` in const context.
 const fn same(a: &str, b: &str) -> bool {

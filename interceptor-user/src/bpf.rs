@@ -390,7 +390,8 @@ impl SocketCapture {
         }
         // Subscribe before the first scan, so no change between the two is missed.
         let events = interfaces::LinkEvents::open().map_err(|source| BpfError::Interfaces { source })?;
-        let mut follower = Follower { ebpf: self.ebpf.clone(), links: self.links.clone(), patterns, attached: BTreeMap::new() };
+        let mut follower =
+            Follower { ebpf: self.ebpf.clone(), links: self.links.clone(), patterns, attached: BTreeMap::new() };
         follower.rescan().map_err(|source| BpfError::Interfaces { source })?;
         self.tasks.push(tokio::spawn(async move {
             loop {
@@ -508,8 +509,12 @@ impl Follower {
             .into_iter()
             .filter(|(name, _)| self.patterns.iter().any(|p| interfaces::glob_match(p, name)))
             .collect();
-        let gone: Vec<String> =
-            self.attached.iter().filter(|(name, idx)| wanted.get(*name) != Some(*idx)).map(|(n, _)| n.clone()).collect();
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, idx)| wanted.get(*name) != Some(*idx))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in gone {
             let mut links = lock(&self.links);
             links.unpin(&format!("xdp_{name}"));

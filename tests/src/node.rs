@@ -259,7 +259,11 @@ impl Node {
     /// # Errors
     /// The command fails.
     pub fn exec_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> Result<()> {
-        run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", self.pod_netns(pod))).arg("--").arg(program).args(args))
+        run(Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.pod_netns(pod)))
+            .arg("--")
+            .arg(program)
+            .args(args))
     }
 
     /// Kills a process this node started.

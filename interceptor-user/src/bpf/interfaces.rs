@@ -1,7 +1,12 @@
 //! Which interfaces packet mode attaches to: the node's interfaces whose names match the settings'
 //! patterns, re-read whenever the kernel reports a link change over rtnetlink.
 
-use std::{collections::BTreeMap, ffi::CStr, io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 /// `RTMGRP_LINK`: the rtnetlink multicast group of link (interface) changes.
 const RTMGRP_LINK: u32 = 1;
@@ -55,7 +60,11 @@ impl LinkEvents {
     pub(crate) fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
         };
         if raw < 0 {
             return Err(io::Error::last_os_error());

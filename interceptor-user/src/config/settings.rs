@@ -151,9 +151,7 @@ impl SettingsFile {
             cgroup: self.cgroup.unwrap_or_else(|| DEFAULT_CGROUP.into()),
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mode: self.mode.unwrap_or_default(),
-            interfaces: self
-                .interfaces
-                .unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
+            interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
             failure_policy: self.failure_policy.unwrap_or_default(),
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         })
