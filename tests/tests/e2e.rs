@@ -471,3 +471,29 @@ fn packet_mode_checksums_hold_with_veth_offload_on_and_off() {
     let off = load(&node, 100, &["--new-connections"]);
     assert_eq!(off.status(200), 100, "{off:?}");
 }
+
+#[test]
+fn packet_mode_follows_pods_as_they_come_and_go() {
+    let mut node = node().unwrap();
+    let mut agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(0, 100))],
+        false,
+        Mode::Packet,
+        "open",
+    )
+    .unwrap();
+    // A pod that appears after the agent started is captured too.
+    let late_if = node.add_pod(PodSpec::new("late", [10, 244, 0, 20])).unwrap();
+    agent.wait_for_log(&format!("interface={late_if}"), Duration::from_secs(5)).unwrap();
+    let pin = node.bpffs().join("links").join(format!("xdp_{late_if}"));
+    assert!(pin.exists(), "{}", agent.log());
+    let report = node.load("late", &["--target", VIP, "--host", HOST, "-n", "20", "--new-connections"]).unwrap();
+    assert_eq!(report.count("v2"), 20, "{report:?}");
+    // A pod that goes away is detached: its link pins are removed.
+    node.remove_pod_netns("late").unwrap();
+    agent.wait_for_log("interface gone: detached", Duration::from_secs(5)).unwrap();
+    assert!(!pin.exists(), "{}", agent.log());
+    // The others keep working.
+    assert_eq!(load(&node, 20, &["--new-connections"]).count("v2"), 20);
+}
