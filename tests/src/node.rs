@@ -45,6 +45,9 @@ pub struct LoadReport {
     pub connections: usize,
     /// Requests sent.
     pub requests: usize,
+    /// Time spent in successful `connect()`s, in nanoseconds (connect plus the TCP handshake).
+    #[serde(default)]
+    pub connect_ns: u64,
 }
 
 impl LoadReport {

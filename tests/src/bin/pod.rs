@@ -75,6 +75,8 @@ struct Report {
     connections: usize,
     /// Requests sent.
     requests: usize,
+    /// Time spent in successful `connect()`s, in nanoseconds (for overhead measurements).
+    connect_ns: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -159,7 +161,9 @@ async fn load(
             };
             if !alive {
                 report.connections += 1;
+                let start = Instant::now();
                 sender = Some(connect(target).await?);
+                report.connect_ns += start.elapsed().as_nanos() as u64;
             }
             let s = sender.as_mut().context("no connection")?;
             let mut req = Request::get(path).header("host", host);
