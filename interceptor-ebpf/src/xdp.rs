@@ -54,6 +54,9 @@ fn try_xdp(ctx: &XdpContext) -> Result<Outcome, ()> {
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         if !target.captures(now) {
+            // The flow goes direct: forget any earlier flow from this client port, or its later
+            // packets would still be rewritten to the (absent) proxy.
+            let _ = CONNTRACK.remove(client);
             return Ok(Outcome::Bypassed);
         }
         let flow = Conntrack { orig: dst, proxy: target.addr };
