@@ -62,3 +62,17 @@ unsafe impl aya::Pod for CapturedService {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
 unsafe impl aya::Pod for ProxyTarget {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_needs_a_fresh_heartbeat_unless_fail_closed() {
+        let t = ProxyTarget { ready: 1, heartbeat_ns: 1_000_000_000, ..ProxyTarget::default() };
+        assert!(t.captures(1_000_000_000 + HEARTBEAT_STALE_NS - 1));
+        assert!(!t.captures(1_000_000_000 + HEARTBEAT_STALE_NS));
+        assert!(!ProxyTarget { ready: 0, ..t }.captures(1_000_000_000));
+        assert!(ProxyTarget { ready: 0, fail_closed: 1, ..t }.captures(u64::MAX));
+    }
+}

@@ -496,4 +496,15 @@ fn packet_mode_follows_pods_as_they_come_and_go() {
     assert!(!pin.exists(), "{}", agent.log());
     // The others keep working.
     assert_eq!(load(&node, 20, &["--new-connections"]).count("v2"), 20);
+    // A clean stop detaches everything: no XDP program is left on the node's interfaces.
+    let node_links = || {
+        let out = std::process::Command::new("ip").args(["-d", "-n", &node.node_netns(), "link", "show"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert!(node_links().contains("prog/xdp"), "{}", node_links());
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let links = node_links();
+    assert!(links.contains("ic0-") && !links.contains("prog/xdp"), "{links}");
+    assert!(!node.bpffs().join("links").exists(), "link pins left behind");
 }
