@@ -398,7 +398,17 @@ fn kill_the_proxy(mode: Mode, policy: &str) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     agent.kill_hard().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    let killed = std::time::Instant::now();
+    if policy == "open" {
+        // For the record: how soon the first new connection goes direct.
+        while killed.elapsed() < Duration::from_secs(2) && load_direct(&node, 1).count("v2") == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first = killed.elapsed();
+        eprintln!("{mode:?}: first direct answer {first:?} after the kill");
+        assert!(first < Duration::from_secs(1), "fail open took {first:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(killed.elapsed()));
     let after = load_direct(&node, 20);
     let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
     assert!(during.count("v1") > 0, "{during:?}");
