@@ -24,6 +24,10 @@ pub struct CapturedService {
 const _: () = assert!(core::mem::size_of::<CapturedService>() == 4);
 
 /// Where captured connections are sent, and whether capture is on at all.
+///
+/// Capture applies while `ready != 0` and the agent's heartbeat is younger than
+/// [`HEARTBEAT_STALE_NS`] — so a proxy killed with SIGKILL stops being "ready" on its own, without a
+/// supervisor — or always, with `fail_closed != 0` (connections then fail while the proxy is down).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyTarget {
@@ -32,11 +36,25 @@ pub struct ProxyTarget {
     /// Non-zero while the proxy accepts connections. A `u32`, not `bool`: no padding, no invalid
     /// bit patterns. While zero, captured connects go to their original destination (fail open).
     pub ready: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Non-zero for `failurePolicy: closed`: capture regardless of readiness.
+    pub fail_closed: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads) of the agent's last heartbeat.
+    pub heartbeat_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 16);
+/// A heartbeat older than this (ns) means the proxy is gone: 700 ms, so with the agent beating every
+/// 200 ms new connections fail open well within a second of the proxy's death.
+pub const HEARTBEAT_STALE_NS: u64 = 700_000_000;
+
+impl ProxyTarget {
+    /// Whether connections to captured destinations go to the proxy at time `now_ns`.
+    #[inline(always)]
+    pub fn captures(&self, now_ns: u64) -> bool {
+        self.fail_closed != 0 || (self.ready != 0 && now_ns.wrapping_sub(self.heartbeat_ns) < HEARTBEAT_STALE_NS)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 24);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
@@ -44,3 +62,17 @@ unsafe impl aya::Pod for CapturedService {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
 unsafe impl aya::Pod for ProxyTarget {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_needs_a_fresh_heartbeat_unless_fail_closed() {
+        let t = ProxyTarget { ready: 1, heartbeat_ns: 1_000_000_000, ..ProxyTarget::default() };
+        assert!(t.captures(1_000_000_000 + HEARTBEAT_STALE_NS - 1));
+        assert!(!t.captures(1_000_000_000 + HEARTBEAT_STALE_NS));
+        assert!(!ProxyTarget { ready: 0, ..t }.captures(1_000_000_000));
+        assert!(ProxyTarget { ready: 0, fail_closed: 1, ..t }.captures(u64::MAX));
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod origdst;
+pub mod packet;
 pub mod stats;
 
 /// An IPv4 socket address as the maps store it.

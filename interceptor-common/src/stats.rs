@@ -39,17 +39,23 @@ pub enum Program {
     Connect4 = 0,
     /// `sockops`.
     SockOps = 1,
+    /// `xdp` on pod interfaces (packet mode).
+    Xdp = 2,
+    /// `tc` egress on pod interfaces (packet mode).
+    TcEgress = 3,
 }
 
 impl Program {
     /// Every program, in slot order.
-    pub const ALL: [Program; 2] = [Program::Connect4, Program::SockOps];
+    pub const ALL: [Program; 4] = [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress];
 
     /// Name as printed by the agent.
     pub const fn name(self) -> &'static str {
         match self {
             Program::Connect4 => "connect4",
             Program::SockOps => "sockops",
+            Program::Xdp => "xdp",
+            Program::TcEgress => "tc_egress",
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext as _,
@@ -58,7 +58,9 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, Error> {
         return Ok(Outcome::Ignored);
     }
     let target = PROXY_TARGET.get(0).ok_or(Error::NoProxyTarget)?;
-    if target.ready == 0 || is_proxy_socket(sa) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !target.captures(now) || is_proxy_socket(sa) {
         return Ok(Outcome::Bypassed);
     }
     let proxy = target.addr;

@@ -1,5 +1,6 @@
-//! Kernel side of socket-mode capture: `cgroup/connect4` sends connects to captured service
-//! addresses to the proxy, and `sockops` hands the original destination over to it.
+//! Kernel side of capture. Socket mode: `cgroup/connect4` sends connects to captured service
+//! addresses to the proxy, and `sockops` hands the original destination over to it. Packet mode:
+//! `xdp` rewrites packets to captured service addresses to the proxy and `tc` egress reverses it.
 //!
 //! Every program fails open: on any error the connection goes where the application asked, and the
 //! program's `errors` counter in `PROGRAM_STATS` goes up.
@@ -14,8 +15,11 @@ extern crate std;
 
 mod connect;
 mod maps;
+mod packet;
 mod sockops;
 mod stats;
+mod tc;
+mod xdp;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -8,6 +8,10 @@ use aya_ebpf::{
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
+    packet::{
+        Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
+        PACKET_STATS_MAP,
+    },
     stats::{ProgramStats, ServiceStats, PROGRAM_COUNT, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
     SockAddr4,
 };
@@ -37,6 +41,18 @@ pub static SERVICE_STATS: PerCpuHashMap<SockAddr4, ServiceStats, { CAPTURE_MAX_E
 #[btf_map]
 pub static PROGRAM_STATS: PerCpuArray<ProgramStats, { PROGRAM_COUNT as usize }> = PerCpuArray::new();
 
+/// Packet mode: client address → the flow XDP sent to the proxy. Read by TC and by the proxy.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<SockAddr4, Conntrack, { CONNTRACK_MAX_ENTRIES as usize }> = LruHashMap::new();
+
+/// Packet mode: per-CPU packet counters per interface index.
+#[btf_map]
+pub static IFACE_STATS: PerCpuHashMap<u32, PacketStats, { IFACE_STATS_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
+
+/// Packet mode: per-CPU packet counters per captured service VIP:port.
+#[btf_map]
+pub static PACKET_STATS: PerCpuHashMap<SockAddr4, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
+
 /// `a == b` for `&str` in const context.
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -60,3 +76,6 @@ const _: () = assert!(same(ORIG_DST_BY_COOKIE_MAP, "ORIG_DST_COOKIE"));
 const _: () = assert!(same(ORIG_DST_MAP, "ORIG_DST"));
 const _: () = assert!(same(SERVICE_STATS_MAP, "SERVICE_STATS"));
 const _: () = assert!(same(PROGRAM_STATS_MAP, "PROGRAM_STATS"));
+const _: () = assert!(same(CONNTRACK_MAP, "CONNTRACK"));
+const _: () = assert!(same(IFACE_STATS_MAP, "IFACE_STATS"));
+const _: () = assert!(same(PACKET_STATS_MAP, "PACKET_STATS"));

@@ -2,11 +2,12 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use interceptor_common::{
+    packet::PacketStats,
     stats::{Program, ProgramStats, ServiceStats},
     SockAddr4,
 };
 
-use crate::maps::{PROGRAM_STATS, SERVICE_STATS};
+use crate::maps::{IFACE_STATS, PACKET_STATS, PROGRAM_STATS, SERVICE_STATS};
 
 /// What a program run did, for its counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,4 +67,53 @@ pub fn count_connection(service: &SockAddr4) -> Result<(), i32> {
             None => Err(-1),
         },
     }
+}
+
+/// What happened to a packet of a captured service, for the packet counters.
+#[derive(Clone, Copy)]
+pub enum PacketEvent {
+    /// A packet of this many bytes was rewritten.
+    Rewritten(u64),
+    /// A SYN opened a flow to the proxy.
+    NewFlow,
+    /// A packet to a captured VIP:port matched no flow.
+    Miss,
+}
+
+/// Counts `event` for interface `ifindex` and service `service`. Counter loss (maps full) is
+/// tolerated: the packet itself is already handled.
+#[inline(always)]
+pub fn count_packet(ifindex: u32, service: &SockAddr4, event: PacketEvent) {
+    if let Some(slot) = IFACE_STATS.get_ptr_mut(ifindex) {
+        // SAFETY: this CPU's value of a per-CPU hash entry; entries are never deleted by the loader
+        // while programs run.
+        add(unsafe { &mut *slot }, event);
+    } else {
+        let _ = IFACE_STATS.insert(ifindex, first(event), u64::from(BPF_NOEXIST));
+    }
+    if let Some(slot) = PACKET_STATS.get_ptr_mut(service) {
+        // SAFETY: as above.
+        add(unsafe { &mut *slot }, event);
+    } else {
+        let _ = PACKET_STATS.insert(service, first(event), u64::from(BPF_NOEXIST));
+    }
+}
+
+#[inline(always)]
+fn add(stats: &mut PacketStats, event: PacketEvent) {
+    match event {
+        PacketEvent::Rewritten(bytes) => {
+            stats.packets += 1;
+            stats.bytes += bytes;
+        }
+        PacketEvent::NewFlow => stats.new_flows += 1,
+        PacketEvent::Miss => stats.nat_misses += 1,
+    }
+}
+
+#[inline(always)]
+fn first(event: PacketEvent) -> PacketStats {
+    let mut stats = PacketStats { packets: 0, bytes: 0, new_flows: 0, nat_misses: 0 };
+    add(&mut stats, event);
+    stats
 }

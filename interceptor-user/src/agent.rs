@@ -11,8 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::bpf::{BpfError, CaptureSettings, SocketCapture};
-use crate::config::{ConfigError, Settings, Snapshot};
+use crate::bpf::{BpfError, CaptureKind, CaptureSettings, SocketCapture};
+use crate::config::{CaptureMode, ConfigError, FailurePolicy, Settings, Snapshot};
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
 
@@ -71,6 +71,11 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         cgroup: settings.cgroup.clone(),
         bpffs: settings.bpffs.clone(),
         redirect: settings.redirect,
+        kind: match settings.mode {
+            CaptureMode::Socket => CaptureKind::Socket,
+            CaptureMode::Packet => CaptureKind::Packet { interfaces: settings.interfaces.clone() },
+        },
+        fail_closed: settings.failure_policy == FailurePolicy::Closed,
     })?;
     let report = capture.sync_capture(&table.capture_set())?;
     info!(added = report.added, "capture set loaded");
@@ -93,7 +98,7 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         DRAIN_DEADLINE,
     ));
     capture.set_ready(true)?;
-    info!(%listen, redirect = %settings.redirect, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
+    info!(%listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
     let _watcher = watch_dir(&config_dir, reload_tx.clone())?;

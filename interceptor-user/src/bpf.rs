@@ -1,25 +1,38 @@
-//! Socket-mode capture: loads the kernel programs, keeps their maps in step, reads their counters.
+//! Capture: loads the kernel programs, attaches them, keeps their maps in step, reads counters.
 //!
-//! This is the only module that talks to aya. The kernel side (`interceptor-ebpf`) redirects
-//! `connect()`s to captured service addresses to the proxy (`cgroup/connect4`) and records the
-//! original destination by client address (`sockops`); [`OrigDstTable::take`] answers the proxy's
-//! "where was this connection going?".
+//! This is the only module that talks to aya. Socket mode: `cgroup/connect4` redirects `connect()`s
+//! to captured service addresses to the proxy and `sockops` records the original destination by
+//! client address. Packet mode: `xdp` on pod interfaces rewrites packets to captured service
+//! addresses to the proxy and records the flow in `CONNTRACK`, `tc` egress restores the source of
+//! replies; the interfaces are followed over rtnetlink. Either way [`OrigDstTable::take`] answers
+//! the proxy's "where was this connection going?". A heartbeat task keeps `PROXY_TARGET` fresh, so
+//! the kernel stops capturing (fail open) within a second of the agent's death.
 //!
 //! # Minimum kernel version
 //!
 //! 5.7 (bpf links for cgroup programs, BTF-defined maps, ring buffer for logs); tested on 6.18.
 
 mod addr;
+mod interfaces;
+mod links;
 mod maps;
 mod pins;
 mod sync;
 
-use std::{collections::BTreeMap, fs::File, io, net::SocketAddrV4, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    net::SocketAddrV4,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use aya::{
     programs::{
-        cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId, CgroupAttachMode, CgroupSockAddr,
-        ProgramError, SockOps,
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, TcAttachType, Xdp,
+        XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -31,13 +44,15 @@ pub use interceptor_common::{
 use interceptor_common::{
     capture::{ProxyTarget, CAPTURE_MAP, PROXY_TARGET_MAP},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP},
+    packet::{CONNTRACK_MAP, IFACE_STATS_MAP, PACKET_STATS_MAP},
     stats::{PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 pub use self::sync::SyncReport;
 use self::{
-    maps::{CaptureMap, OrigDstMap, ProxyTargetMap, StatsMaps},
+    links::LinkPins,
+    maps::{CaptureMap, ConntrackMap, OrigDstMap, ProxyTargetMap, StatsMaps},
     pins::PinDir,
 };
 
@@ -47,10 +62,37 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 /// Program names in the object (the entry functions' names).
 const CONNECT4: &str = "connect4";
 const SOCKOPS: &str = "sockops_handover";
+const XDP: &str = "xdp_capture";
+const TC: &str = "tc_egress";
+
+/// How often the agent refreshes the heartbeat in `PROXY_TARGET` (the kernel treats it as stale
+/// after `interceptor_common::capture::HEARTBEAT_STALE_NS`).
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 
 /// Every map we pin, by its name in `interceptor-common`. `AYA_LOGS` is not ours and stays unpinned.
-const PINNED_MAPS: &[&str] =
-    &[CAPTURE_MAP, PROXY_TARGET_MAP, ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, SERVICE_STATS_MAP, PROGRAM_STATS_MAP];
+const PINNED_MAPS: &[&str] = &[
+    CAPTURE_MAP,
+    PROXY_TARGET_MAP,
+    ORIG_DST_BY_COOKIE_MAP,
+    ORIG_DST_MAP,
+    SERVICE_STATS_MAP,
+    PROGRAM_STATS_MAP,
+    CONNTRACK_MAP,
+    IFACE_STATS_MAP,
+    PACKET_STATS_MAP,
+];
+
+/// How traffic is captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureKind {
+    /// cgroup connect hooks on `CaptureSettings::cgroup`.
+    Socket,
+    /// XDP + TC on the interfaces whose names match these shell patterns (`*`, `?`).
+    Packet {
+        /// Interface name patterns, e.g. `veth*`.
+        interfaces: Vec<String>,
+    },
+}
 
 /// Where to attach, where to pin, where to send captured connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +103,10 @@ pub struct CaptureSettings {
     pub bpffs: PathBuf,
     /// Proxy listener address as the captured processes reach it.
     pub redirect: SocketAddrV4,
+    /// Socket or packet capture.
+    pub kind: CaptureKind,
+    /// Keep capturing while the proxy is down (connections fail) instead of letting them through.
+    pub fail_closed: bool,
 }
 
 /// Failures of the capture subsystem. Each names the map, program or path involved.
@@ -144,6 +190,31 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A link could not be pinned.
+    #[error("pinning link {}", path.display())]
+    PinLink {
+        /// The pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    /// An attachment is not a bpf link (legacy netlink/ioctl fallback), so it cannot be pinned.
+    #[error("program `{name}`: attachment is not a pinnable bpf link")]
+    NotALink {
+        /// Program name.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    /// The interface list or the rtnetlink socket failed.
+    #[error("following interfaces")]
+    Interfaces {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// Kernel log forwarding could not start.
     #[error("starting eBPF log forwarding")]
     Logger {
@@ -162,26 +233,27 @@ pub struct CaptureStats {
     pub programs: Vec<(Program, ProgramStats)>,
 }
 
-/// Loaded and attached kernel programs and their maps. Dropping it detaches the programs and
-/// removes the pins.
+/// Loaded and attached kernel programs and their maps (socket or packet mode). Dropping it
+/// detaches the programs and removes the pins.
 pub struct SocketCapture {
-    // Field order is drop order: links and programs (in `ebpf`) go before the pins.
-    ebpf: Ebpf,
-    connect4: Option<CgroupSockAddrLinkId>,
-    sockops: Option<SockOpsLinkId>,
+    // Field order is drop order: links, then programs (in `ebpf`), then the map pins.
+    links: Arc<Mutex<LinkPins>>,
+    ebpf: Arc<Mutex<Ebpf>>,
     capture: CaptureMap,
-    proxy_target: ProxyTargetMap,
-    orig_dst: OrigDstMap,
+    proxy_target: Arc<Mutex<ProxyTargetMap>>,
+    orig_dst: OrigDstTable,
     stats: StatsMaps,
-    logger: JoinHandle<()>,
-    cgroup: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+    settings: CaptureSettings,
     _pins: PinDir,
 }
 
 impl SocketCapture {
     /// Loads the embedded object, pins its maps under `settings.bpffs` (replacing stale pins of the
-    /// same names), writes `PROXY_TARGET` with ready = 0, attaches `connect4` and `sockops` to
-    /// `settings.cgroup` and starts forwarding kernel logs to `log`/`tracing`.
+    /// same names, and removing stale link pins, which detaches an earlier agent's programs),
+    /// writes `PROXY_TARGET` with ready = 0, attaches the programs of `settings.kind` (pinned
+    /// links) and starts forwarding kernel logs to `log`/`tracing`. In packet mode the interfaces
+    /// are followed from then on.
     ///
     /// Capture starts disabled: call [`Self::set_ready`] once the proxy listens.
     ///
@@ -199,9 +271,8 @@ impl SocketCapture {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BpfError::NoRuntime);
         }
-        let cgroup = File::open(&settings.cgroup)
-            .map_err(|source| BpfError::Cgroup { path: settings.cgroup.clone(), source })?;
         let pins = PinDir::prepare(&settings.bpffs, PINNED_MAPS)?;
+        let links = LinkPins::prepare(&settings.bpffs)?;
 
         let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|name| (*name, pins.path(name))).collect();
         let log_level = kernel_log_level();
@@ -217,9 +288,19 @@ impl SocketCapture {
 
         let capture = CaptureMap::take(&mut ebpf)?;
         let mut proxy_target = ProxyTargetMap::take(&mut ebpf)?;
-        let orig_dst = OrigDstMap::take(&mut ebpf)?;
+        let orig_dst = match settings.kind {
+            CaptureKind::Socket => OrigDstTable { source: OrigDstSource::Socket(OrigDstMap::take(&mut ebpf)?) },
+            CaptureKind::Packet { .. } => {
+                OrigDstTable { source: OrigDstSource::Packet(ConntrackMap::take(&mut ebpf)?) }
+            }
+        };
         let stats = StatsMaps::take(&mut ebpf)?;
-        proxy_target.set(ProxyTarget { addr: addr::to_kernel(settings.redirect), ready: 0, _pad: 0 })?;
+        proxy_target.set(ProxyTarget {
+            addr: addr::to_kernel(settings.redirect),
+            ready: 0,
+            fail_closed: u32::from(settings.fail_closed),
+            heartbeat_ns: 0,
+        })?;
 
         // Forward kernel log records to the `log` facade (which `tracing-subscriber` picks up).
         // SAFETY: the ring buffer's descriptor is owned by the logger, which the `AsyncFd` owns
@@ -237,41 +318,92 @@ impl SocketCapture {
             }
         });
         let mut this = Self {
-            ebpf,
-            connect4: None,
-            sockops: None,
+            links: Arc::new(Mutex::new(links)),
+            ebpf: Arc::new(Mutex::new(ebpf)),
             capture,
-            proxy_target,
+            proxy_target: Arc::new(Mutex::new(proxy_target)),
             orig_dst,
             stats,
-            logger,
-            cgroup: settings.cgroup.clone(),
+            tasks: vec![logger],
+            settings: settings.clone(),
             _pins: pins,
         };
         // On error from here on, `this` drops: whatever was attached is detached again.
-        this.attach(&cgroup)?;
+        match &settings.kind {
+            CaptureKind::Socket => this.attach_cgroup()?,
+            CaptureKind::Packet { interfaces } => this.attach_interfaces(interfaces.clone())?,
+        }
+        let target = this.proxy_target.clone();
+        this.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            loop {
+                tick.tick().await;
+                if let Err(err) = beat(&target, None) {
+                    tracing::warn!(%err, "heartbeat not written");
+                }
+            }
+        }));
         tracing::info!(
+            kind = ?settings.kind,
             cgroup = %settings.cgroup.display(),
             bpffs = %settings.bpffs.display(),
             redirect = %settings.redirect,
-            "socket capture attached (not ready yet)"
+            fail_closed = settings.fail_closed,
+            "capture attached (not ready yet)"
         );
         Ok(this)
     }
 
-    fn attach(&mut self, cgroup: &File) -> Result<(), BpfError> {
+    fn attach_cgroup(&mut self) -> Result<(), BpfError> {
+        let cgroup = File::open(&self.settings.cgroup)
+            .map_err(|source| BpfError::Cgroup { path: self.settings.cgroup.clone(), source })?;
         // On 5.7+ aya attaches through bpf links, which always coexist with other programs on the
         // cgroup (multi semantics); the kernel rejects any explicit flag there with EINVAL, so
         // `Single` (no flag) is the only mode that works.
         let mode = CgroupAttachMode::Single;
+        let mut ebpf = lock(&self.ebpf);
+        let mut links = lock(&self.links);
 
-        let prog: &mut CgroupSockAddr = program(&mut self.ebpf, CONNECT4)?;
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, CONNECT4)?;
         prog.load().map_err(prog_err(CONNECT4, "loading"))?;
-        self.connect4 = Some(prog.attach(cgroup, mode).map_err(prog_err(CONNECT4, "attaching"))?);
+        let id = prog.attach(&cgroup, mode).map_err(prog_err(CONNECT4, "attaching"))?;
+        let link = prog.take_link(id).map_err(prog_err(CONNECT4, "attaching"))?;
+        links.pin(CONNECT4, FdLink::try_from(link).map_err(not_a_link(CONNECT4))?)?;
 
-        let prog: &mut SockOps = program(&mut self.ebpf, SOCKOPS)?;
+        let prog: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         prog.load().map_err(prog_err(SOCKOPS, "loading"))?;
-        self.sockops = Some(prog.attach(cgroup, mode).map_err(prog_err(SOCKOPS, "attaching"))?);
+        let id = prog.attach(&cgroup, mode).map_err(prog_err(SOCKOPS, "attaching"))?;
+        let link = prog.take_link(id).map_err(prog_err(SOCKOPS, "attaching"))?;
+        links.pin(SOCKOPS, FdLink::try_from(link).map_err(not_a_link(SOCKOPS))?)?;
+        Ok(())
+    }
+
+    /// Loads XDP and TC, attaches them to every matching interface now (so "ready" means
+    /// attached), then follows link changes over rtnetlink in a task.
+    fn attach_interfaces(&mut self, patterns: Vec<String>) -> Result<(), BpfError> {
+        {
+            let mut ebpf = lock(&self.ebpf);
+            let prog: &mut Xdp = program(&mut ebpf, XDP)?;
+            prog.load().map_err(prog_err(XDP, "loading"))?;
+            let prog: &mut SchedClassifier = program(&mut ebpf, TC)?;
+            prog.load().map_err(prog_err(TC, "loading"))?;
+        }
+        // Subscribe before the first scan, so no change between the two is missed.
+        let events = interfaces::LinkEvents::open().map_err(|source| BpfError::Interfaces { source })?;
+        let mut follower =
+            Follower { ebpf: self.ebpf.clone(), links: self.links.clone(), patterns, attached: BTreeMap::new() };
+        follower.rescan().map_err(|source| BpfError::Interfaces { source })?;
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                if let Err(err) = events.changed().await {
+                    tracing::error!(%err, "rtnetlink socket failed; interfaces are no longer followed");
+                    return;
+                }
+                if let Err(err) = follower.rescan() {
+                    tracing::warn!(%err, "listing interfaces");
+                }
+            }
+        }));
         Ok(())
     }
 
@@ -296,15 +428,14 @@ impl SocketCapture {
         Ok(report)
     }
 
-    /// Turns capture on (proxy serving) or off (connections go to their original destination).
+    /// Turns capture on (proxy serving) or off (connections go to their original destination,
+    /// unless the failure policy is closed).
     ///
     /// # Errors
     ///
     /// [`BpfError::Map`] on a failed `PROXY_TARGET` read or write.
     pub fn set_ready(&mut self, ready: bool) -> Result<(), BpfError> {
-        let mut target = self.proxy_target.get()?;
-        target.ready = u32::from(ready);
-        self.proxy_target.set(target)?;
+        beat(&self.proxy_target, Some(ready))?;
         tracing::info!(ready, "capture readiness set");
         Ok(())
     }
@@ -315,7 +446,7 @@ impl SocketCapture {
     ///
     /// None today; kept fallible so the handle may open its own map descriptor later.
     pub fn original_destinations(&self) -> Result<OrigDstTable, BpfError> {
-        Ok(OrigDstTable { map: self.orig_dst.clone() })
+        Ok(self.orig_dst.clone())
     }
 
     /// Counters per captured service and per program, summed over CPUs.
@@ -330,41 +461,126 @@ impl SocketCapture {
 
 impl Drop for SocketCapture {
     fn drop(&mut self) {
-        if let Some(link) = self.sockops.take() {
-            if let Err(e) = program::<SockOps>(&mut self.ebpf, SOCKOPS)
-                .and_then(|p| p.detach(link).map_err(prog_err(SOCKOPS, "detaching")))
-            {
-                tracing::warn!(error = %e, "detaching sockops");
-            }
+        for task in &self.tasks {
+            task.abort();
         }
-        if let Some(link) = self.connect4.take() {
-            if let Err(e) = program::<CgroupSockAddr>(&mut self.ebpf, CONNECT4)
-                .and_then(|p| p.detach(link).map_err(prog_err(CONNECT4, "detaching")))
-            {
-                tracing::warn!(error = %e, "detaching connect4");
-            }
-        }
-        self.logger.abort();
-        tracing::info!(cgroup = %self.cgroup.display(), "socket capture detached");
+        // Unpinning drops the last reference to each link: the programs detach.
+        lock(&self.links).close();
+        tracing::info!(kind = ?self.settings.kind, "capture detached");
         // Fields drop next: programs unload, map descriptors close, `PinDir` removes the pins.
     }
 }
 
-/// Handle on the original destinations of redirected connections. Clones share one map.
+/// Writes the heartbeat (now, `CLOCK_MONOTONIC`) and, if given, the ready flag.
+fn beat(target: &Mutex<ProxyTargetMap>, ready: Option<bool>) -> Result<(), BpfError> {
+    let map = &mut *lock(target);
+    let mut value = map.get()?;
+    value.heartbeat_ns = monotonic_ns();
+    if let Some(ready) = ready {
+        value.ready = u32::from(ready);
+    }
+    map.set(value)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Packet mode: keeps XDP and TC attached to exactly the interfaces matching the patterns.
+struct Follower {
+    ebpf: Arc<Mutex<Ebpf>>,
+    links: Arc<Mutex<LinkPins>>,
+    patterns: Vec<String>,
+    /// Interface name → index it was attached at (a re-created interface gets a new index).
+    attached: BTreeMap<String, u32>,
+}
+
+impl Follower {
+    fn rescan(&mut self) -> io::Result<()> {
+        let wanted: BTreeMap<String, u32> = interfaces::list()?
+            .into_iter()
+            .filter(|(name, _)| self.patterns.iter().any(|p| interfaces::glob_match(p, name)))
+            .collect();
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, idx)| wanted.get(*name) != Some(*idx))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            let mut links = lock(&self.links);
+            links.unpin(&format!("xdp_{name}"));
+            links.unpin(&format!("tc_{name}"));
+            self.attached.remove(&name);
+            tracing::info!(interface = %name, "interface gone: detached");
+        }
+        for (name, ifindex) in wanted {
+            if self.attached.contains_key(&name) {
+                continue;
+            }
+            match self.attach(&name, ifindex) {
+                Ok(()) => {
+                    self.attached.insert(name.clone(), ifindex);
+                    tracing::info!(interface = %name, ifindex, "interface attached (xdp + tc egress)");
+                }
+                // It may have vanished again already; the next event rescans.
+                Err(err) => tracing::warn!(interface = %name, error = %err, "attaching"),
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&self, name: &str, ifindex: u32) -> Result<(), BpfError> {
+        let mut ebpf = lock(&self.ebpf);
+        let mut links = lock(&self.links);
+        let prog: &mut Xdp = program(&mut ebpf, XDP)?;
+        let id = prog.attach_to_if_index(ifindex, XdpMode::Default).map_err(prog_err(XDP, "attaching"))?;
+        let link = prog.take_link(id).map_err(prog_err(XDP, "attaching"))?;
+        let link = FdLink::try_from(link).map_err(not_a_link(XDP))?;
+        links.pin(&format!("xdp_{name}"), link)?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, TC)?;
+        let id = prog.attach(name, TcAttachType::Egress).map_err(prog_err(TC, "attaching"))?;
+        let link = prog.take_link(id).map_err(prog_err(TC, "attaching"))?;
+        let link = FdLink::try_from(link).map_err(not_a_link(TC))?;
+        links.pin(&format!("tc_{name}"), link)
+    }
+}
+
+/// Handle on the original destinations of captured connections. Clones share one map.
 #[derive(Clone)]
 pub struct OrigDstTable {
-    map: OrigDstMap,
+    source: OrigDstSource,
+}
+
+#[derive(Clone)]
+enum OrigDstSource {
+    /// Socket mode: `ORIG_DST`, consumed on accept.
+    Socket(OrigDstMap),
+    /// Packet mode: `CONNTRACK`, read only (TC keeps using the flow for replies).
+    Packet(ConntrackMap),
 }
 
 impl OrigDstTable {
-    /// Original destination of a connection the proxy accepted from `client`, removed from the map
-    /// once read. `None` when the connection was not redirected by us (or the entry was evicted).
+    /// Original destination of a connection the proxy accepted from `client`. `None` when the
+    /// connection was not redirected by us (or the entry was evicted). In socket mode the entry is
+    /// removed once read; in packet mode the flow stays for the reply path and the LRU ages it out.
     ///
     /// # Errors
     ///
     /// [`BpfError::Map`] when the lookup or delete syscall fails.
     pub fn take(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
-        self.map.take_entry(client)
+        match &self.source {
+            OrigDstSource::Socket(map) => map.take_entry(client),
+            OrigDstSource::Packet(map) => map.original(client),
+        }
     }
 }
 
@@ -381,6 +597,10 @@ where
 {
     let prog = ebpf.program_mut(name).ok_or(BpfError::MissingProgram { name })?;
     prog.try_into().map_err(prog_err(name, "loading"))
+}
+
+fn not_a_link(name: &'static str) -> impl Fn(aya::programs::links::LinkError) -> BpfError {
+    move |source| BpfError::NotALink { name, source: Box::new(source) }
 }
 
 fn prog_err(name: &'static str, action: &'static str) -> impl Fn(ProgramError) -> BpfError {

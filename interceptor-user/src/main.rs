@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use interceptor::config::{CaptureMode, Settings, SettingsFile, Severity, Snapshot};
+use interceptor::config::{CaptureMode, FailurePolicy, Settings, SettingsFile, Severity, Snapshot};
 use interceptor::routing::RouteTable;
 use tracing_subscriber::EnvFilter;
 
@@ -97,6 +97,15 @@ struct SettingsArgs {
     /// bpffs directory for pinned maps.
     #[arg(long)]
     bpffs: Option<PathBuf>,
+    /// Capture mode: `socket` (cgroup connect hooks) or `packet` (XDP + TC on pod interfaces).
+    #[arg(long)]
+    mode: Option<CaptureMode>,
+    /// Packet mode: interface names or shell patterns to attach to (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    interfaces: Option<Vec<String>>,
+    /// While the proxy is down: `open` (connections go to their original destination) or `closed`.
+    #[arg(long)]
+    failure_policy: Option<FailurePolicy>,
     /// Namespace of resources that do not name one.
     #[arg(long)]
     namespace: Option<String>,
@@ -113,7 +122,9 @@ impl SettingsArgs {
             redirect: self.redirect,
             cgroup: self.cgroup,
             bpffs: self.bpffs,
-            mode: None::<CaptureMode>,
+            mode: self.mode,
+            interfaces: self.interfaces,
+            failure_policy: self.failure_policy,
             namespace: self.namespace,
         };
         file.merge(flags).resolve()

@@ -9,6 +9,25 @@ use anyhow::{bail, Context, Result};
 
 use crate::node::{Node, GATEWAY};
 
+/// Capture mode of an agent under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// cgroup connect hooks on the node's capture cgroup.
+    Socket,
+    /// XDP + TC on the node's pod interfaces (`ic*`; the node namespace has no others).
+    Packet,
+}
+
+impl Mode {
+    /// The agent flags selecting this mode.
+    pub fn flags(self) -> &'static [&'static str] {
+        match self {
+            Mode::Socket => &["--mode", "socket"],
+            Mode::Packet => &["--mode", "packet", "--interfaces", "ic*"],
+        }
+    }
+}
+
 /// How long the agent may take to load, attach and listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,6 +48,23 @@ impl Agent {
     pub fn start(node: &Node, files: &[(&str, &str)], in_captured_cgroup: bool) -> Result<Agent> {
         let redirect = format!("{GATEWAY}:15001");
         Self::start_with(node, files, &["--listen", "0.0.0.0:15001", "--redirect", &redirect], in_captured_cgroup)
+    }
+
+    /// Like [`Agent::start`], capturing in `mode` with `failure_policy` (`open` or `closed`).
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub fn start_in(
+        node: &Node,
+        files: &[(&str, &str)],
+        in_captured_cgroup: bool,
+        mode: Mode,
+        failure_policy: &str,
+    ) -> Result<Agent> {
+        let redirect = format!("{GATEWAY}:15001");
+        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--failure-policy", failure_policy];
+        flags.extend_from_slice(mode.flags());
+        Self::start_with(node, files, &flags, in_captured_cgroup)
     }
 
     /// Like [`Agent::start`], with extra agent flags (e.g. `--settings FILE`) instead of the
@@ -57,6 +93,23 @@ impl Agent {
         let mut agent = Agent { child: Some(child), dir, log };
         agent.wait_for_log("agent ready", READY_TIMEOUT)?;
         Ok(agent)
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent with SIGKILL (no clean-up of its own: pinned programs stay attached) and
+    /// reaps it.
+    ///
+    /// # Errors
+    /// The agent is not running.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { bail!("agent not running") };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// The config directory the agent watches.

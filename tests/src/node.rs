@@ -51,6 +51,9 @@ pub struct LoadReport {
     pub last_body: String,
     /// Wall time of the run, in milliseconds.
     pub elapsed_ms: u64,
+    /// Time spent in successful `connect()`s, in nanoseconds (connect plus the TCP handshake).
+    #[serde(default)]
+    pub connect_ns: u64,
 }
 
 impl LoadReport {
@@ -130,23 +133,54 @@ impl Node {
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         // An uncaptured packet to a VIP goes nowhere, and nothing leaves the node.
         ip(&["-n", &node, "route", "add", "unreachable", SERVICE_RANGE])?;
-        let gateway = GATEWAY.to_string();
         for (i, pod) in self.pods.clone().iter().enumerate() {
-            let ns = self.pod_netns(&pod.name);
-            ip(&["netns", "add", &ns])?;
-            self.created_netns.push(ns.clone());
-            let host_if = format!("ic{i}-{}", self.suffix);
-            ip(&["-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-            ip(&["-n", &node, "addr", "add", &format!("{gateway}/32"), "dev", &host_if])?;
-            ip(&["-n", &node, "link", "set", &host_if, "up"])?;
-            ip(&["-n", &node, "route", "add", &format!("{}/32", pod.ip), "dev", &host_if])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", &gateway, "dev", "eth0"])?;
-            ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+            self.plug(i, pod)?;
         }
         std::fs::create_dir(&self.cgroup).with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
+        Ok(())
+    }
+
+    /// Creates pod namespace `pod.name` and its veth pair into the node (host side `ic<i>-<suffix>`).
+    fn plug(&mut self, i: usize, pod: &PodSpec) -> Result<()> {
+        let node = self.node_netns();
+        let gateway = GATEWAY.to_string();
+        let ns = self.pod_netns(&pod.name);
+        ip(&["netns", "add", &ns])?;
+        self.created_netns.push(ns.clone());
+        let host_if = format!("ic{i}-{}", self.suffix);
+        ip(&["-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&["-n", &node, "addr", "add", &format!("{gateway}/32"), "dev", &host_if])?;
+        ip(&["-n", &node, "link", "set", &host_if, "up"])?;
+        ip(&["-n", &node, "route", "add", &format!("{}/32", pod.ip), "dev", &host_if])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "route", "add", &gateway, "dev", "eth0"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        Ok(())
+    }
+
+    /// Adds a pod to a running node, as a pod scheduled later would come; returns the name of its
+    /// host-side interface.
+    ///
+    /// # Errors
+    /// Any `ip` command failing.
+    pub fn add_pod(&mut self, pod: PodSpec) -> Result<String> {
+        let i = self.pods.len();
+        self.plug(i, &pod)?;
+        self.pods.push(pod);
+        Ok(format!("ic{i}-{}", self.suffix))
+    }
+
+    /// Removes a pod's network namespace, which deletes its veth pair, as a deleted pod would.
+    /// Its processes must be gone already.
+    ///
+    /// # Errors
+    /// `ip netns del` fails.
+    pub fn remove_pod_netns(&mut self, pod: &str) -> Result<()> {
+        let ns = self.pod_netns(pod);
+        ip(&["netns", "del", &ns])?;
+        self.created_netns.retain(|n| n != &ns);
         Ok(())
     }
 
@@ -263,6 +297,18 @@ impl Node {
             bail!("bpftool map dump pinned {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
         }
         serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
+    }
+
+    /// Runs `program args…` in pod `pod`'s network namespace and waits for it.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn exec_in_pod(&self, pod: &str, program: &str, args: &[&str]) -> Result<()> {
+        run(Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.pod_netns(pod)))
+            .arg("--")
+            .arg(program)
+            .args(args))
     }
 
     /// Kills a process this node started.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use testbed::{read_stdout, run_agent_command, Agent, Node, PodSpec};
+use testbed::{read_stdout, run_agent_command, Agent, Mode, Node, PodSpec};
 
 const CLIENT: &str = "client";
 const VIP: &str = "10.96.0.10:80";
@@ -132,22 +132,27 @@ fn assert_share(k: usize, n: usize, p: f64, what: &str) {
     assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
 }
 
-#[test]
-fn seed_example_one_splits_90_10() {
+fn seed_example_one_splits_90_10(mode: Mode) {
     let node = node().unwrap();
-    let _agent =
-        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(90, 10))], false)
-            .unwrap();
+    let _agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(90, 10))],
+        false,
+        mode,
+        "open",
+    )
+    .unwrap();
     let report = load(&node, 2000, &[]);
     assert_eq!((report.failures, report.status(200)), (0, 2000), "{report:?}");
     assert_eq!(report.count("v1") + report.count("v2"), 2000);
     assert_share(report.count("v2"), 2000, 0.1, "v2 share");
 }
 
-#[test]
-fn seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest() {
+fn seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest(mode: Mode) {
     let node = node().unwrap();
-    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false).unwrap();
+    let _agent =
+        Agent::start_in(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false, mode, "open")
+            .unwrap();
     let beta = load(&node, 100, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
     assert_eq!(beta.count("v2"), 100, "{beta:?}");
     let rest = load(&node, 2000, &["-H", "User-Agent: Mozilla/5.0"]);
@@ -155,12 +160,11 @@ fn seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest() {
     assert_share(rest.count("v2"), 2000, 0.1, "v2 share without the header");
 }
 
-#[test]
-fn a_subset_without_a_destination_rule_answers_503_nc() {
+fn a_subset_without_a_destination_rule_answers_503_nc(mode: Mode) {
     let node = node().unwrap();
     let vs = split(50, 50).replace("subset: v2", "subset: v3");
     // No DestinationRule: the subsets do not exist, so nothing can be routed (Istio: 503 NC).
-    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("vs.yaml", &vs)], false).unwrap();
+    let _agent = Agent::start_in(&node, &[("svc.yaml", SERVICE), ("vs.yaml", &vs)], false, mode, "open").unwrap();
     let report = load(&node, 50, &[]);
     assert_eq!(report.status(503), 50, "{report:?}");
 }
@@ -178,21 +182,26 @@ fn a_subset_its_destination_rule_lacks_is_refused_at_start_with_file_line_and_fi
     assert!(text.contains("\"v9\""), "{text}");
 }
 
-#[test]
-fn no_matching_rule_answers_404() {
+fn no_matching_rule_answers_404(mode: Mode) {
     let node = node().unwrap();
     let vs = split(100, 0).replace("  - route:\n", "  - match:\n    - uri:\n        prefix: /api\n    route:\n");
-    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    let _agent =
+        Agent::start_in(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false, mode, "open")
+            .unwrap();
     assert_eq!(load(&node, 20, &["--path", "/api/users"]).count("v1"), 20);
     assert_eq!(load(&node, 20, &["--path", "/web"]).status(404), 20);
 }
 
-#[test]
-fn a_config_change_applies_live_without_a_failed_request() {
+fn a_config_change_applies_live_without_a_failed_request(mode: Mode) {
     let node = node().unwrap();
-    let mut agent =
-        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))], false)
-            .unwrap();
+    let mut agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))],
+        false,
+        mode,
+        "open",
+    )
+    .unwrap();
     let n = "1500";
     let mut background = node
         .load_in_background(
@@ -225,14 +234,14 @@ fn a_config_change_applies_live_without_a_failed_request() {
     assert_eq!(load(&node, 50, &[]).count("v2"), 50);
 }
 
-/// Sums every `connections` number under the entries of a bpftool JSON dump whose key is `port`.
-fn pinned_connections(dump: &serde_json::Value, port: u64) -> u64 {
-    fn sum(v: &serde_json::Value) -> u64 {
+/// Sums every `field` number under the entries of a bpftool JSON dump whose key is `port`.
+fn pinned_sum(dump: &serde_json::Value, port: u64, field: &str) -> u64 {
+    fn sum(v: &serde_json::Value, field: &str) -> u64 {
         match v {
             serde_json::Value::Object(map) => {
-                map.iter().map(|(k, v)| if k == "connections" { v.as_u64().unwrap_or(0) } else { sum(v) }).sum()
+                map.iter().map(|(k, v)| if k == field { v.as_u64().unwrap_or(0) } else { sum(v, field) }).sum()
             }
-            serde_json::Value::Array(items) => items.iter().map(sum).sum(),
+            serde_json::Value::Array(items) => items.iter().map(|v| sum(v, field)).sum(),
             _ => 0,
         }
     }
@@ -241,18 +250,34 @@ fn pinned_connections(dump: &serde_json::Value, port: u64) -> u64 {
         .flatten()
         .filter_map(|entry| entry.get("formatted"))
         .filter(|f| f["key"]["port"].as_u64() == Some(port))
-        .map(|f| sum(&f["values"]))
+        .map(|f| sum(&f["values"], field))
         .sum()
 }
 
-#[test]
-fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched() {
+/// The pinned count of captured connections to port `port`: connections redirected (socket mode)
+/// or flows opened (packet mode).
+fn pinned_connections(node: &Node, mode: Mode, port: u64) -> u64 {
+    match mode {
+        Mode::Socket => pinned_sum(&node.bpftool_dump("SERVICE_STATS").unwrap(), port, "connections"),
+        Mode::Packet => pinned_sum(&node.bpftool_dump("PACKET_STATS").unwrap(), port, "new_flows"),
+    }
+}
+
+fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched(mode: Mode) {
     let node = node().unwrap();
-    let agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false).unwrap();
+    let agent =
+        Agent::start_in(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false, mode, "open")
+            .unwrap();
     let report = load(&node, 37, &["--new-connections"]);
     assert_eq!((report.connections, report.status(200)), (37, 37), "{report:?}");
-    let dump = node.bpftool_dump("SERVICE_STATS").unwrap();
-    assert_eq!(pinned_connections(&dump, 80), 37, "{dump:#}");
+    assert_eq!(pinned_connections(&node, mode, 80), 37);
+    if mode == Mode::Packet {
+        // Every packet of those flows was rewritten, both ways, and counted per interface too.
+        let packets = pinned_sum(&node.bpftool_dump("PACKET_STATS").unwrap(), 80, "packets");
+        assert!(packets >= 37 * 6, "{packets} packets for 37 connections");
+        let ifaces = node.bpftool_dump("IFACE_STATS").unwrap();
+        assert!(ifaces.to_string().contains("\"new_flows\""), "{ifaces:#}");
+    }
 
     // A pod address is not in the capture set: the connection goes straight to the pod.
     let requests_logged = agent.log().matches("request").count();
@@ -263,12 +288,11 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
     let stray =
         node.load(CLIENT, &["--target", "10.96.0.99:80", "--host", "x", "-n", "3", "--new-connections"]).unwrap();
     assert_eq!(stray.failures, 3, "{stray:?}");
-    assert_eq!(pinned_connections(&node.bpftool_dump("SERVICE_STATS").unwrap(), 80), 37);
+    assert_eq!(pinned_connections(&node, mode, 80), 37);
     assert_eq!(agent.log().matches("request").count(), requests_logged, "the proxy saw uncaptured traffic");
 }
 
-#[test]
-fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself() {
+fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself(mode: Mode) {
     let node = node().unwrap();
     // The v1 pods' own address is captured too, so the proxy's upstream connects would loop back
     // to it if its marked sockets were not skipped.
@@ -278,15 +302,18 @@ fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself() {
         .replace("  - 10.96.0.10\n", "  - 10.244.0.11\n")
         .replace("number: 80", "number: 8080")
         .replace("    targetPort: 8080\n", "");
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_in(
         &node,
         &[("svc.yaml", SERVICE), ("direct.yaml", &looped), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))],
         true,
+        mode,
+        "open",
     )
     .unwrap();
     let report = load(&node, 100, &[]);
     assert_eq!((report.count("v1"), report.failures), (100, 0), "{report:?}");
-    // The connect hook did see the proxy's connects to the captured pod address, and let them be.
+    // Socket mode: the connect hook did see the proxy's connects to the captured pod address, and
+    // let them be. (Packet mode never sees them: XDP runs on packets coming from pods.)
     let programs = node.bpftool_dump("PROGRAM_STATS").unwrap();
     let bypassed: u64 = programs[0]["formatted"]["values"]
         .as_array()
@@ -294,7 +321,7 @@ fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself() {
         .iter()
         .map(|v| v["value"]["bypassed"].as_u64().unwrap_or(0))
         .sum();
-    assert!(bypassed > 0, "{programs:#}");
+    assert_eq!(bypassed > 0, mode == Mode::Socket, "{programs:#}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(log.matches("endpoint=10.244.0.1").count(), 100, "{log}");
@@ -313,4 +340,181 @@ fn validate_reports_file_line_and_field() {
         out.contains("vs.yaml:11: VirtualService default/my-app-vs: spec.http[0].match[0].headers.user-agent"),
         "{out}"
     );
+}
+
+/// A service whose VIP is a real pod address (v2's): through the proxy it is answered by the v1
+/// pods, directly by v2 — so the body tells whether a connection was captured.
+const DIRECT: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: direct
+spec:
+  hosts:
+  - direct.default.svc.cluster.local
+  addresses:
+  - 10.244.0.13
+  ports:
+  - number: 8080
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.11
+  - address: 10.244.0.12
+";
+
+fn load_direct(node: &Node, n: usize) -> testbed::LoadReport {
+    let n = n.to_string();
+    let args = ["--target", "10.244.0.13:8080", "--host", "direct", "-n", &n, "--new-connections"];
+    node.load(CLIENT, &args).expect("pod load runs")
+}
+
+fn kill_the_proxy(mode: Mode, policy: &str) {
+    let node = node().unwrap();
+    let files = [("direct.yaml", DIRECT)];
+    let mut agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
+    let captured = load_direct(&node, 20);
+    assert_eq!(captured.count("v1"), 20, "captured before the kill: {captured:?}");
+
+    // Traffic is flowing when the proxy dies.
+    let mut background = node
+        .load_in_background(
+            CLIENT,
+            &[
+                "--target",
+                "10.244.0.13:8080",
+                "--host",
+                "direct",
+                "-n",
+                "100000",
+                "--new-connections",
+                "--pause-ms",
+                "5",
+                "--max-seconds",
+                "3",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill_hard().unwrap();
+    let killed = std::time::Instant::now();
+    if policy == "open" {
+        // For the record: how soon the first new connection goes direct.
+        while killed.elapsed() < Duration::from_secs(2) && load_direct(&node, 1).count("v2") == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first = killed.elapsed();
+        eprintln!("{mode:?}: first direct answer {first:?} after the kill");
+        assert!(first < Duration::from_secs(1), "fail open took {first:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(killed.elapsed()));
+    let after = load_direct(&node, 20);
+    let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
+    assert!(during.count("v1") > 0, "{during:?}");
+    if policy == "open" {
+        // New connections reach the original destination (the v2 pod) within a second.
+        assert_eq!(after.count("v2"), 20, "fail open, 1 s after the kill: {after:?}");
+    } else {
+        assert_eq!(after.failures, 20, "fail closed: {after:?}");
+        let first = after.first_failure.clone().unwrap_or_default();
+        assert!(first.contains("refused"), "{first}");
+    }
+    drop(agent);
+
+    // A new agent takes over the stale pins and capture resumes.
+    let _agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
+    let resumed = load_direct(&node, 20);
+    assert_eq!(resumed.count("v1"), 20, "captured after the restart: {resumed:?}");
+}
+
+fn killing_the_proxy_fails_open(mode: Mode) {
+    kill_the_proxy(mode, "open");
+}
+
+fn killing_the_proxy_fails_closed(mode: Mode) {
+    kill_the_proxy(mode, "closed");
+}
+
+/// Data-path tests run once per capture mode: `socket_mode::<name>` and `packet_mode::<name>`.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod socket_mode {
+            $( #[test] fn $name() { super::$name(testbed::Mode::Socket) } )*
+        }
+        mod packet_mode {
+            $( #[test] fn $name() { super::$name(testbed::Mode::Packet) } )*
+        }
+    };
+}
+
+in_both_modes!(
+    seed_example_one_splits_90_10,
+    seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest,
+    a_subset_without_a_destination_rule_answers_503_nc,
+    no_matching_rule_answers_404,
+    a_config_change_applies_live_without_a_failed_request,
+    the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched,
+    the_proxy_inside_the_captured_cgroup_does_not_capture_itself,
+    killing_the_proxy_fails_open,
+    killing_the_proxy_fails_closed,
+);
+
+#[test]
+fn packet_mode_checksums_hold_with_veth_offload_on_and_off() {
+    let node = node().unwrap();
+    let _agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(50, 50))],
+        false,
+        Mode::Packet,
+        "open",
+    )
+    .unwrap();
+    // Offload on (veth default): the pod hands over partial checksums.
+    let on = load(&node, 100, &["--new-connections"]);
+    assert_eq!(on.status(200), 100, "{on:?}");
+    // Offload off: the pod computes full checksums, and the rewritten packets must still verify.
+    for pod in [CLIENT, "v1a", "v1b", "v2"] {
+        node.exec_in_pod(pod, "ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+    }
+    let off = load(&node, 100, &["--new-connections"]);
+    assert_eq!(off.status(200), 100, "{off:?}");
+}
+
+#[test]
+fn packet_mode_follows_pods_as_they_come_and_go() {
+    let mut node = node().unwrap();
+    let mut agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(0, 100))],
+        false,
+        Mode::Packet,
+        "open",
+    )
+    .unwrap();
+    // A pod that appears after the agent started is captured too.
+    let late_if = node.add_pod(PodSpec::new("late", [10, 244, 0, 20])).unwrap();
+    agent.wait_for_log(&format!("interface={late_if}"), Duration::from_secs(5)).unwrap();
+    let pin = node.bpffs().join("links").join(format!("xdp_{late_if}"));
+    assert!(pin.exists(), "{}", agent.log());
+    let report = node.load("late", &["--target", VIP, "--host", HOST, "-n", "20", "--new-connections"]).unwrap();
+    assert_eq!(report.count("v2"), 20, "{report:?}");
+    // A pod that goes away is detached: its link pins are removed.
+    node.remove_pod_netns("late").unwrap();
+    agent.wait_for_log("interface gone: detached", Duration::from_secs(5)).unwrap();
+    assert!(!pin.exists(), "{}", agent.log());
+    // The others keep working.
+    assert_eq!(load(&node, 20, &["--new-connections"]).count("v2"), 20);
+    // A clean stop detaches everything: no XDP program is left on the node's interfaces.
+    let node_links = || {
+        let out = std::process::Command::new("ip").args(["-d", "-n", &node.node_netns(), "link", "show"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert!(node_links().contains("prog/xdp"), "{}", node_links());
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let links = node_links();
+    assert!(links.contains("ic0-") && !links.contains("prog/xdp"), "{links}");
+    assert!(!node.bpffs().join("links").exists(), "link pins left behind");
 }

@@ -5,15 +5,20 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use testbed::{Agent, Node, PodSpec};
+use testbed::{Agent, Mode, Node, PodSpec};
 
 const VIP: &str = "10.96.0.10:80";
 const HOST: &str = "my-app.default.svc.cluster.local";
 const PLAIN: usize = 1000;
 const BETA: usize = 100;
 
-pub fn run() -> Result<()> {
-    match demo() {
+pub fn run(mode: &str) -> Result<()> {
+    let mode = match mode {
+        "socket" => Mode::Socket,
+        "packet" => Mode::Packet,
+        other => anyhow::bail!("unknown mode `{other}` (socket | packet)"),
+    };
+    match demo(mode) {
         Ok(line) => {
             println!("{line}");
             if line.starts_with("DEMO OK") {
@@ -29,7 +34,7 @@ pub fn run() -> Result<()> {
     }
 }
 
-fn demo() -> Result<String> {
+fn demo(mode: Mode) -> Result<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
     let mesh = root.join("config/mesh");
     let mut files = Vec::new();
@@ -51,8 +56,13 @@ fn demo() -> Result<String> {
     node.serve("my-app-v1-b", "v1")?;
     node.serve("my-app-v2", "v2")?;
     let settings = root.join("config/agent.yaml").display().to_string();
-    let mut agent = Agent::start_with(&node, &files, &["--settings", &settings], false)?;
-    println!("demo: agent ready, capturing {} in cgroup {}", VIP, node.cgroup().display());
+    let mut flags = vec!["--settings", settings.as_str()];
+    flags.extend_from_slice(mode.flags());
+    let mut agent = Agent::start_with(&node, &files, &flags, false)?;
+    match mode {
+        Mode::Socket => println!("demo: agent ready, capturing {VIP} in cgroup {}", node.cgroup().display()),
+        Mode::Packet => println!("demo: agent ready, capturing {VIP} with XDP + TC on the pod veths (ic*)"),
+    }
 
     let n = PLAIN.to_string();
     let plain = node.load("client", &["--target", VIP, "--host", HOST, "-n", &n])?;
@@ -67,7 +77,11 @@ fn demo() -> Result<String> {
     );
     println!("demo: {BETA} beta-tester requests → v1={} v2={}", beta.count("v1"), beta.count("v2"));
 
-    for map in ["SERVICE_STATS", "PROGRAM_STATS"] {
+    let maps: &[&str] = match mode {
+        Mode::Socket => &["SERVICE_STATS", "PROGRAM_STATS"],
+        Mode::Packet => &["PACKET_STATS", "IFACE_STATS", "PROGRAM_STATS"],
+    };
+    for map in maps {
         let path = node.bpffs().join(map);
         println!("demo: bpftool map dump pinned {}", path.display());
         let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&path).output()?;

@@ -23,7 +23,11 @@ enum Task {
     /// Build the agent and the test pods.
     Build,
     /// Set up, build, and run the seed example on a test node: ends with `DEMO OK …` or `DEMO FAIL …`.
-    Demo,
+    Demo {
+        /// Capture mode: `socket` (cgroup connect hooks) or `packet` (XDP + TC on pod veths).
+        #[arg(long, default_value = "socket")]
+        mode: String,
+    },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests.
     Test,
 }
@@ -32,7 +36,7 @@ fn main() {
     let result = match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build(),
-        Task::Demo => setup::run().and_then(|()| build()).and_then(|()| demo::run()),
+        Task::Demo { mode } => setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode)),
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
     };
     if let Err(err) = result {

@@ -17,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "curl",
+    // The packet-mode tests turn veth checksum offload off inside a pod.
+    "ethtool",
 ];
 /// The rustup name under which Debian's compiler is linked (build.rs uses it).
 const TOOLCHAIN: &str = "debian-web";

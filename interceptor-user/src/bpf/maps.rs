@@ -14,6 +14,7 @@ use aya::{
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, PROXY_TARGET_MAP},
     origdst::ORIG_DST_MAP,
+    packet::{Conntrack, CONNTRACK_MAP},
     stats::{Program, ProgramStats, ServiceStats, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
     SockAddr4,
 };
@@ -118,6 +119,28 @@ impl OrigDstMap {
             Err(source) => return Err(BpfError::Map { name: ORIG_DST_MAP, source }),
         }
         Ok(Some(from_kernel(orig)))
+    }
+}
+
+// === impl ConntrackMap ===
+
+/// `CONNTRACK` (packet mode): client address → the flow XDP sent to the proxy. Shared by proxy tasks.
+#[derive(Clone)]
+pub(crate) struct ConntrackMap(Arc<Mutex<HashMap<MapData, SockAddr4, Conntrack>>>);
+
+impl ConntrackMap {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        take(ebpf, CONNTRACK_MAP).map(|map| Self(Arc::new(Mutex::new(map))))
+    }
+
+    /// The VIP:port the flow from `client` was sent to. The entry stays: TC needs it for replies.
+    pub(crate) fn original(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(&to_kernel(client), 0) {
+            Ok(flow) => Ok(Some(from_kernel(flow.orig))),
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(None),
+            Err(source) => Err(BpfError::Map { name: CONNTRACK_MAP, source }),
+        }
     }
 }
 

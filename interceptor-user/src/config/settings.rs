@@ -23,7 +23,37 @@ pub enum CaptureMode {
     /// cgroup connect hooks redirect sockets (no packet rewriting).
     #[default]
     Socket,
+    /// XDP rewrites packets on pod interfaces to the proxy; TC egress reverses it for replies.
+    Packet,
 }
+
+/// What happens to connections to captured services while the proxy is not serving.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// They go to their original destination (capture is off while the proxy is down).
+    #[default]
+    Open,
+    /// They keep being sent to the proxy address, and fail (connection refused).
+    Closed,
+}
+
+impl std::str::FromStr for CaptureMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_yaml::from_str(s).map_err(|_| format!("unknown mode `{s}` (socket | packet)"))
+    }
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_yaml::from_str(s).map_err(|_| format!("unknown failure policy `{s}` (open | closed)"))
+    }
+}
+
+/// Default interfaces packet mode attaches to: the usual host side of pod veths.
+pub const DEFAULT_INTERFACES: &[&str] = &["veth*"];
 
 /// The settings file as written; every field optional.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -40,6 +70,10 @@ pub struct SettingsFile {
     pub bpffs: Option<PathBuf>,
     /// Capture mode.
     pub mode: Option<CaptureMode>,
+    /// Packet mode: interface names or shell patterns (`veth*`) to attach to.
+    pub interfaces: Option<Vec<String>>,
+    /// What happens while the proxy is down.
+    pub failure_policy: Option<FailurePolicy>,
     /// Namespace of resources without one.
     pub namespace: Option<String>,
 }
@@ -57,6 +91,10 @@ pub struct Settings {
     pub bpffs: PathBuf,
     /// Capture mode.
     pub mode: CaptureMode,
+    /// Packet mode: interface name patterns.
+    pub interfaces: Vec<String>,
+    /// What happens while the proxy is down.
+    pub failure_policy: FailurePolicy,
     /// Namespace of resources without one.
     pub namespace: String,
 }
@@ -88,6 +126,8 @@ impl SettingsFile {
             cgroup: over.cgroup.or(self.cgroup),
             bpffs: over.bpffs.or(self.bpffs),
             mode: over.mode.or(self.mode),
+            interfaces: over.interfaces.or(self.interfaces),
+            failure_policy: over.failure_policy.or(self.failure_policy),
             namespace: over.namespace.or(self.namespace),
         }
     }
@@ -111,6 +151,8 @@ impl SettingsFile {
             cgroup: self.cgroup.unwrap_or_else(|| DEFAULT_CGROUP.into()),
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mode: self.mode.unwrap_or_default(),
+            interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
+            failure_policy: self.failure_policy.unwrap_or_default(),
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
         })
     }
@@ -146,6 +188,26 @@ mod tests {
         let merged = file.merge(flags);
         assert_eq!(merged.namespace.as_deref(), Some("b"));
         assert_eq!(merged.mode, Some(CaptureMode::Socket));
+    }
+
+    #[test]
+    fn packet_mode_and_failure_policy_parse() {
+        let file: SettingsFile =
+            serde_yaml::from_str("mode: packet\nfailurePolicy: closed\ninterfaces: [\"ic*\", eth1]\n").unwrap();
+        let settings = SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..file }.resolve().unwrap();
+        assert_eq!(settings.mode, CaptureMode::Packet);
+        assert_eq!(settings.failure_policy, FailurePolicy::Closed);
+        assert_eq!(settings.interfaces, ["ic*", "eth1"]);
+        assert_eq!("packet".parse::<CaptureMode>(), Ok(CaptureMode::Packet));
+        assert!("xdp".parse::<CaptureMode>().is_err());
+    }
+
+    #[test]
+    fn defaults_fail_open_on_veths() {
+        let settings = SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        let settings = settings.resolve().unwrap();
+        assert_eq!((settings.mode, settings.failure_policy), (CaptureMode::Socket, FailurePolicy::Open));
+        assert_eq!(settings.interfaces, ["veth*"]);
     }
 
     #[test]

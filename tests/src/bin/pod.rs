@@ -89,6 +89,8 @@ struct Report {
     last_body: String,
     /// Wall time of the whole run, in milliseconds.
     elapsed_ms: u64,
+    /// Time spent in successful `connect()`s, in nanoseconds (for overhead measurements).
+    connect_ns: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -209,7 +211,9 @@ async fn load(
             };
             if !alive {
                 report.connections += 1;
+                let start = Instant::now();
                 sender = Some(connect(target).await?);
+                report.connect_ns += start.elapsed().as_nanos() as u64;
             }
             let s = sender.as_mut().context("no connection")?;
             let mut req = Request::get(path).header("host", host);
