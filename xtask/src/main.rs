@@ -2,6 +2,7 @@
 //! test node, `test` runs every check CI runs.
 
 mod demo;
+mod overhead;
 mod setup;
 
 use std::process::Command;
@@ -30,6 +31,8 @@ enum Task {
     },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests.
     Test,
+    /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.
+    Overhead,
 }
 
 fn main() {
@@ -38,6 +41,7 @@ fn main() {
         Task::Build => build(),
         Task::Demo { mode } => setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode)),
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
+        Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CStr,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
@@ -11,41 +10,16 @@ use std::{
 /// `RTMGRP_LINK`: the rtnetlink multicast group of link (interface) changes.
 const RTMGRP_LINK: u32 = 1;
 
-/// Shell-style match of `name` against `pattern`: `*` is any run of characters, `?` one character,
-/// everything else literal. Interface names are short, so plain backtracking is fine; a crate for
-/// two metacharacters would be more code to audit than this.
+/// Whether interface `name` matches shell-style `pattern` (`*`, `?`, `[…]`); a pattern that is not
+/// valid glob syntax only matches its literal text.
 pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
+    glob::Pattern::new(pattern).map_or(pattern == name, |p| p.matches(name))
 }
 
 /// The interfaces of the current network namespace: name → index.
 pub(crate) fn list() -> io::Result<BTreeMap<String, u32>> {
-    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, or null on error.
-    let head = unsafe { libc::if_nameindex() };
-    if head.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = BTreeMap::new();
-    let mut cur = head;
-    // SAFETY: walking the array up to its terminating entry; names are NUL-terminated C strings.
-    unsafe {
-        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
-            let name = CStr::from_ptr((*cur).if_name).to_string_lossy().into_owned();
-            out.insert(name, (*cur).if_index);
-            cur = cur.add(1);
-        }
-        libc::if_freenameindex(head);
-    }
-    Ok(out)
+    let interfaces = nix::net::if_::if_nameindex().map_err(io::Error::from)?;
+    Ok(interfaces.iter().map(|i| (i.name().to_string_lossy().into_owned(), i.index())).collect())
 }
 
 /// A netlink socket subscribed to link changes. Readable whenever an interface appears, goes or

@@ -1,5 +1,4 @@
-//! Cost of the kernel programs, measured rather than asserted: run with
-//! `cargo test -p interceptor-tests --test overhead -- --ignored --nocapture`.
+//! `cargo xtask overhead`: the cost of the kernel programs, measured rather than asserted.
 //!
 //! Turns `kernel.bpf_stats_enabled` on for the run (restoring the previous value), and prints for
 //! each program its run time per invocation (`bpftool prog show`: run_time_ns / run_cnt), plus the
@@ -108,9 +107,7 @@ fn print(what: &str, [with, without]: [(f64, f64); 2]) {
     );
 }
 
-#[test]
-#[ignore = "measurement; run by hand with --ignored --nocapture"]
-fn program_overhead() {
+pub fn run() -> Result<()> {
     let _stats = BpfStats::enable().unwrap();
     let mut node = Node::create(&[
         PodSpec::new("client", [10, 244, 0, 10]),
@@ -173,4 +170,5 @@ fn program_overhead() {
         "packet mode, captured (through the proxy): {wall:.0} ns/request, connect() {connect:.0} ns; xdp {xdp_ns:.0} ns/packet over {xdp_runs}, tc {tc_ns:.0} ns/packet over {tc_runs}"
     );
     drop(agent);
+    Ok(())
 }
