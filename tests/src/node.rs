@@ -153,6 +153,9 @@ impl Node {
         ip(&["-n", &node, "link", "set", &host_if, "up"])?;
         ip(&["-n", &node, "route", "add", &format!("{}/32", pod.ip), "dev", &host_if])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        // Load runs open thousands of short connections to one endpoint: reuse TIME_WAIT ports
+        // instead of running out of them (EADDRNOTAVAIL).
+        run(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]))?;
         ip(&["-n", &ns, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", &gateway, "dev", "eth0"])?;
