@@ -14,7 +14,13 @@ mod maps;
 mod pins;
 mod sync;
 
-use std::{collections::BTreeMap, fs::File, io, net::SocketAddrV4, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     programs::{
@@ -347,6 +353,38 @@ impl Drop for SocketCapture {
         self.logger.abort();
         tracing::info!(cgroup = %self.cgroup.display(), "socket capture detached");
         // Fields drop next: programs unload, map descriptors close, `PinDir` removes the pins.
+    }
+}
+
+/// Read-only handle on the counter maps pinned in a bpffs directory: what `interceptor stats`
+/// and the admin server's `/stats/prometheus` read, whether or not this process loaded them.
+pub struct CaptureCounters {
+    maps: StatsMaps,
+}
+
+impl CaptureCounters {
+    /// Opens `SERVICE_STATS` and `PROGRAM_STATS` pinned under `bpffs`.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::Map`] when a pin is missing or is not the map we expect (sizes are checked).
+    pub fn open(bpffs: &Path) -> Result<Self, BpfError> {
+        Ok(Self { maps: StatsMaps::open_pinned(bpffs)? })
+    }
+
+    /// Counters per captured service and per program, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::Map`] when reading a stats map fails.
+    pub fn read(&self) -> Result<CaptureStats, BpfError> {
+        Ok(CaptureStats { services: self.maps.services()?, programs: self.maps.programs()? })
+    }
+}
+
+impl std::fmt::Debug for CaptureCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureCounters").finish_non_exhaustive()
     }
 }
 

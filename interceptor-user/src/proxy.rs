@@ -1,6 +1,8 @@
 //! The proxy: accepts connections the kernel redirected, routes every HTTP request by the rules of
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
+pub mod access_log;
+pub mod metrics;
 mod outbound;
 mod upstream;
 
@@ -51,6 +53,8 @@ pub struct ProxyInputs {
     pub namespace: Arc<str>,
     /// Pooled upstream connections.
     pub upstream: UpstreamClient,
+    /// Istio request metrics.
+    pub metrics: Arc<metrics::ProxyMetrics>,
 }
 
 /// The listener for captured connections.

@@ -15,6 +15,8 @@ pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/interceptor";
 /// Namespace of resources that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default admin listener (readiness, config dump, metrics): loopback only, Envoy's admin port.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15000));
 
 /// How connections are captured.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct SettingsFile {
     pub mode: Option<CaptureMode>,
     /// Namespace of resources without one.
     pub namespace: Option<String>,
+    /// Admin listener; must be a loopback address.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Resolved settings the agent runs with.
@@ -59,6 +63,8 @@ pub struct Settings {
     pub mode: CaptureMode,
     /// Namespace of resources without one.
     pub namespace: String,
+    /// Admin listener (loopback).
+    pub admin: SocketAddr,
 }
 
 impl SettingsFile {
@@ -89,14 +95,20 @@ impl SettingsFile {
             bpffs: over.bpffs.or(self.bpffs),
             mode: over.mode.or(self.mode),
             namespace: over.namespace.or(self.namespace),
+            admin: over.admin.or(self.admin),
         }
     }
 
     /// Fills defaults and checks the combination.
     ///
     /// # Errors
-    /// A redirect address that pods could not reach.
+    /// A redirect address that pods could not reach, or an admin address off loopback.
     pub fn resolve(self) -> Result<Settings, String> {
+        let admin = self.admin.unwrap_or(DEFAULT_ADMIN);
+        if !admin.ip().is_loopback() {
+            // The admin endpoints dump the whole config and take no credentials.
+            return Err(format!("admin: {admin} is not a loopback address (the admin server has no authentication)"));
+        }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
         let redirect = self.redirect.unwrap_or(listen);
         if redirect.ip().is_unspecified() || redirect.port() == 0 {
@@ -112,6 +124,7 @@ impl SettingsFile {
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mode: self.mode.unwrap_or_default(),
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            admin,
         })
     }
 }
@@ -137,6 +150,14 @@ mod tests {
     fn unspecified_redirect_is_refused() {
         let err = SettingsFile::default().resolve().unwrap_err();
         assert!(err.contains("redirect"), "{err}");
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_and_refuses_other_addresses() {
+        let file = SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        assert_eq!(file.clone().resolve().unwrap().admin, DEFAULT_ADMIN);
+        let open = SettingsFile { admin: Some("0.0.0.0:15000".parse().unwrap()), ..file };
+        assert!(open.resolve().unwrap_err().contains("loopback"));
     }
 
     #[test]

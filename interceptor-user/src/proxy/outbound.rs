@@ -11,7 +11,6 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tracing::info;
 
 use super::ProxyInputs;
 use crate::routing::{RequestView, ResponseFlag, RouteTable};
@@ -57,6 +56,7 @@ impl Outbound {
     /// Routes and forwards one request. Never fails: errors become Envoy-style local replies.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let seen = super::access_log::RequestInfo::of(&req);
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
         let method = req.method().clone();
@@ -122,20 +122,7 @@ impl Outbound {
                 }
             }
         };
-        info!(
-            target: "access",
-            method = %method,
-            authority = %authority,
-            path = %path_and_query,
-            service = served.service,
-            rule = served.rule,
-            cluster = served.cluster,
-            endpoint = %served.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-            status = response.status().as_u16(),
-            flags = served.flag.map_or("-", ResponseFlag::as_str),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request",
-        );
+        self.observe(&seen, &served, &response, started.elapsed());
         Ok(response)
     }
 
@@ -170,6 +157,34 @@ impl Outbound {
         let mut response = self.inputs.upstream.request(req).await?;
         strip_hop_by_hop(response.headers_mut());
         Ok(response.map(|body| body.boxed()))
+    }
+}
+
+impl Outbound {
+    /// Access log line and Istio metrics for one finished request.
+    fn observe(&self, seen: &super::access_log::RequestInfo, served: &Served<'_>, response: &Response<ProxyBody>, took: std::time::Duration) {
+        use super::access_log::{emit, response_len, Completion};
+        let done = Completion {
+            status: response.status().as_u16(),
+            flag: served.flag,
+            response_bytes: response_len(response),
+            duration: took,
+            upstream: served.endpoint,
+            cluster: served.cluster,
+            route: served.rule,
+            original: self.original,
+            client: self.client,
+        };
+        emit(seen, &done);
+        self.inputs.metrics.record(&super::metrics::RequestOutcome {
+            service: served.service,
+            cluster: served.cluster,
+            flag: served.flag,
+            status: done.status,
+            duration: took,
+            request_bytes: seen.request_bytes,
+            response_bytes: done.response_bytes,
+        });
     }
 }
 
