@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::node::{Node, GATEWAY};
 
+/// The agent's admin listener in the node namespace (its default).
+pub const ADMIN: &str = "127.0.0.1:15000";
+
 /// How long the agent may take to load, attach and listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -237,6 +237,30 @@ impl Node {
             .context("starting pod load")
     }
 
+    /// GETs `path` from `addr` inside the node namespace (e.g. the agent's loopback admin port);
+    /// returns status and body.
+    ///
+    /// # Errors
+    /// The request gets no answer.
+    pub fn node_get(&self, addr: &str, path: &str) -> Result<(u16, String)> {
+        let out = self
+            .command_in(
+                &self.node_netns(),
+                false,
+                &crate::workspace_binary("pod"),
+                &["get", "--addr", addr, "--path", path],
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .context("running pod get")?;
+        if !out.status.success() {
+            bail!("GET {addr}{path} in the node failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        Ok((status.trim().parse().context("status line")?, body.to_owned()))
+    }
+
     /// Reads a pinned map as `bpftool -j map dump pinned` prints it.
     ///
     /// # Errors

@@ -225,6 +225,11 @@ fn a_config_change_applies_live_without_a_failed_request() {
     assert_eq!(load(&node, 50, &[]).count("v2"), 50);
 }
 
+/// Access-log lines (Envoy format, log target `access`) in an agent log.
+fn access_lines(log: &str) -> usize {
+    log.matches(" access: [").count()
+}
+
 /// Sums every `connections` number under the entries of a bpftool JSON dump whose key is `port`.
 fn pinned_connections(dump: &serde_json::Value, port: u64) -> u64 {
     fn sum(v: &serde_json::Value) -> u64 {
@@ -255,7 +260,8 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
     assert_eq!(pinned_connections(&dump, 80), 37, "{dump:#}");
 
     // A pod address is not in the capture set: the connection goes straight to the pod.
-    let requests_logged = agent.log().matches("request").count();
+    let requests_logged = access_lines(&agent.log());
+    assert_eq!(requests_logged, 37, "one access-log line per request:\n{}", agent.log());
     let direct =
         node.load(CLIENT, &["--target", "10.244.0.13:8080", "--host", "v2", "-n", "5", "--new-connections"]).unwrap();
     assert_eq!(direct.count("v2"), 5, "{direct:?}");
@@ -264,7 +270,7 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
         node.load(CLIENT, &["--target", "10.96.0.99:80", "--host", "x", "-n", "3", "--new-connections"]).unwrap();
     assert_eq!(stray.failures, 3, "{stray:?}");
     assert_eq!(pinned_connections(&node.bpftool_dump("SERVICE_STATS").unwrap(), 80), 37);
-    assert_eq!(agent.log().matches("request").count(), requests_logged, "the proxy saw uncaptured traffic");
+    assert_eq!(access_lines(&agent.log()), requests_logged, "the proxy saw uncaptured traffic");
 }
 
 #[test]
@@ -297,7 +303,8 @@ fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself() {
     assert!(bypassed > 0, "{programs:#}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(log.matches("endpoint=10.244.0.1").count(), 100, "{log}");
+    // The access log's "%UPSTREAM_HOST%" field: every request went to a v1 pod.
+    assert_eq!(log.matches(" \"10.244.0.1").count(), 100, "{log}");
 }
 
 #[test]

@@ -162,7 +162,13 @@ impl Outbound {
 
 impl Outbound {
     /// Access log line and Istio metrics for one finished request.
-    fn observe(&self, seen: &super::access_log::RequestInfo, served: &Served<'_>, response: &Response<ProxyBody>, took: std::time::Duration) {
+    fn observe(
+        &self,
+        seen: &super::access_log::RequestInfo,
+        served: &Served<'_>,
+        response: &Response<ProxyBody>,
+        took: std::time::Duration,
+    ) {
         use super::access_log::{emit, response_len, Completion};
         let done = Completion {
             status: response.status().as_u16(),

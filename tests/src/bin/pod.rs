@@ -58,6 +58,19 @@ enum Command {
         /// Stop after this many seconds even if `n` is not reached.
         #[arg(long, default_value_t = 120)]
         max_seconds: u64,
+        /// Stop once this file exists (lets a test end a load run it started in the background).
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
+    },
+    /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
+    /// the body.
+    Get {
+        /// Address to connect to.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Request path.
+        #[arg(long, default_value = "/")]
+        path: String,
     },
 }
 
@@ -81,7 +94,19 @@ struct Report {
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve { listen, name } => serve(listen, name).await,
-        Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds } => {
+        Command::Get { addr, path } => {
+            let mut sender = connect(addr).await?;
+            let req = Request::get(path).header("host", addr.to_string()).body(Empty::new())?;
+            let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+                .await
+                .context("no answer within 10 s")??;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            println!("{status}");
+            print!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
+        Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds, stop_file } => {
             let headers: Vec<(String, String)> = header
                 .iter()
                 .map(|h| {
@@ -99,6 +124,7 @@ async fn main() -> Result<()> {
                 new_connections,
                 Duration::from_millis(pause_ms),
                 Duration::from_secs(max_seconds),
+                stop_file.as_deref(),
             )
             .await;
             println!("{}", serde_json::to_string(&report)?);
@@ -143,12 +169,13 @@ async fn load(
     new_connections: bool,
     pause: Duration,
     max: Duration,
+    stop_file: Option<&std::path::Path>,
 ) -> Report {
     let mut report = Report::default();
     let deadline = Instant::now() + max;
     let mut sender: Option<Sender> = None;
     for _ in 0..n {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || stop_file.is_some_and(std::path::Path::exists) {
             break;
         }
         report.requests += 1;

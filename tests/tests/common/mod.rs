@@ -1,0 +1,132 @@
+//! Shared by the end-to-end test files of issue 4 (admin, reload, lifecycle, limits): the demo
+//! service, its subsets, a VirtualService with a given split, and the test node.
+#![allow(dead_code)]
+
+use anyhow::Result;
+use testbed::{Node, PodSpec};
+
+pub const CLIENT: &str = "client";
+pub const VIP: &str = "10.96.0.10:80";
+pub const HOST: &str = "my-app.default.svc.cluster.local";
+
+/// The service, its pods and its subsets, as config/mesh/my-app.yaml has them.
+pub const SERVICE: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: my-app
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  addresses:
+  - 10.96.0.10
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+    targetPort: 8080
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.11
+    labels: {version: v1}
+  - address: 10.244.0.12
+    labels: {version: v1}
+  - address: 10.244.0.13
+    labels: {version: v2}
+";
+
+pub const SUBSETS: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: my-app-dr
+spec:
+  host: my-app.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+";
+
+pub fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+      weight: {v1}
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+      weight: {v2}
+"
+    )
+}
+
+/// The seed's second example, verbatim.
+pub const BETA: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - match:
+    - headers:
+        user-agent:
+          regex: \".*beta-tester.*\"
+    route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+      weight: 90
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+      weight: 10
+";
+
+/// A node with a client pod and three my-app pods (two v1, one v2) serving.
+pub fn node() -> Result<Node> {
+    let mut node = Node::create(&[
+        PodSpec::new(CLIENT, [10, 244, 0, 10]),
+        PodSpec::new("v1a", [10, 244, 0, 11]),
+        PodSpec::new("v1b", [10, 244, 0, 12]),
+        PodSpec::new("v2", [10, 244, 0, 13]),
+    ])?;
+    node.serve("v1a", "v1")?;
+    node.serve("v1b", "v1")?;
+    node.serve("v2", "v2")?;
+    Ok(node)
+}
+
+pub fn load(node: &Node, n: usize, extra: &[&str]) -> testbed::LoadReport {
+    let n = n.to_string();
+    let mut args = vec!["--target", VIP, "--host", HOST, "-n", &n];
+    args.extend_from_slice(extra);
+    node.load(CLIENT, &args).expect("pod load runs")
+}
+
+/// Asserts that `k` of `n` lies in the 99.9% normal interval of a binomial with share `p`.
+pub fn assert_share(k: usize, n: usize, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let margin = 3.29 * (n as f64 * p * (1.0 - p)).sqrt();
+    assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
+}
