@@ -35,16 +35,17 @@ pub use interceptor_common::{
     stats::{Program, ProgramStats},
 };
 use interceptor_common::{
-    capture::{ProxyTarget, CAPTURE_MAP, PROXY_TARGET_MAP},
-    origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP},
-    stats::{PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
+    capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
+    origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
+    stats::{ServiceStats, PROGRAM_COUNT, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
+    SockAddr4,
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 pub use self::sync::SyncReport;
 use self::{
     maps::{CaptureMap, OrigDstMap, ProxyTargetMap, StatsMaps},
-    pins::PinDir,
+    pins::{PinDir, PinSpec},
 };
 
 /// The kernel object built by `build.rs` from `interceptor-ebpf`.
@@ -54,9 +55,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 const CONNECT4: &str = "connect4";
 const SOCKOPS: &str = "sockops_handover";
 
-/// Every map we pin, by its name in `interceptor-common`. `AYA_LOGS` is not ours and stays unpinned.
-const PINNED_MAPS: &[&str] =
-    &[CAPTURE_MAP, PROXY_TARGET_MAP, ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, SERVICE_STATS_MAP, PROGRAM_STATS_MAP];
+/// Every map we pin, by its name in `interceptor-common`, with the shape a pin left by an earlier
+/// agent must have to be re-adopted. The counter maps stay pinned when the agent stops, so a
+/// restarted (or upgraded) agent keeps counting where the last one stopped. `AYA_LOGS` is not ours
+/// and stays unpinned.
+const PINNED_MAPS: &[PinSpec] = &[
+    pin::<SockAddr4, CapturedService>(CAPTURE_MAP, CAPTURE_MAX_ENTRIES, false),
+    pin::<u32, ProxyTarget>(PROXY_TARGET_MAP, 1, false),
+    pin::<u64, SockAddr4>(ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr4, SockAddr4>(ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr4, ServiceStats>(SERVICE_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
+    pin::<u32, ProgramStats>(PROGRAM_STATS_MAP, PROGRAM_COUNT, true),
+];
+
+const fn pin<K, V>(name: &'static str, max_entries: u32, keep: bool) -> PinSpec {
+    PinSpec {
+        name,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
+        keep,
+    }
+}
 
 /// Where to attach, where to pin, where to send captured connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +189,7 @@ pub struct CaptureStats {
 }
 
 /// Loaded and attached kernel programs and their maps. Dropping it detaches the programs and
-/// removes the pins.
+/// removes the capture pins; the counter pins stay for the next agent.
 pub struct SocketCapture {
     // Field order is drop order: links and programs (in `ebpf`) go before the pins.
     ebpf: Ebpf,
@@ -185,8 +205,8 @@ pub struct SocketCapture {
 }
 
 impl SocketCapture {
-    /// Loads the embedded object, pins its maps under `settings.bpffs` (replacing stale pins of the
-    /// same names), writes `PROXY_TARGET` with ready = 0, attaches `connect4` and `sockops` to
+    /// Loads the embedded object, pins its maps under `settings.bpffs` (re-adopting pins an earlier
+    /// agent left when their shape still fits, so counters carry on; replacing them otherwise), writes `PROXY_TARGET` with ready = 0, attaches `connect4` and `sockops` to
     /// `settings.cgroup` and starts forwarding kernel logs to `log`/`tracing`.
     ///
     /// Capture starts disabled: call [`Self::set_ready`] once the proxy listens.
@@ -209,7 +229,7 @@ impl SocketCapture {
             .map_err(|source| BpfError::Cgroup { path: settings.cgroup.clone(), source })?;
         let pins = PinDir::prepare(&settings.bpffs, PINNED_MAPS)?;
 
-        let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|name| (*name, pins.path(name))).collect();
+        let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|spec| (spec.name, pins.path(spec.name))).collect();
         let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &log_level, false);
@@ -352,7 +372,8 @@ impl Drop for SocketCapture {
         }
         self.logger.abort();
         tracing::info!(cgroup = %self.cgroup.display(), "socket capture detached");
-        // Fields drop next: programs unload, map descriptors close, `PinDir` removes the pins.
+        // Fields drop next: programs unload, map descriptors close, `PinDir` removes the capture
+        // pins and leaves the counters for the next agent.
     }
 }
 

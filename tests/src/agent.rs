@@ -100,6 +100,16 @@ impl Agent {
         self.wait_for_log_count(needle, 1, timeout)
     }
 
+    /// Sends SIGTERM and returns at once; [`Agent::stop`] then waits for the exit.
+    ///
+    /// # Errors
+    /// The agent is not running.
+    pub fn terminate(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_ref() else { bail!("agent already stopped") };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        Ok(())
+    }
+
     /// Stops the agent with SIGTERM and returns its exit code and log.
     ///
     /// # Errors

@@ -192,14 +192,19 @@ impl Node {
     /// # Errors
     /// The pod is unknown or the process cannot start.
     pub fn serve(&mut self, pod: &str, name: &str) -> Result<()> {
+        self.serve_with(pod, name, &[])
+    }
+
+    /// Like [`Node::serve`], with extra `pod serve` flags (e.g. `--body-bytes`).
+    ///
+    /// # Errors
+    /// As [`Node::serve`].
+    pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<()> {
         let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
         let listen = format!("{}:8080", spec.ip);
-        let mut cmd = self.command_in(
-            &self.pod_netns(pod),
-            false,
-            &crate::workspace_binary("pod"),
-            &["serve", "--listen", &listen, "--name", name],
-        );
+        let mut args = vec!["serve", "--listen", &listen, "--name", name];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.spawn(cmd)?;
         wait_for_listener(&self.pod_netns(pod), &listen)

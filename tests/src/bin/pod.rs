@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Channel, Either, Empty, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -31,6 +31,13 @@ enum Command {
         /// Body of every answer (e.g. the version).
         #[arg(long)]
         name: String,
+        /// Answer with a body of this many bytes instead (`name`, then `.` padding), with a
+        /// Content-Length, streamed in 16 chunks spread over `--body-ms`.
+        #[arg(long)]
+        body_bytes: Option<usize>,
+        /// How long streaming a `--body-bytes` answer takes, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        body_ms: u64,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -93,7 +100,9 @@ struct Report {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name } => serve(listen, name).await,
+        Command::Serve { listen, name, body_bytes, body_ms } => {
+            serve(listen, name, body_bytes, Duration::from_millis(body_ms)).await
+        }
         Command::Get { addr, path } => {
             let mut sender = connect(addr).await?;
             let req = Request::get(path).header("host", addr.to_string()).body(Empty::new())?;
@@ -133,17 +142,43 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(listen: SocketAddr, name: String) -> Result<()> {
+async fn serve(listen: SocketAddr, name: String, body_bytes: Option<usize>, body_time: Duration) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
     eprintln!("serving {name} on {listen}");
-    let body = Bytes::from(name);
+    let body = match body_bytes {
+        Some(n) => {
+            let mut text = name.into_bytes();
+            text.resize(n.max(text.len()), b'.');
+            Bytes::from(text)
+        }
+        None => Bytes::from(name),
+    };
+    let slow = body_bytes.is_some();
     loop {
         let (stream, _) = listener.accept().await?;
         let body = body.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                 let body = body.clone();
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                async move {
+                    if !slow {
+                        return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(body))));
+                    }
+                    let (mut tx, channel) = Channel::<Bytes>::new(2);
+                    let len = body.len();
+                    tokio::spawn(async move {
+                        let chunk = len.div_ceil(16).max(1);
+                        for piece in body.chunks(chunk) {
+                            tokio::time::sleep(body_time / 16).await;
+                            if tx.send_data(body.slice_ref(piece)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let mut response = Response::new(Either::Right(channel));
+                    response.headers_mut().insert(hyper::header::CONTENT_LENGTH, len.into());
+                    Ok(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -203,7 +238,13 @@ async fn load(
             Ok((status, body)) => {
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
-                    *report.bodies.entry(body).or_default() += 1;
+                    // Long (streamed) bodies are counted by their name and length.
+                    let key = if body.len() > 64 {
+                        format!("{} {} bytes", body.split('.').next().unwrap_or(""), body.len())
+                    } else {
+                        body
+                    };
+                    *report.bodies.entry(key).or_default() += 1;
                 }
             }
             Err(err) => {
