@@ -104,20 +104,6 @@ impl Drop for PinDir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_pins_of_the_same_shape_are_adopted() {
-        let spec = PinSpec { name: "M", key_size: 8, value_size: 8, max_entries: 16, keep: true };
-        assert_eq!(judge(&spec, 8, 8, 16), Found::Adopt);
-        assert_eq!(judge(&spec, 8, 16, 16), Found::Replace);
-        assert_eq!(judge(&spec, 4, 8, 16), Found::Replace);
-        assert_eq!(judge(&spec, 8, 8, 32), Found::Replace);
-    }
-}
-
 fn is_bpffs(path: &Path) -> io::Result<bool> {
     use std::os::unix::ffi::OsStrExt as _;
 
@@ -133,4 +119,18 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     let stat = unsafe { stat.assume_init() };
     #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
     Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pins_of_the_same_shape_are_adopted() {
+        let spec = PinSpec { name: "M", key_size: 8, value_size: 8, max_entries: 16, keep: true };
+        assert_eq!(judge(&spec, 8, 8, 16), Found::Adopt);
+        assert_eq!(judge(&spec, 8, 16, 16), Found::Replace);
+        assert_eq!(judge(&spec, 4, 8, 16), Found::Replace);
+        assert_eq!(judge(&spec, 8, 8, 32), Found::Replace);
+    }
 }
