@@ -108,6 +108,7 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         namespace: settings.namespace.clone().into(),
         upstream: upstream_client(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
         metrics: proxy_metrics,
+        limits: settings.limits,
     };
     let listen = settings.listen_addr();
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;

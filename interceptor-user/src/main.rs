@@ -85,6 +85,7 @@ impl SettingsArgs {
             mode: None::<CaptureMode>,
             namespace: self.namespace,
             admin: self.admin,
+            limits: None,
         };
         file.merge(flags).resolve()
     }

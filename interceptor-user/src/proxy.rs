@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 pub mod access_log;
+pub mod limits;
 pub mod metrics;
 mod outbound;
 mod upstream;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -22,6 +22,13 @@ use crate::routing::RouteTable;
 
 pub use outbound::Outbound;
 pub use upstream::{client as upstream_client, UpstreamClient};
+
+/// The connection as tokio wants it, and a duplicate of its socket kept aside.
+fn duplicate(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std = stream.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std)?, spare))
+}
 
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {
@@ -55,6 +62,8 @@ pub struct ProxyInputs {
     pub upstream: UpstreamClient,
     /// Istio request metrics.
     pub metrics: Arc<metrics::ProxyMetrics>,
+    /// Limits on downstream connections.
+    pub limits: limits::Limits,
 }
 
 /// The listener for captured connections.
@@ -82,6 +91,8 @@ impl Proxy {
     /// connections close after their current request) for at most `drain`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
         let graceful = GracefulShutdown::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.inputs.limits.max_connections));
+        let http1 = self.inputs.limits.http1();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -100,15 +111,40 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let original = self.inputs.original_destinations.take(client);
             debug!(%client, ?original, "accepted");
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(%client, max = self.inputs.limits.max_connections, "connection cap reached; answering 503");
+                self.inputs.metrics.rejected(metrics::REJECT_OVERLOAD);
+                tokio::spawn(limits::overloaded(stream));
+                continue;
+            };
+            // hyper owns (and closes) the socket; a duplicate lets us still answer 408 when it
+            // gives up on a slow request head.
+            let (stream, spare) = match duplicate(stream) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    warn!(%client, %err, "cannot set up the connection");
+                    continue;
+                }
+            };
+            let open = self.inputs.metrics.open_connection();
+            let metrics = self.inputs.metrics.clone();
             let outbound = Arc::new(Outbound::new(self.inputs.clone(), client, original));
             let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             let span = tracing::debug_span!("conn", %client);
             tokio::spawn(
                 async move {
-                    if let Err(err) = conn.await {
-                        debug!(%err, "downstream connection ended with an error");
+                    let _permit = permit;
+                    let _open = open;
+                    match conn.await {
+                        Ok(()) => {}
+                        Err(err) if err.is_timeout() => {
+                            debug!("request head not received in time; answering 408");
+                            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+                            limits::request_timeout(spare).await;
+                        }
+                        Err(err) => debug!(%err, "downstream connection ended with an error"),
                     }
                 }
                 .instrument(span),

@@ -6,7 +6,7 @@ mod agent;
 mod node;
 
 pub use agent::{read_stdout, run_agent_command, Agent, ADMIN};
-pub use node::{LoadReport, Node, PodSpec, GATEWAY};
+pub use node::{LoadReport, Node, PodSpec, RawReport, GATEWAY};
 
 /// The binary of the workspace target directory named `name` (built by `cargo xtask`), next to
 /// the running test or xtask executable.

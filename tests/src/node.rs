@@ -59,6 +59,17 @@ impl LoadReport {
     }
 }
 
+/// What `pod raw` reports.
+#[derive(Debug, Deserialize)]
+pub struct RawReport {
+    /// Everything the server sent, as lossy UTF-8.
+    pub response: String,
+    /// The server closed the connection within the read time.
+    pub closed: bool,
+    /// Milliseconds from the end of sending to the close (or the end of the read time).
+    pub elapsed_ms: u64,
+}
+
 /// One test node. Dropping it kills its processes and removes namespaces, cgroup and pins.
 pub struct Node {
     suffix: String,
@@ -227,6 +238,39 @@ impl Node {
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("parsing {:?}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Runs `pod raw` from pod `pod` inside the capture cgroup (raw bytes to a target, through
+    /// the real capture path) and returns what came back.
+    ///
+    /// # Errors
+    /// The client cannot run or prints no report.
+    pub fn raw(&self, pod: &str, args: &[&str]) -> Result<RawReport> {
+        let mut full = vec!["raw"];
+        full.extend_from_slice(args);
+        let out = self
+            .command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stderr(Stdio::piped())
+            .output()
+            .context("running pod raw")?;
+        if !out.status.success() {
+            bail!("pod raw failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing {:?}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Like [`Node::raw`], in the background: the caller reads the JSON report from stdout later.
+    ///
+    /// # Errors
+    /// The client cannot start.
+    pub fn raw_in_background(&self, pod: &str, args: &[&str]) -> Result<Child> {
+        let mut full = vec!["raw"];
+        full.extend_from_slice(args);
+        self.command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting pod raw")
     }
 
     /// Like [`Node::load`], in the background: the caller collects the report later.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Diagnostic, Severity};
+use crate::proxy::limits::{Limits, LimitsFile};
 
 /// Default proxy listener: every address of the node, Istio's outbound port.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15001);
@@ -46,6 +47,8 @@ pub struct SettingsFile {
     pub namespace: Option<String>,
     /// Admin listener; must be a loopback address.
     pub admin: Option<SocketAddr>,
+    /// Limits on downstream connections.
+    pub limits: Option<LimitsFile>,
 }
 
 /// Resolved settings the agent runs with.
@@ -65,6 +68,8 @@ pub struct Settings {
     pub namespace: String,
     /// Admin listener (loopback).
     pub admin: SocketAddr,
+    /// Limits on downstream connections.
+    pub limits: Limits,
 }
 
 impl SettingsFile {
@@ -96,6 +101,7 @@ impl SettingsFile {
             mode: over.mode.or(self.mode),
             namespace: over.namespace.or(self.namespace),
             admin: over.admin.or(self.admin),
+            limits: over.limits.or(self.limits),
         }
     }
 
@@ -125,6 +131,7 @@ impl SettingsFile {
             mode: self.mode.unwrap_or_default(),
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
             admin,
+            limits: self.limits.unwrap_or_default().resolve()?,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -61,9 +62,18 @@ pub struct RequestOutcome<'a> {
     pub response_bytes: u64,
 }
 
-/// Istio request metrics, registered once and shared by every connection.
+/// Why a downstream connection was turned away.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    reason: &'static str,
+}
+
+/// Istio request metrics and the proxy's connection counters, registered once and shared by every
+/// connection.
 #[derive(Debug)]
 pub struct ProxyMetrics {
+    connections: Gauge,
+    rejected: Family<RejectLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
@@ -74,6 +84,8 @@ impl ProxyMetrics {
     /// Creates the metrics and registers them (without prefix: the names are Istio's).
     pub fn register(registry: &mut Registry) -> Self {
         let this = Self {
+            connections: Gauge::default(),
+            rejected: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
             request_bytes: Family::new_with_constructor(bytes_histogram),
@@ -87,7 +99,32 @@ impl ProxyMetrics {
         );
         registry.register("istio_request_bytes", "Request body sizes", this.request_bytes.clone());
         registry.register("istio_response_bytes", "Response body sizes", this.response_bytes.clone());
+        registry.register(
+            "interceptor_downstream_connections",
+            "Open downstream (captured) connections",
+            this.connections.clone(),
+        );
+        registry.register(
+            "interceptor_downstream_connections_rejected",
+            "Downstream connections turned away: overload (503), header_timeout (408)",
+            this.rejected.clone(),
+        );
+        for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT] {
+            let _ = this.rejected.get_or_create(&RejectLabels { reason });
+        }
         this
+    }
+
+    /// A downstream connection was turned away for `reason` ([`REJECT_OVERLOAD`], …).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// Counts an open downstream connection until the guard drops.
+    #[must_use = "the connection counts as open while the guard lives"]
+    pub fn open_connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard { gauge: self.connections.clone() }
     }
 
     /// Counts one finished request.
@@ -97,6 +134,23 @@ impl ProxyMetrics {
         self.duration.get_or_create(&labels).observe(outcome.duration.as_secs_f64() * 1000.0);
         self.request_bytes.get_or_create(&labels).observe(outcome.request_bytes as f64);
         self.response_bytes.get_or_create(&labels).observe(outcome.response_bytes as f64);
+    }
+}
+
+/// Reason label: the connection cap was reached.
+pub const REJECT_OVERLOAD: &str = "overload";
+/// Reason label: the request head did not arrive in time.
+pub const REJECT_HEADER_TIMEOUT: &str = "header_timeout";
+
+/// Keeps `interceptor_downstream_connections` up by one while alive.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         stop_file: Option<std::path::PathBuf>,
     },
+    /// Writes raw bytes to `target` (through the capture path when run in a captured pod), then
+    /// reads for at most `--read-ms`; prints a JSON [`RawReport`].
+    Raw {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Bytes to send, with `\r` and `\n` written as escapes.
+        #[arg(long, default_value = "")]
+        send: String,
+        /// Send this file's bytes instead.
+        #[arg(long)]
+        send_file: Option<std::path::PathBuf>,
+        /// Read for at most this long (stops earlier when the server closes).
+        #[arg(long, default_value_t = 5000)]
+        read_ms: u64,
+    },
     /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
     /// the body.
     Get {
@@ -79,6 +95,40 @@ enum Command {
         #[arg(long, default_value = "/")]
         path: String,
     },
+}
+
+/// What `raw` saw.
+#[derive(Serialize)]
+struct RawReport {
+    /// Everything read, as lossy UTF-8.
+    response: String,
+    /// The server closed the connection (EOF or reset) within the read time.
+    closed: bool,
+    /// Milliseconds from the end of sending to the close, or to the end of the read time.
+    elapsed_ms: u64,
+}
+
+async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration) -> Result<RawReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    stream.write_all(&payload).await?;
+    let start = Instant::now();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        let left = read_for.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+        }
+    };
+    Ok(RawReport {
+        response: String::from_utf8_lossy(&response).into_owned(),
+        closed,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
 }
 
 /// What a load run saw.
@@ -102,6 +152,15 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve { listen, name, body_bytes, body_ms } => {
             serve(listen, name, body_bytes, Duration::from_millis(body_ms)).await
+        }
+        Command::Raw { target, send, send_file, read_ms } => {
+            let payload = match send_file {
+                Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
+            };
+            let report = raw(target, payload, Duration::from_millis(read_ms)).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
         }
         Command::Get { addr, path } => {
             let mut sender = connect(addr).await?;
