@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod limits;
 pub mod metrics;
 mod outbound;
+pub mod tunnel;
 mod upstream;
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -22,6 +23,39 @@ use crate::routing::RouteTable;
 
 pub use outbound::Outbound;
 pub use upstream::{client as upstream_client, UpstreamClient};
+
+/// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
+async fn serve_http(
+    inputs: ProxyInputs,
+    http1: &hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddrV4>,
+) {
+    // hyper owns (and closes) the socket; a duplicate lets us still answer 408 when it gives up
+    // on a slow request head.
+    let (stream, spare) = match duplicate(stream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            warn!(%client, %err, "cannot set up the connection");
+            return;
+        }
+    };
+    let metrics = inputs.metrics.clone();
+    let outbound = Arc::new(Outbound::new(inputs, client, original));
+    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+    let conn = watcher.watch(http1.serve_connection(TokioIo::new(stream), service));
+    match conn.await {
+        Ok(()) => {}
+        Err(err) if err.is_timeout() => {
+            debug!("request head not received in time; answering 408");
+            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+            limits::request_timeout(spare).await;
+        }
+        Err(err) => debug!(%err, "downstream connection ended with an error"),
+    }
+}
 
 /// The connection as tokio wants it, and a duplicate of its socket kept aside.
 fn duplicate(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
@@ -117,35 +151,22 @@ impl Proxy {
                 tokio::spawn(limits::overloaded(stream));
                 continue;
             };
-            // hyper owns (and closes) the socket; a duplicate lets us still answer 408 when it
-            // gives up on a slow request head.
-            let (stream, spare) = match duplicate(stream) {
-                Ok(pair) => pair,
-                Err(err) => {
-                    warn!(%client, %err, "cannot set up the connection");
-                    continue;
-                }
-            };
             let open = self.inputs.metrics.open_connection();
-            let metrics = self.inputs.metrics.clone();
-            let outbound = Arc::new(Outbound::new(self.inputs.clone(), client, original));
-            let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-            let conn = http1.serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
+            let inputs = self.inputs.clone();
+            let http1 = http1.clone();
+            let watcher = graceful.watcher();
             let span = tracing::debug_span!("conn", %client);
             tokio::spawn(
                 async move {
                     let _permit = permit;
                     let _open = open;
-                    match conn.await {
-                        Ok(()) => {}
-                        Err(err) if err.is_timeout() => {
-                            debug!("request head not received in time; answering 408");
-                            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-                            limits::request_timeout(spare).await;
+                    // A captured connection that does not speak HTTP goes through as TCP.
+                    if let Some(original) = original {
+                        if tunnel::sniff(&stream).await == tunnel::Sniffed::Opaque {
+                            return tunnel::forward(inputs, stream, original).await;
                         }
-                        Err(err) => debug!(%err, "downstream connection ended with an error"),
                     }
+                    serve_http(inputs, &http1, watcher, stream, client, original).await;
                 }
                 .instrument(span),
             );

@@ -221,6 +221,24 @@ impl Node {
         wait_for_listener(&self.pod_netns(pod), &listen)
     }
 
+    /// Starts `pod echo` in pod `pod` on `port`: a TCP server that sends `banner`, then echoes.
+    ///
+    /// # Errors
+    /// The pod is unknown or the process cannot start.
+    pub fn serve_tcp_echo(&mut self, pod: &str, port: u16, banner: &str) -> Result<()> {
+        let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
+        let listen = format!("{}:{port}", spec.ip);
+        let mut cmd = self.command_in(
+            &self.pod_netns(pod),
+            false,
+            &crate::workspace_binary("pod"),
+            &["echo", "--listen", &listen, "--banner", banner],
+        );
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.spawn(cmd)?;
+        wait_for_listener(&self.pod_netns(pod), &listen)
+    }
+
     /// Runs `pod load` from pod `pod` inside the capture cgroup and returns its report.
     ///
     /// # Errors

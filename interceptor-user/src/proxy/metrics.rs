@@ -62,6 +62,14 @@ pub struct RequestOutcome<'a> {
     pub response_bytes: u64,
 }
 
+/// Labels of the TCP metrics (opaque connections).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    reporter: &'static str,
+    destination_service: String,
+    request_protocol: &'static str,
+}
+
 /// Why a downstream connection was turned away.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
@@ -74,6 +82,9 @@ struct RejectLabels {
 pub struct ProxyMetrics {
     connections: Gauge,
     rejected: Family<RejectLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
@@ -86,6 +97,9 @@ impl ProxyMetrics {
         let this = Self {
             connections: Gauge::default(),
             rejected: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
             request_bytes: Family::new_with_constructor(bytes_histogram),
@@ -109,10 +123,33 @@ impl ProxyMetrics {
             "Downstream connections turned away: overload (503), header_timeout (408)",
             this.rejected.clone(),
         );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "Opaque (non-HTTP) connections forwarded as TCP",
+            this.tcp_opened.clone(),
+        );
+        registry.register("istio_tcp_sent_bytes", "Bytes sent upstream on TCP connections", this.tcp_sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from upstream on TCP connections",
+            this.tcp_received.clone(),
+        );
         for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT] {
             let _ = this.rejected.get_or_create(&RejectLabels { reason });
         }
         this
+    }
+
+    /// An opaque connection to `service` was forwarded as TCP.
+    pub fn tcp_opened(&self, service: &str) {
+        self.tcp_opened.get_or_create(&tcp_labels(service)).inc();
+    }
+
+    /// A TCP connection to `service` ended after `sent` bytes upstream and `received` back.
+    pub fn tcp_bytes(&self, service: &str, sent: u64, received: u64) {
+        let labels = tcp_labels(service);
+        self.tcp_sent.get_or_create(&labels).inc_by(sent);
+        self.tcp_received.get_or_create(&labels).inc_by(received);
     }
 
     /// A downstream connection was turned away for `reason` ([`REJECT_OVERLOAD`], …).
@@ -135,6 +172,10 @@ impl ProxyMetrics {
         self.request_bytes.get_or_create(&labels).observe(outcome.request_bytes as f64);
         self.response_bytes.get_or_create(&labels).observe(outcome.response_bytes as f64);
     }
+}
+
+fn tcp_labels(service: &str) -> TcpLabels {
+    TcpLabels { reporter: "source", destination_service: service.to_owned(), request_protocol: "tcp" }
 }
 
 /// Reason label: the connection cap was reached.

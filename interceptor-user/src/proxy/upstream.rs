@@ -48,21 +48,25 @@ impl tower_service::Service<Uri> for MarkedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mark = self.mark;
-        Box::pin(async move {
-            let addr = endpoint_of(&uri)?;
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            if let Some(mark) = mark {
-                socket.set_mark(mark)?;
-            }
-            socket.set_nonblocking(true)?;
-            socket.set_nodelay(true)?;
-            let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
-            Ok(TokioIo::new(stream))
-        })
+        Box::pin(async move { Ok(TokioIo::new(connect_marked(endpoint_of(&uri)?, mark).await?)) })
     }
+}
+
+/// Connects to `addr` from a socket carrying `mark` (no delay, bounded by [`CONNECT_TIMEOUT`]).
+///
+/// # Errors
+/// Socket setup fails, the connect fails or times out.
+pub async fn connect_marked(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))?
 }
 
 /// The socket address of an `http://ip:port/…` URI (endpoints are always IP addresses).

@@ -69,6 +69,15 @@ enum Command {
         #[arg(long)]
         stop_file: Option<std::path::PathBuf>,
     },
+    /// TCP server: sends `banner` on every connection, then echoes what it reads.
+    Echo {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// First bytes sent on each connection.
+        #[arg(long)]
+        banner: String,
+    },
     /// Writes raw bytes to `target` (through the capture path when run in a captured pod), then
     /// reads for at most `--read-ms`; prints a JSON [`RawReport`].
     Raw {
@@ -95,6 +104,22 @@ enum Command {
         #[arg(long, default_value = "/")]
         path: String,
     },
+}
+
+async fn echo(listen: SocketAddr, banner: String) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let banner = banner.clone();
+        tokio::spawn(async move {
+            if stream.write_all(banner.as_bytes()).await.is_ok() {
+                let (mut rx, mut tx) = stream.split();
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            }
+        });
+    }
 }
 
 /// What `raw` saw.
@@ -153,6 +178,7 @@ async fn main() -> Result<()> {
         Command::Serve { listen, name, body_bytes, body_ms } => {
             serve(listen, name, body_bytes, Duration::from_millis(body_ms)).await
         }
+        Command::Echo { listen, banner } => echo(listen, banner).await,
         Command::Raw { target, send, send_file, read_ms } => {
             let payload = match send_file {
                 Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
