@@ -17,7 +17,7 @@ use crate::admin::{Admin, AdminState, ConfigDump, KernelCollector};
 use crate::bpf::{BpfError, CaptureCounters, CaptureSettings, SocketCapture};
 use crate::config::{ConfigError, Settings, Snapshot};
 use crate::proxy::metrics::ProxyMetrics;
-use crate::proxy::{upstream_client, Proxy, ProxyInputs};
+use crate::proxy::{upstream_client, upstream_client_h2, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
 
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -107,6 +107,7 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         original_destinations: Arc::new(capture.original_destinations()?),
         namespace: settings.namespace.clone().into(),
         upstream: upstream_client(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
+        upstream_h2: upstream_client_h2(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
         metrics: proxy_metrics,
         limits: settings.limits,
     };

@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 pub mod access_log;
+pub mod grpc;
 pub mod limits;
 pub mod metrics;
 mod outbound;
@@ -22,7 +23,23 @@ use tracing::{debug, warn, Instrument};
 use crate::routing::RouteTable;
 
 pub use outbound::Outbound;
-pub use upstream::{client as upstream_client, UpstreamClient};
+pub use upstream::{client as upstream_client, client_h2 as upstream_client_h2, UpstreamClient};
+
+/// Serves HTTP/2 (prior knowledge) on one downstream connection until it ends or drains.
+async fn serve_http2(
+    inputs: ProxyInputs,
+    http2: &hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddrV4>,
+) {
+    let outbound = Arc::new(Outbound::new(inputs, client, original));
+    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+    if let Err(err) = watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await {
+        debug!(%err, "downstream HTTP/2 connection ended with an error");
+    }
+}
 
 /// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
 async fn serve_http(
@@ -92,8 +109,10 @@ pub struct ProxyInputs {
     pub original_destinations: Arc<dyn OriginalDestination>,
     /// Namespace short Host headers resolve against.
     pub namespace: Arc<str>,
-    /// Pooled upstream connections.
+    /// Pooled upstream connections (HTTP/1.1).
     pub upstream: UpstreamClient,
+    /// Pooled upstream HTTP/2 connections, for gRPC.
+    pub upstream_h2: UpstreamClient,
     /// Istio request metrics.
     pub metrics: Arc<metrics::ProxyMetrics>,
     /// Limits on downstream connections.
@@ -127,6 +146,7 @@ impl Proxy {
         let graceful = GracefulShutdown::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(self.inputs.limits.max_connections));
         let http1 = self.inputs.limits.http1();
+        let http2 = self.inputs.limits.http2();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -153,18 +173,20 @@ impl Proxy {
             };
             let open = self.inputs.metrics.open_connection();
             let inputs = self.inputs.clone();
-            let http1 = http1.clone();
+            let (http1, http2) = (http1.clone(), http2.clone());
             let watcher = graceful.watcher();
             let span = tracing::debug_span!("conn", %client);
             tokio::spawn(
                 async move {
                     let _permit = permit;
                     let _open = open;
+                    let sniffed = tunnel::sniff(&stream).await;
+                    if sniffed == tunnel::Sniffed::Http2 {
+                        return serve_http2(inputs, &http2, watcher, stream, client, original).await;
+                    }
                     // A captured connection that does not speak HTTP goes through as TCP.
-                    if let Some(original) = original {
-                        if tunnel::sniff(&stream).await == tunnel::Sniffed::Opaque {
-                            return tunnel::forward(inputs, stream, original).await;
-                        }
+                    if let (tunnel::Sniffed::Opaque, Some(original)) = (sniffed, original) {
+                        return tunnel::forward(inputs, stream, original).await;
                     }
                     serve_http(inputs, &http1, watcher, stream, client, original).await;
                 }

@@ -45,6 +45,9 @@ pub struct LoadReport {
     pub connections: usize,
     /// Requests sent.
     pub requests: usize,
+    /// `grpc-status` trailers received, by value.
+    #[serde(default)]
+    pub grpc_status: BTreeMap<String, usize>,
 }
 
 impl LoadReport {

@@ -64,3 +64,42 @@ fn non_http_connections_are_forwarded_as_tcp_to_their_service() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(opened.ends_with(" 2"), "{opened}");
 }
+
+/// gRPC calls (by path prefix) go to v2, everything else to v1.
+const GRPC_TO_V2: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - match:
+    - uri:
+        prefix: /pkg.Greeter/
+    route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+";
+
+#[test]
+fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
+    let node = common::node().unwrap();
+    let _agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", GRPC_TO_V2)], false).unwrap();
+    // HTTP/2 with prior knowledge, plain requests: routed like HTTP/1 (and sent upstream as HTTP/1.1).
+    let h2 = load(&node, 20, &["--h2", "--path", "/index.html"]);
+    assert_eq!((h2.count("v1"), h2.failures), (20, 0), "{h2:?}");
+    // gRPC calls on one HTTP/2 connection: routed by their path, trailers come through.
+    let grpc = load(&node, 20, &["--grpc", "--path", "/pkg.Greeter/SayHello"]);
+    assert_eq!((grpc.count("v2"), grpc.failures, grpc.connections), (20, 0, 1), "{grpc:?}");
+    assert_eq!(grpc.grpc_status.get("0"), Some(&20), "{grpc:?}");
+    // The same client over HTTP/1.1 still works.
+    assert_eq!(load(&node, 5, &[]).count("v1"), 5);
+}

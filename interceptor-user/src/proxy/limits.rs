@@ -116,6 +116,17 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// An HTTP/2 server builder enforcing these limits (header list size).
+    pub fn http2(&self) -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+        let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
 /// Answers 408 on `spare` (a duplicate of a connection's socket, kept because hyper owns and
 /// closes the original) and closes it.
 pub async fn request_timeout(spare: std::net::TcpStream) {

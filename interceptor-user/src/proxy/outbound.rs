@@ -154,7 +154,11 @@ impl Outbound {
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut());
         req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let mut response = self.inputs.upstream.request(req).await?;
+        // gRPC needs HTTP/2 upstream (trailers, streams); everything else goes as HTTP/1.1,
+        // whatever the client spoke.
+        let grpc = super::grpc::is_grpc(req.headers());
+        let upstream = super::grpc::prepare(&mut req, grpc, &self.inputs);
+        let mut response = upstream.request(req).await?;
         strip_hop_by_hop(response.headers_mut());
         Ok(response.map(|body| body.boxed()))
     }

@@ -1,4 +1,5 @@
-//! Captured connections that do not speak HTTP: recognised by their first bytes (or by saying
+//! Protocol sniffing on captured connections: HTTP/1, HTTP/2 with prior knowledge, or neither.
+//! Connections that do not speak HTTP are recognised by their first bytes (or by saying
 //! nothing within a short time, as server-first protocols do) and forwarded as plain TCP to an
 //! endpoint of the service they were addressed to, as Istio's protocol sniffing does.
 
@@ -21,8 +22,10 @@ const HTTP_STARTS: [&[u8]; 10] =
 /// What the first bytes say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sniffed {
-    /// An HTTP request (or possibly one: too few bytes yet to tell otherwise).
+    /// An HTTP/1 request (or possibly one: too few bytes yet to tell otherwise).
     Http,
+    /// HTTP/2 with prior knowledge: the connection preface.
+    Http2,
     /// Not HTTP.
     Opaque,
     /// Not enough bytes to decide.
@@ -39,7 +42,7 @@ pub fn classify(head: &[u8]) -> Sniffed {
         let n = head.len().min(start.len());
         if head[..n] == start[..n] {
             if head.len() >= start.len() {
-                return Sniffed::Http;
+                return if start.starts_with(b"PRI ") { Sniffed::Http2 } else { Sniffed::Http };
             }
             prefix_of_some = true;
         }
@@ -113,7 +116,8 @@ mod tests {
     #[test]
     fn http_starts_are_told_from_other_bytes() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Sniffed::Http);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Sniffed::Http);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Sniffed::Http2);
+        assert_eq!(classify(b"PRI * HT"), Sniffed::NeedMore);
         assert_eq!(classify(b"PO"), Sniffed::NeedMore);
         assert_eq!(classify(b""), Sniffed::NeedMore);
         assert_eq!(classify(b"\x16\x03\x01\x02"), Sniffed::Opaque);

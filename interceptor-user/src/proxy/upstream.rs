@@ -31,6 +31,17 @@ pub fn client(mark: Option<u32>) -> UpstreamClient {
         .build(MarkedConnector { mark })
 }
 
+/// Builds the shared HTTP/2 (prior knowledge) upstream client, for gRPC, whose trailers and
+/// streams need HTTP/2 end to end.
+pub fn client_h2(mark: Option<u32>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(MarkedConnector { mark })
+}
+
 /// Connects to `http://ip:port` URIs with a marked, no-delay TCP socket.
 #[derive(Clone, Copy, Debug)]
 pub struct MarkedConnector {

@@ -68,6 +68,12 @@ enum Command {
         /// Stop once this file exists (lets a test end a load run it started in the background).
         #[arg(long)]
         stop_file: Option<std::path::PathBuf>,
+        /// Speak HTTP/2 with prior knowledge.
+        #[arg(long)]
+        h2: bool,
+        /// Make gRPC-style calls (HTTP/2 POST, `content-type: application/grpc`).
+        #[arg(long)]
+        grpc: bool,
     },
     /// TCP server: sends `banner` on every connection, then echoes what it reads.
     Echo {
@@ -170,6 +176,17 @@ struct Report {
     connections: usize,
     /// Requests sent.
     requests: usize,
+    /// `grpc-status` trailers received, by value.
+    grpc_status: BTreeMap<String, usize>,
+}
+
+/// How `load` speaks.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    /// HTTP/2 with prior knowledge.
+    h2: bool,
+    /// gRPC-style calls (HTTP/2 POST, `application/grpc`), counting `grpc-status` trailers.
+    grpc: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -200,7 +217,19 @@ async fn main() -> Result<()> {
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
-        Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds, stop_file } => {
+        Command::Load {
+            target,
+            host,
+            n,
+            header,
+            path,
+            new_connections,
+            pause_ms,
+            max_seconds,
+            stop_file,
+            h2,
+            grpc,
+        } => {
             let headers: Vec<(String, String)> = header
                 .iter()
                 .map(|h| {
@@ -219,6 +248,7 @@ async fn main() -> Result<()> {
                 Duration::from_millis(pause_ms),
                 Duration::from_secs(max_seconds),
                 stop_file.as_deref(),
+                Mode { h2, grpc },
             )
             .await;
             println!("{}", serde_json::to_string(&report)?);
@@ -243,9 +273,30 @@ async fn serve(listen: SocketAddr, name: String, body_bytes: Option<usize>, body
         let (stream, _) = listener.accept().await?;
         let body = body.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let body = body.clone();
+                let grpc = req
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 async move {
+                    if grpc {
+                        // gRPC-style answer: the name as data, then `grpc-status: 0` as a trailer.
+                        let (mut tx, channel) = Channel::<Bytes>::new(2);
+                        tokio::spawn(async move {
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                            if tx.send_data(body).await.is_ok() {
+                                let _ = tx.send_trailers(trailers).await;
+                            }
+                        });
+                        let mut response = Response::new(Either::Right(channel));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/grpc"),
+                        );
+                        return Ok(response);
+                    }
                     if !slow {
                         return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(body))));
                     }
@@ -265,18 +316,51 @@ async fn serve(listen: SocketAddr, name: String, body_bytes: Option<usize>, body
                     Ok(response)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // HTTP/1.1 and HTTP/2 with prior knowledge.
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// A client connection, HTTP/1.1 or HTTP/2 (prior knowledge).
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send_request(&mut self, req: Request<Empty<Bytes>>) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
 
 async fn connect(target: SocketAddr) -> Result<Sender> {
+    connect_as(target, false).await
+}
+
+async fn connect_as(target: SocketAddr, h2: bool) -> Result<Sender> {
     let stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    if h2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -290,6 +374,7 @@ async fn load(
     pause: Duration,
     max: Duration,
     stop_file: Option<&std::path::Path>,
+    mode: Mode,
 ) -> Report {
     let mut report = Report::default();
     let deadline = Instant::now() + max;
@@ -306,16 +391,29 @@ async fn load(
             };
             if !alive {
                 report.connections += 1;
-                sender = Some(connect(target).await?);
+                sender = Some(connect_as(target, mode.h2 || mode.grpc).await?);
             }
             let s = sender.as_mut().context("no connection")?;
-            let mut req = Request::get(path).header("host", host);
+            let mut req = if mode.h2 || mode.grpc {
+                // HTTP/2 carries the authority in the request target (`:authority`).
+                Request::builder().uri(format!("http://{host}{path}"))
+            } else {
+                Request::get(path).header("host", host)
+            };
+            if mode.grpc {
+                req = req.method("POST").header("content-type", "application/grpc").header("te", "trailers");
+            }
             for (k, v) in headers {
                 req = req.header(k, v);
             }
             let response = s.send_request(req.body(Empty::new())?).await?;
             let status = response.status().as_u16();
-            let body = response.into_body().collect().await?.to_bytes();
+            let collected = response.into_body().collect().await?;
+            if let Some(grpc_status) = collected.trailers().and_then(|t| t.get("grpc-status")) {
+                let key = String::from_utf8_lossy(grpc_status.as_bytes()).into_owned();
+                *report.grpc_status.entry(key).or_default() += 1;
+            }
+            let body = collected.to_bytes();
             anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
         }
         .await;
