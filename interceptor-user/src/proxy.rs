@@ -7,6 +7,7 @@ pub mod limits;
 pub mod metrics;
 mod outbound;
 pub mod tunnel;
+pub mod upgrade;
 mod upstream;
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -44,7 +45,7 @@ async fn serve_http2(
 /// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
 async fn serve_http(
     inputs: ProxyInputs,
-    http1: &hyper::server::conn::http1::Builder,
+    http1: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
@@ -62,10 +63,10 @@ async fn serve_http(
     let metrics = inputs.metrics.clone();
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-    let conn = watcher.watch(http1.serve_connection(TokioIo::new(stream), service));
+    let conn = watcher.watch(http1.serve_connection_with_upgrades(TokioIo::new(stream), service));
     match conn.await {
         Ok(()) => {}
-        Err(err) if err.is_timeout() => {
+        Err(err) if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
             debug!("request head not received in time; answering 408");
             metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
             limits::request_timeout(spare).await;

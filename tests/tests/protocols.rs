@@ -103,3 +103,28 @@ fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
     // The same client over HTTP/1.1 still works.
     assert_eq!(load(&node, 5, &[]).count("v1"), 5);
 }
+
+#[test]
+fn an_http_upgrade_is_routed_then_tunnelled() {
+    let node = common::node().unwrap();
+    let vs = GRPC_TO_V2.replace("prefix: /pkg.Greeter/", "prefix: /ws");
+    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    // The bytes after the head travel once both sides switched; v2 (chosen by the path) prefixes
+    // its name and echoes them.
+    let report = node
+        .raw(
+            CLIENT,
+            &[
+                "--target",
+                common::VIP,
+                "--send",
+                "GET /ws/chat HTTP/1.1\\r\\nHost: my-app\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\nhello over the tunnel",
+                "--read-ms",
+                "1500",
+            ],
+        )
+        .unwrap();
+    assert!(report.response.starts_with("HTTP/1.1 101 "), "{report:?}");
+    assert!(report.response.to_ascii_lowercase().contains("upgrade: websocket"), "{report:?}");
+    assert!(report.response.ends_with("\r\n\r\nv2:hello over the tunnel"), "{report:?}");
+}

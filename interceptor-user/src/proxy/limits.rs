@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -96,27 +97,27 @@ impl LimitsFile {
 }
 
 impl Limits {
-    /// An HTTP/1 server builder enforcing these limits.
+    /// An HTTP/1 server builder enforcing these limits; upgrades (WebSocket) allowed.
     ///
     /// Smuggling: hyper refuses (400) differing duplicate `Content-Length`s, a `Transfer-Encoding`
     /// whose last coding is not `chunked`, and `Transfer-Encoding` in HTTP/1.0; with both
     /// `Transfer-Encoding: chunked` and `Content-Length` it drops the length, reads chunked and
     /// closes the connection after the response (RFC 9112 §6.1), so nothing after the body is
     /// ever read as a second request.
-    pub fn http1(&self) -> http1::Builder {
-        let mut builder = http1::Builder::new();
+    pub fn http1(&self) -> auto::Builder<TokioExecutor> {
+        // hyper-util's builder (HTTP/1 only) rather than hyper's: its upgradeable connections
+        // still drain gracefully.
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
+            .http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_header_size(self.max_header_bytes)
             .max_headers(self.max_headers)
-            // The read buffer must hold a whole head; hyper's minimum is 8 KiB.
-            .max_buf_size(self.max_header_bytes.max(8192) + 1024);
+            // A request head must fit the read buffer (431 beyond); hyper's minimum is 8 KiB.
+            .max_buf_size(self.max_header_bytes.max(8192));
         builder
     }
-}
 
-impl Limits {
     /// An HTTP/2 server builder enforcing these limits (header list size).
     pub fn http2(&self) -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
         let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());

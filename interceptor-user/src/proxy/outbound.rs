@@ -152,7 +152,11 @@ impl Outbound {
             .build()
             .expect("an IP socket address and an already parsed path form a valid URI");
         *req.uri_mut() = uri;
+        let upgrade = super::upgrade::take(&mut req);
         strip_hop_by_hop(req.headers_mut());
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore(req.headers_mut());
+        }
         req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("http"));
         // gRPC needs HTTP/2 upstream (trailers, streams); everything else goes as HTTP/1.1,
         // whatever the client spoke.
@@ -160,6 +164,9 @@ impl Outbound {
         let upstream = super::grpc::prepare(&mut req, grpc, &self.inputs);
         let mut response = upstream.request(req).await?;
         strip_hop_by_hop(response.headers_mut());
+        if let Some(upgrade) = upgrade {
+            upgrade.finish(&mut response);
+        }
         Ok(response.map(|body| body.boxed()))
     }
 }

@@ -273,13 +273,38 @@ async fn serve(listen: SocketAddr, name: String, body_bytes: Option<usize>, body
         let (stream, _) = listener.accept().await?;
         let body = body.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let body = body.clone();
+                // An upgrade (e.g. WebSocket): agree, then say our name and echo the bytes.
+                let upgrade = req
+                    .headers()
+                    .get(hyper::header::UPGRADE)
+                    .cloned()
+                    .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
                 let grpc = req
                     .headers()
                     .get(hyper::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 async move {
+                    if let Some((protocol, on)) = upgrade {
+                        let name = body.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let Ok(upgraded) = on.await else { return };
+                            let mut io = TokioIo::new(upgraded);
+                            if io.write_all(&name).await.is_ok() && io.write_all(b":").await.is_ok() {
+                                let (mut rx, mut tx) = tokio::io::split(io);
+                                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                            }
+                        });
+                        let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+                        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        response.headers_mut().insert(hyper::header::UPGRADE, protocol);
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+                        return Ok(response);
+                    }
                     if grpc {
                         // gRPC-style answer: the name as data, then `grpc-status: 0` as a trailer.
                         let (mut tx, channel) = Channel::<Bytes>::new(2);
@@ -318,7 +343,7 @@ async fn serve(listen: SocketAddr, name: String, body_bytes: Option<usize>, body
             });
             // HTTP/1.1 and HTTP/2 with prior knowledge.
             let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
