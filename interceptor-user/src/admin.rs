@@ -152,6 +152,7 @@ mod tests {
             duration: std::time::Duration::from_millis(1),
             request_bytes: 0,
             response_bytes: 1,
+            grpc: false,
         });
         let state = Arc::new(AdminState::new(registry));
         let admin = Admin::bind("127.0.0.1:0".parse().unwrap(), state.clone()).await.unwrap();

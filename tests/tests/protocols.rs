@@ -100,6 +100,12 @@ fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
     let grpc = load(&node, 20, &["--grpc", "--path", "/pkg.Greeter/SayHello"]);
     assert_eq!((grpc.count("v2"), grpc.failures, grpc.connections), (20, 0, 1), "{grpc:?}");
     assert_eq!(grpc.grpc_status.get("0"), Some(&20), "{grpc:?}");
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let calls = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("request_protocol=\"grpc\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(calls.contains("destination_version=\"v2\"") && calls.ends_with(" 20"), "{calls}");
     // The same client over HTTP/1.1 still works.
     assert_eq!(load(&node, 5, &[]).count("v1"), 5);
 }

@@ -31,6 +31,8 @@ pub struct RequestInfo {
     authority: Option<String>,
     /// Request body length when the request declares it.
     pub request_bytes: u64,
+    /// A gRPC call (`content-type: application/grpc…`).
+    pub grpc: bool,
 }
 
 impl RequestInfo {
@@ -47,6 +49,7 @@ impl RequestInfo {
             request_id: text(headers, "x-request-id"),
             authority: text(headers, header::HOST.as_str()).or_else(|| req.uri().authority().map(|a| a.to_string())),
             request_bytes: body_len(headers, req.body().size_hint().exact()),
+            grpc: super::grpc::is_grpc(headers),
         }
     }
 }

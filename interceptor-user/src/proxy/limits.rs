@@ -15,8 +15,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 60 * 1024;
 /// Envoy's `max_headers_count` default.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Time a client has to send a whole request head, and to start the next one on a kept-alive
-/// connection (so it is the downstream idle timeout between requests too).
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// connection (so it is the downstream idle timeout between requests too). hyper's default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open downstream connections at most; more are answered 503 and closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 

@@ -60,6 +60,8 @@ pub struct RequestOutcome<'a> {
     pub request_bytes: u64,
     /// Response body bytes (known length; 0 when unknown).
     pub response_bytes: u64,
+    /// A gRPC call: `request_protocol="grpc"`.
+    pub grpc: bool,
 }
 
 /// Labels of the TCP metrics (opaque connections).
@@ -212,7 +214,7 @@ fn labels(outcome: &RequestOutcome<'_>) -> RequestLabels {
         destination_service_namespace: namespace.to_owned(),
         destination_version: subset_of(outcome.cluster).unwrap_or(UNKNOWN).to_owned(),
         destination_workload: UNKNOWN,
-        request_protocol: "http",
+        request_protocol: if outcome.grpc { "grpc" } else { "http" },
         response_code: outcome.status,
         response_flags: outcome.flag.map_or("-", ResponseFlag::as_str),
         connection_security_policy: UNKNOWN,
@@ -269,6 +271,7 @@ mod tests {
             duration: Duration::from_millis(3),
             request_bytes: 0,
             response_bytes: 2,
+            grpc: false,
         };
         metrics.record(&outcome);
         metrics.record(&outcome);

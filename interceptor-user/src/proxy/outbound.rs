@@ -201,6 +201,7 @@ impl Outbound {
             duration: took,
             request_bytes: seen.request_bytes,
             response_bytes: done.response_bytes,
+            grpc: seen.grpc,
         });
     }
 }
