@@ -11,8 +11,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::bpf::{BpfError, CaptureKind, CaptureSettings, SocketCapture};
+mod metrics;
+
+use crate::admin::{Admin, AdminState, ConfigDump, KernelCollector};
+use crate::bpf::{BpfError, CaptureCounters, CaptureKind, CaptureSettings, SocketCapture};
 use crate::config::{CaptureMode, ConfigError, FailurePolicy, Settings, Snapshot};
+use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
 
@@ -55,7 +59,16 @@ pub enum AgentError {
 /// # Errors
 /// Every error in the config, with file, line and field.
 pub fn load_routes(dir: &Path, namespace: &str) -> Result<RouteTable, ConfigError> {
-    RouteTable::compile(&Snapshot::load_dir(dir, namespace)?)
+    load_config(dir, namespace).map(|(table, _)| table)
+}
+
+/// Loads and compiles the config in `dir`, keeping the parsed snapshot (for `/config_dump`).
+///
+/// # Errors
+/// Every error in the config, with file, line and field.
+pub fn load_config(dir: &Path, namespace: &str) -> Result<(RouteTable, Snapshot), ConfigError> {
+    let snapshot = Snapshot::load_dir(dir, namespace)?;
+    Ok((RouteTable::compile(&snapshot)?, snapshot))
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -63,7 +76,7 @@ pub fn load_routes(dir: &Path, namespace: &str) -> Result<RouteTable, ConfigErro
 /// # Errors
 /// Start-up failures; once serving, errors (bad reloads, failed syncs) are logged and survived.
 pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentError> {
-    let table = load_routes(&config_dir, &settings.namespace)?;
+    let (table, snapshot) = load_config(&config_dir, &settings.namespace)?;
     for warning in table.warnings() {
         warn!("{warning}");
     }
@@ -80,12 +93,27 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
     let report = capture.sync_capture(&table.capture_set())?;
     info!(added = report.added, "capture set loaded");
 
+    let mut registry = prometheus_client::registry::Registry::default();
+    let proxy_metrics = Arc::new(ProxyMetrics::register(&mut registry));
+    let config_metrics = metrics::ConfigMetrics::register(&mut registry);
+    registry.register_collector(Box::new(KernelCollector::new(CaptureCounters::open(&settings.bpffs)?)));
+    let admin_state = Arc::new(AdminState::new(registry));
+    let mut version = 1u64;
+    admin_state.set_config(&ConfigDump::new(version, &settings, &snapshot));
+    config_metrics.set_version(version);
+    let admin = Admin::bind(settings.admin, admin_state.clone())
+        .await
+        .map_err(|source| AgentError::Listen { addr: settings.admin, source })?;
+    let admin_task = tokio::spawn(admin.run());
+
     let routes = Arc::new(ArcSwap::from_pointee(table));
     let inputs = ProxyInputs {
         routes: routes.clone(),
         original_destinations: Arc::new(capture.original_destinations()?),
         namespace: settings.namespace.clone().into(),
         upstream: upstream_client(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
+        metrics: proxy_metrics,
+        limits: settings.limits,
     };
     let listen = settings.listen_addr();
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
@@ -98,7 +126,8 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         DRAIN_DEADLINE,
     ));
     capture.set_ready(true)?;
-    info!(%listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
+    admin_state.set_ready(true);
+    info!(admin = %settings.admin, %listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
     let _watcher = watch_dir(&config_dir, reload_tx.clone())?;
@@ -108,7 +137,6 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| watch_err("SIGTERM", e))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| watch_err("SIGINT", e))?;
 
-    let mut version = 1u64;
     loop {
         let cause = tokio::select! {
             _ = terminate.recv() => break,
@@ -121,9 +149,12 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
                 cause
             }
         };
-        match load_routes(&config_dir, &settings.namespace) {
-            Err(err) => error!(cause, "config change rejected, previous config keeps serving: {err}"),
-            Ok(table) => {
+        match load_config(&config_dir, &settings.namespace) {
+            Err(err) => {
+                config_metrics.rejected();
+                error!(cause, "config change rejected, previous config keeps serving: {err}");
+            }
+            Ok((table, snapshot)) => {
                 for warning in table.warnings() {
                     warn!("{warning}");
                 }
@@ -131,6 +162,8 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
                 // Routes first: a connection captured by a new entry must find its service.
                 routes.store(Arc::new(table));
                 version += 1;
+                config_metrics.applied(version);
+                admin_state.set_config(&ConfigDump::new(version, &settings, &snapshot));
                 match capture.sync_capture(&desired) {
                     Ok(r) => info!(
                         cause,
@@ -149,12 +182,14 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
     }
 
     info!("shutting down: capture off, draining");
+    admin_state.set_ready(false);
     if let Err(err) = capture.set_ready(false) {
         warn!(%err, "could not turn capture off before draining");
     }
     let _ = stop_tx.send(());
     let _ = proxy_task.await;
     drop(capture);
+    admin_task.abort();
     info!("stopped");
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::{
     fs::File,
     io,
     net::SocketAddrV4,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -42,10 +42,14 @@ pub use interceptor_common::{
     stats::{Program, ProgramStats},
 };
 use interceptor_common::{
-    capture::{ProxyTarget, CAPTURE_MAP, PROXY_TARGET_MAP},
-    origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP},
-    packet::{CONNTRACK_MAP, IFACE_STATS_MAP, PACKET_STATS_MAP},
-    stats::{PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
+    capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
+    origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
+    packet::{
+        Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
+        PACKET_STATS_MAP,
+    },
+    stats::{ServiceStats, PROGRAM_COUNT, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
+    SockAddr4,
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
@@ -53,7 +57,7 @@ pub use self::sync::SyncReport;
 use self::{
     links::LinkPins,
     maps::{CaptureMap, ConntrackMap, OrigDstMap, ProxyTargetMap, StatsMaps},
-    pins::PinDir,
+    pins::{PinDir, PinSpec},
 };
 
 /// The kernel object built by `build.rs` from `interceptor-ebpf`.
@@ -69,18 +73,31 @@ const TC: &str = "tc_egress";
 /// after `interceptor_common::capture::HEARTBEAT_STALE_NS`).
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 
-/// Every map we pin, by its name in `interceptor-common`. `AYA_LOGS` is not ours and stays unpinned.
-const PINNED_MAPS: &[&str] = &[
-    CAPTURE_MAP,
-    PROXY_TARGET_MAP,
-    ORIG_DST_BY_COOKIE_MAP,
-    ORIG_DST_MAP,
-    SERVICE_STATS_MAP,
-    PROGRAM_STATS_MAP,
-    CONNTRACK_MAP,
-    IFACE_STATS_MAP,
-    PACKET_STATS_MAP,
+/// Every map we pin, by its name in `interceptor-common`, with the shape a pin left by an earlier
+/// agent must have to be re-adopted. The counter maps stay pinned when the agent stops, so a
+/// restarted (or upgraded) agent keeps counting where the last one stopped. `AYA_LOGS` is not ours
+/// and stays unpinned.
+const PINNED_MAPS: &[PinSpec] = &[
+    pin::<SockAddr4, CapturedService>(CAPTURE_MAP, CAPTURE_MAX_ENTRIES, false),
+    pin::<u32, ProxyTarget>(PROXY_TARGET_MAP, 1, false),
+    pin::<u64, SockAddr4>(ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr4, SockAddr4>(ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr4, ServiceStats>(SERVICE_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
+    pin::<u32, ProgramStats>(PROGRAM_STATS_MAP, PROGRAM_COUNT, true),
+    pin::<SockAddr4, Conntrack>(CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, false),
+    pin::<u32, PacketStats>(IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES, true),
+    pin::<SockAddr4, PacketStats>(PACKET_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
 ];
+
+const fn pin<K, V>(name: &'static str, max_entries: u32, keep: bool) -> PinSpec {
+    PinSpec {
+        name,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
+        keep,
+    }
+}
 
 /// How traffic is captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,7 +251,7 @@ pub struct CaptureStats {
 }
 
 /// Loaded and attached kernel programs and their maps (socket or packet mode). Dropping it
-/// detaches the programs and removes the pins.
+/// detaches the programs and removes the capture pins; the counter pins stay for the next agent.
 pub struct SocketCapture {
     // Field order is drop order: links, then programs (in `ebpf`), then the map pins.
     links: Arc<Mutex<LinkPins>>,
@@ -249,11 +266,12 @@ pub struct SocketCapture {
 }
 
 impl SocketCapture {
-    /// Loads the embedded object, pins its maps under `settings.bpffs` (replacing stale pins of the
-    /// same names, and removing stale link pins, which detaches an earlier agent's programs),
-    /// writes `PROXY_TARGET` with ready = 0, attaches the programs of `settings.kind` (pinned
-    /// links) and starts forwarding kernel logs to `log`/`tracing`. In packet mode the interfaces
-    /// are followed from then on.
+    /// Loads the embedded object, pins its maps under `settings.bpffs` (re-adopting pins an earlier
+    /// agent left when their shape still fits, so counters carry on; replacing them otherwise, and
+    /// removing stale link pins, which detaches an earlier agent's programs), writes `PROXY_TARGET`
+    /// with ready = 0, attaches the programs of `settings.kind` (pinned links) and starts
+    /// forwarding kernel logs to `log`/`tracing`. In packet mode the interfaces are followed from
+    /// then on.
     ///
     /// Capture starts disabled: call [`Self::set_ready`] once the proxy listens.
     ///
@@ -274,7 +292,7 @@ impl SocketCapture {
         let pins = PinDir::prepare(&settings.bpffs, PINNED_MAPS)?;
         let links = LinkPins::prepare(&settings.bpffs)?;
 
-        let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|name| (*name, pins.path(name))).collect();
+        let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|spec| (spec.name, pins.path(spec.name))).collect();
         let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &log_level, false);
@@ -467,7 +485,40 @@ impl Drop for SocketCapture {
         // Unpinning drops the last reference to each link: the programs detach.
         lock(&self.links).close();
         tracing::info!(kind = ?self.settings.kind, "capture detached");
-        // Fields drop next: programs unload, map descriptors close, `PinDir` removes the pins.
+        // Fields drop next: programs unload, map descriptors close, `PinDir` removes the capture
+        // pins and leaves the counters for the next agent.
+    }
+}
+
+/// Read-only handle on the counter maps pinned in a bpffs directory: what `interceptor stats`
+/// and the admin server's `/stats/prometheus` read, whether or not this process loaded them.
+pub struct CaptureCounters {
+    maps: StatsMaps,
+}
+
+impl CaptureCounters {
+    /// Opens `SERVICE_STATS` and `PROGRAM_STATS` pinned under `bpffs`.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::Map`] when a pin is missing or is not the map we expect (sizes are checked).
+    pub fn open(bpffs: &Path) -> Result<Self, BpfError> {
+        Ok(Self { maps: StatsMaps::open_pinned(bpffs)? })
+    }
+
+    /// Counters per captured service and per program, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::Map`] when reading a stats map fails.
+    pub fn read(&self) -> Result<CaptureStats, BpfError> {
+        Ok(CaptureStats { services: self.maps.services()?, programs: self.maps.programs()? })
+    }
+}
+
+impl std::fmt::Debug for CaptureCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureCounters").finish_non_exhaustive()
     }
 }
 

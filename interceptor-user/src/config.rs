@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 pub use istio::*;
 pub use locate::{index_documents, DocumentLines, SyntaxError};
-pub use settings::{CaptureMode, FailurePolicy, Settings, SettingsFile, DEFAULT_NAMESPACE};
+pub use settings::{
+    CaptureMode, FailurePolicy, Settings, SettingsFile, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_NAMESPACE,
+};
 
 /// API groups/versions accepted verbatim for the networking kinds.
 pub const NETWORKING_API_VERSIONS: &[&str] =

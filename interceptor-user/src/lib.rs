@@ -1,6 +1,7 @@
 //! The interceptor node agent: Istio routing rules enforced by eBPF capture and a Rust proxy.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod bpf;
 pub mod config;

@@ -26,6 +26,15 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Print the kernel counters (per program, top services) from the pinned maps.
+    Stats {
+        /// bpffs directory the agent pins to.
+        #[arg(long, default_value = interceptor::config::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// How many services to list, busiest first.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Check a config directory or file: errors and warnings with file, line and field; exit 1
     /// when there is an error.
     Validate {
@@ -109,6 +118,9 @@ struct SettingsArgs {
     /// Namespace of resources that do not name one.
     #[arg(long)]
     namespace: Option<String>,
+    /// Admin listener (loopback only): /ready, /config_dump, /stats/prometheus.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl SettingsArgs {
@@ -126,6 +138,8 @@ impl SettingsArgs {
             interfaces: self.interfaces,
             failure_policy: self.failure_policy,
             namespace: self.namespace,
+            admin: self.admin,
+            limits: None,
         };
         file.merge(flags).resolve()
     }
@@ -150,6 +164,7 @@ fn main() -> ExitCode {
         Command::Explain { config, host, path, headers, method, source_ip, namespace } => {
             explain(&config, &namespace, &host, &path, &headers, &method, source_ip)
         }
+        Command::Stats { bpffs, top } => stats(&bpffs, top),
     }
 }
 
@@ -175,6 +190,31 @@ fn run(config: PathBuf, settings: SettingsArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn stats(bpffs: &std::path::Path, top: usize) -> ExitCode {
+    let stats = match interceptor::bpf::CaptureCounters::open(bpffs).and_then(|c| c.read()) {
+        Ok(stats) => stats,
+        Err(err) => {
+            eprintln!("error: reading counters pinned in {}: {err} (is the agent running?)", bpffs.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{:<10} {:>12} {:>12} {:>12} {:>8}", "program", "events", "captured", "bypassed", "errors");
+    for (program, s) in &stats.programs {
+        println!("{:<10} {:>12} {:>12} {:>12} {:>8}", program.name(), s.events, s.captured, s.bypassed, s.errors);
+    }
+    let mut services: Vec<_> = stats.services.iter().collect();
+    services.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    println!();
+    println!("{:<22} {:>12}", "service", "connections");
+    for (service, connections) in services.iter().take(top) {
+        println!("{:<22} {:>12}", service.to_string(), connections);
+    }
+    if services.len() > top {
+        println!("… {} more", services.len() - top);
+    }
+    ExitCode::SUCCESS
 }
 
 fn validate(path: &std::path::Path, namespace: &str, output: Output) -> ExitCode {

@@ -1,8 +1,14 @@
 //! The proxy: accepts connections the kernel redirected, routes every HTTP request by the rules of
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
+pub mod access_log;
+pub mod grpc;
+pub mod limits;
+pub mod metrics;
 mod outbound;
 mod tcp;
+pub mod tunnel;
+pub mod upgrade;
 mod upstream;
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -11,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -21,6 +26,62 @@ use crate::routing::RouteTable;
 
 pub use outbound::Outbound;
 pub use upstream::{client as upstream_client, UpstreamClient};
+
+/// Serves HTTP/2 (prior knowledge) on one downstream connection until it ends or drains.
+async fn serve_http2(
+    inputs: ProxyInputs,
+    http2: &hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddrV4>,
+) {
+    let outbound = Arc::new(Outbound::new(inputs, client, original));
+    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+    if let Err(err) = watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await {
+        debug!(%err, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
+async fn serve_http(
+    inputs: ProxyInputs,
+    http1: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddrV4>,
+) {
+    // hyper owns (and closes) the socket; a duplicate lets us still answer 408 when it gives up
+    // on a slow request head.
+    let (stream, spare) = match duplicate(stream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            warn!(%client, %err, "cannot set up the connection");
+            return;
+        }
+    };
+    let metrics = inputs.metrics.clone();
+    let outbound = Arc::new(Outbound::new(inputs, client, original));
+    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+    let conn = watcher.watch(http1.serve_connection_with_upgrades(TokioIo::new(stream), service));
+    match conn.await {
+        Ok(()) => {}
+        Err(err) if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
+            debug!("request head not received in time; answering 408");
+            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+            limits::request_timeout(spare).await;
+        }
+        Err(err) => debug!(%err, "downstream connection ended with an error"),
+    }
+}
+
+/// The connection as tokio wants it, and a duplicate of its socket kept aside.
+fn duplicate(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std = stream.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std)?, spare))
+}
 
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {
@@ -50,8 +111,12 @@ pub struct ProxyInputs {
     pub original_destinations: Arc<dyn OriginalDestination>,
     /// Namespace short Host headers resolve against.
     pub namespace: Arc<str>,
-    /// Pooled upstream connections.
+    /// Pooled upstream connections (HTTP/1.1, and HTTP/2 for gRPC).
     pub upstream: UpstreamClient,
+    /// Istio request metrics.
+    pub metrics: Arc<metrics::ProxyMetrics>,
+    /// Limits on downstream connections.
+    pub limits: limits::Limits,
 }
 
 /// The listener for captured connections.
@@ -86,6 +151,9 @@ impl Proxy {
     /// connections close after their current request) for at most `drain`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
         let graceful = GracefulShutdown::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.inputs.limits.max_connections));
+        let http1 = self.inputs.limits.http1();
+        let http2 = self.inputs.limits.http2();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -104,20 +172,41 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let original = self.inputs.original_destinations.take(client);
             debug!(%client, ?original, "accepted");
-            if let Some((original, service)) = original.and_then(|o| self.tcp_service(o).map(|s| (o, s))) {
-                tokio::spawn(tcp::serve(self.inputs.clone(), stream, client, original, service));
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                warn!(%client, max = self.inputs.limits.max_connections, "connection cap reached; answering 503");
+                self.inputs.metrics.rejected(metrics::REJECT_OVERLOAD);
+                tokio::spawn(limits::overloaded(stream));
                 continue;
-            }
-            let outbound = Arc::new(Outbound::new(self.inputs.clone(), client, original));
-            let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
+            };
+            let open = self.inputs.metrics.open_connection();
+            let tcp_port = original.and_then(|o| self.tcp_service(o).map(|s| (o, s)));
+            let inputs = self.inputs.clone();
+            let (http1, http2) = (http1.clone(), http2.clone());
+            let watcher = graceful.watcher();
             let span = tracing::debug_span!("conn", %client);
             tokio::spawn(
                 async move {
-                    if let Err(err) = conn.await {
-                        debug!(%err, "downstream connection ended with an error");
+                    let _permit = permit;
+                    let _open = open;
+                    // Declared TCP ports go through as TCP, by the VirtualService's tcp rules.
+                    if let Some((original, service)) = tcp_port {
+                        return tcp::serve(inputs, stream, client, original, service).await;
                     }
+                    let sniffed = tunnel::sniff(&stream).await;
+                    if sniffed == tunnel::Sniffed::Http2 {
+                        return serve_http2(inputs, &http2, watcher, stream, client, original).await;
+                    }
+                    // A captured connection that does not speak HTTP goes through as TCP too.
+                    if let (tunnel::Sniffed::Opaque, Some(original)) = (sniffed, original) {
+                        let table = inputs.routes.load();
+                        let Some(service) = table.service_at(original).map(str::to_owned) else {
+                            debug!(%original, "opaque connection to an unknown service port; closing");
+                            return;
+                        };
+                        drop(table);
+                        return tcp::serve(inputs, stream, client, original, service).await;
+                    }
+                    serve_http(inputs, &http1, watcher, stream, client, original).await;
                 }
                 .instrument(span),
             );

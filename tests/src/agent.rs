@@ -28,6 +28,9 @@ impl Mode {
     }
 }
 
+/// The agent's admin listener in the node namespace (its default).
+pub const ADMIN: &str = "127.0.0.1:15000";
+
 /// How long the agent may take to load, attach and listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -148,6 +151,16 @@ impl Agent {
     /// As [`Agent::wait_for_log_count`].
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Sends SIGTERM and returns at once; [`Agent::stop`] then waits for the exit.
+    ///
+    /// # Errors
+    /// The agent is not running.
+    pub fn terminate(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_ref() else { bail!("agent already stopped") };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        Ok(())
     }
 
     /// Stops the agent with SIGTERM and returns its exit code and log.

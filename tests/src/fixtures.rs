@@ -1,5 +1,6 @@
 //! The standard test service: `my-app` with VIP 10.96.0.10:80, pods v1a/v1b (`version: v1`) and
-//! v2 (`version: v2`) on port 8080, a client pod, and the subsets v1 and v2.
+//! v2 (`version: v2`) on port 8080, a client pod, the subsets v1 and v2, the seed's two
+//! VirtualServices, and the statistics the tests judge splits with.
 
 use anyhow::Result;
 
@@ -55,6 +56,59 @@ spec:
       version: v2
 ";
 
+/// The seed's first example with the given weights for v1 and v2.
+pub fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+      weight: {v1}
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+      weight: {v2}
+"
+    )
+}
+
+/// The seed's second example, verbatim.
+pub const BETA: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - match:
+    - headers:
+        user-agent:
+          regex: \".*beta-tester.*\"
+    route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+      weight: 90
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+      weight: 10
+";
+
 /// A VirtualService for my-app with the given `http:` rules (indented as list items).
 pub fn virtual_service(http: &str) -> String {
     format!(
@@ -89,11 +143,18 @@ pub fn node() -> Result<Node> {
 
 /// Sends `n` requests from the client pod to the VIP with extra `pod load` arguments.
 ///
-/// # Errors
-/// The client cannot run.
-pub fn load(node: &Node, n: usize, extra: &[&str]) -> Result<crate::LoadReport> {
+/// # Panics
+/// The client cannot run (a broken test node, not a finding).
+pub fn load(node: &Node, n: usize, extra: &[&str]) -> crate::LoadReport {
     let n = n.to_string();
     let mut args = vec!["--target", VIP, "--host", HOST, "-n", &n];
     args.extend_from_slice(extra);
-    node.load(CLIENT, &args)
+    node.load(CLIENT, &args).expect("pod load runs")
+}
+
+/// Asserts that `k` of `n` lies in the 99.9% normal interval of a binomial with share `p`.
+pub fn assert_share(k: usize, n: usize, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let margin = 3.29 * (n as f64 * p * (1.0 - p)).sqrt();
+    assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
 }

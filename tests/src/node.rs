@@ -54,6 +54,9 @@ pub struct LoadReport {
     /// Time spent in successful `connect()`s, in nanoseconds (connect plus the TCP handshake).
     #[serde(default)]
     pub connect_ns: u64,
+    /// `grpc-status` trailers received, by value.
+    #[serde(default)]
+    pub grpc_status: BTreeMap<String, usize>,
 }
 
 impl LoadReport {
@@ -66,6 +69,17 @@ impl LoadReport {
     pub fn status(&self, status: u16) -> usize {
         self.statuses.get(&status).copied().unwrap_or(0)
     }
+}
+
+/// What `pod raw` reports.
+#[derive(Debug, Deserialize)]
+pub struct RawReport {
+    /// Everything the server sent, as lossy UTF-8.
+    pub response: String,
+    /// The server closed the connection within the read time.
+    pub closed: bool,
+    /// Milliseconds from the end of sending to the close (or the end of the read time).
+    pub elapsed_ms: u64,
 }
 
 /// One test node. Dropping it kills its processes and removes namespaces, cgroup and pins.
@@ -238,16 +252,34 @@ impl Node {
         self.serve_with(pod, name, &[])
     }
 
-    /// Starts `pod serve` with extra options (`--status 503`, `--delay-ms 500`).
+    /// Like [`Node::serve`], with extra `pod serve` flags (e.g. `--body-bytes`).
     ///
     /// # Errors
-    /// The pod is unknown or the process cannot start.
-    pub fn serve_with(&mut self, pod: &str, name: &str, options: &[&str]) -> Result<()> {
+    /// As [`Node::serve`].
+    pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<()> {
         let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
         let listen = format!("{}:8080", spec.ip);
         let mut args = vec!["serve", "--listen", &listen, "--name", name];
-        args.extend_from_slice(options);
+        args.extend_from_slice(extra);
         let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.spawn(cmd)?;
+        wait_for_listener(&self.pod_netns(pod), &listen)
+    }
+
+    /// Starts `pod echo` in pod `pod` on `port`: a TCP server that sends `banner`, then echoes.
+    ///
+    /// # Errors
+    /// The pod is unknown or the process cannot start.
+    pub fn serve_tcp_echo(&mut self, pod: &str, port: u16, banner: &str) -> Result<()> {
+        let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
+        let listen = format!("{}:{port}", spec.ip);
+        let mut cmd = self.command_in(
+            &self.pod_netns(pod),
+            false,
+            &crate::workspace_binary("pod"),
+            &["echo", "--listen", &listen, "--banner", banner],
+        );
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.spawn(cmd)?;
         wait_for_listener(&self.pod_netns(pod), &listen)
@@ -272,6 +304,39 @@ impl Node {
             .with_context(|| format!("parsing {:?}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Runs `pod raw` from pod `pod` inside the capture cgroup (raw bytes to a target, through
+    /// the real capture path) and returns what came back.
+    ///
+    /// # Errors
+    /// The client cannot run or prints no report.
+    pub fn raw(&self, pod: &str, args: &[&str]) -> Result<RawReport> {
+        let mut full = vec!["raw"];
+        full.extend_from_slice(args);
+        let out = self
+            .command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stderr(Stdio::piped())
+            .output()
+            .context("running pod raw")?;
+        if !out.status.success() {
+            bail!("pod raw failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing {:?}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Like [`Node::raw`], in the background: the caller reads the JSON report from stdout later.
+    ///
+    /// # Errors
+    /// The client cannot start.
+    pub fn raw_in_background(&self, pod: &str, args: &[&str]) -> Result<Child> {
+        let mut full = vec!["raw"];
+        full.extend_from_slice(args);
+        self.command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting pod raw")
+    }
+
     /// Like [`Node::load`], in the background: the caller collects the report later.
     ///
     /// # Errors
@@ -283,6 +348,30 @@ impl Node {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting pod load")
+    }
+
+    /// GETs `path` from `addr` inside the node namespace (e.g. the agent's loopback admin port);
+    /// returns status and body.
+    ///
+    /// # Errors
+    /// The request gets no answer.
+    pub fn node_get(&self, addr: &str, path: &str) -> Result<(u16, String)> {
+        let out = self
+            .command_in(
+                &self.node_netns(),
+                false,
+                &crate::workspace_binary("pod"),
+                &["get", "--addr", addr, "--path", path],
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .context("running pod get")?;
+        if !out.status.success() {
+            bail!("GET {addr}{path} in the node failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (status, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        Ok((status.trim().parse().context("status line")?, body.to_owned()))
     }
 
     /// Reads a pinned map as `bpftool -j map dump pinned` prints it.

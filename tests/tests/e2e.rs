@@ -3,134 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use testbed::fixtures::{assert_share, load, node, split, BETA, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::{read_stdout, run_agent_command, Agent, Mode, Node, PodSpec};
-
-const CLIENT: &str = "client";
-const VIP: &str = "10.96.0.10:80";
-const HOST: &str = "my-app.default.svc.cluster.local";
-
-/// The service, its pods and its subsets, as config/mesh/my-app.yaml has them.
-const SERVICE: &str = "\
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata:
-  name: my-app
-spec:
-  hosts:
-  - my-app.default.svc.cluster.local
-  addresses:
-  - 10.96.0.10
-  ports:
-  - number: 80
-    name: http
-    protocol: HTTP
-    targetPort: 8080
-  resolution: STATIC
-  endpoints:
-  - address: 10.244.0.11
-    labels: {version: v1}
-  - address: 10.244.0.12
-    labels: {version: v1}
-  - address: 10.244.0.13
-    labels: {version: v2}
-";
-
-const SUBSETS: &str = "\
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata:
-  name: my-app-dr
-spec:
-  host: my-app.default.svc.cluster.local
-  subsets:
-  - name: v1
-    labels:
-      version: v1
-  - name: v2
-    labels:
-      version: v2
-";
-
-fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: my-app-vs
-spec:
-  hosts:
-  - my-app.default.svc.cluster.local
-  http:
-  - route:
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v1
-      weight: {v1}
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v2
-      weight: {v2}
-"
-    )
-}
-
-/// The seed's second example, verbatim.
-const BETA: &str = "\
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: my-app-vs
-spec:
-  hosts:
-  - my-app.default.svc.cluster.local
-  http:
-  - match:
-    - headers:
-        user-agent:
-          regex: \".*beta-tester.*\"
-    route:
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v2
-  - route:
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v1
-      weight: 90
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v2
-      weight: 10
-";
-
-/// A node with a client pod and three my-app pods (two v1, one v2) serving.
-fn node() -> Result<Node> {
-    let mut node = Node::create(&[
-        PodSpec::new(CLIENT, [10, 244, 0, 10]),
-        PodSpec::new("v1a", [10, 244, 0, 11]),
-        PodSpec::new("v1b", [10, 244, 0, 12]),
-        PodSpec::new("v2", [10, 244, 0, 13]),
-    ])?;
-    node.serve("v1a", "v1")?;
-    node.serve("v1b", "v1")?;
-    node.serve("v2", "v2")?;
-    Ok(node)
-}
-
-fn load(node: &Node, n: usize, extra: &[&str]) -> testbed::LoadReport {
-    let n = n.to_string();
-    let mut args = vec!["--target", VIP, "--host", HOST, "-n", &n];
-    args.extend_from_slice(extra);
-    node.load(CLIENT, &args).expect("pod load runs")
-}
-
-/// Asserts that `k` of `n` lies in the 99.9% normal interval of a binomial with share `p`.
-fn assert_share(k: usize, n: usize, p: f64, what: &str) {
-    let mean = n as f64 * p;
-    let margin = 3.29 * (n as f64 * p * (1.0 - p)).sqrt();
-    assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
-}
 
 fn seed_example_one_splits_90_10(mode: Mode) {
     let node = node().unwrap();
@@ -234,6 +108,11 @@ fn a_config_change_applies_live_without_a_failed_request(mode: Mode) {
     assert_eq!(load(&node, 50, &[]).count("v2"), 50);
 }
 
+/// Access-log lines (Envoy format, log target `access`) in an agent log.
+fn access_lines(log: &str) -> usize {
+    log.matches(" access: [").count()
+}
+
 /// Sums every `field` number under the entries of a bpftool JSON dump whose key is `port`.
 fn pinned_sum(dump: &serde_json::Value, port: u64, field: &str) -> u64 {
     fn sum(v: &serde_json::Value, field: &str) -> u64 {
@@ -280,7 +159,8 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
     }
 
     // A pod address is not in the capture set: the connection goes straight to the pod.
-    let requests_logged = agent.log().matches("request").count();
+    let requests_logged = access_lines(&agent.log());
+    assert_eq!(requests_logged, 37, "one access-log line per request:\n{}", agent.log());
     let direct =
         node.load(CLIENT, &["--target", "10.244.0.13:8080", "--host", "v2", "-n", "5", "--new-connections"]).unwrap();
     assert_eq!(direct.count("v2"), 5, "{direct:?}");
@@ -289,7 +169,7 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
         node.load(CLIENT, &["--target", "10.96.0.99:80", "--host", "x", "-n", "3", "--new-connections"]).unwrap();
     assert_eq!(stray.failures, 3, "{stray:?}");
     assert_eq!(pinned_connections(&node, mode, 80), 37);
-    assert_eq!(agent.log().matches("request").count(), requests_logged, "the proxy saw uncaptured traffic");
+    assert_eq!(access_lines(&agent.log()), requests_logged, "the proxy saw uncaptured traffic");
 }
 
 fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself(mode: Mode) {
@@ -324,7 +204,8 @@ fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself(mode: Mode) {
     assert_eq!(bypassed > 0, mode == Mode::Socket, "{programs:#}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(log.matches("endpoint=10.244.0.1").count(), 100, "{log}");
+    // The access log's "%UPSTREAM_HOST%" field: every request went to a v1 pod.
+    assert_eq!(log.matches(" \"10.244.0.1").count(), 100, "{log}");
 }
 
 #[test]

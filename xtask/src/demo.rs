@@ -87,6 +87,15 @@ fn demo(mode: Mode) -> Result<String> {
         let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&path).output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
+    let (status, metrics) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
+    println!(
+        "demo: istio_requests_total from the agent's admin endpoint {}/stats/prometheus ({status}):",
+        testbed::ADMIN
+    );
+    let scraped: Vec<&str> = metrics.lines().filter(|l| l.starts_with("istio_requests_total")).collect();
+    for line in &scraped {
+        println!("  {line}");
+    }
     let (code, _) = agent.stop()?;
     drop(agent);
     drop(node);
@@ -99,6 +108,8 @@ fn demo(mode: Mode) -> Result<String> {
         format!("DEMO FAIL v2 got {v2} of {PLAIN}, outside the 99.9% interval of a 10% split")
     } else if beta_v2 != BETA {
         format!("DEMO FAIL beta testers reached v2 {beta_v2} of {BETA} times")
+    } else if scraped.is_empty() {
+        "DEMO FAIL the agent's /stats/prometheus has no istio_requests_total".to_owned()
     } else if code != Some(0) {
         format!("DEMO FAIL agent exited with {code:?} on SIGTERM")
     } else {

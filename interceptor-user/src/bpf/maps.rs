@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddrV4,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -32,6 +33,16 @@ where
 {
     let map = ebpf.take_map(name).ok_or(BpfError::MissingMap { name })?;
     M::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+/// Opens the map pinned at `dir/name` and converts it to the typed map `M` (sizes checked).
+fn open_pinned<M>(dir: &Path, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let data = MapData::from_pin(dir.join(name)).map_err(err(name))?;
+    let map = Map::from_map_data(data).map_err(err(name))?;
+    M::try_from(map).map_err(err(name))
 }
 
 /// Wraps an aya error with the map's name.
@@ -155,6 +166,11 @@ pub(crate) struct StatsMaps {
 impl StatsMaps {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
         Ok(Self { services: take(ebpf, SERVICE_STATS_MAP)?, programs: take(ebpf, PROGRAM_STATS_MAP)? })
+    }
+
+    /// Opens the maps pinned under `dir` (by a running or earlier agent), without loading anything.
+    pub(crate) fn open_pinned(dir: &Path) -> Result<Self, BpfError> {
+        Ok(Self { services: open_pinned(dir, SERVICE_STATS_MAP)?, programs: open_pinned(dir, PROGRAM_STATS_MAP)? })
     }
 
     /// Connections per service address.

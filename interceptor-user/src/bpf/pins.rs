@@ -1,4 +1,6 @@
-//! The bpffs directory holding our map pins: prepared before load, emptied on drop.
+//! The bpffs directory holding our map pins: pins left by an earlier agent are re-adopted when they
+//! still fit (so counters survive restarts), replaced when not; on drop the capture maps are
+//! unpinned and the counter maps stay for the next agent.
 
 use std::{
     fs, io,
@@ -10,28 +12,73 @@ use super::BpfError;
 /// `BPF_FS_MAGIC` from `<linux/magic.h>`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Pin files named after our maps in one bpffs directory. Dropping removes them, and the directory
-/// too if that leaves it empty.
+/// What a pinned map must look like to be re-adopted: the kernel's view of our definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PinSpec {
+    /// Map name (and pin file name).
+    pub(crate) name: &'static str,
+    /// Key size in bytes.
+    pub(crate) key_size: u32,
+    /// Value size in bytes (per CPU for per-CPU maps).
+    pub(crate) value_size: u32,
+    /// Capacity.
+    pub(crate) max_entries: u32,
+    /// Left pinned on drop, for the next agent to adopt (counters).
+    pub(crate) keep: bool,
+}
+
+/// Pin files named after our maps in one bpffs directory. Dropping removes the pins not marked
+/// `keep`, and the directory too if that leaves it empty.
 #[derive(Debug)]
 pub(crate) struct PinDir {
     dir: PathBuf,
-    names: &'static [&'static str],
+    specs: &'static [PinSpec],
+}
+
+/// What to do with a pin found at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Same shape: the load reuses it, with its contents.
+    Adopt,
+    /// Another shape (an agent of another version) or not a map: removed, a fresh map is pinned.
+    Replace,
+}
+
+/// Decides whether a pinned map with the given kernel sizes can serve as `spec`.
+pub(crate) fn judge(spec: &PinSpec, key_size: u32, value_size: u32, max_entries: u32) -> Found {
+    if (key_size, value_size, max_entries) == (spec.key_size, spec.value_size, spec.max_entries) {
+        Found::Adopt
+    } else {
+        Found::Replace
+    }
 }
 
 impl PinDir {
-    /// Creates `dir` if needed, checks that it is on a bpffs, and removes stale pins of `names`
-    /// (left by an agent that did not shut down cleanly), so the load creates fresh maps.
-    pub(crate) fn prepare(dir: &Path, names: &'static [&'static str]) -> Result<Self, BpfError> {
+    /// Creates `dir` if needed, checks that it is on a bpffs, and looks at the pins already there:
+    /// those of the same shape are kept for the load to re-adopt (aya opens an existing pin instead
+    /// of creating the map), the others are removed.
+    pub(crate) fn prepare(dir: &Path, specs: &'static [PinSpec]) -> Result<Self, BpfError> {
         fs::create_dir_all(dir).map_err(|source| BpfError::PinDir { path: dir.into(), source })?;
-        let pins = Self { dir: dir.to_owned(), names };
+        let pins = Self { dir: dir.to_owned(), specs };
         if !is_bpffs(dir).map_err(|source| BpfError::PinDir { path: dir.into(), source })? {
             return Err(BpfError::NotBpffs { path: dir.into() });
         }
-        for path in pins.paths() {
-            match fs::remove_file(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), "removed stale map pin"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(BpfError::StalePin { path, source }),
+        for spec in specs {
+            let path = pins.path(spec.name);
+            if !path.exists() {
+                continue;
+            }
+            // aya re-adopts any pin by name without comparing shapes, so we do it here.
+            let found = match aya::maps::MapInfo::from_pin(&path) {
+                Ok(info) => judge(spec, info.key_size(), info.value_size(), info.max_entries()),
+                Err(_) => Found::Replace,
+            };
+            match found {
+                Found::Adopt => tracing::info!(path = %path.display(), "re-adopting pinned map"),
+                Found::Replace => {
+                    fs::remove_file(&path).map_err(|source| BpfError::StalePin { path: path.clone(), source })?;
+                    tracing::warn!(path = %path.display(), "pinned map of another shape replaced");
+                }
             }
         }
         Ok(pins)
@@ -41,15 +88,11 @@ impl PinDir {
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
-
-    fn paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.names.iter().map(|name| self.path(name))
-    }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        for path in self.paths() {
+        for path in self.specs.iter().filter(|s| !s.keep).map(|s| self.path(s.name)) {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -76,4 +119,18 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     let stat = unsafe { stat.assume_init() };
     #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
     Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pins_of_the_same_shape_are_adopted() {
+        let spec = PinSpec { name: "M", key_size: 8, value_size: 8, max_entries: 16, keep: true };
+        assert_eq!(judge(&spec, 8, 8, 16), Found::Adopt);
+        assert_eq!(judge(&spec, 8, 16, 16), Found::Replace);
+        assert_eq!(judge(&spec, 4, 8, 16), Found::Replace);
+        assert_eq!(judge(&spec, 8, 8, 32), Found::Replace);
+    }
 }

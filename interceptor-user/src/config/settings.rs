@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Diagnostic, Severity};
+use crate::proxy::limits::{Limits, LimitsFile};
 
 /// Default proxy listener: every address of the node, Istio's outbound port.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15001);
@@ -15,6 +16,8 @@ pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/interceptor";
 /// Namespace of resources that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default admin listener (readiness, config dump, metrics): loopback only, Envoy's admin port.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15000));
 
 /// How connections are captured.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -76,6 +79,10 @@ pub struct SettingsFile {
     pub failure_policy: Option<FailurePolicy>,
     /// Namespace of resources without one.
     pub namespace: Option<String>,
+    /// Admin listener; must be a loopback address.
+    pub admin: Option<SocketAddr>,
+    /// Limits on downstream connections.
+    pub limits: Option<LimitsFile>,
 }
 
 /// Resolved settings the agent runs with.
@@ -97,6 +104,10 @@ pub struct Settings {
     pub failure_policy: FailurePolicy,
     /// Namespace of resources without one.
     pub namespace: String,
+    /// Admin listener (loopback).
+    pub admin: SocketAddr,
+    /// Limits on downstream connections.
+    pub limits: Limits,
 }
 
 impl SettingsFile {
@@ -129,14 +140,21 @@ impl SettingsFile {
             interfaces: over.interfaces.or(self.interfaces),
             failure_policy: over.failure_policy.or(self.failure_policy),
             namespace: over.namespace.or(self.namespace),
+            admin: over.admin.or(self.admin),
+            limits: over.limits.or(self.limits),
         }
     }
 
     /// Fills defaults and checks the combination.
     ///
     /// # Errors
-    /// A redirect address that pods could not reach.
+    /// A redirect address that pods could not reach, or an admin address off loopback.
     pub fn resolve(self) -> Result<Settings, String> {
+        let admin = self.admin.unwrap_or(DEFAULT_ADMIN);
+        if !admin.ip().is_loopback() {
+            // The admin endpoints dump the whole config and take no credentials.
+            return Err(format!("admin: {admin} is not a loopback address (the admin server has no authentication)"));
+        }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
         let redirect = self.redirect.unwrap_or(listen);
         if redirect.ip().is_unspecified() || redirect.port() == 0 {
@@ -154,6 +172,8 @@ impl SettingsFile {
             interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
             failure_policy: self.failure_policy.unwrap_or_default(),
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            admin,
+            limits: self.limits.unwrap_or_default().resolve()?,
         })
     }
 }
@@ -179,6 +199,14 @@ mod tests {
     fn unspecified_redirect_is_refused() {
         let err = SettingsFile::default().resolve().unwrap_err();
         assert!(err.contains("redirect"), "{err}");
+    }
+
+    #[test]
+    fn admin_defaults_to_loopback_and_refuses_other_addresses() {
+        let file = SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        assert_eq!(file.clone().resolve().unwrap().admin, DEFAULT_ADMIN);
+        let open = SettingsFile { admin: Some("0.0.0.0:15000".parse().unwrap()), ..file };
+        assert!(open.resolve().unwrap_err().contains("loopback"));
     }
 
     #[test]

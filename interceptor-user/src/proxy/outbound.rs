@@ -14,7 +14,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use rand::Rng;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::upstream::UpstreamBody;
 use super::ProxyInputs;
@@ -121,28 +121,14 @@ impl Outbound {
     /// Routes one request and carries out its rule. Never fails: errors become Envoy-style local replies.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let seen = super::access_log::RequestInfo::of(&req);
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
-        let method = req.method().clone();
         let authority = authority_of(&req).to_owned();
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let mut served = Served::default();
         let response = self.dispatch(&table, req, &authority, &path_and_query, &mut served).await;
-        info!(
-            target: "access",
-            method = %method,
-            authority = %authority,
-            path = %path_and_query,
-            service = %or_dash(&served.service),
-            rule = %or_dash(&served.rule),
-            cluster = %or_dash(&served.cluster),
-            endpoint = %served.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-            tries = served.tries,
-            status = response.status().as_u16(),
-            flags = %served.flags(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request",
-        );
+        self.observe(&seen, &served, &response, started.elapsed());
         Ok(response)
     }
 
@@ -260,7 +246,7 @@ impl Outbound {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         route: &RouteAction,
         rule: &Rule,
         block: Option<&MatchBlock>,
@@ -276,6 +262,7 @@ impl Outbound {
             }
             Target::Cluster(cluster) => cluster.clone(),
         };
+        let upgrade = super::upgrade::take(&mut req);
         let (parts, body) = req.into_parts();
         let mut head = Head {
             method: parts.method,
@@ -296,6 +283,12 @@ impl Outbound {
             }
         }
         strip_hop_by_hop(&mut head.headers);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore(&mut head.headers);
+        }
+        // gRPC needs HTTP/2 upstream (trailers, streams); everything else goes as HTTP/1.1,
+        // whatever the client spoke.
+        head.version = super::grpc::prepare(&mut head.headers);
         rule.headers.request.apply(&mut head.headers);
         weighted.headers.request.apply(&mut head.headers);
         head.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
@@ -332,6 +325,9 @@ impl Outbound {
             },
         };
         weighted.headers.response.apply(response.headers_mut());
+        if let Some(upgrade) = upgrade {
+            upgrade.finish(&mut response);
+        }
         response
     }
 
@@ -347,7 +343,7 @@ impl Outbound {
         let retry = &route.retry;
         let max_tries = if body.replayable() { 1 + retry.attempts } else { 1 };
         let (hash, set_cookie) = self.hash(cluster, head);
-        let client = self.inputs.upstream.with_connect_timeout(cluster.connect_timeout);
+        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             served.tries += 1;
@@ -483,7 +479,7 @@ impl Outbound {
     /// Sends a copy of the request to a mirror cluster and forgets it (Envoy adds `-shadow` to
     /// the authority so the mirror can tell).
     fn mirror(&self, cluster: Arc<Cluster>, mut head: Head, body: Bytes, authority: &str) {
-        let client = self.inputs.upstream.with_connect_timeout(cluster.connect_timeout);
+        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
         let host = authority.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok());
         let shadow = match host {
             Some((h, p)) => format!("{h}-shadow:{p}"),
@@ -556,6 +552,42 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl Outbound {
+    /// Access log line and Istio metrics for one finished request.
+    fn observe(
+        &self,
+        seen: &super::access_log::RequestInfo,
+        served: &Served,
+        response: &Response<ProxyBody>,
+        took: std::time::Duration,
+    ) {
+        use super::access_log::{emit, response_len, Completion};
+        let flags = served.flags();
+        let done = Completion {
+            status: response.status().as_u16(),
+            flags: &flags,
+            response_bytes: response_len(response),
+            duration: took,
+            upstream: served.endpoint,
+            cluster: or_dash(&served.cluster),
+            route: or_dash(&served.rule),
+            original: self.original,
+            client: self.client,
+        };
+        emit(seen, &done);
+        self.inputs.metrics.record(&super::metrics::RequestOutcome {
+            service: or_dash(&served.service),
+            cluster: or_dash(&served.cluster),
+            flags: &flags,
+            status: done.status,
+            duration: took,
+            request_bytes: seen.request_bytes,
+            response_bytes: done.response_bytes,
+            grpc: seen.grpc,
+        });
+    }
 }
 
 /// Host header, else the request target's authority.

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::upstream::connect;
 use super::ProxyInputs;
@@ -21,29 +21,30 @@ pub async fn serve(
 ) {
     let table = inputs.routes.load_full();
     let Some((rule, target)) = table.route_tcp(&service, original.port(), original, client) else {
-        info!(target: "access", %client, %service, flags = "NR", "tcp connection: no tcp rule matched");
+        info!(target: "access", "[tcp] {service} {original} from {client}: NR (no tcp rule matched)");
         return;
     };
     let cluster = match target {
         Target::Cluster(c) => c.clone(),
         Target::Missing { cluster } => {
-            info!(target: "access", %client, %service, rule, cluster = %cluster, flags = "NC", "tcp connection: cluster not found");
+            info!(target: "access", "[tcp] {service} {original} rule={rule}: NC (cluster {cluster} not found)");
             return;
         }
     };
     let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else {
-        info!(target: "access", %client, %service, rule, cluster = %cluster.name, flags = "UH", "tcp connection: no healthy upstream");
+        info!(target: "access", "[tcp] {service} {original} rule={rule} cluster={}: UH (no healthy upstream)", cluster.name);
         return;
     };
     let mut upstream = match connect(endpoint, inputs.upstream.mark(), cluster.connect_timeout).await {
         Ok(stream) => stream,
         Err(err) => {
-            warn!(%endpoint, %err, "tcp upstream connect failed");
-            info!(target: "access", %client, %service, rule, cluster = %cluster.name, %endpoint, flags = "UF", "tcp connection");
+            info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} UF {err}", cluster.name);
             return;
         }
     };
+    inputs.metrics.tcp_opened(&service);
     let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     let (sent, received) = copied.unwrap_or((0, 0));
-    info!(target: "access", %client, %service, rule, cluster = %cluster.name, %endpoint, sent, received, flags = "-", "tcp connection");
+    inputs.metrics.tcp_bytes(&service, sent, received);
+    info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} sent={sent} received={received}", cluster.name);
 }

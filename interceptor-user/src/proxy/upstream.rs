@@ -1,15 +1,14 @@
 //! Upstream connections: pooled HTTP/1.1 clients whose sockets carry the proxy's mark, so the
 //! connect hook never captures the proxy's own traffic.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::Uri;
@@ -28,18 +27,18 @@ pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 /// A pooled client; clones share the pool.
 pub type Client = LegacyClient<MarkedConnector, UpstreamBody>;
 
-/// Pooled clients by connect timeout (a DestinationRule setting), shared by all config versions
-/// so a reload keeps the warm connections.
+/// Pooled clients by connect timeout (a DestinationRule setting) and protocol, shared by all
+/// config versions so a reload keeps the warm connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
     mark: Option<u32>,
-    by_timeout: Arc<Mutex<HashMap<Duration, Client>>>,
+    clients: Arc<Mutex<HashMap<(Duration, bool), Client>>>,
 }
 
 impl UpstreamClient {
     /// Clients whose sockets carry `mark` (needs CAP_NET_ADMIN).
     pub fn new(mark: Option<u32>) -> Self {
-        Self { mark, by_timeout: Arc::default() }
+        Self { mark, clients: Arc::default() }
     }
 
     /// The mark upstream sockets carry.
@@ -47,16 +46,19 @@ impl UpstreamClient {
         self.mark
     }
 
-    /// The pooled client for clusters with this connect timeout.
-    pub fn with_connect_timeout(&self, connect_timeout: Duration) -> Client {
-        let mut clients = self.by_timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// The pooled client for clusters with this connect timeout; HTTP/2 with prior knowledge
+    /// when `http2` (gRPC, whose trailers and streams need HTTP/2 end to end), else HTTP/1.1.
+    pub fn get(&self, connect_timeout: Duration, http2: bool) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         clients
-            .entry(connect_timeout)
+            .entry((connect_timeout, http2))
             .or_insert_with(|| {
-                LegacyClient::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .build(MarkedConnector { mark: self.mark, connect_timeout })
+                let mut builder = LegacyClient::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(hyper_util::rt::TokioTimer::new());
+                if http2 {
+                    builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+                }
+                builder.build(MarkedConnector { mark: self.mark, connect_timeout })
             })
             .clone()
     }

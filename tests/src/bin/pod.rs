@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Channel, Either, Empty, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -39,6 +39,13 @@ enum Command {
         /// Wait this long before answering, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Answer with a body of this many bytes instead (`name`, then `.` padding), with a
+        /// Content-Length, streamed in 16 chunks spread over `--body-ms`.
+        #[arg(long)]
+        body_bytes: Option<usize>,
+        /// How long streaming a `--body-bytes` answer takes, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        body_ms: u64,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -66,7 +73,101 @@ enum Command {
         /// Stop after this many seconds even if `n` is not reached.
         #[arg(long, default_value_t = 120)]
         max_seconds: u64,
+        /// Stop once this file exists (lets a test end a load run it started in the background).
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
+        /// Speak HTTP/2 with prior knowledge.
+        #[arg(long)]
+        h2: bool,
+        /// Make gRPC-style calls (HTTP/2 POST, `content-type: application/grpc`).
+        #[arg(long)]
+        grpc: bool,
     },
+    /// TCP server: sends `banner` on every connection, then echoes what it reads.
+    Echo {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// First bytes sent on each connection.
+        #[arg(long)]
+        banner: String,
+    },
+    /// Writes raw bytes to `target` (through the capture path when run in a captured pod), then
+    /// reads for at most `--read-ms`; prints a JSON [`RawReport`].
+    Raw {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Bytes to send, with `\r` and `\n` written as escapes.
+        #[arg(long, default_value = "")]
+        send: String,
+        /// Send this file's bytes instead.
+        #[arg(long)]
+        send_file: Option<std::path::PathBuf>,
+        /// Read for at most this long (stops earlier when the server closes).
+        #[arg(long, default_value_t = 5000)]
+        read_ms: u64,
+    },
+    /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
+    /// the body.
+    Get {
+        /// Address to connect to.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Request path.
+        #[arg(long, default_value = "/")]
+        path: String,
+    },
+}
+
+async fn echo(listen: SocketAddr, banner: String) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let banner = banner.clone();
+        tokio::spawn(async move {
+            if stream.write_all(banner.as_bytes()).await.is_ok() {
+                let (mut rx, mut tx) = stream.split();
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            }
+        });
+    }
+}
+
+/// What `raw` saw.
+#[derive(Serialize)]
+struct RawReport {
+    /// Everything read, as lossy UTF-8.
+    response: String,
+    /// The server closed the connection (EOF or reset) within the read time.
+    closed: bool,
+    /// Milliseconds from the end of sending to the close, or to the end of the read time.
+    elapsed_ms: u64,
+}
+
+async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration) -> Result<RawReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    stream.write_all(&payload).await?;
+    let start = Instant::now();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        let left = read_for.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+        }
+    };
+    Ok(RawReport {
+        response: String::from_utf8_lossy(&response).into_owned(),
+        closed,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
 }
 
 /// What a load run saw.
@@ -91,15 +192,66 @@ struct Report {
     elapsed_ms: u64,
     /// Time spent in successful `connect()`s, in nanoseconds (for overhead measurements).
     connect_ns: u64,
+    /// `grpc-status` trailers received, by value.
+    grpc_status: BTreeMap<String, usize>,
+}
+
+/// How `load` speaks.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    /// HTTP/2 with prior knowledge.
+    h2: bool,
+    /// gRPC-style calls (HTTP/2 POST, `application/grpc`), counting `grpc-status` trailers.
+    grpc: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name, status, delay_ms } => {
-            serve(listen, name, status, Duration::from_millis(delay_ms)).await
+        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms } => {
+            let options = ServeOptions {
+                status: hyper::StatusCode::from_u16(status)?,
+                delay: Duration::from_millis(delay_ms),
+                body_bytes,
+                body_time: Duration::from_millis(body_ms),
+            };
+            serve(listen, name, options).await
         }
-        Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds } => {
+        Command::Echo { listen, banner } => echo(listen, banner).await,
+        Command::Raw { target, send, send_file, read_ms } => {
+            let payload = match send_file {
+                Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
+            };
+            let report = raw(target, payload, Duration::from_millis(read_ms)).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Get { addr, path } => {
+            let mut sender = connect(addr).await?;
+            let req = Request::get(path).header("host", addr.to_string()).body(Empty::new())?;
+            let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+                .await
+                .context("no answer within 10 s")??;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            println!("{status}");
+            print!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
+        Command::Load {
+            target,
+            host,
+            n,
+            header,
+            path,
+            new_connections,
+            pause_ms,
+            max_seconds,
+            stop_file,
+            h2,
+            grpc,
+        } => {
             let headers: Vec<(String, String)> = header
                 .iter()
                 .map(|h| {
@@ -117,6 +269,8 @@ async fn main() -> Result<()> {
                 new_connections,
                 Duration::from_millis(pause_ms),
                 Duration::from_secs(max_seconds),
+                stop_file.as_deref(),
+                Mode { h2, grpc },
             )
             .await;
             println!("{}", serde_json::to_string(&report)?);
@@ -128,60 +282,181 @@ async fn main() -> Result<()> {
 /// Path that answers how many other requests this backend served (for mirror tests).
 const COUNT_PATH: &str = "/__count";
 
-/// Answers `name` with `status` after `delay`; echoes what it received in `x-seen-*` headers and
-/// every request header as `x-req-<name>`.
-async fn serve(listen: SocketAddr, name: String, status: u16, delay: Duration) -> Result<()> {
+/// How `serve` answers.
+#[derive(Clone, Copy)]
+struct ServeOptions {
+    status: hyper::StatusCode,
+    delay: Duration,
+    body_bytes: Option<usize>,
+    body_time: Duration,
+}
+
+/// Answers `name` (HTTP/1.1 or HTTP/2, upgrades and gRPC-style calls too) with the options'
+/// status after their delay; echoes what it received in `x-seen-*` headers and every request
+/// header as `x-req-<name>`.
+async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
     eprintln!("serving {name} on {listen}");
-    let body = Bytes::from(name.clone());
+    let header_name: hyper::header::HeaderValue = name.parse().context("backend names are header-safe")?;
+    let body = match options.body_bytes {
+        Some(n) => {
+            let mut text = name.into_bytes();
+            text.resize(n.max(text.len()), b'.');
+            Bytes::from(text)
+        }
+        None => Bytes::from(name),
+    };
     let served = Arc::new(AtomicUsize::new(0));
-    let status = hyper::StatusCode::from_u16(status)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let (body, served, name) = (body.clone(), served.clone(), name.clone());
+        let (body, served, header_name) = (body.clone(), served.clone(), header_name.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (body, served, name) = (body.clone(), served.clone(), name.clone());
+            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                let (body, served, header_name) = (body.clone(), served.clone(), header_name.clone());
+                // An upgrade (e.g. WebSocket): agree, then say our name and echo the bytes.
+                let upgrade = req
+                    .headers()
+                    .get(hyper::header::UPGRADE)
+                    .cloned()
+                    .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+                let grpc = req
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let seen = seen_headers(&req, header_name);
+                let count_request = req.uri().path() == COUNT_PATH;
                 async move {
-                    if req.uri().path() == COUNT_PATH {
+                    if count_request {
                         let count = served.load(Ordering::SeqCst).to_string();
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(count))));
+                        return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(Bytes::from(count)))));
                     }
                     served.fetch_add(1, Ordering::SeqCst);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                    if !options.delay.is_zero() {
+                        tokio::time::sleep(options.delay).await;
                     }
-                    let mut response = Response::new(Full::new(body));
-                    *response.status_mut() = status;
-                    let h = response.headers_mut();
-                    let seen_path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                    h.insert("x-served-by", name.parse().expect("backend names are header-safe"));
-                    if let Ok(v) = seen_path.parse() {
-                        h.insert("x-seen-path", v);
+                    if let Some((protocol, on)) = upgrade {
+                        let name = body.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let Ok(upgraded) = on.await else { return };
+                            let mut io = TokioIo::new(upgraded);
+                            if io.write_all(&name).await.is_ok() && io.write_all(b":").await.is_ok() {
+                                let (mut rx, mut tx) = tokio::io::split(io);
+                                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                            }
+                        });
+                        let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+                        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                        response.headers_mut().insert(hyper::header::UPGRADE, protocol);
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+                        return Ok(response);
                     }
-                    if let Some(host) = req.headers().get("host") {
-                        h.insert("x-seen-host", host.clone());
+                    if grpc {
+                        // gRPC-style answer: the name as data, then `grpc-status: 0` as a trailer.
+                        let (mut tx, channel) = Channel::<Bytes>::new(2);
+                        tokio::spawn(async move {
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                            if tx.send_data(body).await.is_ok() {
+                                let _ = tx.send_trailers(trailers).await;
+                            }
+                        });
+                        let mut response = Response::new(Either::Right(channel));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/grpc"),
+                        );
+                        return Ok(response);
                     }
-                    for (k, v) in req.headers() {
-                        if let Ok(name) = hyper::header::HeaderName::from_bytes(format!("x-req-{k}").as_bytes()) {
-                            h.append(name, v.clone());
-                        }
-                    }
-                    Ok::<_, Infallible>(response)
+                    let mut response = if options.body_bytes.is_none() {
+                        Response::new(Either::Left(Full::new(body)))
+                    } else {
+                        let (mut tx, channel) = Channel::<Bytes>::new(2);
+                        let len = body.len();
+                        let body_time = options.body_time;
+                        tokio::spawn(async move {
+                            let chunk = len.div_ceil(16).max(1);
+                            for piece in body.chunks(chunk) {
+                                tokio::time::sleep(body_time / 16).await;
+                                if tx.send_data(body.slice_ref(piece)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        let mut response = Response::new(Either::Right(channel));
+                        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, len.into());
+                        response
+                    };
+                    *response.status_mut() = options.status;
+                    response.headers_mut().extend(seen);
+                    Ok(response)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // HTTP/1.1 and HTTP/2 with prior knowledge.
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// What the backend echoes: who served, the path and host it saw, and every request header.
+fn seen_headers<B>(req: &Request<B>, served_by: hyper::header::HeaderValue) -> hyper::HeaderMap {
+    let mut h = hyper::HeaderMap::new();
+    h.insert("x-served-by", served_by);
+    if let Ok(v) = req.uri().path_and_query().map_or("/", |p| p.as_str()).parse() {
+        h.insert("x-seen-path", v);
+    }
+    if let Some(host) = req.headers().get("host") {
+        h.insert("x-seen-host", host.clone());
+    }
+    for (k, v) in req.headers() {
+        if let Ok(name) = hyper::header::HeaderName::from_bytes(format!("x-req-{k}").as_bytes()) {
+            h.append(name, v.clone());
+        }
+    }
+    h
+}
+
+/// A client connection, HTTP/1.1 or HTTP/2 (prior knowledge).
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send_request(&mut self, req: Request<Empty<Bytes>>) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
 
 async fn connect(target: SocketAddr) -> Result<Sender> {
+    connect_as(target, false).await
+}
+
+async fn connect_as(target: SocketAddr, h2: bool) -> Result<Sender> {
     let stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    if h2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,13 +469,15 @@ async fn load(
     new_connections: bool,
     pause: Duration,
     max: Duration,
+    stop_file: Option<&std::path::Path>,
+    mode: Mode,
 ) -> Report {
     let mut report = Report::default();
     let started = Instant::now();
     let deadline = started + max;
     let mut sender: Option<Sender> = None;
     for _ in 0..n {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || stop_file.is_some_and(std::path::Path::exists) {
             break;
         }
         report.requests += 1;
@@ -212,11 +489,19 @@ async fn load(
             if !alive {
                 report.connections += 1;
                 let start = Instant::now();
-                sender = Some(connect(target).await?);
+                sender = Some(connect_as(target, mode.h2 || mode.grpc).await?);
                 report.connect_ns += start.elapsed().as_nanos() as u64;
             }
             let s = sender.as_mut().context("no connection")?;
-            let mut req = Request::get(path).header("host", host);
+            let mut req = if mode.h2 || mode.grpc {
+                // HTTP/2 carries the authority in the request target (`:authority`).
+                Request::builder().uri(format!("http://{host}{path}"))
+            } else {
+                Request::get(path).header("host", host)
+            };
+            if mode.grpc {
+                req = req.method("POST").header("content-type", "application/grpc").header("te", "trailers");
+            }
             for (k, v) in headers {
                 req = req.header(k, v);
             }
@@ -227,7 +512,12 @@ async fn load(
                 .iter()
                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
-            let body = response.into_body().collect().await?.to_bytes();
+            let collected = response.into_body().collect().await?;
+            if let Some(grpc_status) = collected.trailers().and_then(|t| t.get("grpc-status")) {
+                let key = String::from_utf8_lossy(grpc_status.as_bytes()).into_owned();
+                *report.grpc_status.entry(key).or_default() += 1;
+            }
+            let body = collected.to_bytes();
             anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned(), headers))
         }
         .await;
@@ -235,7 +525,13 @@ async fn load(
             Ok((status, body, headers)) => {
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
-                    *report.bodies.entry(body.clone()).or_default() += 1;
+                    // Long (streamed) bodies are counted by their name and length.
+                    let key = if body.len() > 64 {
+                        format!("{} {} bytes", body.split('.').next().unwrap_or(""), body.len())
+                    } else {
+                        body.clone()
+                    };
+                    *report.bodies.entry(key).or_default() += 1;
                 }
                 report.last_headers = headers;
                 report.last_body = body;

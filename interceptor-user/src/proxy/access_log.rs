@@ -1,0 +1,174 @@
+//! One access-log line per request in Envoy's default format (plus Istio's trailing fields), so
+//! tools that parse Istio proxy logs read ours.
+//!
+//! ```text
+//! [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
+//! %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
+//! "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%"
+//! "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS%
+//! %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+//! ```
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, SystemTime};
+
+use http::{header, HeaderMap, Request, Response, Version};
+use hyper::body::Body;
+
+/// What the access log and metrics need from a request, read before the request is forwarded.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    start: SystemTime,
+    method: String,
+    path: String,
+    protocol: &'static str,
+    forwarded_for: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    authority: Option<String>,
+    /// Request body length when the request declares it.
+    pub request_bytes: u64,
+    /// A gRPC call (`content-type: application/grpc…`).
+    pub grpc: bool,
+}
+
+impl RequestInfo {
+    /// Reads the logged fields of `req`.
+    pub fn of<B: Body>(req: &Request<B>) -> Self {
+        let headers = req.headers();
+        Self {
+            start: SystemTime::now(),
+            method: req.method().as_str().to_owned(),
+            path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            protocol: protocol(req.version()),
+            forwarded_for: text(headers, "x-forwarded-for"),
+            user_agent: text(headers, header::USER_AGENT.as_str()),
+            request_id: text(headers, "x-request-id"),
+            authority: text(headers, header::HOST.as_str()).or_else(|| req.uri().authority().map(|a| a.to_string())),
+            request_bytes: body_len(headers, req.body().size_hint().exact()),
+            grpc: super::grpc::is_grpc(headers),
+        }
+    }
+}
+
+/// How a request ended, for the log line.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion<'a> {
+    /// Status sent downstream.
+    pub status: u16,
+    /// Envoy's response flags, comma-separated (`UF,URX`), `-` when none.
+    pub flags: &'a str,
+    /// Response body length when known.
+    pub response_bytes: u64,
+    /// Time to response headers.
+    pub duration: Duration,
+    /// Endpoint the request went to.
+    pub upstream: Option<SocketAddr>,
+    /// Envoy cluster name, `-` when none.
+    pub cluster: &'a str,
+    /// Rule that matched, `-` when none.
+    pub route: &'a str,
+    /// Where the client meant to go (the captured VIP:port).
+    pub original: Option<SocketAddrV4>,
+    /// The client.
+    pub client: SocketAddr,
+}
+
+/// Response body length: the exact size hint, else `Content-Length`, else 0.
+pub fn response_len<B: Body>(response: &Response<B>) -> u64 {
+    body_len(response.headers(), response.body().size_hint().exact())
+}
+
+/// Formats the line.
+pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
+    let mut line = String::with_capacity(256);
+    let start = humantime::format_rfc3339_millis(req.start);
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    // Writing to a String cannot fail.
+    let _ = write!(
+        line,
+        "[{start}] \"{} {} {}\" {} {} {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
+        req.method,
+        req.path,
+        req.protocol,
+        done.status,
+        done.flags,
+        req.request_bytes,
+        done.response_bytes,
+        done.duration.as_millis(),
+        dash(&req.forwarded_for),
+        dash(&req.user_agent),
+        dash(&req.request_id),
+        dash(&req.authority),
+        opt(done.upstream.map(|u| u.to_string())),
+        done.cluster,
+        opt(done.original.map(|o| o.to_string())),
+        done.client,
+        done.route,
+    );
+    line
+}
+
+/// Writes the line to the `access` log target.
+pub fn emit(req: &RequestInfo, done: &Completion<'_>) {
+    tracing::info!(target: "access", "{}", format(req, done));
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn body_len(headers: &HeaderMap, exact: Option<u64>) -> u64 {
+    exact
+        .or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_follows_envoys_default_format() {
+        let req = Request::get("/api/users?id=1")
+            .header("host", "my-app.default.svc.cluster.local")
+            .header("user-agent", "curl/8")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let mut info = RequestInfo::of(&req);
+        info.start = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let done = Completion {
+            status: 200,
+            flags: "-",
+            response_bytes: 2,
+            duration: Duration::from_millis(4),
+            upstream: Some("10.244.0.11:8080".parse().unwrap()),
+            cluster: "outbound|80|v1|my-app.default.svc.cluster.local",
+            route: "default/my-app-vs#0",
+            original: Some("10.96.0.10:80".parse().unwrap()),
+            client: "10.244.0.10:40000".parse().unwrap(),
+        };
+        assert_eq!(
+            format(&info, &done),
+            "[2023-11-14T22:13:20.123Z] \"GET /api/users?id=1 HTTP/1.1\" 200 - 0 2 4 - \"-\" \"curl/8\" \"-\" \
+             \"my-app.default.svc.cluster.local\" \"10.244.0.11:8080\" \
+             outbound|80|v1|my-app.default.svc.cluster.local - 10.96.0.10:80 10.244.0.10:40000 - default/my-app-vs#0"
+        );
+        let local = Completion { status: 503, flags: "UH", upstream: None, original: None, ..done };
+        let line = format(&info, &local);
+        assert!(line.contains("\" 503 UH 0 2 4 - "), "{line}");
+        assert!(line.contains("\"-\" outbound"), "{line}");
+    }
+}

@@ -1,0 +1,291 @@
+//! The proxy's request metrics under Istio's standard names and labels (`istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`), so
+//! dashboards and alerts written for Istio read them unchanged.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// Label value for facts the proxy does not know (Istio prints `unknown` too).
+const UNKNOWN: &str = "unknown";
+
+/// Labels of every request metric, as Istio names them. The proxy sees traffic on the client's
+/// side of the hop, so `reporter` is `source`; who the client workload is is not known without a
+/// cluster, hence `unknown` there.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    reporter: &'static str,
+    source_workload: &'static str,
+    source_workload_namespace: &'static str,
+    destination_service: String,
+    destination_service_name: String,
+    destination_service_namespace: String,
+    destination_version: String,
+    destination_workload: &'static str,
+    request_protocol: &'static str,
+    response_code: u16,
+    response_flags: String,
+    connection_security_policy: &'static str,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// One finished request, as the metrics need it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestOutcome<'a> {
+    /// Service host the request was addressed to, `-` when none.
+    pub service: &'a str,
+    /// Envoy cluster name `outbound|port|subset|host`, `-` when none was chosen.
+    pub cluster: &'a str,
+    /// Envoy's response flags, comma-separated (`UF,URX`), `-` when none.
+    pub flags: &'a str,
+    /// Status sent downstream.
+    pub status: u16,
+    /// Time from request start to response headers.
+    pub duration: Duration,
+    /// Request body bytes (known length; 0 when unknown).
+    pub request_bytes: u64,
+    /// Response body bytes (known length; 0 when unknown).
+    pub response_bytes: u64,
+    /// A gRPC call: `request_protocol="grpc"`.
+    pub grpc: bool,
+}
+
+/// Labels of the TCP metrics (opaque connections).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    reporter: &'static str,
+    destination_service: String,
+    request_protocol: &'static str,
+}
+
+/// Why a downstream connection was turned away.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    reason: &'static str,
+}
+
+/// Istio request metrics and the proxy's connection counters, registered once and shared by every
+/// connection.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    connections: Gauge,
+    rejected: Family<RejectLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them (without prefix: the names are Istio's).
+    pub fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            connections: Gauge::default(),
+            rejected: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
+            request_bytes: Family::new_with_constructor(bytes_histogram),
+            response_bytes: Family::new_with_constructor(bytes_histogram),
+        };
+        registry.register("istio_requests", "Requests handled by the proxy", this.requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Time from request start to response headers, in milliseconds",
+            this.duration.clone(),
+        );
+        registry.register("istio_request_bytes", "Request body sizes", this.request_bytes.clone());
+        registry.register("istio_response_bytes", "Response body sizes", this.response_bytes.clone());
+        registry.register(
+            "interceptor_downstream_connections",
+            "Open downstream (captured) connections",
+            this.connections.clone(),
+        );
+        registry.register(
+            "interceptor_downstream_connections_rejected",
+            "Downstream connections turned away: overload (503), header_timeout (408)",
+            this.rejected.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "Opaque (non-HTTP) connections forwarded as TCP",
+            this.tcp_opened.clone(),
+        );
+        registry.register("istio_tcp_sent_bytes", "Bytes sent upstream on TCP connections", this.tcp_sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from upstream on TCP connections",
+            this.tcp_received.clone(),
+        );
+        for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT] {
+            let _ = this.rejected.get_or_create(&RejectLabels { reason });
+        }
+        this
+    }
+
+    /// An opaque connection to `service` was forwarded as TCP.
+    pub fn tcp_opened(&self, service: &str) {
+        self.tcp_opened.get_or_create(&tcp_labels(service)).inc();
+    }
+
+    /// A TCP connection to `service` ended after `sent` bytes upstream and `received` back.
+    pub fn tcp_bytes(&self, service: &str, sent: u64, received: u64) {
+        let labels = tcp_labels(service);
+        self.tcp_sent.get_or_create(&labels).inc_by(sent);
+        self.tcp_received.get_or_create(&labels).inc_by(received);
+    }
+
+    /// A downstream connection was turned away for `reason` ([`REJECT_OVERLOAD`], …).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// Counts an open downstream connection until the guard drops.
+    #[must_use = "the connection counts as open while the guard lives"]
+    pub fn open_connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard { gauge: self.connections.clone() }
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, outcome: &RequestOutcome<'_>) {
+        let labels = labels(outcome);
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(outcome.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.get_or_create(&labels).observe(outcome.request_bytes as f64);
+        self.response_bytes.get_or_create(&labels).observe(outcome.response_bytes as f64);
+    }
+}
+
+fn tcp_labels(service: &str) -> TcpLabels {
+    TcpLabels { reporter: "source", destination_service: service.to_owned(), request_protocol: "tcp" }
+}
+
+/// Reason label: the connection cap was reached.
+pub const REJECT_OVERLOAD: &str = "overload";
+/// Reason label: the request head did not arrive in time.
+pub const REJECT_HEADER_TIMEOUT: &str = "header_timeout";
+
+/// Keeps `interceptor_downstream_connections` up by one while alive.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Istio's size buckets: 1 B to 100 MB, by powers of ten.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 10.0, 9))
+}
+
+fn labels(outcome: &RequestOutcome<'_>) -> RequestLabels {
+    let service = if outcome.service == "-" { UNKNOWN } else { outcome.service };
+    let (name, namespace) = split_service(service);
+    RequestLabels {
+        reporter: "source",
+        source_workload: UNKNOWN,
+        source_workload_namespace: UNKNOWN,
+        destination_service: service.to_owned(),
+        destination_service_name: name.to_owned(),
+        destination_service_namespace: namespace.to_owned(),
+        destination_version: subset_of(outcome.cluster).unwrap_or(UNKNOWN).to_owned(),
+        destination_workload: UNKNOWN,
+        request_protocol: if outcome.grpc { "grpc" } else { "http" },
+        response_code: outcome.status,
+        response_flags: outcome.flags.to_owned(),
+        connection_security_policy: UNKNOWN,
+    }
+}
+
+/// `name.namespace.svc…` → (name, namespace); other hosts (ServiceEntry names) keep their whole
+/// name and an unknown namespace.
+fn split_service(host: &str) -> (&str, &str) {
+    let mut parts = host.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(namespace), Some(rest)) if rest == "svc" || rest.starts_with("svc.") => (name, namespace),
+        _ => (host, UNKNOWN),
+    }
+}
+
+/// The subset of an Envoy cluster name `outbound|port|subset|host`; `None` for the whole service.
+fn subset_of(cluster: &str) -> Option<&str> {
+    let mut parts = cluster.split('|');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("outbound"), Some(_), Some(subset)) if !subset.is_empty() => Some(subset),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn service_hosts_split_into_name_and_namespace() {
+        assert_eq!(split_service("my-app.default.svc.cluster.local"), ("my-app", "default"));
+        assert_eq!(split_service("api.example.com"), ("api.example.com", UNKNOWN));
+        assert_eq!(subset_of("outbound|80|v2|my-app.default.svc.cluster.local"), Some("v2"));
+        assert_eq!(subset_of("outbound|80||my-app.default.svc.cluster.local"), None);
+        assert_eq!(subset_of("-"), None);
+    }
+
+    #[test]
+    fn a_request_shows_under_istio_names_and_labels() {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let outcome = RequestOutcome {
+            service: "my-app.default.svc.cluster.local",
+            cluster: "outbound|80|v1|my-app.default.svc.cluster.local",
+            flags: "-",
+            status: 200,
+            duration: Duration::from_millis(3),
+            request_bytes: 0,
+            response_bytes: 2,
+            grpc: false,
+        };
+        metrics.record(&outcome);
+        metrics.record(&outcome);
+        metrics.record(&RequestOutcome { cluster: "-", flags: "NC", status: 503, ..outcome });
+        let text = scrape(&registry);
+        let ok = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(ok.contains("reporter=\"source\""), "{ok}");
+        assert!(ok.contains("destination_service=\"my-app.default.svc.cluster.local\""), "{ok}");
+        assert!(ok.contains("destination_version=\"v1\""), "{ok}");
+        assert!(ok.contains("response_flags=\"-\""), "{ok}");
+        assert!(ok.ends_with(" 2"), "{ok}");
+        assert!(text.contains("response_flags=\"NC\""), "{text}");
+        assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
+        assert!(text.contains("istio_response_bytes_sum{"), "{text}");
+    }
+}

@@ -1,0 +1,82 @@
+//! HTTP/1.1 `Upgrade` (WebSocket and the like): the request is routed like any other, the
+//! upgrade headers (hop-by-hop, so stripped) are carried to the endpoint, and once it answers 101
+//! the two connections are joined byte for byte.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+/// A request asking to switch protocols, with the downstream side of the future tunnel.
+pub struct Upgrade {
+    protocol: HeaderValue,
+    downstream: OnUpgrade,
+}
+
+/// Takes the upgrade out of `req` when it asks for one (`Connection: upgrade` plus `Upgrade`).
+/// `h2c` is not tunnelled: it switches to HTTP/2, which the proxy would have to speak itself.
+pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
+    if !asks || protocol.as_bytes().eq_ignore_ascii_case(b"h2c") {
+        return None;
+    }
+    Some(Upgrade { protocol, downstream: hyper::upgrade::on(req) })
+}
+
+impl Upgrade {
+    /// Puts the upgrade headers back (after the hop-by-hop strip).
+    pub fn restore(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, self.protocol.clone());
+    }
+
+    /// When the endpoint agreed (101), restores the response's upgrade headers and joins the two
+    /// connections in the background once both sides have switched.
+    pub fn finish<B>(self, response: &mut Response<B>) {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        let protocol = response.headers().get(header::UPGRADE).cloned().unwrap_or_else(|| self.protocol.clone());
+        let upstream = hyper::upgrade::on(&mut *response);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        response.headers_mut().insert(header::UPGRADE, protocol);
+        let downstream = self.downstream;
+        tokio::spawn(async move {
+            match tokio::join!(downstream, upstream) {
+                (Ok(down), Ok(up)) => {
+                    let copied = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                    debug!(?copied, "upgraded connection ended");
+                }
+                (down, up) => debug!(down = ?down.err(), up = ?up.err(), "upgrade did not complete"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_upgrade_with_a_protocol_other_than_h2c_is_taken() {
+        let req = |connection: &str, upgrade: &str| {
+            let mut r = Request::get("/").header("connection", connection);
+            if !upgrade.is_empty() {
+                r = r.header("upgrade", upgrade);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(take(&mut req("keep-alive, Upgrade", "websocket")).is_some());
+        assert!(take(&mut req("keep-alive", "websocket")).is_none());
+        assert!(take(&mut req("upgrade", "")).is_none());
+        assert!(take(&mut req("upgrade", "h2c")).is_none());
+    }
+}

@@ -1,0 +1,86 @@
+//! End-to-end: the agent's lifecycle — SIGTERM stops capture first and drains in-flight responses
+//! to the end; a restarted agent re-adopts the pinned counters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{load, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use testbed::{read_stdout, run_agent_command, Agent, LoadReport, Node, PodSpec, ADMIN};
+
+/// Size and duration of every v1 answer in the drain test: long enough to be cut if draining failed.
+const BODY_BYTES: usize = 100 * 1024;
+const BODY_MS: u64 = 1500;
+
+#[test]
+fn sigterm_during_load_cuts_no_response_mid_body() {
+    let mut node = Node::create(&[
+        PodSpec::new(CLIENT, [10, 244, 0, 10]),
+        PodSpec::new("v1a", [10, 244, 0, 11]),
+        PodSpec::new("v1b", [10, 244, 0, 12]),
+        PodSpec::new("v2", [10, 244, 0, 13]),
+    ])
+    .unwrap();
+    let slow = ["--body-bytes", &BODY_BYTES.to_string(), "--body-ms", &BODY_MS.to_string()].map(str::to_owned);
+    let slow: Vec<&str> = slow.iter().map(String::as_str).collect();
+    node.serve_with("v1a", "v1", &slow).unwrap();
+    node.serve_with("v1b", "v1", &slow).unwrap();
+    node.serve("v2", "v2").unwrap();
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))], false)
+            .unwrap();
+
+    // Four clients, one slow request each, in flight when SIGTERM arrives.
+    let mut clients: Vec<_> = (0..4)
+        .map(|_| node.load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "1"]).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    agent.terminate().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Draining: not ready any more, and new connections are no longer captured (the VIP is
+    // blackholed in the node, so an uncaptured connect fails).
+    let (ready, _) = node.node_get(ADMIN, "/ready").unwrap();
+    assert_eq!(ready, 503);
+    let late = load(&node, 1, &[]);
+    assert_eq!((late.failures, late.requests), (1, 1), "a new connection was captured while draining: {late:?}");
+
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let key = format!("v1 {BODY_BYTES} bytes");
+    for client in &mut clients {
+        let report: LoadReport = serde_json::from_str(&read_stdout(client).unwrap()).unwrap();
+        assert_eq!((report.failures, report.count(&key)), (0, 1), "a response was cut: {report:?}\n{log}");
+    }
+    let off = log.find("ready=false").unwrap_or_else(|| panic!("{log}"));
+    let stopped = log.find("stopped").unwrap_or_else(|| panic!("{log}"));
+    assert!(off < stopped, "capture is turned off before the agent stops: {log}");
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_kernel_counters() {
+    let node = node().unwrap();
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS)];
+    let vs = split(100, 0);
+    let files: Vec<(&str, &str)> = files.into_iter().chain([("vs.yaml", vs.as_str())]).collect();
+
+    let mut first = Agent::start(&node, &files, false).unwrap();
+    assert_eq!(load(&node, 5, &["--new-connections"]).count("v1"), 5);
+    let (code, log) = first.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    drop(first);
+
+    // Stopped: the capture maps are unpinned, the counters stay and still read.
+    assert!(!node.bpffs().join("CAPTURE").exists());
+    let bpffs = node.bpffs().to_str().unwrap().to_owned();
+    let (code, out) = run_agent_command(&["stats", "--bpffs", &bpffs]).unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let row = out.lines().find(|l| l.starts_with("10.96.0.10:80")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("5"), "{out}");
+
+    let second = Agent::start(&node, &files, false).unwrap();
+    assert!(second.log().contains("re-adopting pinned map"), "{}", second.log());
+    assert_eq!(load(&node, 3, &["--new-connections"]).count("v1"), 3);
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert!(text.contains("interceptor_capture_connections_total{service=\"10.96.0.10:80\"} 8"), "{text}");
+}

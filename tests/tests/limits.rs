@@ -1,0 +1,125 @@
+//! End-to-end: bad and excessive traffic, written as raw bytes by a captured client through the
+//! real capture path — oversized heads (431), slowloris (408 and close), smuggling attempts (400,
+//! or chunked wins and the connection closes), and a connection cap (503, then recovery).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{load, node, split, CLIENT, SERVICE, SUBSETS, VIP};
+use testbed::{read_stdout, Agent, Node, RawReport, ADMIN, GATEWAY};
+
+/// Starts the agent with a settings file holding `limits` (YAML lines under `limits:`).
+fn agent_with_limits(node: &Node, limits: &str) -> Agent {
+    let settings = std::env::temp_dir().join(format!("{}-settings.yaml", node.node_netns()));
+    std::fs::write(&settings, format!("limits:\n{limits}")).unwrap();
+    let redirect = format!("{GATEWAY}:15001");
+    let agent = Agent::start_with(
+        node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))],
+        &["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", settings.to_str().unwrap()],
+        false,
+    );
+    let _ = std::fs::remove_file(&settings);
+    agent.unwrap()
+}
+
+fn raw(node: &Node, send: &str) -> RawReport {
+    node.raw(CLIENT, &["--target", VIP, "--send", send, "--read-ms", "5000"]).unwrap()
+}
+
+fn status_lines(report: &RawReport) -> usize {
+    report.response.matches("HTTP/1.1 ").count()
+}
+
+#[test]
+fn oversized_heads_get_431_and_the_agent_keeps_serving() {
+    let node = node().unwrap();
+    let agent = agent_with_limits(&node, "  maxHeaderBytes: 16384\n  maxHeaders: 20\n");
+    let big = format!("GET / HTTP/1.1\r\nHost: my-app\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let file = agent.config_dir().parent().unwrap().join("big.http");
+    std::fs::write(&file, big).unwrap();
+    let report = node.raw(CLIENT, &["--target", VIP, "--send-file", file.to_str().unwrap()]).unwrap();
+    assert!(report.response.starts_with("HTTP/1.1 431 "), "{report:?}");
+    assert!(report.closed, "{report:?}");
+
+    let many: String = (0..30).map(|i| format!("X-H{i}: 1\\r\\n")).collect();
+    let report = raw(&node, &format!("GET / HTTP/1.1\\r\\nHost: my-app\\r\\n{many}\\r\\n"));
+    assert!(report.response.starts_with("HTTP/1.1 431 "), "{report:?}");
+
+    // A head within the limits is served.
+    let report = raw(&node, "GET / HTTP/1.1\\r\\nHost: my-app\\r\\nConnection: close\\r\\n\\r\\n");
+    assert!(report.response.starts_with("HTTP/1.1 200 ") && report.response.ends_with("v1"), "{report:?}");
+}
+
+#[test]
+fn a_slow_request_head_gets_408_and_the_connection_closes() {
+    let node = node().unwrap();
+    let _agent = agent_with_limits(&node, "  headerReadTimeout: 1s\n");
+    // The head never ends (no blank line): slowloris.
+    let report = raw(&node, "GET / HTTP/1.1\\r\\nHost: my-app\\r\\nX-Slow: 1\\r\\n");
+    assert!(report.response.starts_with("HTTP/1.1 408 "), "{report:?}");
+    assert!(report.closed, "{report:?}");
+    assert!((900..4000).contains(&report.elapsed_ms), "{report:?}");
+    // The same timeout is the idle timeout of a kept-alive connection between requests.
+    let idle = raw(&node, "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n");
+    assert!(idle.response.starts_with("HTTP/1.1 200 "), "{idle:?}");
+    assert!(idle.response.contains("v1HTTP/1.1 408 "), "{idle:?}");
+    assert!(idle.closed && (900..4000).contains(&idle.elapsed_ms), "{idle:?}");
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert!(text.contains("interceptor_downstream_connections_rejected_total{reason=\"header_timeout\"} 2"), "{text}");
+    // A prompt client on the same agent is unaffected.
+    assert_eq!(load(&node, 5, &[]).count("v1"), 5);
+}
+
+#[test]
+fn smuggling_attempts_are_refused_or_cannot_smuggle() {
+    let node = node().unwrap();
+    let mut agent = agent_with_limits(&node, "  maxConnections: 100\n");
+    // Two different lengths: which one is the body? Refused.
+    let report =
+        raw(&node, "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nContent-Length: 4\\r\\nContent-Length: 40\\r\\n\\r\\nabcd");
+    assert!(report.response.starts_with("HTTP/1.1 400 "), "{report:?}");
+    assert!(report.closed, "{report:?}");
+    // A transfer coding that is not chunked last: refused.
+    let report = raw(&node, "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nTransfer-Encoding: gzip\\r\\n\\r\\nabcd");
+    assert!(report.response.starts_with("HTTP/1.1 400 "), "{report:?}");
+    // Content-Length and chunked together (CL.TE): the chunked body ends at `0`; what follows
+    // would be a smuggled request if the length were believed. It is never served: the proxy
+    // answers once and closes.
+    let report = raw(
+        &node,
+        "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nContent-Length: 50\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\
+         0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n",
+    );
+    assert_eq!(status_lines(&report), 1, "{report:?}");
+    assert!(report.closed, "{report:?}");
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("/smuggled"), "the smuggled request was served: {log}");
+}
+
+#[test]
+fn connections_over_the_cap_get_503_and_the_proxy_recovers() {
+    let node = node().unwrap();
+    let _agent = agent_with_limits(&node, "  maxConnections: 3\n");
+    // Three idle connections hold every slot for 3 s.
+    let mut holders: Vec<_> =
+        (0..3).map(|_| node.raw_in_background(CLIENT, &["--target", VIP, "--read-ms", "3000"]).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let report = raw(&node, "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n");
+    assert!(report.response.starts_with("HTTP/1.1 503 "), "{report:?}");
+    assert!(report.response.contains("x-interceptor-flags: OM"), "{report:?}");
+    assert!(report.closed, "{report:?}");
+    for holder in &mut holders {
+        let held: RawReport = serde_json::from_str(&read_stdout(holder).unwrap()).unwrap();
+        assert_eq!((held.response.as_str(), held.closed), ("", false), "{held:?}");
+    }
+    // The slots come back once the holders leave: nothing leaks.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = load(&node, 20, &["--new-connections"]);
+    assert_eq!(after.count("v1"), 20, "{after:?}");
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert!(text.contains("interceptor_downstream_connections_rejected_total{reason=\"overload\"} 1"), "{text}");
+    assert!(text.contains("interceptor_downstream_connections 0"), "{text}");
+}

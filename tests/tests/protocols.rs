@@ -1,0 +1,136 @@
+//! End-to-end: captured connections that do not speak HTTP (client-first bytes that are no HTTP
+//! request, or a server-first protocol where the client waits) go through as plain TCP to an
+//! endpoint of their service, while HTTP on the same node keeps being routed.
+
+mod common;
+
+use common::{load, split, CLIENT, SERVICE, SUBSETS};
+use testbed::{Agent, Node, PodSpec, ADMIN};
+
+const ECHO: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: echo
+spec:
+  hosts:
+  - echo.default.svc.cluster.local
+  addresses:
+  - 10.96.0.30
+  ports:
+  - number: 9000
+    name: tcp
+    protocol: TCP
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.14
+";
+
+#[test]
+fn non_http_connections_are_forwarded_as_tcp_to_their_service() {
+    let mut node = Node::create(&[
+        PodSpec::new(CLIENT, [10, 244, 0, 10]),
+        PodSpec::new("v1a", [10, 244, 0, 11]),
+        PodSpec::new("v1b", [10, 244, 0, 12]),
+        PodSpec::new("v2", [10, 244, 0, 13]),
+        PodSpec::new("echo", [10, 244, 0, 14]),
+    ])
+    .unwrap();
+    node.serve("v1a", "v1").unwrap();
+    node.serve("v1b", "v1").unwrap();
+    node.serve("v2", "v2").unwrap();
+    node.serve_tcp_echo("echo", 9000, "hello from echo\n").unwrap();
+    let _agent = Agent::start(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0)), ("echo.yaml", ECHO)],
+        false,
+    )
+    .unwrap();
+
+    // Client speaks first, and not HTTP.
+    let talk = node.raw(CLIENT, &["--target", "10.96.0.30:9000", "--send", "SSH-2.0-test\\r\\n", "--read-ms", "1500"]);
+    let talk = talk.unwrap();
+    assert_eq!(talk.response, "hello from echo\nSSH-2.0-test\r\n", "{talk:?}");
+    // Server speaks first: the client says nothing and gets the banner after the sniff timeout.
+    let wait = node.raw(CLIENT, &["--target", "10.96.0.30:9000", "--read-ms", "1500"]).unwrap();
+    assert_eq!(wait.response, "hello from echo\n", "{wait:?}");
+    // HTTP on the same node is still routed by its rules.
+    assert_eq!(load(&node, 10, &[]).count("v1"), 10);
+
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let opened = text
+        .lines()
+        .find(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.contains("echo.default.svc.cluster.local"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(opened.ends_with(" 2"), "{opened}");
+}
+
+/// gRPC calls (by path prefix) go to v2, everything else to v1.
+const GRPC_TO_V2: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-vs
+spec:
+  hosts:
+  - my-app.default.svc.cluster.local
+  http:
+  - match:
+    - uri:
+        prefix: /pkg.Greeter/
+    route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+";
+
+#[test]
+fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
+    let node = common::node().unwrap();
+    let _agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", GRPC_TO_V2)], false).unwrap();
+    // HTTP/2 with prior knowledge, plain requests: routed like HTTP/1 (and sent upstream as HTTP/1.1).
+    let h2 = load(&node, 20, &["--h2", "--path", "/index.html"]);
+    assert_eq!((h2.count("v1"), h2.failures), (20, 0), "{h2:?}");
+    // gRPC calls on one HTTP/2 connection: routed by their path, trailers come through.
+    let grpc = load(&node, 20, &["--grpc", "--path", "/pkg.Greeter/SayHello"]);
+    assert_eq!((grpc.count("v2"), grpc.failures, grpc.connections), (20, 0, 1), "{grpc:?}");
+    assert_eq!(grpc.grpc_status.get("0"), Some(&20), "{grpc:?}");
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let calls = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("request_protocol=\"grpc\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(calls.contains("destination_version=\"v2\"") && calls.ends_with(" 20"), "{calls}");
+    // The same client over HTTP/1.1 still works.
+    assert_eq!(load(&node, 5, &[]).count("v1"), 5);
+}
+
+#[test]
+fn an_http_upgrade_is_routed_then_tunnelled() {
+    let node = common::node().unwrap();
+    let vs = GRPC_TO_V2.replace("prefix: /pkg.Greeter/", "prefix: /ws");
+    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    // The bytes after the head travel once both sides switched; v2 (chosen by the path) prefixes
+    // its name and echoes them.
+    let report = node
+        .raw(
+            CLIENT,
+            &[
+                "--target",
+                common::VIP,
+                "--send",
+                "GET /ws/chat HTTP/1.1\\r\\nHost: my-app\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\nhello over the tunnel",
+                "--read-ms",
+                "1500",
+            ],
+        )
+        .unwrap();
+    assert!(report.response.starts_with("HTTP/1.1 101 "), "{report:?}");
+    assert!(report.response.to_ascii_lowercase().contains("upgrade: websocket"), "{report:?}");
+    assert!(report.response.ends_with("\r\n\r\nv2:hello over the tunnel"), "{report:?}");
+}
