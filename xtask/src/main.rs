@@ -1,6 +1,7 @@
 //! Project tasks: `setup` installs what a fresh machine lacks, `demo` runs the seed example on a
 //! test node, `test` runs every check CI runs.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -24,8 +25,14 @@ enum Task {
     Build,
     /// Set up, build, and run the seed example on a test node: ends with `DEMO OK …` or `DEMO FAIL …`.
     Demo,
-    /// Set up, build, then fmt, clippy, unit and end-to-end tests.
+    /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
+    /// Benchmark against Envoy, HAProxy, nginx and a direct connection (report in target/bench/).
+    Bench {
+        /// A few seconds per contender and 1,000 idle connections (what CI runs).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -34,6 +41,7 @@ fn main() {
         Task::Build => build(),
         Task::Demo => setup::run().and_then(|()| build()).and_then(|()| demo::run()),
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
+        Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,5 +1,6 @@
 //! A pod of the test node: `serve` is a backend answering with its name, `load` is a client that
-//! sends requests and reports what answered. Runs inside a pod's network namespace.
+//! sends requests and reports what answered, `idle` holds many idle keep-alive connections open.
+//! Runs inside a pod's network namespace.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,6 +32,9 @@ enum Command {
         /// Body of every answer (e.g. the version).
         #[arg(long)]
         name: String,
+        /// Pad the body to this many bytes: the name, a newline, then filler (benchmarks).
+        #[arg(long)]
+        size: Option<usize>,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -59,6 +63,32 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         max_seconds: u64,
     },
+    /// Opens `conns` keep-alive connections to `target`, sends one request on each, prints a JSON
+    /// [`IdleReport`] line and keeps them open, idle, for `hold_seconds`.
+    Idle {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+        /// Number of connections.
+        #[arg(long)]
+        conns: usize,
+        /// How long to keep them open after the report.
+        #[arg(long, default_value_t = 30)]
+        hold_seconds: u64,
+    },
+}
+
+/// What `idle` opened.
+#[derive(Serialize, Default)]
+struct IdleReport {
+    /// Connections open and answered.
+    open: usize,
+    /// Connections that failed (connect, request or timeout), with the first error.
+    failures: usize,
+    first_failure: Option<String>,
 }
 
 /// What a load run saw.
@@ -80,7 +110,10 @@ struct Report {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name } => serve(listen, name).await,
+        Command::Serve { listen, name, size } => serve(listen, name, size).await,
+        Command::Idle { target, host, conns, hold_seconds } => {
+            idle(target, &host, conns, Duration::from_secs(hold_seconds)).await
+        }
         Command::Load { target, host, n, header, path, new_connections, pause_ms, max_seconds } => {
             let headers: Vec<(String, String)> = header
                 .iter()
@@ -107,10 +140,10 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(listen: SocketAddr, name: String) -> Result<()> {
+async fn serve(listen: SocketAddr, name: String, size: Option<usize>) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
     eprintln!("serving {name} on {listen}");
-    let body = Bytes::from(name);
+    let body = Bytes::from(padded_body(&name, size));
     loop {
         let (stream, _) = listener.accept().await?;
         let body = body.clone();
@@ -122,6 +155,82 @@ async fn serve(listen: SocketAddr, name: String) -> Result<()> {
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// `name`, or with `size`: `name`, a newline and filler up to `size` bytes (never shorter than
+/// the name and newline). `load` counts answers by the first line, so padding keeps counts by name.
+fn padded_body(name: &str, size: Option<usize>) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    if let Some(size) = size {
+        body.push(b'\n');
+        body.resize(size.max(body.len()), b'x');
+    }
+    body
+}
+
+/// Raises the soft open-file limit to the hard one: thousands of sockets need more than 1024.
+fn raise_nofile_limit() -> Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(limit.rlim_cur)
+}
+
+async fn idle(target: SocketAddr, host: &str, conns: usize, hold: Duration) -> Result<()> {
+    let limit = raise_nofile_limit()?;
+    if (conns as u64) + 64 > limit {
+        anyhow::bail!("{conns} connections need more open files than the limit {limit}");
+    }
+    let mut report = IdleReport::default();
+    let mut open = Vec::with_capacity(conns);
+    // Bounded: every connection gets 5 s, the whole run 120 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..conns {
+        if Instant::now() > deadline {
+            report.failures += conns - report.open - report.failures;
+            report.first_failure.get_or_insert_with(|| "deadline of 120 s passed".into());
+            break;
+        }
+        let one = async {
+            let mut sender = connect(target).await?;
+            let req = Request::get("/").header("host", host).body(Empty::new())?;
+            let response = sender.send_request(req).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::ensure!(status.is_success(), "status {status}");
+            anyhow::Ok(sender)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), one).await {
+            Ok(Ok(sender)) => {
+                report.open += 1;
+                open.push(sender);
+            }
+            Ok(Err(err)) => {
+                report.failures += 1;
+                report.first_failure.get_or_insert_with(|| format!("{err:#}"));
+            }
+            Err(_) => {
+                report.failures += 1;
+                report.first_failure.get_or_insert_with(|| "timed out after 5 s".into());
+            }
+        }
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+        stdout.flush()?;
+    }
+    tokio::time::sleep(hold).await;
+    drop(open);
+    Ok(())
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -176,7 +285,9 @@ async fn load(
             Ok((status, body)) => {
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
-                    *report.bodies.entry(body).or_default() += 1;
+                    // Padded bodies (`serve --size`) carry the name on their first line.
+                    let name = body.split('\n').next().unwrap_or_default().to_owned();
+                    *report.bodies.entry(name).or_default() += 1;
                 }
             }
             Err(err) => {
