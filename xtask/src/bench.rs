@@ -6,6 +6,7 @@ mod contenders;
 mod load;
 mod prereqs;
 mod procstat;
+mod profile;
 mod report;
 
 use std::io::BufRead;
@@ -41,10 +42,12 @@ pub struct Plan {
     pub idle_connections: usize,
     /// Binaries built with `--release` (the quick CI run reuses the debug build).
     pub release: bool,
+    /// perf-sample each proxy during its first saturation turn.
+    pub profile: bool,
 }
 
 impl Plan {
-    fn new(quick: bool) -> Self {
+    fn new(quick: bool, profile: bool) -> Self {
         if quick {
             Plan {
                 quick,
@@ -54,7 +57,9 @@ impl Plan {
                 connections: 16,
                 rate_connections: 8,
                 idle_connections: 1000,
-                release: false,
+                // Profiling a debug build would show the wrong hot spots.
+                release: profile,
+                profile,
             }
         } else {
             Plan {
@@ -66,6 +71,7 @@ impl Plan {
                 rate_connections: 16,
                 idle_connections: 10_000,
                 release: true,
+                profile,
             }
         }
     }
@@ -128,12 +134,12 @@ impl Results {
 /// # Errors
 /// The harness is broken: a tool cannot be installed, a contender does not start or does not do
 /// the job (wrong routing, failed requests). Missing a performance target is not an error.
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, profile: bool) -> Result<()> {
     let root = crate::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let tools = prereqs::ensure(&dir)?;
-    let plan = Plan::new(quick);
+    let plan = Plan::new(quick, profile);
     if plan.release {
         crate::cargo(&["build", "--release", "-p", "interceptor-user", "-p", "interceptor-tests", "--bins"])?;
     } else {
@@ -196,8 +202,17 @@ fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Resu
             let i = (turn + round) % n;
             let r = &running[i];
             let before = r.pid.map(procstat::usage).transpose()?;
+            let recording = match r.pid {
+                Some(pid) if plan.profile && round == 0 => {
+                    Some(profile::start(pid, plan.saturation_seconds, run_dir, r.kind.name())?)
+                }
+                _ => None,
+            };
             let outcome = load::run(node, CLIENT.0, &spec(r, plan.connections, plan.saturation_seconds, None))?;
             let after = r.pid.map(procstat::usage).transpose()?;
+            if let Some(recording) = recording {
+                eprintln!("bench: profile of {} in {}", r.kind.name(), recording.finish()?.display());
+            }
             eprintln!("bench: round {round} {:<12} {:>9.0} req/s", r.kind.name(), outcome.rps);
             let res = &mut results[i];
             res.rps_turns.push(outcome.rps);

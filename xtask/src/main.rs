@@ -32,6 +32,9 @@ enum Task {
         /// A few seconds per contender and 1,000 idle connections (what CI runs).
         #[arg(long)]
         quick: bool,
+        /// Sample each proxy with perf during its first saturation turn (target/bench/run/profile-*.txt).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -41,7 +44,7 @@ fn main() {
         Task::Build => build(),
         Task::Demo => setup::run().and_then(|()| build()).and_then(|()| demo::run()),
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
-        Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
+        Task::Bench { quick, profile } => setup::run().and_then(|()| bench::run(quick, profile)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -78,6 +81,9 @@ fn test() -> Result<()> {
     let mut total = TestCount::default();
     total += cargo_test(&["test", "-p", "interceptor-user", "-p", "interceptor-common", "-p", "xtask"])?;
     total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
+    // The quick bench keeps the harness from rotting: it fails only when the harness is broken
+    // (a contender cannot start or does not do the job), never on a performance target.
+    bench::run(true, false).context("quick bench (cargo xtask bench --quick)")?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {} passed, {} failed", total.passed, total.failed);
     if total.passed == 0 {
