@@ -11,6 +11,8 @@ pub struct Recording {
     child: Child,
     data: PathBuf,
     report: PathBuf,
+    /// The process's command name: the name of its executable, so its dso in perf.
+    comm: String,
 }
 
 /// Starts sampling `pid` for `seconds`.
@@ -27,7 +29,8 @@ pub fn start(pid: u32, seconds: u64, dir: &Path, name: &str) -> Result<Recording
         .stderr(Stdio::null())
         .spawn()
         .context("starting perf record (linux-perf)")?;
-    Ok(Recording { child, data, report: dir.join(format!("profile-{name}.txt")) })
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+    Ok(Recording { child, data, report: dir.join(format!("profile-{name}.txt")), comm })
 }
 
 impl Recording {
@@ -41,12 +44,14 @@ impl Recording {
             bail!("perf record failed ({status})");
         }
         let mut text = String::new();
-        for sort in ["dso", "dso,sym"] {
-            let out = Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "--percent-limit", "0.7", "--sort", sort, "-i"])
-                .arg(&self.data)
-                .output()
-                .context("running perf report")?;
+        // By library; by symbol overall; by symbol of the proxy's own code and libc (user space).
+        for (sort, limit) in [("dso", "0.7"), ("dso,sym", "0.7"), ("sym", "0.3")] {
+            let mut cmd = Command::new("perf");
+            cmd.args(["report", "--stdio", "--no-children", "--percent-limit", limit, "--sort", sort]);
+            if sort == "sym" {
+                cmd.arg("--dsos").arg(format!("{},libc.so.6", self.comm));
+            }
+            let out = cmd.arg("-i").arg(&self.data).output().context("running perf report")?;
             text.push_str(&String::from_utf8_lossy(&out.stdout));
         }
         std::fs::write(&self.report, text)?;
