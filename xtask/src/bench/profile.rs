@@ -22,7 +22,8 @@ pub struct Recording {
 pub fn start(pid: u32, seconds: u64, dir: &Path, name: &str) -> Result<Recording> {
     let data = dir.join(format!("perf-{name}.data"));
     let child = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "997", "-p", &pid.to_string(), "-o"])
+        // -g: kernel call chains unwind (ORC), so time can be charged to the syscall that caused it.
+        .args(["record", "-e", "cpu-clock", "-F", "997", "-g", "-p", &pid.to_string(), "-o"])
         .arg(&data)
         .args(["--", "sleep", &seconds.to_string()])
         .stdout(Stdio::null())
@@ -47,12 +48,23 @@ impl Recording {
         // By library; by symbol overall; by symbol of the proxy's own code and libc (user space).
         for (sort, limit) in [("dso", "0.7"), ("dso,sym", "0.7"), ("sym", "0.3")] {
             let mut cmd = Command::new("perf");
-            cmd.args(["report", "--stdio", "--no-children", "--percent-limit", limit, "--sort", sort]);
+            cmd.args(["report", "--stdio", "--no-children", "-g", "none", "--percent-limit", limit, "--sort", sort]);
             if sort == "sym" {
                 cmd.arg("--dsos").arg(format!("{},libc.so.6", self.comm));
             }
             let out = cmd.arg("-i").arg(&self.data).output().context("running perf report")?;
             text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        // Inclusive time per system call: where the kernel share comes from.
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--children", "--sort", "sym", "-g", "none", "-i"])
+            .arg(&self.data)
+            .output()
+            .context("running perf report")?;
+        text.push_str("\n# Inclusive time per system call\n");
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("__x64_sys_")) {
+            text.push_str(line.trim_end());
+            text.push('\n');
         }
         std::fs::write(&self.report, text)?;
         let _ = std::fs::remove_file(&self.data);
