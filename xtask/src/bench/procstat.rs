@@ -33,7 +33,7 @@ pub fn usage(pid: u32) -> Result<Usage> {
 }
 
 /// `pid` and its descendants (children found through the ppid field of every /proc entry).
-fn tree(pid: u32) -> Result<Vec<u32>> {
+pub fn tree(pid: u32) -> Result<Vec<u32>> {
     std::fs::metadata(format!("/proc/{pid}")).with_context(|| format!("process {pid} is gone"))?;
     let mut parents: Vec<(u32, u32)> = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {

@@ -15,22 +15,24 @@ pub struct Recording {
     comm: String,
 }
 
-/// Starts sampling `pid` for `seconds`.
+/// Starts sampling `pid` and its descendants (nginx's worker) for `seconds`.
 ///
 /// # Errors
 /// perf cannot start.
 pub fn start(pid: u32, seconds: u64, dir: &Path, name: &str) -> Result<Recording> {
     let data = dir.join(format!("perf-{name}.data"));
+    let pids: Vec<String> = super::procstat::tree(pid)?.iter().map(u32::to_string).collect();
     let child = Command::new("perf")
         // -g: kernel call chains unwind (ORC), so time can be charged to the syscall that caused it.
-        .args(["record", "-e", "cpu-clock", "-F", "997", "-g", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-e", "cpu-clock", "-F", "997", "-g", "-p", &pids.join(","), "-o"])
         .arg(&data)
         .args(["--", "sleep", &seconds.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting perf record (linux-perf)")?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+    let worker = pids.last().map_or(pid.to_string(), Clone::clone);
+    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap_or_default().trim().to_owned();
     Ok(Recording { child, data, report: dir.join(format!("profile-{name}.txt")), comm })
 }
 
