@@ -3,6 +3,7 @@
 //! processes running there. Everything is removed on drop, also when a test fails.
 
 mod agent;
+pub mod bench;
 pub mod fixtures;
 mod node;
 

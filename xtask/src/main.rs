@@ -1,6 +1,7 @@
 //! Project tasks: `setup` installs what a fresh machine lacks, `demo` runs the seed example on a
 //! test node, `test` runs every check CI runs.
 
+mod bench;
 mod demo;
 mod overhead;
 mod setup;
@@ -29,10 +30,19 @@ enum Task {
         #[arg(long, default_value = "socket")]
         mode: String,
     },
-    /// Set up, build, then fmt, clippy, unit and end-to-end tests.
+    /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
     /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.
     Overhead,
+    /// Benchmark against Envoy, HAProxy, nginx and a direct connection (report in target/bench/).
+    Bench {
+        /// A few seconds per contender and 1,000 idle connections (what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Sample each proxy with perf during its first saturation turn (target/bench/run/profile-*.txt).
+        #[arg(long)]
+        profile: bool,
+    },
 }
 
 fn main() {
@@ -42,6 +52,7 @@ fn main() {
         Task::Demo { mode } => setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode)),
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
+        Task::Bench { quick, profile } => setup::run().and_then(|()| bench::run(quick, profile)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -78,6 +89,9 @@ fn test() -> Result<()> {
     let mut total = TestCount::default();
     total += cargo_test(&["test", "-p", "interceptor-user", "-p", "interceptor-common", "-p", "xtask"])?;
     total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
+    // The quick bench keeps the harness from rotting: it fails only when the harness is broken
+    // (a contender cannot start or does not do the job), never on a performance target.
+    bench::run(true, false).context("quick bench (cargo xtask bench --quick)")?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {} passed, {} failed", total.passed, total.failed);
     if total.passed == 0 {

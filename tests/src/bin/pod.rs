@@ -1,5 +1,6 @@
 //! A pod of the test node: `serve` is a backend answering with its name, `load` is a client that
-//! sends requests and reports what answered. Runs inside a pod's network namespace.
+//! sends requests and reports what answered, `idle` holds many idle keep-alive connections open.
+//! Runs inside a pod's network namespace.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -46,6 +47,9 @@ enum Command {
         /// How long streaming a `--body-bytes` answer takes, in milliseconds.
         #[arg(long, default_value_t = 0)]
         body_ms: u64,
+        /// Pad the body to this many bytes: the name, a newline, then filler (benchmarks).
+        #[arg(long)]
+        size: Option<usize>,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -118,6 +122,22 @@ enum Command {
         #[arg(long, default_value = "/")]
         path: String,
     },
+    /// Opens `conns` keep-alive connections to `target`, sends one request on each, prints a JSON
+    /// [`IdleReport`] line and keeps them open, idle, for `hold_seconds`.
+    Idle {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+        /// Number of connections.
+        #[arg(long)]
+        conns: usize,
+        /// How long to keep them open after the report.
+        #[arg(long, default_value_t = 30)]
+        hold_seconds: u64,
+    },
 }
 
 async fn echo(listen: SocketAddr, banner: String) -> Result<()> {
@@ -170,6 +190,16 @@ async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration) -> Result
     })
 }
 
+/// What `idle` opened.
+#[derive(Serialize, Default)]
+struct IdleReport {
+    /// Connections open and answered.
+    open: usize,
+    /// Connections that failed (connect, request or timeout), with the first error.
+    failures: usize,
+    first_failure: Option<String>,
+}
+
 /// What a load run saw.
 #[derive(Serialize, Default)]
 struct Report {
@@ -208,12 +238,13 @@ struct Mode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms } => {
+        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, size } => {
             let options = ServeOptions {
                 status: hyper::StatusCode::from_u16(status)?,
                 delay: Duration::from_millis(delay_ms),
                 body_bytes,
                 body_time: Duration::from_millis(body_ms),
+                size,
             };
             serve(listen, name, options).await
         }
@@ -238,6 +269,9 @@ async fn main() -> Result<()> {
             println!("{status}");
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
+        }
+        Command::Idle { target, host, conns, hold_seconds } => {
+            idle(target, &host, conns, Duration::from_secs(hold_seconds)).await
         }
         Command::Load {
             target,
@@ -289,6 +323,7 @@ struct ServeOptions {
     delay: Duration,
     body_bytes: Option<usize>,
     body_time: Duration,
+    size: Option<usize>,
 }
 
 /// Answers `name` (HTTP/1.1 or HTTP/2, upgrades and gRPC-style calls too) with the options'
@@ -298,13 +333,13 @@ async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Resul
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
     eprintln!("serving {name} on {listen}");
     let header_name: hyper::header::HeaderValue = name.parse().context("backend names are header-safe")?;
-    let body = match options.body_bytes {
-        Some(n) => {
+    let body = match (options.body_bytes, options.size) {
+        (Some(n), _) => {
             let mut text = name.into_bytes();
             text.resize(n.max(text.len()), b'.');
             Bytes::from(text)
         }
-        None => Bytes::from(name),
+        (None, size) => Bytes::from(padded_body(&name, size)),
     };
     let served = Arc::new(AtomicUsize::new(0));
     loop {
@@ -442,6 +477,82 @@ impl Sender {
     }
 }
 
+/// `name`, or with `size`: `name`, a newline and filler up to `size` bytes (never shorter than
+/// the name and newline). `load` counts answers by the first line, so padding keeps counts by name.
+fn padded_body(name: &str, size: Option<usize>) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    if let Some(size) = size {
+        body.push(b'\n');
+        body.resize(size.max(body.len()), b'x');
+    }
+    body
+}
+
+/// Raises the soft open-file limit to the hard one: thousands of sockets need more than 1024.
+fn raise_nofile_limit() -> Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(limit.rlim_cur)
+}
+
+async fn idle(target: SocketAddr, host: &str, conns: usize, hold: Duration) -> Result<()> {
+    let limit = raise_nofile_limit()?;
+    if (conns as u64) + 64 > limit {
+        anyhow::bail!("{conns} connections need more open files than the limit {limit}");
+    }
+    let mut report = IdleReport::default();
+    let mut open = Vec::with_capacity(conns);
+    // Bounded: every connection gets 5 s, the whole run 120 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..conns {
+        if Instant::now() > deadline {
+            report.failures += conns - report.open - report.failures;
+            report.first_failure.get_or_insert_with(|| "deadline of 120 s passed".into());
+            break;
+        }
+        let one = async {
+            let mut sender = connect(target).await?;
+            let req = Request::get("/").header("host", host).body(Empty::new())?;
+            let response = sender.send_request(req).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            anyhow::ensure!(status.is_success(), "status {status}");
+            anyhow::Ok(sender)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), one).await {
+            Ok(Ok(sender)) => {
+                report.open += 1;
+                open.push(sender);
+            }
+            Ok(Err(err)) => {
+                report.failures += 1;
+                report.first_failure.get_or_insert_with(|| format!("{err:#}"));
+            }
+            Err(_) => {
+                report.failures += 1;
+                report.first_failure.get_or_insert_with(|| "timed out after 5 s".into());
+            }
+        }
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+        stdout.flush()?;
+    }
+    tokio::time::sleep(hold).await;
+    drop(open);
+    Ok(())
+}
+
 async fn connect(target: SocketAddr) -> Result<Sender> {
     connect_as(target, false).await
 }
@@ -525,11 +636,13 @@ async fn load(
             Ok((status, body, headers)) => {
                 *report.statuses.entry(status).or_default() += 1;
                 if status == 200 {
-                    // Long (streamed) bodies are counted by their name and length.
-                    let key = if body.len() > 64 {
-                        format!("{} {} bytes", body.split('.').next().unwrap_or(""), body.len())
+                    // Padded bodies (`serve --size`) carry the name on their first line; long
+                    // streamed ones (`serve --body-bytes`) are counted by name and length.
+                    let first = body.split('\n').next().unwrap_or_default();
+                    let key = if first.len() > 64 {
+                        format!("{} {} bytes", first.split('.').next().unwrap_or(""), body.len())
                     } else {
-                        body.clone()
+                        first.to_owned()
                     };
                     *report.bodies.entry(key).or_default() += 1;
                 }

@@ -1,0 +1,51 @@
+//! Test-node helpers for `cargo xtask bench`: sized backends and waiting for listeners of
+//! processes the bench starts (proxies), without touching the test node's own code.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::node::Node;
+
+/// Starts `pod serve` in pod `pod` (at `ip`) answering with `size`-byte bodies that start with
+/// `name`, on port 8080, and waits until it listens.
+///
+/// # Errors
+/// The process cannot start or does not listen within 5 s.
+pub fn serve_sized(node: &mut Node, pod: &str, ip: Ipv4Addr, name: &str, size: usize) -> Result<u32> {
+    let listen = format!("{ip}:8080");
+    let size = size.to_string();
+    let mut cmd = node.command_in(
+        &node.pod_netns(pod),
+        false,
+        &crate::workspace_binary("pod"),
+        &["serve", "--listen", &listen, "--name", name, "--size", &size],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = node.spawn(cmd)?;
+    wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5))?;
+    Ok(pid)
+}
+
+/// Waits (bounded by `timeout`; zero: looks once) until something listens on TCP `addr` inside
+/// `netns`.
+///
+/// # Errors
+/// Nothing listens in time.
+pub fn wait_for_listener(netns: &str, addr: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-Htln", &format!("src {addr}")])
+            .output()?;
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!("nothing listens on {addr} in {netns} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,365 @@
+//! The contenders and their configs: every proxy does the seed's job (user agents matching
+//! `beta-tester` go to v2, everyone else 90/10 between v1 and v2) over the same three backends,
+//! with one worker thread and no access log.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use testbed::bench::wait_for_listener;
+use testbed::{Node, GATEWAY};
+
+/// The seed service's VIP, captured by the interceptor.
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+/// Backends: (pod, ip, version). The interceptor reads the same ones from config/mesh.
+pub const BACKENDS: [(&str, [u8; 4], &str); 3] =
+    [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")];
+/// Where the load generator runs.
+pub const CLIENT: (&str, [u8; 4]) = ("client", [10, 244, 0, 10]);
+const INTERCEPTOR_PORT: u16 = 15001;
+
+/// Who serves the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Client straight to one backend: the physical limit, no routing.
+    Direct,
+    /// The agent, through the real socket-mode capture path.
+    Interceptor,
+    Envoy,
+    Haproxy,
+    Nginx,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Direct, Kind::Interceptor, Kind::Envoy, Kind::Haproxy, Kind::Nginx];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Interceptor => "interceptor",
+            Kind::Envoy => "envoy",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+
+    /// The node-side listener of the third-party proxies.
+    fn listen(self) -> SocketAddrV4 {
+        let port = match self {
+            Kind::Envoy => 15101,
+            Kind::Haproxy => 15102,
+            Kind::Nginx => 15103,
+            Kind::Direct | Kind::Interceptor => INTERCEPTOR_PORT,
+        };
+        SocketAddrV4::new(GATEWAY, port)
+    }
+}
+
+/// A started contender.
+pub struct Running {
+    pub kind: Kind,
+    /// The proxy process (none for direct).
+    pub pid: Option<u32>,
+    /// Where the client sends requests.
+    pub target: SocketAddr,
+    /// Whether the client must run in the capture cgroup.
+    pub captured: bool,
+    /// Only the direct contender skips routing (it always reaches one v1 backend).
+    pub routes: bool,
+}
+
+/// Paths of the tools, found or installed by the bench setup.
+pub struct Tools {
+    pub envoy: PathBuf,
+    pub haproxy: PathBuf,
+    pub nginx: PathBuf,
+}
+
+fn backend(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(BACKENDS[i].1), 8080)
+}
+
+/// Starts `kind` in the node namespace with its config under `dir`.
+///
+/// # Errors
+/// The process cannot start or does not listen within 30 s; the error carries its log.
+pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path) -> Result<Running> {
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join(format!("{}.log", kind.name()));
+    let (program, args, env): (PathBuf, Vec<String>, Vec<(&str, &str)>) = match kind {
+        Kind::Direct => {
+            let target = SocketAddr::V4(backend(0));
+            return Ok(Running { kind, pid: None, target, captured: false, routes: false });
+        }
+        Kind::Interceptor => {
+            let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INTERCEPTOR_PORT).to_string();
+            let args = vec![
+                "run".into(),
+                "--config".into(),
+                mesh.display().to_string(),
+                "--cgroup".into(),
+                node.cgroup().display().to_string(),
+                "--bpffs".into(),
+                node.bpffs().display().to_string(),
+                "--listen".into(),
+                listen,
+                "--redirect".into(),
+                kind.listen().to_string(),
+            ];
+            // No access log, as for the others; one worker thread, as for the others.
+            let env = vec![("RUST_LOG", "warn,interceptor=info"), ("TOKIO_WORKER_THREADS", "1")];
+            (testbed::workspace_binary("interceptor"), args, env)
+        }
+        Kind::Envoy => {
+            let conf = dir.join("envoy.yaml");
+            std::fs::write(&conf, envoy_config(kind.listen()))?;
+            let args =
+                ["-c", &conf.display().to_string(), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"]
+                    .map(String::from)
+                    .to_vec();
+            (tools.envoy.clone(), args, Vec::new())
+        }
+        Kind::Haproxy => {
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_config(kind.listen()))?;
+            (tools.haproxy.clone(), vec!["-db".into(), "-f".into(), conf.display().to_string()], Vec::new())
+        }
+        Kind::Nginx => {
+            let prefix = dir.join("nginx");
+            std::fs::create_dir_all(prefix.join("logs"))?;
+            let conf = prefix.join("nginx.conf");
+            std::fs::write(&conf, nginx_config(kind.listen(), &prefix))?;
+            let args = ["-p", &prefix.display().to_string(), "-c", &conf.display().to_string(), "-e", "stderr"]
+                .map(String::from)
+                .to_vec();
+            (tools.nginx.clone(), args, Vec::new())
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = node.command_in(&node.node_netns(), false, &program, &args);
+    let log_file = std::fs::File::create(&log)?;
+    cmd.envs(env).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+    let pid = node.spawn(cmd)?;
+    let netns = node.node_netns();
+    let listen = kind.listen().to_string();
+    let listening = wait_until(pid, Duration::from_secs(30), || {
+        if kind == Kind::Interceptor {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("agent ready"))
+        } else {
+            wait_for_listener(&netns, &listen, Duration::ZERO).is_ok()
+        }
+    });
+    if let Err(err) = listening {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        bail!("{} did not start: {err:#}\n{text}", kind.name());
+    }
+    let (target, captured) = match kind {
+        Kind::Interceptor => (SocketAddr::V4(VIP), true),
+        _ => (SocketAddr::V4(kind.listen()), false),
+    };
+    Ok(Running { kind, pid: Some(pid), target, captured, routes: true })
+}
+
+/// Polls `ready` until it holds, `pid` exits, or `timeout` passes.
+fn wait_until(pid: u32, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        if exited(pid) {
+            bail!("process {pid} exited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("not ready after {timeout:?}")
+}
+
+/// Whether our child `pid` is gone or a zombie.
+fn exited(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.is_empty() || stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'))
+}
+
+/// Stops a contender: SIGTERM, up to 5 s to exit, then the node kills it.
+pub fn stop(node: &mut Node, running: &Running) {
+    let Some(pid) = running.pid else { return };
+    // SAFETY: kill(2) on a process this node started and has not yet reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if exited(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.kill(pid);
+}
+
+/// Envoy: weighted clusters and a header regex, LEAST_REQUEST inside a subset (Istio's default).
+pub fn envoy_config(listen: SocketAddrV4) -> String {
+    let endpoints = |idx: &[usize]| {
+        idx.iter()
+            .map(|&i| {
+                let b = backend(i);
+                format!(
+                    "        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n",
+                    b.ip(),
+                    b.port()
+                )
+            })
+            .collect::<String>()
+    };
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: my-app
+              domains: ["*"]
+              routes:
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: user-agent
+                    string_match: {{safe_regex: {{regex: ".*beta-tester.*"}}}}
+                route: {{cluster: v2}}
+              - match: {{prefix: "/"}}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {{name: v1, weight: 90}}
+                    - {{name: v2, weight: 10}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: v1
+    type: STATIC
+    connect_timeout: 10s
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: v1
+      endpoints:
+      - lb_endpoints:
+{v1}  - name: v2
+    type: STATIC
+    connect_timeout: 10s
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: v2
+      endpoints:
+      - lb_endpoints:
+{v2}"#,
+        ip = listen.ip(),
+        port = listen.port(),
+        v1 = endpoints(&[0, 1]),
+        v2 = endpoints(&[2]),
+    )
+}
+
+/// HAProxy: the header rule as an ACL, the 90/10 split as server weights (45+45 : 10).
+pub fn haproxy_config(listen: SocketAddrV4) -> String {
+    format!(
+        "global
+  nbthread 1
+  maxconn 10500
+  # 10,500 connections want ~21,000 descriptors; a container hard limit of 20,000 still holds
+  # the bench's 10,000 idle clients, so a lower limit is a warning, not fatal.
+  no strict-limits
+
+defaults
+  mode http
+  timeout connect 10s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+
+frontend bench
+  bind {listen}
+  acl beta req.hdr(user-agent) -m reg beta-tester
+  use_backend v2 if beta
+  default_backend split
+
+backend split
+  balance roundrobin
+  server v1a {a} weight 45
+  server v1b {b} weight 45
+  server v2 {c} weight 10
+
+backend v2
+  server v2 {c}
+",
+        a = backend(0),
+        b = backend(1),
+        c = backend(2),
+    )
+}
+
+/// nginx: `map $http_user_agent` for the header rule, `split_clients` per request for 90/10.
+pub fn nginx_config(listen: SocketAddrV4, prefix: &Path) -> String {
+    let p = prefix.display();
+    format!(
+        "worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {p}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 15000; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  upstream v1 {{ least_conn; server {a}; server {b}; keepalive 64; }}
+  upstream v2 {{ server {c}; keepalive 64; }}
+  split_clients \"${{request_id}}\" $split {{ 90% v1; * v2; }}
+  map $http_user_agent $pick {{ \"~beta-tester\" v2; default $split; }}
+  server {{
+    listen {listen};
+    location / {{
+      proxy_pass http://$pick;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }}
+  }}
+}}
+",
+        a = backend(0),
+        b = backend(1),
+        c = backend(2),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_config_carries_the_header_rule_and_the_split() {
+        let listen = SocketAddrV4::new(GATEWAY, 1);
+        let envoy = envoy_config(listen);
+        assert!(envoy.contains(".*beta-tester.*") && envoy.contains("weight: 90") && envoy.contains("weight: 10"));
+        assert!(["10.244.0.11", "10.244.0.12", "10.244.0.13"].iter().all(|ip| envoy.contains(ip)), "{envoy}");
+        let haproxy = haproxy_config(listen);
+        assert!(
+            haproxy.contains("-m reg beta-tester") && haproxy.contains("weight 45") && haproxy.contains("weight 10")
+        );
+        let nginx = nginx_config(listen, Path::new("/x"));
+        assert!(nginx.contains("~beta-tester") && nginx.contains("90% v1") && nginx.contains("split_clients"));
+    }
+}
