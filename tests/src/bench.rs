@@ -3,11 +3,11 @@
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::node::Node;
+use crate::node::{wait_for_listener, Node};
 
 /// Starts `pod serve` in pod `pod` (at `ip`) answering with `size`-byte bodies that start with
 /// `name`, on port 8080, and waits until it listens.
@@ -27,25 +27,4 @@ pub fn serve_sized(node: &mut Node, pod: &str, ip: Ipv4Addr, name: &str, size: u
     let pid = node.spawn(cmd)?;
     wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5))?;
     Ok(pid)
-}
-
-/// Waits (bounded by `timeout`; zero: looks once) until something listens on TCP `addr` inside
-/// `netns`.
-///
-/// # Errors
-/// Nothing listens in time.
-pub fn wait_for_listener(netns: &str, addr: &str, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", netns, "ss", "-Htln", &format!("src {addr}")])
-            .output()?;
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return Ok(());
-        }
-        if start.elapsed() >= timeout {
-            bail!("nothing listens on {addr} in {netns} after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

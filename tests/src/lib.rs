@@ -8,7 +8,7 @@ pub mod fixtures;
 mod node;
 
 pub use agent::{read_stdout, run_agent_command, Agent, Mode, ADMIN};
-pub use node::{LoadReport, Node, PodSpec, RawReport, GATEWAY};
+pub use node::{wait_for_listener, LoadReport, Node, PodSpec, RawReport, GATEWAY};
 
 /// The binary of the workspace target directory named `name` (built by `cargo xtask`), next to
 /// the running test or xtask executable.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -264,7 +265,7 @@ impl Node {
         let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.spawn(cmd)?;
-        wait_for_listener(&self.pod_netns(pod), &listen)
+        wait_for_listener(&self.pod_netns(pod), &listen, Duration::from_secs(5))
     }
 
     /// Starts `pod echo` in pod `pod` on `port`: a TCP server that sends `banner`, then echoes.
@@ -282,7 +283,7 @@ impl Node {
         );
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.spawn(cmd)?;
-        wait_for_listener(&self.pod_netns(pod), &listen)
+        wait_for_listener(&self.pod_netns(pod), &listen, Duration::from_secs(5))
     }
 
     /// Runs `pod load` from pod `pod` inside the capture cgroup and returns its report.
@@ -413,16 +414,23 @@ impl Node {
     }
 }
 
-/// Waits (bounded) until something listens on `addr` inside `netns`.
-fn wait_for_listener(netns: &str, addr: &str) -> Result<()> {
-    for _ in 0..100 {
+/// Waits (bounded by `timeout`; zero: looks once) until something listens on TCP `addr` inside
+/// `netns`.
+///
+/// # Errors
+/// Nothing listens in time.
+pub fn wait_for_listener(netns: &str, addr: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
         let out = Command::new("ip").args(["netns", "exec", netns, "ss", "-Htln", &format!("src {addr}")]).output()?;
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return Ok(());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        if start.elapsed() >= timeout {
+            bail!("nothing listens on {addr} in {netns} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listens on {addr} in {netns} after 5 s")
 }
 
 impl Drop for Node {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use testbed::bench::wait_for_listener;
+use testbed::wait_for_listener;
 use testbed::{Node, GATEWAY};
 
 /// The seed service's VIP, captured by the interceptor.

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::contenders::Tools;
+use crate::setup::{apt_install, installed, run_checked};
 
 const APT_PACKAGES: &[&str] = &["nghttp2-client", "haproxy", "nginx"];
 const ENVOY_VERSION: &str = "1.40.0";
@@ -23,28 +24,10 @@ pub fn ensure(bench_dir: &Path) -> Result<Tools> {
     Ok(Tools { envoy, haproxy: "/usr/sbin/haproxy".into(), nginx: "/usr/sbin/nginx".into() })
 }
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-fn run_checked(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed ({status})");
-    }
-    Ok(())
-}
-
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
+    if APT_PACKAGES.iter().all(|p| installed(p)) {
         return Ok(());
     }
-    eprintln!("bench setup: installing {}", missing.join(" "));
     // The bench starts the proxies itself, in the test node; the packages' system services
     // must not start on the host's interfaces.
     let policy_added = !Path::new(POLICY_RC_D).exists();
@@ -52,14 +35,7 @@ fn apt() -> Result<()> {
         std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")?;
         std::fs::set_permissions(POLICY_RC_D, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let result = run_checked(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
-        run_checked(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    });
+    let result = apt_install("bench setup", APT_PACKAGES);
     if policy_added {
         let _ = std::fs::remove_file(POLICY_RC_D);
     }
