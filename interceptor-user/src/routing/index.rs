@@ -33,8 +33,9 @@ pub(super) struct RuleIndex {
     header_exact: Vec<(HeaderName, ValueIndex)>,
 }
 
-/// Exact values → the blocks that require them.
-type ValueIndex = HashMap<Box<str>, Vec<u32>>;
+/// Exact values → the blocks that require them. foldhash, not SipHash: keys come from config,
+/// not from clients, so flooding is not a concern and the lookup is on every request.
+type ValueIndex = HashMap<Box<str>, Vec<u32>, foldhash::fast::FixedState>;
 
 /// A byte trie of literal prefixes; each node lists the blocks whose prefix ends there.
 #[derive(Debug, Default)]
@@ -100,7 +101,7 @@ impl RuleIndex {
     pub(super) fn build(rules: &[Rule]) -> Result<Self, String> {
         let mut blocks = Vec::new();
         let mut always = Vec::new();
-        let mut uri_exact = ValueIndex::new();
+        let mut uri_exact = ValueIndex::default();
         let mut uri_prefix = Trie::default();
         let mut regex_patterns: Vec<&str> = Vec::new();
         let mut regex_blocks = Vec::new();
@@ -135,7 +136,7 @@ impl RuleIndex {
                             let slot = match header_exact.iter().position(|(n, _)| n == name) {
                                 Some(i) => i,
                                 None => {
-                                    header_exact.push((name.clone(), HashMap::new()));
+                                    header_exact.push((name.clone(), ValueIndex::default()));
                                     header_exact.len() - 1
                                 }
                             };
