@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod limits;
 pub mod metrics;
 mod outbound;
+mod shared_io;
 mod tcp;
 pub mod tunnel;
 pub mod upgrade;
@@ -52,15 +53,9 @@ async fn serve_http(
     client: SocketAddr,
     original: Option<SocketAddrV4>,
 ) {
-    // hyper owns (and closes) the socket; a duplicate lets us still answer 408 when it gives up
-    // on a slow request head.
-    let (stream, spare) = match duplicate(stream) {
-        Ok(pair) => pair,
-        Err(err) => {
-            warn!(%client, %err, "cannot set up the connection");
-            return;
-        }
-    };
+    // hyper would close the socket when it gives up on a slow request head; sharing it lets us
+    // still answer 408.
+    let (stream, spare) = shared_io::SharedStream::new(stream);
     let metrics = inputs.metrics.clone();
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
@@ -74,13 +69,6 @@ async fn serve_http(
         }
         Err(err) => debug!(%err, "downstream connection ended with an error"),
     }
-}
-
-/// The connection as tokio wants it, and a duplicate of its socket kept aside.
-fn duplicate(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
-    let std = stream.into_std()?;
-    let spare = std.try_clone()?;
-    Ok((tokio::net::TcpStream::from_std(std)?, spare))
 }
 
 /// Answers "where was this accepted connection going before it was redirected?".

@@ -7,7 +7,6 @@ use std::time::Duration;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Envoy's `max_request_headers_kb` default: 60 KiB of request headers.
@@ -128,26 +127,29 @@ impl Limits {
     }
 }
 
-/// Answers 408 on `spare` (a duplicate of a connection's socket, kept because hyper owns and
-/// closes the original) and closes it.
-pub async fn request_timeout(spare: std::net::TcpStream) {
-    answer_and_close(spare, REQUEST_TIMEOUT).await;
+/// Answers 408 on the proxy's end of a connection hyper gave up on, and closes it.
+pub async fn request_timeout(spare: std::sync::Arc<TcpStream>) {
+    answer_and_close(&spare, REQUEST_TIMEOUT).await;
 }
 
 /// Answers 503 (overloaded) on a connection over the cap and closes it.
 pub async fn overloaded(stream: TcpStream) {
-    match stream.into_std() {
-        Ok(std) => answer_and_close(std, OVERLOADED).await,
-        Err(err) => tracing::debug!(%err, "closing an over-the-cap connection"),
-    }
+    answer_and_close(&stream, OVERLOADED).await;
 }
 
-async fn answer_and_close(stream: std::net::TcpStream, answer: &[u8]) {
-    let Ok(mut stream) = TcpStream::from_std(stream) else { return };
+async fn answer_and_close(stream: &TcpStream, answer: &[u8]) {
     // Best effort: the client may be gone already.
     let write = async {
-        stream.write_all(answer).await?;
-        stream.shutdown().await
+        let mut rest = answer;
+        while !rest.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        super::shared_io::shutdown_write(stream)
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }

@@ -95,8 +95,14 @@ pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path
         }
         Kind::Interceptor => {
             let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INTERCEPTOR_PORT).to_string();
+            // The other proxies have no connection cap; lift ours (10,000 by default) above the
+            // idle-connection phase so it measures memory, not the cap.
+            let settings = dir.join("interceptor.yaml");
+            std::fs::write(&settings, "limits:\n  maxConnections: 50000\n")?;
             let args = vec![
                 "run".into(),
+                "--settings".into(),
+                settings.display().to_string(),
                 "--config".into(),
                 mesh.display().to_string(),
                 "--cgroup".into(),
