@@ -34,6 +34,16 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
+    /// The request target's path and query, as received.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Host header, else the request target's authority; empty when neither is there.
+    pub fn authority(&self) -> &str {
+        self.authority.as_deref().unwrap_or("")
+    }
+
     /// Reads the logged fields of `req`.
     pub fn of<B: Body>(req: &Request<B>) -> Self {
         let headers = req.headers();

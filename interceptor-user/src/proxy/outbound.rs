@@ -124,10 +124,9 @@ impl Outbound {
         let seen = super::access_log::RequestInfo::of(&req);
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
-        let authority = authority_of(&req).to_owned();
-        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let mut served = Served::default();
-        let response = self.dispatch(&table, req, &authority, &path_and_query, &mut served).await;
+        // The access-log record already copied authority and path: route with those.
+        let response = self.dispatch(&table, req, seen.authority(), seen.path(), &mut served).await;
         self.observe(&seen, &served, &response, started.elapsed());
         Ok(response)
     }
@@ -588,15 +587,6 @@ impl Outbound {
             grpc: seen.grpc,
         });
     }
-}
-
-/// Host header, else the request target's authority.
-fn authority_of<B>(req: &Request<B>) -> &str {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("")
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
