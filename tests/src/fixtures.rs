@@ -58,16 +58,8 @@ spec:
 
 /// The seed's first example with the given weights for v1 and v2.
 pub fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: my-app-vs
-spec:
-  hosts:
-  - my-app.default.svc.cluster.local
-  http:
-  - route:
+    virtual_service(&format!(
+        "  - route:
     - destination:
         host: my-app.default.svc.cluster.local
         subset: v1
@@ -77,7 +69,7 @@ spec:
         subset: v2
       weight: {v2}
 "
-    )
+    ))
 }
 
 /// The seed's second example, verbatim.
