@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 pub mod access_log;
+mod drain;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn, Instrument};
 
@@ -32,14 +32,15 @@ pub use upstream::{client as upstream_client, UpstreamClient};
 async fn serve_http2(
     inputs: ProxyInputs,
     http2: &hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watch: drain::Watch,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
     original: Option<SocketAddrV4>,
 ) {
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-    if let Err(err) = watcher.watch(http2.serve_connection(TokioIo::new(stream), service)).await {
+    let conn = http2.serve_connection(TokioIo::new(stream), service);
+    if let Err(err) = watch.run(conn, |conn| conn.graceful_shutdown()).await {
         debug!(%err, "downstream HTTP/2 connection ended with an error");
     }
 }
@@ -47,8 +48,8 @@ async fn serve_http2(
 /// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
 async fn serve_http(
     inputs: ProxyInputs,
-    http1: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    http1: &hyper::server::conn::http1::Builder,
+    watch: drain::Watch,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
     original: Option<SocketAddrV4>,
@@ -58,11 +59,13 @@ async fn serve_http(
     let (stream, spare) = shared_io::SharedStream::new(stream);
     let metrics = inputs.metrics.clone();
     let outbound = Arc::new(Outbound::new(inputs, client, original));
-    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-    let conn = watcher.watch(http1.serve_connection_with_upgrades(TokioIo::new(stream), service));
-    match conn.await {
+    // Boxed: hyper keeps room for the service future for the whole connection, and an idle
+    // keep-alive connection should not pay for a request it is not serving.
+    let service = hyper::service::service_fn(move |req| Box::pin(outbound.clone().handle(req)));
+    let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    match watch.run(conn, |conn| conn.graceful_shutdown()).await {
         Ok(()) => {}
-        Err(err) if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
+        Err(err) if err.is_timeout() => {
             debug!("request head not received in time; answering 408");
             metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
             limits::request_timeout(spare).await;
@@ -138,7 +141,7 @@ impl Proxy {
     /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (keep-alive
     /// connections close after their current request) for at most `drain`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
-        let graceful = GracefulShutdown::new();
+        let connections = drain::Drain::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(self.inputs.limits.max_connections));
         let http1 = self.inputs.limits.http1();
         let http2 = self.inputs.limits.http2();
@@ -170,19 +173,21 @@ impl Proxy {
             let tcp_port = original.and_then(|o| self.tcp_service(o).map(|s| (o, s)));
             let inputs = self.inputs.clone();
             let (http1, http2) = (http1.clone(), http2.clone());
-            let watcher = graceful.watcher();
+            let watch = connections.watch();
             let span = tracing::debug_span!("conn", %client);
+            // The rarer protocols are boxed, so that every connection's task is only as big as an
+            // HTTP/1 one (idle keep-alive connections are most of the memory).
             tokio::spawn(
                 async move {
                     let _permit = permit;
                     let _open = open;
                     // Declared TCP ports go through as TCP, by the VirtualService's tcp rules.
                     if let Some((original, service)) = tcp_port {
-                        return tcp::serve(inputs, stream, client, original, service).await;
+                        return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
                     }
                     let sniffed = tunnel::sniff(&stream).await;
                     if sniffed == tunnel::Sniffed::Http2 {
-                        return serve_http2(inputs, &http2, watcher, stream, client, original).await;
+                        return Box::pin(serve_http2(inputs, &http2, watch, stream, client, original)).await;
                     }
                     // A captured connection that does not speak HTTP goes through as TCP too.
                     if let (tunnel::Sniffed::Opaque, Some(original)) = (sniffed, original) {
@@ -192,16 +197,16 @@ impl Proxy {
                             return;
                         };
                         drop(table);
-                        return tcp::serve(inputs, stream, client, original, service).await;
+                        return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
                     }
-                    serve_http(inputs, &http1, watcher, stream, client, original).await;
+                    serve_http(inputs, &http1, watch, stream, client, original).await;
                 }
                 .instrument(span),
             );
         }
         drop(self.listener);
         tokio::select! {
-            () = graceful.shutdown() => debug!("all connections drained"),
+            () = connections.drain() => debug!("all connections drained"),
             () = tokio::time::sleep(drain) => warn!(?drain, "drain deadline passed; closing remaining connections"),
         }
     }

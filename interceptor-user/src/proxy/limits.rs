@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
@@ -96,19 +94,16 @@ impl LimitsFile {
 }
 
 impl Limits {
-    /// An HTTP/1 server builder enforcing these limits; upgrades (WebSocket) allowed.
+    /// An HTTP/1 server builder enforcing these limits.
     ///
     /// Smuggling: hyper refuses (400) differing duplicate `Content-Length`s, a `Transfer-Encoding`
     /// whose last coding is not `chunked`, and `Transfer-Encoding` in HTTP/1.0; with both
     /// `Transfer-Encoding: chunked` and `Content-Length` it drops the length, reads chunked and
     /// closes the connection after the response (RFC 9112 §6.1), so nothing after the body is
     /// ever read as a second request.
-    pub fn http1(&self) -> auto::Builder<TokioExecutor> {
-        // hyper-util's builder (HTTP/1 only) rather than hyper's: its upgradeable connections
-        // still drain gracefully.
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    pub fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_headers(self.max_headers)
