@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod drain;
+mod framing;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
@@ -57,11 +58,26 @@ async fn serve_http(
     // hyper would close the socket when it gives up on a slow request head; sharing it lets us
     // still answer 408.
     let (stream, spare) = shared_io::SharedStream::new(stream);
+    let framing = framing::RequestFraming::new(inputs.limits.max_header_bytes);
+    let verdicts = framing.verdicts();
+    let stream = framing::Watched::new(stream, framing);
     let metrics = inputs.metrics.clone();
     let outbound = Arc::new(Outbound::new(inputs, client, original));
-    // Boxed: hyper keeps room for the service future for the whole connection, and an idle
-    // keep-alive connection should not pay for a request it is not serving.
-    let service = hyper::service::service_fn(move |req| Box::pin(outbound.clone().handle(req)));
+    let service_metrics = metrics.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let ambiguous = verdicts.next_is_ambiguous();
+        let (outbound, metrics) = (outbound.clone(), service_metrics.clone());
+        // Boxed: hyper keeps room for the service future for the whole connection, and an idle
+        // keep-alive connection should not pay for a request it is not serving.
+        Box::pin(async move {
+            if ambiguous {
+                debug!("request with both Content-Length and Transfer-Encoding; answering 400");
+                metrics.rejected(metrics::REJECT_AMBIGUOUS_LENGTH);
+                return Ok(limits::ambiguous_length());
+            }
+            outbound.handle(req).await
+        })
+    });
     let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
     match watch.run(conn, |conn| conn.graceful_shutdown()).await {
         Ok(()) => {}

@@ -1,6 +1,6 @@
 //! End-to-end: bad and excessive traffic, written as raw bytes by a captured client through the
-//! real capture path — oversized heads (431), slowloris (408 and close), smuggling attempts (400,
-//! or chunked wins and the connection closes), and a connection cap (503, then recovery).
+//! real capture path — oversized heads (431), slowloris (408 and close), smuggling attempts (400
+//! and close), and a connection cap (503, then recovery).
 
 mod common;
 
@@ -84,16 +84,32 @@ fn smuggling_attempts_are_refused_or_cannot_smuggle() {
     // A transfer coding that is not chunked last: refused.
     let report = raw(&node, "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nTransfer-Encoding: gzip\\r\\n\\r\\nabcd");
     assert!(report.response.starts_with("HTTP/1.1 400 "), "{report:?}");
-    // Content-Length and chunked together (CL.TE): the chunked body ends at `0`; what follows
-    // would be a smuggled request if the length were believed. It is never served: the proxy
-    // answers once and closes.
-    let report = raw(
-        &node,
-        "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nContent-Length: 50\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\
-         0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n",
+    // Content-Length and chunked together (CL.TE or TE.CL, in either order): which one frames the
+    // body? Refused with 400, as Envoy does; what follows would be a smuggled request if the other
+    // framing were believed. It is never served: the proxy answers once and closes.
+    for heads in
+        ["Content-Length: 50\\r\\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\\r\\nContent-Length: 50"]
+    {
+        let report = raw(
+            &node,
+            &format!(
+                "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n\
+                 POST / HTTP/1.1\\r\\nHost: my-app\\r\\n{heads}\\r\\n\\r\\n\
+                 0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n"
+            ),
+        );
+        // The valid request before it is served; then 400 and the connection closes.
+        assert_eq!(status_lines(&report), 2, "{report:?}");
+        assert!(report.response.starts_with("HTTP/1.1 200 "), "{report:?}");
+        assert!(report.response.contains("HTTP/1.1 400 "), "{report:?}");
+        assert!(report.response.contains("x-interceptor-flags: DPE"), "{report:?}");
+        assert!(report.closed, "{report:?}");
+    }
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert!(
+        text.contains("interceptor_downstream_connections_rejected_total{reason=\"ambiguous_length\"} 2"),
+        "{text}"
     );
-    assert_eq!(status_lines(&report), 1, "{report:?}");
-    assert!(report.closed, "{report:?}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("/smuggled"), "the smuggled request was served: {log}");

@@ -1,6 +1,6 @@
 //! Limits on downstream connections: header size and count (431), header read time (slowloris:
-//! 408 and close), a cap on open connections (503 and close), and the HTTP/1 parser settings that
-//! keep request smuggling out. Defaults follow Envoy's.
+//! 408 and close), a cap on open connections (503 and close), and the HTTP/1 parser settings and
+//! answers that keep request smuggling out. Defaults follow Envoy's.
 
 use std::time::Duration;
 
@@ -97,10 +97,9 @@ impl Limits {
     /// An HTTP/1 server builder enforcing these limits.
     ///
     /// Smuggling: hyper refuses (400) differing duplicate `Content-Length`s, a `Transfer-Encoding`
-    /// whose last coding is not `chunked`, and `Transfer-Encoding` in HTTP/1.0; with both
-    /// `Transfer-Encoding: chunked` and `Content-Length` it drops the length, reads chunked and
-    /// closes the connection after the response (RFC 9112 §6.1), so nothing after the body is
-    /// ever read as a second request.
+    /// whose last coding is not `chunked`, and `Transfer-Encoding` in HTTP/1.0. A head with both
+    /// `Transfer-Encoding` and `Content-Length` hyper would read as chunked; `proxy::framing`
+    /// catches it first and the proxy answers 400 ([`ambiguous_length`]).
     pub fn http1(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -120,6 +119,20 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         builder
     }
+}
+
+/// The answer to a request with both `Content-Length` and `Transfer-Encoding` (Envoy's default:
+/// 400 with the `DPE` downstream-protocol-error flag); hyper closes the connection after it.
+pub fn ambiguous_length() -> http::Response<super::outbound::ProxyBody> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"content-length and transfer-encoding together\n"));
+    let mut response = http::Response::new(body.map_err(|never| match never {}).boxed());
+    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    headers.insert(super::outbound::FLAGS_HEADER, http::HeaderValue::from_static("DPE"));
+    response
 }
 
 /// Answers 408 on the proxy's end of a connection hyper gave up on, and closes it.

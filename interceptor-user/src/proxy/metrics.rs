@@ -134,7 +134,7 @@ impl ProxyMetrics {
             "Bytes received from upstream on TCP connections",
             this.tcp_received.clone(),
         );
-        for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT] {
+        for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT, REJECT_AMBIGUOUS_LENGTH] {
             let _ = this.rejected.get_or_create(&RejectLabels { reason });
         }
         this
@@ -182,6 +182,8 @@ fn tcp_labels(service: &str) -> TcpLabels {
 pub const REJECT_OVERLOAD: &str = "overload";
 /// Reason label: the request head did not arrive in time.
 pub const REJECT_HEADER_TIMEOUT: &str = "header_timeout";
+/// Reason label: a request head with both `Content-Length` and `Transfer-Encoding` (400).
+pub const REJECT_AMBIGUOUS_LENGTH: &str = "ambiguous_length";
 
 /// Keeps `interceptor_downstream_connections` up by one while alive.
 #[derive(Debug)]

@@ -1,0 +1,396 @@
+//! Follows HTTP/1 request framing on the raw downstream bytes, to catch the one smuggling vector
+//! hyper normalises away before we see the request: a head with both `Content-Length` and
+//! `Transfer-Encoding`. hyper drops the length, reads chunked and closes afterwards (RFC 9112
+//! §6.1); Envoy, and we, refuse such a request with 400 instead of guessing.
+//!
+//! The watcher only reads (httparse does the parsing); hyper stays the one that frames requests.
+//! Whenever the watcher is unsure — a parse error, too many headers, an upgrade or CONNECT after
+//! which bytes are no longer HTTP — it stops watching rather than risk refusing a valid request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
+const MAX_HEADERS: usize = 128;
+
+/// What the watcher found, shared with the connection's service.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    /// 1-based number of the first request head carrying both lengths; 0 while none.
+    ambiguous: AtomicU64,
+    /// Requests the service has been handed so far.
+    served: AtomicU64,
+}
+
+impl Verdicts {
+    /// Called once per request the service receives, in order: does this one carry both lengths?
+    pub fn next_is_ambiguous(&self) -> bool {
+        // The watcher saw the head before hyper parsed it, in the same task: no ordering needed
+        // beyond what the task's own polling gives.
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        n == self.ambiguous.load(Ordering::Relaxed)
+    }
+}
+
+/// Where in the request stream the watcher is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Expecting a request head (blank lines before it are skipped, as hyper does).
+    Head,
+    /// Inside a body of known length: bytes left.
+    Body(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk: bytes left, then CRLF.
+    Chunk(u64),
+    /// Expecting the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Expecting the trailer section after the last chunk.
+    Trailers,
+    /// No longer watching.
+    Stopped,
+}
+
+/// The request-framing watcher of one connection.
+#[derive(Debug)]
+pub struct RequestFraming {
+    state: State,
+    /// Bytes of a head, chunk-size line or trailer section split across reads; empty otherwise.
+    partial: Vec<u8>,
+    /// Heads seen so far.
+    heads: u64,
+    /// Longest head the watcher buffers (hyper refuses longer ones with 431).
+    max_head_bytes: usize,
+    verdicts: Arc<Verdicts>,
+}
+
+/// One step of the watcher over the bytes at hand.
+enum Step {
+    /// These many bytes are accounted for.
+    Consumed(usize),
+    /// The item at the front is incomplete; keep the bytes and wait for more.
+    NeedMore,
+    /// Stop watching.
+    Stop,
+}
+
+impl RequestFraming {
+    pub fn new(max_head_bytes: usize) -> Self {
+        Self {
+            state: State::Head,
+            partial: Vec::new(),
+            heads: 0,
+            max_head_bytes,
+            verdicts: Arc::new(Verdicts::default()),
+        }
+    }
+
+    /// The verdicts, for the connection's service.
+    pub fn verdicts(&self) -> Arc<Verdicts> {
+        self.verdicts.clone()
+    }
+
+    /// Follows the next bytes the client sent.
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.state == State::Stopped || input.is_empty() {
+            return;
+        }
+        if self.partial.is_empty() {
+            self.consume(input);
+        } else {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(input);
+            self.consume(&joined);
+        }
+    }
+
+    fn consume(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.step(bytes) {
+                Step::Consumed(n) => bytes = &bytes[n..],
+                Step::NeedMore if bytes.len() <= self.max_head_bytes => {
+                    self.partial.extend_from_slice(bytes);
+                    return;
+                }
+                Step::NeedMore | Step::Stop => {
+                    self.state = State::Stopped;
+                    self.partial = Vec::new();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, bytes: &[u8]) -> Step {
+        match self.state {
+            State::Head => self.head(bytes),
+            State::Body(left) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                self.state = if n as u64 == left { State::Head } else { State::Body(left - n as u64) };
+                Step::Consumed(n)
+            }
+            State::ChunkSize => match httparse::parse_chunk_size(bytes) {
+                Ok(httparse::Status::Complete((n, 0))) => {
+                    self.state = State::Trailers;
+                    Step::Consumed(n)
+                }
+                Ok(httparse::Status::Complete((n, size))) => {
+                    self.state = State::Chunk(size);
+                    Step::Consumed(n)
+                }
+                Ok(httparse::Status::Partial) => Step::NeedMore,
+                Err(_) => Step::Stop,
+            },
+            State::Chunk(left) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                self.state = if n as u64 == left { State::ChunkEnd } else { State::Chunk(left - n as u64) };
+                Step::Consumed(n)
+            }
+            State::ChunkEnd => match bytes {
+                [b'\r', b'\n', ..] => {
+                    self.state = State::ChunkSize;
+                    Step::Consumed(2)
+                }
+                [b'\r'] => Step::NeedMore,
+                _ => Step::Stop,
+            },
+            State::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(bytes, &mut headers) {
+                    Ok(httparse::Status::Complete((n, _))) => {
+                        self.state = State::Head;
+                        Step::Consumed(n)
+                    }
+                    Ok(httparse::Status::Partial) => Step::NeedMore,
+                    Err(_) => Step::Stop,
+                }
+            }
+            State::Stopped => Step::Stop,
+        }
+    }
+
+    fn head(&mut self, bytes: &[u8]) -> Step {
+        let blank = bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        if blank > 0 {
+            return Step::Consumed(blank);
+        }
+        // Uninitialised: zeroing 128 headers would cost more than parsing a typical head.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(bytes, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Step::NeedMore,
+            Err(_) => return Step::Stop,
+        };
+        self.heads += 1;
+        let framing = Framing::of(&req);
+        if framing.content_length.is_some() && framing.transfer_encoding {
+            let _ = self.verdicts.ambiguous.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
+            // hyper closes the connection after this request: nothing later needs judging.
+            return Step::Stop;
+        }
+        if framing.switches_protocol {
+            return Step::Stop;
+        }
+        self.state = if framing.transfer_encoding {
+            State::ChunkSize
+        } else {
+            match framing.content_length {
+                Some(0) | None => State::Head,
+                Some(n) => State::Body(n),
+            }
+        };
+        Step::Consumed(len)
+    }
+}
+
+/// How one request head frames its body, as far as the watcher needs to know.
+struct Framing {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// An upgrade or CONNECT: what follows may not be HTTP.
+    switches_protocol: bool,
+}
+
+impl Framing {
+    fn of(req: &httparse::Request<'_, '_>) -> Self {
+        let mut framing = Framing {
+            content_length: None,
+            transfer_encoding: false,
+            switches_protocol: req.method == Some("CONNECT"),
+        };
+        for header in req.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                // A length that does not parse is hyper's to refuse; any value counts as "has one".
+                let value = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok());
+                framing.content_length = Some(value.unwrap_or(u64::MAX));
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                framing.transfer_encoding = true;
+            } else if header.name.eq_ignore_ascii_case("upgrade") {
+                framing.switches_protocol = true;
+            }
+        }
+        framing
+    }
+}
+
+/// A downstream stream whose incoming bytes the watcher follows on their way to hyper.
+pub struct Watched<S> {
+    inner: S,
+    framing: RequestFraming,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, framing: RequestFraming) -> Self {
+        Self { inner, framing }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in pieces of `chunk` bytes and returns the verdict of each served request.
+    fn judge(stream: &[u8], chunk: usize, requests: usize) -> (Vec<bool>, State) {
+        let mut framing = RequestFraming::new(64 * 1024);
+        for piece in stream.chunks(chunk) {
+            framing.feed(piece);
+        }
+        let verdicts = framing.verdicts();
+        ((0..requests).map(|_| verdicts.next_is_ambiguous()).collect(), framing.state)
+    }
+
+    #[test]
+    fn both_lengths_are_caught_in_any_order_and_any_split() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let te_cl = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n";
+        for stream in [&cl_te[..], &te_cl[..]] {
+            for chunk in [1, 3, 7, stream.len()] {
+                assert_eq!(judge(stream, chunk, 1), (vec![true], State::Stopped), "chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ambiguous_request_is_found_behind_valid_ones() {
+        let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+            \r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for chunk in [1, 2, 5, 13, stream.len()] {
+            assert_eq!(judge(stream, chunk, 4).0, vec![false, false, false, true], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn valid_traffic_is_never_judged_ambiguous() {
+        let stream =
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /x HTTP/1.1\r\n\r\n";
+        let (verdicts, state) = judge(stream, 4, 3);
+        assert_eq!(verdicts, vec![false; 3]);
+        assert_eq!(state, State::Head);
+    }
+
+    #[test]
+    fn the_watcher_stops_when_unsure() {
+        // After an upgrade, bytes are whatever the new protocol says.
+        let upgrade = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(judge(upgrade, 9, 2), (vec![false, false], State::Stopped));
+        assert_eq!(judge(b"\x16\x03\x01 not http\r\n\r\n", 4, 0).1, State::Stopped);
+        // A head longer than the limit is hyper's to refuse (431).
+        let mut framing = RequestFraming::new(32);
+        framing.feed(b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!((framing.state, framing.partial.len()), (State::Stopped, 0));
+    }
+
+    #[test]
+    fn a_partial_head_is_kept_only_until_it_completes() {
+        let mut framing = RequestFraming::new(1024);
+        framing.feed(b"GET / HTTP/1.1\r\nHo");
+        assert!(!framing.partial.is_empty());
+        framing.feed(b"st: a\r\n\r\n");
+        assert!(framing.partial.is_empty());
+        assert_eq!((framing.state, framing.heads), (State::Head, 1));
+    }
+
+    /// One valid request: no body, a sized body, or a chunked body with chunks of these sizes.
+    fn request(kind: u8, sizes: &[usize]) -> Vec<u8> {
+        let body: Vec<u8> = sizes.iter().flat_map(|n| std::iter::repeat_n(b'x', *n)).collect();
+        match kind % 3 {
+            0 => b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            1 => [format!("PUT /b HTTP/1.1\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(), &body].concat(),
+            _ => {
+                let mut out = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for n in sizes.iter().filter(|n| **n > 0) {
+                    out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    out.extend(std::iter::repeat_n(b'y', *n));
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn valid_streams_split_anywhere_are_followed_to_the_end(
+            requests in proptest::collection::vec((0u8..3, proptest::collection::vec(0usize..40, 0..4)), 1..6),
+            chunk in 1usize..64,
+        ) {
+            let stream: Vec<u8> = requests.iter().flat_map(|(kind, sizes)| request(*kind, sizes)).collect();
+            let mut framing = RequestFraming::new(64 * 1024);
+            for piece in stream.chunks(chunk) {
+                framing.feed(piece);
+            }
+            proptest::prop_assert_eq!(framing.state, State::Head);
+            proptest::prop_assert_eq!(framing.heads, requests.len() as u64);
+            proptest::prop_assert!(framing.partial.is_empty());
+            let verdicts = framing.verdicts();
+            proptest::prop_assert!((0..requests.len()).all(|_| !verdicts.next_is_ambiguous()));
+        }
+    }
+}
