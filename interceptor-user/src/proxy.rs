@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 pub mod access_log;
+mod body_count;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
