@@ -392,6 +392,8 @@ impl Outbound {
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             served.tries += 1;
+            // Only the try that answered has an upstream time; a local reply after it has none.
+            served.upstream_time = None;
             if served.tries > 1 {
                 backoff(retry.backoff, served.tries - 1).await;
             }
