@@ -153,6 +153,7 @@ mod tests {
             request_bytes: 0,
             response_bytes: 1,
             grpc: false,
+            source: None,
         });
         let state = Arc::new(AdminState::new(registry));
         let admin = Admin::bind("127.0.0.1:0".parse().unwrap(), state.clone()).await.unwrap();

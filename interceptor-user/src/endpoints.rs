@@ -8,6 +8,7 @@ mod outlier;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use crate::config::{Diagnostic, Resource, ServiceEntry, Severity, Snapshot, WorkloadEntry};
 
@@ -34,11 +35,13 @@ pub struct Endpoint {
     /// Workload IP.
     pub ip: IpAddr,
     /// Namespace the workload lives in.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Labels subsets select on.
     pub labels: BTreeMap<String, String>,
     /// Port name → port on the workload.
     pub ports: BTreeMap<String, u16>,
+    /// The workload's name, for the `source_workload` metric label.
+    pub workload: Arc<str>,
 }
 
 impl Endpoint {
@@ -129,7 +132,7 @@ impl Registry {
             .workload_entries
             .iter()
             .filter_map(|we| {
-                let endpoint = endpoint(&we.spec, &we.meta.namespace, &we.source, "spec", diagnostics)?;
+                let endpoint = endpoint(&we.spec, &we.meta.namespace, &we.meta.name, &we.source, "spec", diagnostics)?;
                 Some((endpoint, we))
             })
             .collect();
@@ -150,6 +153,10 @@ impl Registry {
     ) {
         let src = &se.source;
         let namespace = &se.meta.namespace;
+        // Istio names an inline endpoint's workload after its ServiceEntry (and a WorkloadEntry's
+        // after the WorkloadEntry: pilot's ambient index, `workloadEntryWorkloadBuilder` and
+        // `serviceEntryWorkloadBuilder`), so that is what `source_workload` reads here too.
+        let workload: Arc<str> = se.meta.name.as_str().into();
         let mut vips = Vec::new();
         for (i, address) in se.spec.addresses.iter().enumerate() {
             match address.parse::<Ipv4Addr>() {
@@ -202,7 +209,7 @@ impl Registry {
             .endpoints
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| endpoint(e, namespace, src, &format!("spec.endpoints[{i}]"), diagnostics))
+            .filter_map(|(i, e)| endpoint(e, namespace, &workload, src, &format!("spec.endpoints[{i}]"), diagnostics))
             .collect();
         if let Some(selector) = &se.spec.workload_selector {
             endpoints.extend(
@@ -269,6 +276,7 @@ fn valid_port(n: u32, field: &str, src: &crate::config::Source, diagnostics: &mu
 fn endpoint(
     spec: &WorkloadEntry,
     namespace: &str,
+    workload: &str,
     src: &crate::config::Source,
     field: &str,
     diagnostics: &mut Vec<Diagnostic>,
@@ -289,7 +297,7 @@ fn endpoint(
         let port = valid_port(*number, &format!("{field}.ports.{name}"), src, diagnostics)?;
         ports.insert(name.clone(), port);
     }
-    Some(Endpoint { ip, namespace: namespace.to_owned(), labels: spec.labels.clone(), ports })
+    Some(Endpoint { ip, namespace: namespace.into(), labels: spec.labels.clone(), ports, workload: workload.into() })
 }
 
 #[cfg(test)]
@@ -321,6 +329,7 @@ mod tests {
             namespace: "default".into(),
             labels: BTreeMap::from([("version".into(), "v1".into())]),
             ports: BTreeMap::new(),
+            workload: "a".into(),
         };
         let plain = Endpoint { ip: "10.0.0.2".parse().unwrap(), ..named.clone() };
         named.ports.insert("http".into(), 9090);
@@ -338,5 +347,35 @@ mod tests {
         );
         let v2 = BTreeMap::from([("version".to_string(), "v2".to_string())]);
         assert!(service.endpoint_addrs(&port, &v2).is_empty());
+    }
+
+    #[test]
+    fn workloads_are_named_after_their_entry_as_istio_does() {
+        let text = "\
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata: {name: billing-vm, namespace: pay}
+spec:
+  address: 10.0.0.5
+  labels: {app: billing}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example.com]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.6}]
+";
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        snapshot.add_file(std::path::Path::new("t.yaml"), text, "default", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let registry = Registry::build(&snapshot, &mut errors);
+        let vm = registry.workload("10.0.0.5".parse().unwrap()).unwrap();
+        assert_eq!((&*vm.workload, &*vm.namespace), ("billing-vm", "pay"));
+        let inline = registry.workload("10.0.0.6".parse().unwrap()).unwrap();
+        assert_eq!((&*inline.workload, &*inline.namespace), ("legacy", "default"));
+        assert!(registry.workload("10.0.0.7".parse().unwrap()).is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! the service it was addressed to, and forwards it to an endpoint of the chosen subset.
 
 pub mod access_log;
+mod body_count;
 mod drain;
 mod framing;
 pub mod grpc;

@@ -47,6 +47,8 @@ pub enum ResponseFlag {
     FI,
     /// Fault injection delayed the request.
     DI,
+    /// The client went away before the whole response was sent.
+    DC,
 }
 
 impl ResponseFlag {
@@ -71,6 +73,7 @@ impl ResponseFlag {
             ResponseFlag::URX => "URX",
             ResponseFlag::FI => "FI",
             ResponseFlag::DI => "DI",
+            ResponseFlag::DC => "DC",
         }
     }
 }

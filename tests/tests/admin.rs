@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{load, node, split, SERVICE, SUBSETS, VIP};
+use common::{load, node, node_with_pods, split, CLIENT, SERVICE, SUBSETS, VIP};
 use testbed::{run_agent_command, Agent, ADMIN};
 
 /// The value of the first sample of `name` whose labels include every `key="value"` in `labels`.
@@ -96,4 +96,71 @@ fn admin_serves_readiness_config_and_istio_metrics_with_kernel_counters() {
     assert!(ok_line.contains("\"GET / HTTP/1.1\" 200 - 0 2 "), "{ok_line}");
     assert!(ok_line.contains(&format!(" {VIP} 10.244.0.10:")), "{ok_line}");
     assert!(ok_line.contains("outbound|80|v1|my-app.default.svc.cluster.local"), "{ok_line}");
+}
+
+/// The client pod declared as a workload, so metrics can name it.
+const CLIENT_ENTRY: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata:
+  name: client-vm
+spec:
+  address: 10.244.0.10
+  labels: {app: client}
+";
+
+#[test]
+fn chunked_responses_count_their_real_bytes_and_time_to_the_last_byte() {
+    const BYTES: usize = 5000;
+    const BODY_MS: u64 = 320;
+    let mut node = node_with_pods().unwrap();
+    // No Content-Length: the body streams chunked, 16 pieces over BODY_MS.
+    let chunked =
+        ["--body-bytes", &BYTES.to_string(), "--body-ms", &BODY_MS.to_string(), "--chunked"].map(str::to_owned);
+    let chunked: Vec<&str> = chunked.iter().map(String::as_str).collect();
+    node.serve_with("v1a", "v1", &chunked).unwrap();
+    node.serve_with("v1b", "v1", &chunked).unwrap();
+    node.serve("v2", "v2").unwrap();
+    let mut agent = Agent::start(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0)), ("client.yaml", CLIENT_ENTRY)],
+        false,
+    )
+    .unwrap();
+
+    let report = load(&node, 3, &[]);
+    assert_eq!(report.count(&format!("v1 {BYTES} bytes")), 3, "{report:?}");
+    // A client that leaves mid-body: what was sent is logged, with Envoy's DC flag.
+    let left = node
+        .raw(CLIENT, &["--target", VIP, "--send", "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n", "--read-ms", "100"])
+        .unwrap();
+    assert!(left.response.starts_with("HTTP/1.1 200"), "{}", left.response);
+    std::thread::sleep(Duration::from_millis(BODY_MS + 200));
+
+    let (status, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert_eq!(status, 200);
+    let ok = [
+        "source_workload=\"client-vm\"",
+        "source_workload_namespace=\"default\"",
+        "destination_version=\"v1\"",
+        "response_code=\"200\"",
+        "response_flags=\"-\"",
+    ];
+    assert_eq!(sample(&text, "istio_requests_total", &ok), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "istio_response_bytes_sum", &ok), Some(3.0 * BYTES as f64), "{text}");
+    // Timed to the last byte, not to the headers (which leave before the first chunk).
+    let took = sample(&text, "istio_request_duration_milliseconds_sum", &ok).unwrap_or_else(|| panic!("{text}"));
+    assert!(took >= 3.0 * (BODY_MS as f64) * 0.9, "{took} ms for 3 requests\n{text}");
+    let dc = ["source_workload=\"client-vm\"", "response_flags=\"DC\""];
+    assert_eq!(sample(&text, "istio_requests_total", &dc), Some(1.0), "{text}");
+    let partial = sample(&text, "istio_response_bytes_sum", &dc).unwrap_or_else(|| panic!("{text}"));
+    assert!(partial < BYTES as f64, "{partial}\n{text}");
+
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let lines: Vec<_> = log.lines().filter(|l| l.contains(" access: [")).collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    let full = lines.iter().filter(|l| l.contains(&format!("\" 200 - 0 {BYTES} "))).count();
+    assert_eq!(full, 3, "{log}");
+    assert!(lines.iter().any(|l| l.contains("\" 200 DC 0 ")), "{log}");
 }

@@ -106,6 +106,12 @@ fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("request_protocol=\"grpc\""))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(calls.contains("destination_version=\"v2\"") && calls.ends_with(" 20"), "{calls}");
+    // Counted once each, data frames only (the trailers are not body): twenty times "v2".
+    let bytes = text
+        .lines()
+        .find(|l| l.starts_with("istio_response_bytes_sum{") && l.contains("request_protocol=\"grpc\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(bytes.ends_with(" 40.0"), "{bytes}");
     // The same client over HTTP/1.1 still works.
     assert_eq!(load(&node, 5, &[]).count("v1"), 5);
 }
@@ -133,4 +139,11 @@ fn an_http_upgrade_is_routed_then_tunnelled() {
     assert!(report.response.starts_with("HTTP/1.1 101 "), "{report:?}");
     assert!(report.response.to_ascii_lowercase().contains("upgrade: websocket"), "{report:?}");
     assert!(report.response.ends_with("\r\n\r\nv2:hello over the tunnel"), "{report:?}");
+    // Observed once, as switched (101), not as a response the client abandoned.
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let upgraded = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"101\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(upgraded.contains("response_flags=\"-\"") && upgraded.ends_with(" 1"), "{upgraded}");
 }

@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderMap, Request, Response, Version};
-use hyper::body::Body;
+use http::{header, HeaderMap, Request, Version};
 
 /// What the access log and metrics need from a request, read before the request is forwarded.
 #[derive(Clone, Debug)]
@@ -27,8 +26,6 @@ pub struct RequestInfo {
     user_agent: Option<String>,
     request_id: Option<String>,
     authority: Option<String>,
-    /// Request body length when the request declares it.
-    pub request_bytes: u64,
     /// A gRPC call (`content-type: application/grpc…`).
     pub grpc: bool,
 }
@@ -39,13 +36,18 @@ impl RequestInfo {
         &self.path
     }
 
+    /// A HEAD request, whose response has no body to send.
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
     /// Host header, else the request target's authority; empty when neither is there.
     pub fn authority(&self) -> &str {
         self.authority.as_deref().unwrap_or("")
     }
 
     /// Reads the logged fields of `req`.
-    pub fn of<B: Body>(req: &Request<B>) -> Self {
+    pub fn of<B>(req: &Request<B>) -> Self {
         let headers = req.headers();
         Self {
             start: SystemTime::now(),
@@ -56,7 +58,6 @@ impl RequestInfo {
             user_agent: text(headers, header::USER_AGENT.as_str()),
             request_id: text(headers, "x-request-id"),
             authority: text(headers, header::HOST.as_str()).or_else(|| req.uri().authority().map(|a| a.to_string())),
-            request_bytes: body_len(headers, req.body().size_hint().exact()),
             grpc: super::grpc::is_grpc(headers),
         }
     }
@@ -69,10 +70,15 @@ pub struct Completion<'a> {
     pub status: u16,
     /// Envoy's response flags, comma-separated (`UF,URX`), `-` when none.
     pub flags: &'a str,
-    /// Response body length when known.
+    /// Request body bytes read from the client (BYTES_RECEIVED).
+    pub request_bytes: u64,
+    /// Response body bytes sent to the client (BYTES_SENT).
     pub response_bytes: u64,
-    /// Time to response headers.
+    /// Time to the end of the response (DURATION).
     pub duration: Duration,
+    /// Time the endpoint took to answer with headers (X-ENVOY-UPSTREAM-SERVICE-TIME); `None` for
+    /// the proxy's own replies.
+    pub upstream_time: Option<Duration>,
     /// Endpoint the request went to.
     pub upstream: Option<SocketAddr>,
     /// Envoy cluster name, `-` when none.
@@ -85,11 +91,6 @@ pub struct Completion<'a> {
     pub client: SocketAddr,
 }
 
-/// Response body length: the exact size hint, else `Content-Length`, else 0.
-pub fn response_len<B: Body>(response: &Response<B>) -> u64 {
-    body_len(response.headers(), response.body().size_hint().exact())
-}
-
 /// Formats the line.
 pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
     let mut line = String::with_capacity(256);
@@ -99,15 +100,16 @@ pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         line,
-        "[{start}] \"{} {} {}\" {} {} {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
+        "[{start}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
         req.method,
         req.path,
         req.protocol,
         done.status,
         done.flags,
-        req.request_bytes,
+        done.request_bytes,
         done.response_bytes,
         done.duration.as_millis(),
+        opt(done.upstream_time.map(|t| t.as_millis().to_string())),
         dash(&req.forwarded_for),
         dash(&req.user_agent),
         dash(&req.request_id),
@@ -140,12 +142,6 @@ fn text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn body_len(headers: &HeaderMap, exact: Option<u64>) -> u64 {
-    exact
-        .or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,8 +158,10 @@ mod tests {
         let done = Completion {
             status: 200,
             flags: "-",
+            request_bytes: 0,
             response_bytes: 2,
             duration: Duration::from_millis(4),
+            upstream_time: Some(Duration::from_millis(3)),
             upstream: Some("10.244.0.11:8080".parse().unwrap()),
             cluster: "outbound|80|v1|my-app.default.svc.cluster.local",
             route: "default/my-app-vs#0",
@@ -172,13 +170,14 @@ mod tests {
         };
         assert_eq!(
             format(&info, &done),
-            "[2023-11-14T22:13:20.123Z] \"GET /api/users?id=1 HTTP/1.1\" 200 - 0 2 4 - \"-\" \"curl/8\" \"-\" \
+            "[2023-11-14T22:13:20.123Z] \"GET /api/users?id=1 HTTP/1.1\" 200 - 0 2 4 3 \"-\" \"curl/8\" \"-\" \
              \"my-app.default.svc.cluster.local\" \"10.244.0.11:8080\" \
              outbound|80|v1|my-app.default.svc.cluster.local - 10.96.0.10:80 10.244.0.10:40000 - default/my-app-vs#0"
         );
-        let local = Completion { status: 503, flags: "UH", upstream: None, original: None, ..done };
+        let local =
+            Completion { status: 503, flags: "UH", upstream: None, upstream_time: None, original: None, ..done };
         let line = format(&info, &local);
-        assert!(line.contains("\" 503 UH 0 2 4 - "), "{line}");
+        assert!(line.contains("\" 503 UH 0 2 4 - \""), "{line}");
         assert!(line.contains("\"-\" outbound"), "{line}");
     }
 }

@@ -2,9 +2,10 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`), so
 //! dashboards and alerts written for Istio read them unchanged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,14 +21,34 @@ const DURATION_BUCKETS_MS: [f64; 19] = [
 /// Label value for facts the proxy does not know (Istio prints `unknown` too).
 const UNKNOWN: &str = "unknown";
 
+/// The client's workload, when the route table knows its address (a ServiceEntry endpoint or a
+/// WorkloadEntry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceWorkload {
+    /// Workload name, as Istio's `source_workload`.
+    pub name: Arc<str>,
+    /// Its namespace.
+    pub namespace: Arc<str>,
+}
+
+/// A label value shared with the route table rather than copied per request; `unknown` when absent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct SharedLabel(Option<Arc<str>>);
+
+impl EncodeLabelValue for SharedLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0.as_deref().unwrap_or(UNKNOWN), encoder)
+    }
+}
+
 /// Labels of every request metric, as Istio names them. The proxy sees traffic on the client's
-/// side of the hop, so `reporter` is `source`; who the client workload is is not known without a
-/// cluster, hence `unknown` there.
+/// side of the hop, so `reporter` is `source`; the client workload is known only when its address
+/// is a declared endpoint, else `unknown`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     reporter: &'static str,
-    source_workload: &'static str,
-    source_workload_namespace: &'static str,
+    source_workload: SharedLabel,
+    source_workload_namespace: SharedLabel,
     destination_service: String,
     destination_service_name: String,
     destination_service_namespace: String,
@@ -52,14 +73,16 @@ pub struct RequestOutcome<'a> {
     pub flags: &'a str,
     /// Status sent downstream.
     pub status: u16,
-    /// Time from request start to response headers.
+    /// Time from request start to the end of the response body.
     pub duration: Duration,
-    /// Request body bytes (known length; 0 when unknown).
+    /// Request body bytes the proxy read.
     pub request_bytes: u64,
-    /// Response body bytes (known length; 0 when unknown).
+    /// Response body bytes the proxy sent.
     pub response_bytes: u64,
     /// A gRPC call: `request_protocol="grpc"`.
     pub grpc: bool,
+    /// The client's workload, when known.
+    pub source: Option<&'a SourceWorkload>,
 }
 
 /// Labels of the TCP metrics (opaque connections).
@@ -108,7 +131,7 @@ impl ProxyMetrics {
         registry.register("istio_requests", "Requests handled by the proxy", this.requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
-            "Time from request start to response headers, in milliseconds",
+            "Time from request start to the end of the response, in milliseconds",
             this.duration.clone(),
         );
         registry.register("istio_request_bytes", "Request body sizes", this.request_bytes.clone());
@@ -207,8 +230,8 @@ fn labels(outcome: &RequestOutcome<'_>) -> RequestLabels {
     let (name, namespace) = split_service(service);
     RequestLabels {
         reporter: "source",
-        source_workload: UNKNOWN,
-        source_workload_namespace: UNKNOWN,
+        source_workload: SharedLabel(outcome.source.map(|s| s.name.clone())),
+        source_workload_namespace: SharedLabel(outcome.source.map(|s| s.namespace.clone())),
         destination_service: service.to_owned(),
         destination_service_name: name.to_owned(),
         destination_service_namespace: namespace.to_owned(),
@@ -272,16 +295,24 @@ mod tests {
             request_bytes: 0,
             response_bytes: 2,
             grpc: false,
+            source: None,
         };
         metrics.record(&outcome);
         metrics.record(&outcome);
         metrics.record(&RequestOutcome { cluster: "-", flags: "NC", status: 503, ..outcome });
+        let client = SourceWorkload { name: "billing-vm".into(), namespace: "pay".into() };
+        metrics.record(&RequestOutcome { source: Some(&client), response_bytes: 5000, ..outcome });
         let text = scrape(&registry);
         let ok = text
             .lines()
-            .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("response_code=\"200\"")
+                    && l.contains("source_workload=\"unknown\"")
+            })
             .unwrap_or_else(|| panic!("{text}"));
         assert!(ok.contains("reporter=\"source\""), "{ok}");
+        assert!(ok.contains("source_workload=\"unknown\",source_workload_namespace=\"unknown\""), "{ok}");
         assert!(ok.contains("destination_service=\"my-app.default.svc.cluster.local\""), "{ok}");
         assert!(ok.contains("destination_version=\"v1\""), "{ok}");
         assert!(ok.contains("response_flags=\"-\""), "{ok}");
@@ -289,5 +320,11 @@ mod tests {
         assert!(text.contains("response_flags=\"NC\""), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
         assert!(text.contains("istio_response_bytes_sum{"), "{text}");
+        let known = text
+            .lines()
+            .find(|l| l.starts_with("istio_response_bytes_sum{") && l.contains("source_workload=\"billing-vm\""))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(known.contains("source_workload_namespace=\"pay\""), "{known}");
+        assert!(known.ends_with(" 5000.0"), "{known}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use hyper::body::{Body, Incoming};
 use rand::Rng;
 use tracing::debug;
 
+use super::access_log::RequestInfo;
+use super::body_count::{Counted, Ended, Tally};
+use super::metrics::SourceWorkload;
 use super::upstream::UpstreamBody;
 use super::ProxyInputs;
 use crate::endpoints::{Outcome, PickContext, Policy};
@@ -65,6 +69,32 @@ pub struct Served {
     pub tries: u32,
     /// Response flags.
     pub flags: Vec<ResponseFlag>,
+    /// Time the endpoint took to answer the last try with headers.
+    pub upstream_time: Option<Duration>,
+    /// Request body bytes read so far.
+    received: Received,
+}
+
+/// How many request body bytes the proxy read.
+#[derive(Default)]
+enum Received {
+    /// Not read: the proxy answered before forwarding.
+    #[default]
+    Nothing,
+    /// Read whole, to replay.
+    Buffered(u64),
+    /// Streaming upstream: counted as the upstream client pulls it, possibly from another task.
+    Streaming(Arc<AtomicU64>),
+}
+
+impl Received {
+    fn bytes(&self) -> u64 {
+        match self {
+            Received::Nothing => 0,
+            Received::Buffered(n) => *n,
+            Received::Streaming(count) => count.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Served {
@@ -79,14 +109,23 @@ impl Served {
 /// The request body, replayable when small.
 enum RequestBody {
     Buffered(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<Counted<Incoming, Arc<AtomicU64>>>),
 }
 
 impl RequestBody {
-    async fn read(body: Incoming) -> Result<Self, hyper::Error> {
+    /// Buffers or wraps `body`, so `served` learns the bytes it carries.
+    async fn read(body: Incoming, served: &mut Served) -> Result<Self, hyper::Error> {
         match body.size_hint().exact() {
-            Some(n) if n <= REPLAY_BUFFER_LIMIT => Ok(RequestBody::Buffered(body.collect().await?.to_bytes())),
-            _ => Ok(RequestBody::Stream(Some(body))),
+            Some(n) if n <= REPLAY_BUFFER_LIMIT => {
+                let bytes = body.collect().await?.to_bytes();
+                served.received = Received::Buffered(bytes.len() as u64);
+                Ok(RequestBody::Buffered(bytes))
+            }
+            _ => {
+                let count = Arc::new(AtomicU64::new(0));
+                served.received = Received::Streaming(count.clone());
+                Ok(RequestBody::Stream(Some(Counted::new(body, count))))
+            }
         }
     }
 
@@ -119,16 +158,23 @@ impl Outbound {
     }
 
     /// Routes one request and carries out its rule. Never fails: errors become Envoy-style local replies.
+    ///
+    /// The request is logged and counted when its response body ends (or is dropped), as Envoy does.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let seen = super::access_log::RequestInfo::of(&req);
+        let seen = RequestInfo::of(&req);
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
         let mut served = Served::default();
         // The access-log record already copied authority and path: route with those.
         let response = self.dispatch(&table, req, seen.authority(), seen.path(), &mut served).await;
-        self.observe(&seen, &served, &response, started.elapsed());
-        Ok(response)
+        let source = table
+            .registry()
+            .workload(self.client.ip())
+            .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
+        let finish =
+            Finish { status: response.status(), outbound: self, seen, served, started, source, response_bytes: 0 };
+        Ok(response.map(|body| Counted::new(body, finish).boxed()))
     }
 
     async fn dispatch(
@@ -295,7 +341,7 @@ impl Outbound {
             head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
 
-        let mut body = match RequestBody::read(body).await {
+        let mut body = match RequestBody::read(body, served).await {
             Ok(body) => body,
             Err(err) => {
                 debug!(%err, "downstream body failed");
@@ -346,6 +392,8 @@ impl Outbound {
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             served.tries += 1;
+            // Only the try that answered has an upstream time; a local reply after it has none.
+            served.upstream_time = None;
             if served.tries > 1 {
                 backoff(retry.backoff, served.tries - 1).await;
             }
@@ -376,6 +424,7 @@ impl Outbound {
                 Ok(r) => r,
                 Err(err) => return reply(StatusCode::BAD_REQUEST, &format!("bad request target: {err}"), None),
             };
+            let sent_at = Instant::now();
             let sent = client.request(request);
             let result = match retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
@@ -383,6 +432,7 @@ impl Outbound {
             };
             match result {
                 Ok(Ok(mut response)) => {
+                    served.upstream_time = Some(sent_at.elapsed());
                     let status = response.status().as_u16();
                     cluster.balancer.record(endpoint, Outcome::Status(status));
                     let grpc = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
@@ -553,38 +603,66 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-impl Outbound {
-    /// Access log line and Istio metrics for one finished request.
-    fn observe(
-        &self,
-        seen: &super::access_log::RequestInfo,
-        served: &Served,
-        response: &Response<ProxyBody>,
-        took: std::time::Duration,
-    ) {
-        use super::access_log::{emit, response_len, Completion};
+/// Everything the one observation of a request needs, owned by its response body until it ends.
+struct Finish {
+    outbound: Arc<Outbound>,
+    seen: RequestInfo,
+    served: Served,
+    status: StatusCode,
+    started: Instant,
+    source: Option<SourceWorkload>,
+    response_bytes: u64,
+}
+
+impl Finish {
+    /// Whether the response carries no body whatever its headers say (RFC 9110 §6.4.1), so hyper
+    /// may drop it unread without the client having missed anything.
+    fn bodiless(&self) -> bool {
+        self.seen.is_head()
+            || self.status.is_informational()
+            || self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+    }
+}
+
+impl Tally for Finish {
+    fn add(&mut self, n: u64) {
+        self.response_bytes += n;
+    }
+
+    /// Access log line and Istio metrics for the finished request.
+    fn end(&mut self, ended: Ended) {
+        use super::access_log::{emit, Completion};
+        if ended == Ended::Dropped && !self.bodiless() {
+            self.served.flags.push(ResponseFlag::DC);
+        }
+        let took = self.started.elapsed();
+        let served = &self.served;
         let flags = served.flags();
         let done = Completion {
-            status: response.status().as_u16(),
+            status: self.status.as_u16(),
             flags: &flags,
-            response_bytes: response_len(response),
+            request_bytes: served.received.bytes(),
+            response_bytes: self.response_bytes,
             duration: took,
+            upstream_time: served.upstream_time,
             upstream: served.endpoint,
             cluster: or_dash(&served.cluster),
             route: or_dash(&served.rule),
-            original: self.original,
-            client: self.client,
+            original: self.outbound.original,
+            client: self.outbound.client,
         };
-        emit(seen, &done);
-        self.inputs.metrics.record(&super::metrics::RequestOutcome {
+        emit(&self.seen, &done);
+        self.outbound.inputs.metrics.record(&super::metrics::RequestOutcome {
             service: or_dash(&served.service),
             cluster: or_dash(&served.cluster),
             flags: &flags,
             status: done.status,
             duration: took,
-            request_bytes: seen.request_bytes,
+            request_bytes: done.request_bytes,
             response_bytes: done.response_bytes,
-            grpc: seen.grpc,
+            grpc: self.seen.grpc,
+            source: self.source.as_ref(),
         });
     }
 }

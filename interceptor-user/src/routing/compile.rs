@@ -888,7 +888,8 @@ impl L4Match {
         }
         if !self.source_labels.is_empty() || self.source_namespace.is_some() {
             let Some(w) = registry.workload(source.ip()) else { return false };
-            if !w.has_labels(&self.source_labels) || self.source_namespace.as_ref().is_some_and(|ns| ns != &w.namespace)
+            if !w.has_labels(&self.source_labels)
+                || self.source_namespace.as_ref().is_some_and(|ns| **ns != *w.namespace)
             {
                 return false;
             }

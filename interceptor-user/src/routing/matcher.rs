@@ -276,7 +276,7 @@ impl MatchBlock {
             if !workload.has_labels(&self.source_labels) {
                 return Some(Mismatch::SourceLabels);
             }
-            if self.source_namespace.as_ref().is_some_and(|ns| ns != &workload.namespace) {
+            if self.source_namespace.as_ref().is_some_and(|ns| **ns != *workload.namespace) {
                 return Some(Mismatch::SourceNamespace);
             }
         }

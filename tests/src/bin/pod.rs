@@ -47,6 +47,9 @@ enum Command {
         /// How long streaming a `--body-bytes` answer takes, in milliseconds.
         #[arg(long, default_value_t = 0)]
         body_ms: u64,
+        /// Send the `--body-bytes` answer without a Content-Length (chunked over HTTP/1.1).
+        #[arg(long)]
+        chunked: bool,
         /// Pad the body to this many bytes: the name, a newline, then filler (benchmarks).
         #[arg(long)]
         size: Option<usize>,
@@ -238,12 +241,13 @@ struct Mode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, size } => {
+        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, chunked, size } => {
             let options = ServeOptions {
                 status: hyper::StatusCode::from_u16(status)?,
                 delay: Duration::from_millis(delay_ms),
                 body_bytes,
                 body_time: Duration::from_millis(body_ms),
+                chunked,
                 size,
             };
             serve(listen, name, options).await
@@ -323,6 +327,7 @@ struct ServeOptions {
     delay: Duration,
     body_bytes: Option<usize>,
     body_time: Duration,
+    chunked: bool,
     size: Option<usize>,
 }
 
@@ -421,7 +426,9 @@ async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Resul
                             }
                         });
                         let mut response = Response::new(Either::Right(channel));
-                        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, len.into());
+                        if !options.chunked {
+                            response.headers_mut().insert(hyper::header::CONTENT_LENGTH, len.into());
+                        }
                         response
                     };
                     *response.status_mut() = options.status;
