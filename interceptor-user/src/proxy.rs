@@ -6,6 +6,7 @@ mod body_count;
 mod drain;
 mod framing;
 pub mod grpc;
+mod http1;
 pub mod limits;
 pub mod metrics;
 mod outbound;
@@ -34,60 +35,16 @@ pub use upstream::{client as upstream_client, UpstreamClient};
 async fn serve_http2(
     inputs: ProxyInputs,
     http2: &hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
-    watch: drain::Watch,
+    mut watch: drain::Watch,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
     original: Option<SocketAddrV4>,
 ) {
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-    let conn = http2.serve_connection(TokioIo::new(stream), service);
+    let conn = std::pin::pin!(http2.serve_connection(TokioIo::new(stream), service));
     if let Err(err) = watch.run(conn, |conn| conn.graceful_shutdown()).await {
         debug!(%err, "downstream HTTP/2 connection ended with an error");
-    }
-}
-
-/// Serves HTTP/1 on one downstream connection until it ends (or the drain closes it).
-async fn serve_http(
-    inputs: ProxyInputs,
-    http1: &hyper::server::conn::http1::Builder,
-    watch: drain::Watch,
-    stream: tokio::net::TcpStream,
-    client: SocketAddr,
-    original: Option<SocketAddrV4>,
-) {
-    // hyper would close the socket when it gives up on a slow request head; sharing it lets us
-    // still answer 408.
-    let (stream, spare) = shared_io::SharedStream::new(stream);
-    let framing = framing::RequestFraming::new(inputs.limits.max_header_bytes);
-    let verdicts = framing.verdicts();
-    let stream = framing::Watched::new(stream, framing);
-    let metrics = inputs.metrics.clone();
-    let outbound = Arc::new(Outbound::new(inputs, client, original));
-    let service_metrics = metrics.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let ambiguous = verdicts.next_is_ambiguous();
-        let (outbound, metrics) = (outbound.clone(), service_metrics.clone());
-        // Boxed: hyper keeps room for the service future for the whole connection, and an idle
-        // keep-alive connection should not pay for a request it is not serving.
-        Box::pin(async move {
-            if ambiguous {
-                debug!("request with both Content-Length and Transfer-Encoding; answering 400");
-                metrics.rejected(metrics::REJECT_AMBIGUOUS_LENGTH);
-                return Ok(limits::ambiguous_length());
-            }
-            outbound.handle(req).await
-        })
-    });
-    let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
-    match watch.run(conn, |conn| conn.graceful_shutdown()).await {
-        Ok(()) => {}
-        Err(err) if err.is_timeout() => {
-            debug!("request head not received in time; answering 408");
-            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-            limits::request_timeout(spare).await;
-        }
-        Err(err) => debug!(%err, "downstream connection ended with an error"),
     }
 }
 
@@ -216,7 +173,7 @@ impl Proxy {
                         drop(table);
                         return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
                     }
-                    serve_http(inputs, &http1, watch, stream, client, original).await;
+                    http1::serve(inputs, &http1, watch, stream, client, original).await;
                 }
                 .instrument(span),
             );

@@ -147,3 +147,31 @@ fn an_http_upgrade_is_routed_then_tunnelled() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(upgraded.contains("response_flags=\"-\"") && upgraded.ends_with(" 1"), "{upgraded}");
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_an_unread_body_is_never_parsed() {
+    let node = common::node().unwrap();
+    // Paths outside /api get a local 404, which never reads the request body.
+    let vs = split(100, 0).replace("  - route:\n", "  - match:\n    - uri:\n        prefix: /api\n    route:\n");
+    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    let raw = |send: &str| node.raw(CLIENT, &["--target", common::VIP, "--send", send, "--read-ms", "1000"]).unwrap();
+
+    // Three requests in one write: three answers, in order, and the connection stays open.
+    let report = raw("GET /api/a HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n\
+         GET /api/b HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n\
+         GET /api/c HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n");
+    let paths: Vec<&str> = report.response.lines().filter_map(|l| l.strip_prefix("x-seen-path: ")).collect();
+    assert_eq!(paths, ["/api/a", "/api/b", "/api/c"], "{report:?}");
+    assert_eq!(report.response.matches("HTTP/1.1 200 ").count(), 3, "{report:?}");
+    assert!(!report.response.to_ascii_lowercase().contains("connection: close"), "{report:?}");
+    assert!(!report.closed, "{report:?}");
+
+    // A body the proxy answers without reading, shaped like a request: never served as one.
+    let report = raw("POST /web HTTP/1.1\\r\\nHost: my-app\\r\\nContent-Length: 44\\r\\n\\r\\n\
+         GET /api/smuggled HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n\
+         GET /api/after HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n");
+    assert!(report.response.starts_with("HTTP/1.1 404 "), "{report:?}");
+    assert!(!report.response.contains("/api/smuggled"), "{report:?}");
+    // Either the request after the body is served, or the connection closes: nothing else.
+    assert!(report.response.contains("x-seen-path: /api/after") || report.closed, "{report:?}");
+}

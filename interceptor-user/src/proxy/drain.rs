@@ -6,7 +6,7 @@
 //! a 16 KiB read buffer per connection: it reads the protocol preface we have already sniffed).
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 
 use tokio::sync::watch;
 
@@ -38,19 +38,31 @@ impl Drain {
 impl Watch {
     /// Runs `conn` to its end; when the drain starts, calls `graceful` on it once (hyper then
     /// finishes the request in flight and closes) and keeps running it.
-    pub async fn run<C, F>(mut self, conn: C, graceful: F) -> C::Output
+    pub async fn run<C, F>(&mut self, mut conn: Pin<&mut C>, graceful: F) -> C::Output
     where
-        C: Future,
-        F: FnOnce(std::pin::Pin<&mut C>),
+        C: Future + ?Sized,
+        F: FnOnce(Pin<&mut C>),
     {
-        let mut conn = pin!(conn);
-        tokio::select! {
-            out = conn.as_mut() => return out,
-            // An error means the proxy is gone: drain too.
-            _ = self.0.wait_for(|draining| *draining) => {}
+        if !self.is_draining() {
+            tokio::select! {
+                out = conn.as_mut() => return out,
+                () = self.draining() => {}
+            }
         }
         graceful(conn.as_mut());
         conn.await
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        // A dropped sender means the proxy is gone: drain too.
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
+    /// Resolves once the drain starts.
+    pub async fn draining(&mut self) {
+        // An error means the proxy is gone: drain too.
+        let _ = self.0.wait_for(|draining| *draining).await;
     }
 }
 
@@ -64,7 +76,7 @@ mod tests {
     async fn drain_waits_for_connections_and_tells_them_once() {
         let drain = Drain::new();
         let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let watch = drain.watch();
+        let mut watch = drain.watch();
         let seen = told.clone();
         let conn = tokio::spawn(async move {
             // A connection that ends 50 ms after being told to drain.
@@ -76,7 +88,7 @@ mod tests {
                 "done"
             };
             watch
-                .run(conn, |_| {
+                .run(std::pin::pin!(conn), |_| {
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if let Some(tx) = stop_tx.take() {
                         let _ = tx.send(());

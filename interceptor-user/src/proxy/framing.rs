@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,6 +17,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
 const MAX_HEADERS: usize = 128;
+/// Requests whose end the watcher remembers (more are in flight only with deep pipelining).
+const REMEMBERED: usize = 8;
+
+/// Where a request ended in the byte stream, and whether its client wants the connection kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestEnd {
+    /// 1-based request number.
+    request: u64,
+    /// Stream offset just past the request's last byte.
+    pub offset: u64,
+    /// HTTP/1.1 without `Connection: close`.
+    pub keep_alive: bool,
+}
 
 /// What the watcher found, shared with the connection's service.
 #[derive(Debug, Default)]
@@ -25,6 +38,10 @@ pub struct Verdicts {
     ambiguous: AtomicU64,
     /// Requests the service has been handed so far.
     served: AtomicU64,
+    /// Requests the service has answered so far.
+    answered: AtomicU64,
+    /// The connection switched protocols (a 101 went out): its bytes are no longer requests.
+    switched: AtomicBool,
 }
 
 impl Verdicts {
@@ -34,6 +51,31 @@ impl Verdicts {
         // beyond what the task's own polling gives.
         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         n == self.ambiguous.load(Ordering::Relaxed)
+    }
+
+    /// Requests the service has been handed so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Records that the service answered one more request.
+    pub fn responded(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests the service has answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Records that the connection switched protocols.
+    pub fn switch_protocols(&self) {
+        self.switched.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection switched protocols.
+    pub fn switched(&self) -> bool {
+        self.switched.load(Ordering::Relaxed)
     }
 }
 
@@ -64,6 +106,14 @@ pub struct RequestFraming {
     partial: Vec<u8>,
     /// Heads seen so far.
     heads: u64,
+    /// Bytes accounted for so far (all fed bytes but `partial`).
+    consumed: u64,
+    /// Whether the client of the request being read wants the connection kept.
+    keep_alive: bool,
+    /// A head was read and its request has not ended yet.
+    awaiting_end: bool,
+    /// Ends of the latest requests, by request number modulo [`REMEMBERED`].
+    ends: [RequestEnd; REMEMBERED],
     /// Longest head the watcher buffers (hyper refuses longer ones with 431).
     max_head_bytes: usize,
     verdicts: Arc<Verdicts>,
@@ -85,6 +135,10 @@ impl RequestFraming {
             state: State::Head,
             partial: Vec::new(),
             heads: 0,
+            consumed: 0,
+            keep_alive: false,
+            awaiting_end: false,
+            ends: [RequestEnd::default(); REMEMBERED],
             max_head_bytes,
             verdicts: Arc::new(Verdicts::default()),
         }
@@ -93,6 +147,12 @@ impl RequestFraming {
     /// The verdicts, for the connection's service.
     pub fn verdicts(&self) -> Arc<Verdicts> {
         self.verdicts.clone()
+    }
+
+    /// Where request `n` (1-based) ended, if it has and the watcher still remembers.
+    pub fn request_end(&self, n: u64) -> Option<RequestEnd> {
+        let end = self.ends[(n % REMEMBERED as u64) as usize];
+        (n > 0 && end.request == n).then_some(end)
     }
 
     /// Follows the next bytes the client sent.
@@ -112,7 +172,16 @@ impl RequestFraming {
     fn consume(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.step(bytes) {
-                Step::Consumed(n) => bytes = &bytes[n..],
+                Step::Consumed(n) => {
+                    bytes = &bytes[n..];
+                    self.consumed += n as u64;
+                    if self.state == State::Head && self.awaiting_end {
+                        self.awaiting_end = false;
+                        let end =
+                            RequestEnd { request: self.heads, offset: self.consumed, keep_alive: self.keep_alive };
+                        self.ends[(self.heads % REMEMBERED as u64) as usize] = end;
+                    }
+                }
                 Step::NeedMore if bytes.len() <= self.max_head_bytes => {
                     self.partial.extend_from_slice(bytes);
                     return;
@@ -188,7 +257,10 @@ impl RequestFraming {
             Err(_) => return Step::Stop,
         };
         self.heads += 1;
+        self.awaiting_end = true;
         let framing = Framing::of(&req);
+        // HTTP/1.0 keeps a connection only when it asks to.
+        self.keep_alive = if req.version == Some(1) { !framing.close } else { framing.keep_alive };
         if framing.content_length.is_some() && framing.transfer_encoding {
             let _ = self.verdicts.ambiguous.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
             // hyper closes the connection after this request: nothing later needs judging.
@@ -215,6 +287,10 @@ struct Framing {
     transfer_encoding: bool,
     /// An upgrade or CONNECT: what follows may not be HTTP.
     switches_protocol: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
 }
 
 impl Framing {
@@ -223,6 +299,8 @@ impl Framing {
             content_length: None,
             transfer_encoding: false,
             switches_protocol: req.method == Some("CONNECT"),
+            close: false,
+            keep_alive: false,
         };
         for header in req.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
@@ -233,6 +311,11 @@ impl Framing {
                 framing.transfer_encoding = true;
             } else if header.name.eq_ignore_ascii_case("upgrade") {
                 framing.switches_protocol = true;
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                for token in header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    framing.close |= token.eq_ignore_ascii_case(b"close");
+                    framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
         }
         framing
@@ -248,6 +331,11 @@ pub struct Watched<S> {
 impl<S> Watched<S> {
     pub fn new(inner: S, framing: RequestFraming) -> Self {
         Self { inner, framing }
+    }
+
+    /// The watcher.
+    pub fn framing(&self) -> &RequestFraming {
+        &self.framing
     }
 }
 

@@ -1,0 +1,278 @@
+//! HTTP/1 on one downstream connection, one short-lived hyper connection per request. Between
+//! requests only the socket is kept ("parked"): an idle keep-alive connection then costs about a
+//! kilobyte instead of the 16 KiB of read and write buffers a hyper connection holds while idle.
+//!
+//! hyper serves each request with keep-alive off, which only means it stops after one response
+//! (it adds no `Connection: close` to HTTP/1.1 responses); the framing watcher then says whether
+//! hyper stopped exactly at the end of a request the client wants to keep going. Anything else —
+//! an unread request body, `Connection: close`, HTTP/1.0, a watcher that gave up — closes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::drain::Watch;
+use super::framing::{RequestFraming, Verdicts, Watched};
+use super::outbound::ProxyBody;
+use super::shared_io::SharedStream;
+use super::{limits, metrics, Outbound, ProxyInputs};
+
+/// Serves HTTP/1 on `stream` until the client leaves, asks to close, idles past the header read
+/// timeout (408), or the drain ends it.
+pub async fn serve(
+    inputs: ProxyInputs,
+    http1: &hyper::server::conn::http1::Builder,
+    mut watch: Watch,
+    stream: TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddrV4>,
+) {
+    // hyper would close the socket when it gives up on a slow request head; sharing it lets us
+    // still answer 408, and wait for the next request while no hyper connection exists.
+    let (stream, spare) = SharedStream::new(stream);
+    let framing = RequestFraming::new(inputs.limits.max_header_bytes);
+    let verdicts = framing.verdicts();
+    let metrics = inputs.metrics.clone();
+    let idle_timeout = inputs.limits.header_read_timeout;
+    let outbound = Arc::new(Outbound::new(inputs, client, original));
+    let mut service = service(outbound, verdicts.clone(), metrics.clone());
+    let mut io = RequestIo {
+        inner: Watched::new(stream, framing),
+        request: 1,
+        delivered: 0,
+        pipelined: Bytes::new(),
+        verdicts: verdicts.clone(),
+    };
+    loop {
+        let served_before = verdicts.served();
+        io.request = served_before + 1;
+        // Boxed, so that a parked connection's task does not keep room for it.
+        let mut conn = Box::new(http1.serve_connection(TokioIo::new(io), service).with_upgrades());
+        let mut one = OneRequest {
+            conn: &mut *conn,
+            stop: |conn| conn.graceful_shutdown(),
+            verdicts: &verdicts,
+            served_before,
+            stopping: false,
+        };
+        match watch.run(Pin::new(&mut one), OneRequest::stop).await {
+            Ok(()) => {}
+            Err(err) if err.is_timeout() => {
+                debug!("request head not received in time; answering 408");
+                metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+                return limits::request_timeout(spare).await;
+            }
+            Err(err) => {
+                debug!(%err, "downstream connection ended with an error");
+                return;
+            }
+        }
+        // None: upgraded; the tunnel owns the socket now.
+        let Some(parts) = (*conn).into_parts() else { return };
+        // Anything hyper read and did not use means it stopped inside the request.
+        let stopped_inside = !parts.read_buf.is_empty();
+        // Now, not at the end of the loop: even empty, it holds hyper's whole read buffer.
+        drop(parts.read_buf);
+        (io, service) = (parts.io.into_inner(), parts.service);
+        if watch.is_draining() || stopped_inside || !io.request_done(verdicts.served()) {
+            return;
+        }
+        if !io.pipelined.is_empty() {
+            continue;
+        }
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            peeked = spare.peek(&mut byte) => match peeked {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = watch.draining() => return,
+            () = tokio::time::sleep(idle_timeout) => {
+                debug!("no next request in time; answering 408");
+                metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+                return limits::request_timeout(spare).await;
+            }
+        }
+    }
+}
+
+/// What the per-request service's future is: boxed, since hyper keeps room for it.
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+/// The per-request service: refuses what the framing watcher judged ambiguous, routes the rest.
+fn service(
+    outbound: Arc<Outbound>,
+    verdicts: Arc<Verdicts>,
+    metrics: Arc<metrics::ProxyMetrics>,
+) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future = ServiceFuture> + Send
+{
+    hyper::service::service_fn(move |req| {
+        let ambiguous = verdicts.next_is_ambiguous();
+        let (outbound, verdicts, metrics) = (outbound.clone(), verdicts.clone(), metrics.clone());
+        Box::pin(async move {
+            if ambiguous {
+                debug!("request with both Content-Length and Transfer-Encoding; answering 400");
+                metrics.rejected(metrics::REJECT_AMBIGUOUS_LENGTH);
+                verdicts.responded();
+                return Ok(limits::ambiguous_length());
+            }
+            let response = outbound.handle(req).await?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                verdicts.switch_protocols();
+            }
+            verdicts.responded();
+            Ok(response)
+        }) as ServiceFuture
+    })
+}
+
+/// One hyper connection until it has answered one request: once the response head is out, hyper
+/// is told to stop after the response (were it told before, it would add `Connection: close`).
+struct OneRequest<'a, C> {
+    conn: &'a mut C,
+    stop: fn(Pin<&mut C>),
+    verdicts: &'a Verdicts,
+    /// Requests answered before this connection started.
+    served_before: u64,
+    stopping: bool,
+}
+
+impl<C: Unpin> OneRequest<'_, C> {
+    /// Lets the request in flight finish, then ends the connection (also what the drain does).
+    fn stop(mut self: Pin<&mut Self>) {
+        if !self.stopping {
+            self.stopping = true;
+            (self.stop)(Pin::new(&mut *self.conn));
+        }
+    }
+}
+
+impl<C: Future + Unpin> Future for OneRequest<'_, C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let polled = Pin::new(&mut *self.conn).poll(cx);
+        // hyper writes the head in the same poll in which the service answers; from here on,
+        // stopping it no longer changes the head.
+        if polled.is_pending() && !self.stopping && self.verdicts.answered() > self.served_before {
+            self.as_mut().stop();
+            // hyper may be idle already, waiting to read the next request: poll it once more.
+            cx.waker().wake_by_ref();
+        }
+        polled
+    }
+}
+
+/// The downstream stream as one hyper connection sees it: the bytes of one request and no more
+/// (so hyper cannot start the next one, whose response head would say `Connection: close`), and a
+/// shutdown that waits for the serve loop's decision.
+struct RequestIo {
+    inner: Watched<SharedStream>,
+    /// 1-based number of the request this hyper connection serves.
+    request: u64,
+    /// Stream offset of the next byte to hand to hyper.
+    delivered: u64,
+    /// Bytes read past the end of the request, for the next hyper connection.
+    pipelined: Bytes,
+    verdicts: Arc<Verdicts>,
+}
+
+impl RequestIo {
+    /// Where this connection's request ends, once the watcher knows (never after a 101).
+    fn limit(&self) -> Option<u64> {
+        if self.verdicts.switched() {
+            return None;
+        }
+        self.inner.framing().request_end(self.request).map(|end| end.offset)
+    }
+
+    /// Whether hyper served exactly this connection's request, read all of it, and the client
+    /// keeps the connection.
+    fn request_done(&self, served: u64) -> bool {
+        served == self.request
+            && self
+                .inner
+                .framing()
+                .request_end(served)
+                .is_some_and(|end| end.keep_alive && end.offset == self.delivered)
+    }
+}
+
+impl AsyncRead for RequestIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let left = this.limit().map(|limit| limit.saturating_sub(this.delivered));
+        if left == Some(0) {
+            // The request is all hyper's; once it has answered, the serve loop stops it.
+            return Poll::Pending;
+        }
+        if !this.pipelined.is_empty() {
+            let mut n = this.pipelined.len().min(buf.remaining());
+            if let Some(left) = left {
+                n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+            }
+            buf.put_slice(&this.pipelined[..n]);
+            this.pipelined.advance(n);
+            this.delivered += n as u64;
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        // The watcher has seen the new bytes: the request's end may be known now, and it lies
+        // past `delivered` (had all of the request been delivered, its end was known before).
+        if let Some(limit) = this.limit() {
+            let allowed = usize::try_from(limit.saturating_sub(this.delivered)).unwrap_or(usize::MAX);
+            if buf.filled().len() - before > allowed {
+                this.pipelined = Bytes::copy_from_slice(&buf.filled()[before + allowed..]);
+                buf.set_filled(before + allowed);
+            }
+        }
+        this.delivered += (buf.filled().len() - before) as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for RequestIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper shuts down after every request (keep-alive is off); the serve loop decides
+        // whether the connection really ends, and dropping the socket closes it then. A tunnel
+        // after a 101 does mean it: its half-close must reach the client.
+        if self.verdicts.switched() {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
