@@ -4,6 +4,7 @@
 pub mod access_log;
 mod drain;
 pub mod grpc;
+mod h2c;
 pub mod limits;
 pub mod metrics;
 mod outbound;
@@ -58,10 +59,11 @@ async fn serve_http(
     // still answer 408.
     let (stream, spare) = shared_io::SharedStream::new(stream);
     let metrics = inputs.metrics.clone();
+    let h2c = h2c::Switch::new(inputs.limits, watch.clone());
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     // Boxed: hyper keeps room for the service future for the whole connection, and an idle
     // keep-alive connection should not pay for a request it is not serving.
-    let service = hyper::service::service_fn(move |req| Box::pin(outbound.clone().handle(req)));
+    let service = hyper::service::service_fn(move |req| Box::pin(h2c.serve(req, outbound.clone())));
     let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
     match watch.run(conn, |conn| conn.graceful_shutdown()).await {
         Ok(()) => {}
