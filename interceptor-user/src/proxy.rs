@@ -6,6 +6,7 @@ mod body_count;
 mod drain;
 mod framing;
 pub mod grpc;
+mod h2c;
 mod http1;
 pub mod limits;
 pub mod metrics;

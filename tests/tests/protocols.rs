@@ -175,3 +175,36 @@ fn pipelined_requests_are_answered_in_order_and_an_unread_body_is_never_parsed()
     // Either the request after the body is served, or the connection closes: nothing else.
     assert!(report.response.contains("x-seen-path: /api/after") || report.closed, "{report:?}");
 }
+
+/// curl's h2c: `--http2` on an `http://` URL asks to upgrade the first request, then reuses the
+/// HTTP/2 connection for the next URL.
+fn curl(node: &Node, args: &[&str]) -> (String, String) {
+    let mut full = vec!["--http2", "-sv", "--max-time", "10"];
+    full.extend_from_slice(args);
+    let out = node
+        .command_in(&node.pod_netns(CLIENT), true, std::path::Path::new("curl"), &full)
+        .output()
+        .expect("curl runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "curl failed: {stdout}\n{stderr}");
+    (stdout, stderr.into_owned())
+}
+
+#[test]
+fn an_h2c_upgrade_is_served_as_http2_and_routed() {
+    let node = common::node().unwrap();
+    let vs = GRPC_TO_V2.replace("prefix: /pkg.Greeter/", "prefix: /h2c");
+    let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    // The upgrade request is answered on stream 1 (v2, by its path), the second URL on the same
+    // connection (no new connect) by the rules too (v1).
+    let each = " [%{http_version} %{http_code} connects:%{num_connects}]\\n";
+    let (stdout, stderr) = curl(&node, &["-w", each, "http://10.96.0.10/h2c/first", "http://10.96.0.10/second"]);
+    assert_eq!(stdout, "v2 [2 200 connects:1]\nv1 [2 200 connects:0]\n", "{stderr}");
+    assert!(stderr.contains("< HTTP/1.1 101 Switching Protocols"), "{stderr}");
+    assert_eq!(stderr.matches("< HTTP/2 200").count(), 2, "{stderr}");
+    // An upgrade request with a body is served as HTTP/1.1 (the body would have to be replayed as
+    // HTTP/2 DATA), still routed.
+    let (stdout, stderr) = curl(&node, &["-w", each, "--data", "payload", "http://10.96.0.10/h2c/post"]);
+    assert_eq!(stdout, "v2 [1.1 200 connects:1]\n", "{stderr}");
+    assert!(stderr.contains("Upgrade: h2c") && !stderr.contains("< HTTP/1.1 101"), "{stderr}");
+}

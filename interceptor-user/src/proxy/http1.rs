@@ -28,7 +28,7 @@ use super::drain::Watch;
 use super::framing::{RequestFraming, Verdicts, Watched};
 use super::outbound::ProxyBody;
 use super::shared_io::SharedStream;
-use super::{limits, metrics, Outbound, ProxyInputs};
+use super::{h2c, limits, metrics, Outbound, ProxyInputs};
 
 /// Serves HTTP/1 on `stream` until the client leaves, asks to close, idles past the header read
 /// timeout (408), or the drain ends it.
@@ -47,8 +47,9 @@ pub async fn serve(
     let verdicts = framing.verdicts();
     let metrics = inputs.metrics.clone();
     let idle_timeout = inputs.limits.header_read_timeout;
+    let h2c = Arc::new(h2c::Switch::new(inputs.limits, watch.clone()));
     let outbound = Arc::new(Outbound::new(inputs, client, original));
-    let mut service = service(outbound, verdicts.clone(), metrics.clone());
+    let mut service = service(outbound, h2c, verdicts.clone(), metrics.clone());
     let mut io = RequestIo {
         inner: Watched::new(stream, framing),
         request: 1,
@@ -115,13 +116,14 @@ type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Inf
 /// The per-request service: refuses what the framing watcher judged ambiguous, routes the rest.
 fn service(
     outbound: Arc<Outbound>,
+    h2c: Arc<h2c::Switch>,
     verdicts: Arc<Verdicts>,
     metrics: Arc<metrics::ProxyMetrics>,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future = ServiceFuture> + Send
 {
     hyper::service::service_fn(move |req| {
         let ambiguous = verdicts.next_is_ambiguous();
-        let (outbound, verdicts, metrics) = (outbound.clone(), verdicts.clone(), metrics.clone());
+        let (outbound, h2c, verdicts, metrics) = (outbound.clone(), h2c.clone(), verdicts.clone(), metrics.clone());
         Box::pin(async move {
             if ambiguous {
                 debug!("request with both Content-Length and Transfer-Encoding; answering 400");
@@ -129,7 +131,7 @@ fn service(
                 verdicts.responded();
                 return Ok(limits::ambiguous_length());
             }
-            let response = outbound.handle(req).await?;
+            let response = h2c.serve(req, outbound).await?;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 verdicts.switch_protocols();
             }

@@ -15,7 +15,8 @@ pub struct Upgrade {
 }
 
 /// Takes the upgrade out of `req` when it asks for one (`Connection: upgrade` plus `Upgrade`).
-/// `h2c` is not tunnelled: it switches to HTTP/2, which the proxy would have to speak itself.
+/// `h2c` is never tunnelled (the endpoint would then see every later request unrouted): `proxy::h2c`
+/// switches to HTTP/2 itself when it can, and what reaches here is answered as HTTP/1.1.
 pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
     let asks = req
         .headers()
