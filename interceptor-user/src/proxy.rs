@@ -49,6 +49,13 @@ async fn serve_http2(
     }
 }
 
+/// A connection's place under the connection cap and in the open-connections gauge; whoever ends
+/// up owning the socket (a tunnel or an HTTP/2 connection after an upgrade) holds it too.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: metrics::ConnectionGuard,
+}
+
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {
     /// The original destination of the connection from `client`, consumed by the call.
@@ -154,8 +161,7 @@ impl Proxy {
             // HTTP/1 one (idle keep-alive connections are most of the memory).
             tokio::spawn(
                 async move {
-                    let _permit = permit;
-                    let _open = open;
+                    let slot = Slot { _permit: permit, _open: open };
                     // Declared TCP ports go through as TCP, by the VirtualService's tcp rules.
                     if let Some((original, service)) = tcp_port {
                         return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
@@ -174,7 +180,7 @@ impl Proxy {
                         drop(table);
                         return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
                     }
-                    http1::serve(inputs, &http1, watch, stream, client, original).await;
+                    http1::serve(inputs, &http1, watch, stream, slot, client, original).await;
                 }
                 .instrument(span),
             );

@@ -28,7 +28,7 @@ use super::drain::Watch;
 use super::framing::{RequestFraming, Verdicts, Watched};
 use super::outbound::ProxyBody;
 use super::shared_io::SharedStream;
-use super::{h2c, limits, metrics, Outbound, ProxyInputs};
+use super::{h2c, limits, metrics, Outbound, ProxyInputs, Slot};
 
 /// Serves HTTP/1 on `stream` until the client leaves, asks to close, idles past the header read
 /// timeout (408), or the drain ends it.
@@ -37,6 +37,7 @@ pub async fn serve(
     http1: &hyper::server::conn::http1::Builder,
     mut watch: Watch,
     stream: TcpStream,
+    slot: Slot,
     client: SocketAddr,
     original: Option<SocketAddrV4>,
 ) {
@@ -56,6 +57,7 @@ pub async fn serve(
         delivered: 0,
         pipelined: Bytes::new(),
         verdicts: verdicts.clone(),
+        _slot: slot,
     };
     loop {
         let served_before = verdicts.served();
@@ -190,6 +192,8 @@ struct RequestIo {
     /// Bytes read past the end of the request, for the next hyper connection.
     pipelined: Bytes,
     verdicts: Arc<Verdicts>,
+    /// Held as long as the socket: after a 101 this io lives on in the tunnel.
+    _slot: Slot,
 }
 
 impl RequestIo {
