@@ -337,6 +337,11 @@ impl<S> Watched<S> {
     pub fn framing(&self) -> &RequestFraming {
         &self.framing
     }
+
+    /// The watcher, to follow bytes read past this stream.
+    pub fn framing_mut(&mut self) -> &mut RequestFraming {
+        &mut self.framing
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {

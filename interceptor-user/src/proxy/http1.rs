@@ -96,17 +96,25 @@ pub async fn serve(
         if !io.pipelined.is_empty() {
             continue;
         }
-        let mut byte = [0u8; 1];
-        tokio::select! {
-            peeked = spare.peek(&mut byte) => match peeked {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
-            () = watch.draining() => return,
-            () = tokio::time::sleep(idle_timeout) => {
-                debug!("no next request in time; answering 408");
-                metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-                return limits::request_timeout(spare).await;
+        // Parked: no hyper connection until the next request's first bytes are read.
+        let deadline = tokio::time::Instant::now() + idle_timeout;
+        loop {
+            tokio::select! {
+                ready = spare.readable() => if ready.is_err() { return },
+                () = watch.draining() => return,
+                () = tokio::time::sleep_until(deadline) => {
+                    debug!("no next request in time; answering 408");
+                    metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+                    return limits::request_timeout(spare).await;
+                }
+            }
+            match io.read_next(&spare) {
+                // The client left.
+                Ok(0) => return,
+                Ok(_) => break,
+                // Readiness left over from the last request's bytes.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     }
@@ -203,6 +211,17 @@ impl RequestIo {
             return None;
         }
         self.inner.framing().request_end(self.request).map(|end| end.offset)
+    }
+
+    /// Reads what the socket holds of the next request, for the next hyper connection to start
+    /// with. (Reading rather than peeking saves a system call per request.)
+    fn read_next(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        // On the stack: a parked connection keeps no buffer.
+        let mut buf = [0u8; 2048];
+        let n = stream.try_read(&mut buf)?;
+        self.inner.framing_mut().feed(&buf[..n]);
+        self.pipelined = Bytes::copy_from_slice(&buf[..n]);
+        Ok(n)
     }
 
     /// Whether hyper served exactly this connection's request, read all of it, and the client
