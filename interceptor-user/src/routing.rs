@@ -49,6 +49,8 @@ pub enum ResponseFlag {
     DI,
     /// The client went away before the whole response was sent.
     DC,
+    /// The request broke HTTP's rules (400), e.g. both `Content-Length` and `Transfer-Encoding`.
+    DPE,
 }
 
 impl ResponseFlag {
@@ -57,6 +59,7 @@ impl ResponseFlag {
         match self {
             ResponseFlag::NR => 404,
             ResponseFlag::UT => 504,
+            ResponseFlag::DPE => 400,
             _ => 503,
         }
     }
@@ -74,6 +77,7 @@ impl ResponseFlag {
             ResponseFlag::FI => "FI",
             ResponseFlag::DI => "DI",
             ResponseFlag::DC => "DC",
+            ResponseFlag::DPE => "DPE",
         }
     }
 }

@@ -164,3 +164,28 @@ fn chunked_responses_count_their_real_bytes_and_time_to_the_last_byte() {
     assert_eq!(full, 3, "{log}");
     assert!(lines.iter().any(|l| l.contains("\" 200 DC 0 ")), "{log}");
 }
+
+#[test]
+fn a_client_that_leaves_before_the_answer_is_logged_with_code_0_and_dc() {
+    let node = node().unwrap();
+    // Every answer waits 1 s (fault delay), so the client below is gone long before it.
+    let vs = split(100, 0).replace(
+        "  - route:\n",
+        "  - fault:\n      delay:\n        fixedDelay: 1s\n        percentage: {value: 100}\n    route:\n",
+    );
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
+    let left = node
+        .raw(CLIENT, &["--target", VIP, "--send", "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n", "--read-ms", "200"])
+        .unwrap();
+    assert_eq!(left.response, "", "{left:?}");
+    // Observed when the proxy notices, not when the delay would have ended.
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let dc =
+        ["destination_service=\"my-app.default.svc.cluster.local\"", "response_code=\"0\"", "response_flags=\"DI,DC\""];
+    assert_eq!(sample(&text, "istio_requests_total", &dc), Some(1.0), "{text}");
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.lines().any(|l| l.contains(" access: [") && l.contains("\" 0 DI,DC 0 0 ")), "{log}");
+}

@@ -110,6 +110,9 @@ fn smuggling_attempts_are_refused_or_cannot_smuggle() {
         text.contains("interceptor_downstream_connections_rejected_total{reason=\"ambiguous_length\"} 2"),
         "{text}"
     );
+    // And counted as requests, as Envoy counts its protocol errors.
+    let dpe = text.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"DPE\""));
+    assert!(dpe.is_some_and(|l| l.contains("response_code=\"400\"") && l.ends_with(" 2")), "{text}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("/smuggled"), "the smuggled request was served: {log}");

@@ -338,6 +338,11 @@ impl<S> Watched<S> {
         &self.framing
     }
 
+    /// The stream watched.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// The watcher, to follow bytes read past this stream.
     pub fn framing_mut(&mut self) -> &mut RequestFraming {
         &mut self.framing

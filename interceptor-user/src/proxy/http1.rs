@@ -29,6 +29,7 @@ use super::framing::{RequestFraming, Verdicts, Watched};
 use super::outbound::ProxyBody;
 use super::shared_io::SharedStream;
 use super::{h2c, limits, metrics, Outbound, ProxyInputs, Slot};
+use crate::routing::ResponseFlag;
 
 /// Serves HTTP/1 on `stream` until the client leaves, asks to close, idles past the header read
 /// timeout (408), or the drain ends it.
@@ -139,7 +140,7 @@ fn service(
                 debug!("request with both Content-Length and Transfer-Encoding; answering 400");
                 metrics.rejected(metrics::REJECT_AMBIGUOUS_LENGTH);
                 verdicts.responded();
-                return Ok(limits::ambiguous_length());
+                return Ok(outbound.refuse(&req, ResponseFlag::DPE, limits::ambiguous_length()));
             }
             let response = h2c.serve(req, outbound).await?;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -241,8 +242,15 @@ impl AsyncRead for RequestIo {
         let this = &mut *self;
         let left = this.limit().map(|limit| limit.saturating_sub(this.delivered));
         if left == Some(0) {
-            // The request is all hyper's; once it has answered, the serve loop stops it.
-            return Poll::Pending;
+            // The request is all hyper's; once it has answered, the serve loop stops it. Only
+            // the end of the stream passes, so hyper still notices a client that left (and drops
+            // its request, as Envoy resets the upstream one).
+            return match ready!(this.inner.get_ref().poll_at_end(cx)) {
+                Ok(true) => Poll::Ready(Ok(())),
+                // The next request's bytes: for the next hyper connection.
+                Ok(false) => Poll::Pending,
+                Err(err) => Poll::Ready(Err(err)),
+            };
         }
         if !this.pipelined.is_empty() {
             let mut n = this.pipelined.len().min(buf.remaining());

@@ -162,19 +162,52 @@ impl Outbound {
     /// The request is logged and counted when its response body ends (or is dropped), as Envoy does.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let seen = RequestInfo::of(&req);
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
-        let mut served = Served::default();
-        // The access-log record already copied authority and path: route with those.
-        let response = self.dispatch(&table, req, seen.authority(), seen.path(), &mut served).await;
         let source = table
             .registry()
             .workload(self.client.ip())
             .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
-        let finish =
-            Finish { status: response.status(), outbound: self, seen, served, started, source, response_bytes: 0 };
+        // hyper drops this future when the client leaves before the answer: `finish` is observed
+        // then too, on drop.
+        let mut finish = Finish {
+            status: None,
+            outbound: self.clone(),
+            seen: RequestInfo::of(&req),
+            served: Served::default(),
+            started,
+            source,
+            response_bytes: 0,
+            ended: false,
+        };
+        let Finish { seen, served, .. } = &mut finish;
+        // The access-log record already copied authority and path: route with those.
+        let response = self.dispatch(&table, req, seen.authority(), seen.path(), served).await;
+        finish.status = Some(response.status());
         Ok(response.map(|body| Counted::new(body, finish).boxed()))
+    }
+
+    /// Answers `req` with `response`, made before routing because the request itself was refused
+    /// (`flag` says why); observed like any other request.
+    pub fn refuse<B>(
+        self: Arc<Self>,
+        req: &Request<B>,
+        flag: ResponseFlag,
+        response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let mut served = Served::default();
+        served.flags.push(flag);
+        let finish = Finish {
+            status: Some(response.status()),
+            outbound: self,
+            seen: RequestInfo::of(req),
+            served,
+            started: Instant::now(),
+            source: None,
+            response_bytes: 0,
+            ended: false,
+        };
+        response.map(|body| Counted::new(body, finish).boxed())
     }
 
     async fn dispatch(
@@ -608,10 +641,13 @@ struct Finish {
     outbound: Arc<Outbound>,
     seen: RequestInfo,
     served: Served,
-    status: StatusCode,
+    /// None while no answer has been made.
+    status: Option<StatusCode>,
     started: Instant,
     source: Option<SourceWorkload>,
     response_bytes: u64,
+    /// Observed already (exactly once: at the end of the response body, or on drop).
+    ended: bool,
 }
 
 impl Finish {
@@ -619,9 +655,19 @@ impl Finish {
     /// may drop it unread without the client having missed anything.
     fn bodiless(&self) -> bool {
         self.seen.is_head()
-            || self.status.is_informational()
-            || self.status == StatusCode::NO_CONTENT
-            || self.status == StatusCode::NOT_MODIFIED
+            || self
+                .status
+                .is_some_and(|s| s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED)
+    }
+}
+
+/// A request dropped before it was answered (the client left) is observed as Envoy does:
+/// response code 0, flag `DC`.
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(Ended::Dropped);
+        }
     }
 }
 
@@ -633,6 +679,9 @@ impl Tally for Finish {
     /// Access log line and Istio metrics for the finished request.
     fn end(&mut self, ended: Ended) {
         use super::access_log::{emit, Completion};
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         if ended == Ended::Dropped && !self.bodiless() {
             self.served.flags.push(ResponseFlag::DC);
         }
@@ -640,7 +689,7 @@ impl Tally for Finish {
         let served = &self.served;
         let flags = served.flags();
         let done = Completion {
-            status: self.status.as_u16(),
+            status: self.status.map_or(0, |s| s.as_u16()),
             flags: &flags,
             request_bytes: served.received.bytes(),
             response_bytes: self.response_bytes,

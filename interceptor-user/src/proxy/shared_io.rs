@@ -1,13 +1,13 @@
 //! A downstream TCP stream shared between hyper and the proxy, so the proxy can still answer on it
 //! (408) after hyper gives up on a slow request head, without a second descriptor per connection.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// hyper's end of the shared stream; the proxy keeps the other `Arc`.
@@ -21,17 +21,53 @@ impl SharedStream {
     }
 }
 
+impl SharedStream {
+    /// Waits until the client sent more or left; ready with whether it left (end of stream).
+    pub fn poll_at_end(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        ready!(self.0.poll_peek(cx, &mut probe))?;
+        Poll::Ready(Ok(probe.filled().is_empty()))
+    }
+}
+
 impl AsyncRead for SharedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
+            let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
+            let mut outcome = None;
+            // As tokio's own TcpStream does: a short read means the socket is drained, so its
+            // readiness is cleared now (a WouldBlock from the closure does that, unless a newer
+            // event came meanwhile) and the next poll waits without a system call.
+            let _ = self.0.try_io(Interest::READABLE, || {
+                let sock = socket2::SockRef::from(&*self.0);
+                let read = (&*sock).read(unfilled);
+                let drained = match &read {
+                    Ok(n) => *n < wanted,
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                };
+                outcome = Some(read);
+                if drained {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match outcome {
+                // Not ready after all: poll_read_ready registers for the next event.
+                None => continue,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                // 0 is the end of the stream.
+                Some(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
