@@ -219,7 +219,7 @@ impl RequestIo {
     fn read_next(&mut self, stream: &TcpStream) -> io::Result<usize> {
         // On the stack: a parked connection keeps no buffer.
         let mut buf = [0u8; 2048];
-        let n = stream.try_read(&mut buf)?;
+        let n = super::shared_io::try_read_draining(stream, &mut buf)?;
         self.inner.framing_mut().feed(&buf[..n]);
         self.pipelined = Bytes::copy_from_slice(&buf[..n]);
         Ok(n)

@@ -38,39 +38,40 @@ impl AsyncRead for SharedStream {
         }
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let wanted = unfilled.len();
-            let mut outcome = None;
-            // As tokio's own TcpStream does: a short read means the socket is drained, so its
-            // readiness is cleared now (a WouldBlock from the closure does that, unless a newer
-            // event came meanwhile) and the next poll waits without a system call.
-            let _ = self.0.try_io(Interest::READABLE, || {
-                let sock = socket2::SockRef::from(&*self.0);
-                let read = (&*sock).read(unfilled);
-                let drained = match &read {
-                    Ok(n) => *n < wanted,
-                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-                };
-                outcome = Some(read);
-                if drained {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            });
-            match outcome {
-                // Not ready after all: poll_read_ready registers for the next event.
-                None => continue,
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
+            match try_read_draining(&self.0, buf.initialize_unfilled()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
                 // 0 is the end of the stream.
-                Some(Ok(n)) => {
+                Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
             }
         }
     }
+}
+
+/// `TcpStream::try_read`, except that a short read also clears the socket's readiness, as tokio's
+/// own `AsyncRead` does: the socket is drained, so the next wait needs no system call to learn it.
+pub fn try_read_draining(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let wanted = buf.len();
+    let mut outcome = None;
+    // A WouldBlock from the closure clears the readiness (unless a newer event came meanwhile).
+    let cleared = stream.try_io(Interest::READABLE, || {
+        let read = (&*socket2::SockRef::from(stream)).read(buf);
+        let drained = match &read {
+            Ok(n) => *n < wanted,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        outcome = Some(read);
+        if drained {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    // None: not ready, the closure did not run.
+    outcome.unwrap_or_else(|| cleared.map(|()| 0))
 }
 
 impl AsyncWrite for SharedStream {
