@@ -61,13 +61,13 @@ fn a_slow_request_head_gets_408_and_the_connection_closes() {
     assert!(report.response.starts_with("HTTP/1.1 408 "), "{report:?}");
     assert!(report.closed, "{report:?}");
     assert!((900..4000).contains(&report.elapsed_ms), "{report:?}");
-    // The same timeout is the idle timeout of a kept-alive connection between requests.
+    // The same timeout is the idle timeout of a kept-alive connection between requests; that one
+    // closes without a word, as Envoy's does (a 408 could cross the client's next request).
     let idle = raw(&node, "GET / HTTP/1.1\\r\\nHost: my-app\\r\\n\\r\\n");
-    assert!(idle.response.starts_with("HTTP/1.1 200 "), "{idle:?}");
-    assert!(idle.response.contains("v1HTTP/1.1 408 "), "{idle:?}");
+    assert!(idle.response.starts_with("HTTP/1.1 200 ") && idle.response.ends_with("\r\n\r\nv1"), "{idle:?}");
     assert!(idle.closed && (900..4000).contains(&idle.elapsed_ms), "{idle:?}");
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
-    assert!(text.contains("interceptor_downstream_connections_rejected_total{reason=\"header_timeout\"} 2"), "{text}");
+    assert!(text.contains("interceptor_downstream_connections_rejected_total{reason=\"header_timeout\"} 1"), "{text}");
     // A prompt client on the same agent is unaffected.
     assert_eq!(load(&node, 5, &[]).count("v1"), 5);
 }

@@ -42,6 +42,8 @@ pub struct Verdicts {
     answered: AtomicU64,
     /// The connection switched protocols (a 101 went out): its bytes are no longer requests.
     switched: AtomicBool,
+    /// An answer said `Connection: close`: hyper closes after it.
+    closing: AtomicBool,
 }
 
 impl Verdicts {
@@ -68,6 +70,16 @@ impl Verdicts {
         self.answered.load(Ordering::Relaxed)
     }
 
+    /// Records that an answer ends the connection.
+    pub fn close_after(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an answer ended the connection.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     /// Records that the connection switched protocols.
     pub fn switch_protocols(&self) {
         self.switched.store(true, Ordering::Relaxed);
@@ -92,8 +104,16 @@ enum State {
     Chunk(u64),
     /// Expecting the CRLF after a chunk's data.
     ChunkEnd,
-    /// Expecting the trailer section after the last chunk.
-    Trailers,
+    /// At the start of a trailer line (after the last chunk or a trailer line): CRLF ends the
+    /// body. The trailer states follow hyper's chunked decoder byte for byte, so that the watcher
+    /// never places a request's end before hyper's (a bare LF is part of a trailer line there).
+    TrailerStart,
+    /// Inside a trailer line, until its CR.
+    TrailerLine,
+    /// After a trailer line's CR: LF must follow.
+    TrailerLf,
+    /// After the CR that starts the final empty line: LF ends the body.
+    TrailerEnd,
     /// No longer watching.
     Stopped,
 }
@@ -205,7 +225,7 @@ impl RequestFraming {
             }
             State::ChunkSize => match httparse::parse_chunk_size(bytes) {
                 Ok(httparse::Status::Complete((n, 0))) => {
-                    self.state = State::Trailers;
+                    self.state = State::TrailerStart;
                     Step::Consumed(n)
                 }
                 Ok(httparse::Status::Complete((n, size))) => {
@@ -228,16 +248,25 @@ impl RequestFraming {
                 [b'\r'] => Step::NeedMore,
                 _ => Step::Stop,
             },
-            State::Trailers => {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(bytes, &mut headers) {
-                    Ok(httparse::Status::Complete((n, _))) => {
-                        self.state = State::Head;
-                        Step::Consumed(n)
-                    }
-                    Ok(httparse::Status::Partial) => Step::NeedMore,
-                    Err(_) => Step::Stop,
+            State::TrailerStart => {
+                self.state = if bytes[0] == b'\r' { State::TrailerEnd } else { State::TrailerLine };
+                Step::Consumed(1)
+            }
+            State::TrailerLine => match bytes.iter().position(|b| *b == b'\r') {
+                Some(cr) => {
+                    self.state = State::TrailerLf;
+                    Step::Consumed(cr + 1)
                 }
+                None => Step::Consumed(bytes.len()),
+            },
+            State::TrailerLf | State::TrailerEnd if bytes[0] != b'\n' => Step::Stop,
+            State::TrailerLf => {
+                self.state = State::TrailerStart;
+                Step::Consumed(1)
+            }
+            State::TrailerEnd => {
+                self.state = State::Head;
+                Step::Consumed(1)
             }
             State::Stopped => Step::Stop,
         }
@@ -259,8 +288,8 @@ impl RequestFraming {
         self.heads += 1;
         self.awaiting_end = true;
         let framing = Framing::of(&req);
-        // HTTP/1.0 keeps a connection only when it asks to.
-        self.keep_alive = if req.version == Some(1) { !framing.close } else { framing.keep_alive };
+        // HTTP/1.0 is not kept: hyper would end a response of unknown length by closing.
+        self.keep_alive = req.version == Some(1) && !framing.close;
         if framing.content_length.is_some() && framing.transfer_encoding {
             let _ = self.verdicts.ambiguous.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
             // hyper closes the connection after this request: nothing later needs judging.
@@ -289,8 +318,6 @@ struct Framing {
     switches_protocol: bool,
     /// `Connection: close`.
     close: bool,
-    /// `Connection: keep-alive`.
-    keep_alive: bool,
 }
 
 impl Framing {
@@ -300,7 +327,6 @@ impl Framing {
             transfer_encoding: false,
             switches_protocol: req.method == Some("CONNECT"),
             close: false,
-            keep_alive: false,
         };
         for header in req.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
@@ -312,10 +338,8 @@ impl Framing {
             } else if header.name.eq_ignore_ascii_case("upgrade") {
                 framing.switches_protocol = true;
             } else if header.name.eq_ignore_ascii_case("connection") {
-                for token in header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    framing.close |= token.eq_ignore_ascii_case(b"close");
-                    framing.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
+                let mut tokens = header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+                framing.close |= tokens.any(|token| token.eq_ignore_ascii_case(b"close"));
             }
         }
         framing
@@ -421,6 +445,26 @@ mod tests {
         for chunk in [1, 2, 5, 13, stream.len()] {
             assert_eq!(judge(stream, chunk, 4).0, vec![false, false, false, true], "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn trailers_end_where_hyper_ends_them() {
+        // A bare LF after the last chunk starts a trailer line for hyper, not the end.
+        let stream =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nX-A: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let body_end = stream.len() - b"GET / HTTP/1.1\r\n\r\n".len();
+        for chunk in [1, 2, 7, stream.len()] {
+            let mut framing = RequestFraming::new(1024);
+            for piece in stream.chunks(chunk) {
+                framing.feed(piece);
+            }
+            assert_eq!(framing.request_end(1).map(|e| e.offset), Some(body_end as u64), "chunk {chunk}");
+            assert_eq!(framing.heads, 2, "chunk {chunk}");
+        }
+        // A CR not followed by LF in the trailers is hyper's error: stop watching.
+        let mut framing = RequestFraming::new(1024);
+        framing.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\rX");
+        assert_eq!(framing.state, State::Stopped);
     }
 
     #[test]

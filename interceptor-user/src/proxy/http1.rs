@@ -65,14 +65,17 @@ pub async fn serve(
         io.request = served_before + 1;
         // Boxed, so that a parked connection's task does not keep room for it.
         let mut conn = Box::new(http1.serve_connection(TokioIo::new(io), service).with_upgrades());
-        let mut one = OneRequest {
-            conn: &mut *conn,
-            stop: |conn| conn.graceful_shutdown(),
-            verdicts: &verdicts,
-            served_before,
-            stopping: false,
+        let outcome = {
+            let mut one = OneRequest {
+                conn: &mut *conn,
+                stop: |conn| conn.graceful_shutdown(),
+                verdicts: &verdicts,
+                served_before,
+                stopping: false,
+            };
+            watch.run(Pin::new(&mut one), OneRequest::stop).await
         };
-        match watch.run(Pin::new(&mut one), OneRequest::stop).await {
+        match outcome {
             Ok(()) => {}
             Err(err) if err.is_timeout() => {
                 debug!("request head not received in time; answering 408");
@@ -84,30 +87,32 @@ pub async fn serve(
                 return;
             }
         }
-        // None: upgraded; the tunnel owns the socket now.
+        // None: upgraded; the tunnel owns the socket now. (The box is freed here, not after
+        // parking.)
         let Some(parts) = (*conn).into_parts() else { return };
         // Anything hyper read and did not use means it stopped inside the request.
         let stopped_inside = !parts.read_buf.is_empty();
         // Now, not at the end of the loop: even empty, it holds hyper's whole read buffer.
         drop(parts.read_buf);
         (io, service) = (parts.io.into_inner(), parts.service);
-        if watch.is_draining() || stopped_inside || !io.request_done(verdicts.served()) {
+        let ends = watch.is_draining() || verdicts.switched() || verdicts.closing() || stopped_inside;
+        if ends || !io.request_done(verdicts.served()) {
             return;
         }
         if !io.pipelined.is_empty() {
             continue;
         }
+        // Drained, but it may still hold the allocation of the last round's read.
+        io.pipelined = Bytes::new();
         // Parked: no hyper connection until the next request's first bytes are read.
         let deadline = tokio::time::Instant::now() + idle_timeout;
         loop {
             tokio::select! {
                 ready = spare.readable() => if ready.is_err() { return },
                 () = watch.draining() => return,
-                () = tokio::time::sleep_until(deadline) => {
-                    debug!("no next request in time; answering 408");
-                    metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-                    return limits::request_timeout(spare).await;
-                }
+                // Closed without a word, as Envoy's idle timeout does: a 408 here could cross
+                // the client's next request on the wire.
+                () = tokio::time::sleep_until(deadline) => return debug!("idle keep-alive connection timed out"),
             }
             match io.read_next(&spare) {
                 // The client left.
@@ -146,6 +151,15 @@ fn service(
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 verdicts.switch_protocols();
             }
+            // A rule's response headers may say so; hyper then closes after the answer.
+            let close = response
+                .headers()
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
+            if close {
+                verdicts.close_after();
+            }
             verdicts.responded();
             Ok(response)
         }) as ServiceFuture
@@ -180,7 +194,10 @@ impl<C: Future + Unpin> Future for OneRequest<'_, C> {
         let polled = Pin::new(&mut *self.conn).poll(cx);
         // hyper writes the head in the same poll in which the service answers; from here on,
         // stopping it no longer changes the head.
-        if polled.is_pending() && !self.stopping && self.verdicts.answered() > self.served_before {
+        // Not after a 101: hyper ends that connection by itself, and stopping it early could
+        // drop the 101 before it is flushed.
+        let answered = self.verdicts.answered() > self.served_before && !self.verdicts.switched();
+        if polled.is_pending() && !self.stopping && answered {
             self.as_mut().stop();
             // hyper may be idle already, waiting to read the next request: poll it once more.
             cx.waker().wake_by_ref();
@@ -241,6 +258,10 @@ impl AsyncRead for RequestIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let left = this.limit().map(|limit| limit.saturating_sub(this.delivered));
+        if left == Some(0) && !this.pipelined.is_empty() {
+            // Bytes of the next request wait: the client is still there.
+            return Poll::Pending;
+        }
         if left == Some(0) {
             // The request is all hyper's; once it has answered, the serve loop stops it. Only
             // the end of the stream passes, so hyper still notices a client that left (and drops
