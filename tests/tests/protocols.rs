@@ -139,13 +139,20 @@ fn an_http_upgrade_is_routed_then_tunnelled() {
     assert!(report.response.starts_with("HTTP/1.1 101 "), "{report:?}");
     assert!(report.response.to_ascii_lowercase().contains("upgrade: websocket"), "{report:?}");
     assert!(report.response.ends_with("\r\n\r\nv2:hello over the tunnel"), "{report:?}");
-    // Observed once, as switched (101), not as a response the client abandoned.
+    // Observed once, as switched (101), when the tunnel closed (the client left), with every byte
+    // it carried, as Envoy records an upgraded stream.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
-    let upgraded = text
-        .lines()
-        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"101\""))
-        .unwrap_or_else(|| panic!("{text}"));
+    let metric = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("response_code=\"101\""))
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let upgraded = metric("istio_requests_total");
     assert!(upgraded.contains("response_flags=\"-\"") && upgraded.ends_with(" 1"), "{upgraded}");
+    let value = |name: &str| metric(name).rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(value("istio_request_bytes_sum"), Some("hello over the tunnel".len() as f64), "{text}");
+    assert_eq!(value("istio_response_bytes_sum"), Some("v2:hello over the tunnel".len() as f64), "{text}");
 }
 
 #[test]

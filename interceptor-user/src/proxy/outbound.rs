@@ -182,8 +182,12 @@ impl Outbound {
         };
         let Finish { seen, served, .. } = &mut finish;
         // The access-log record already copied authority and path: route with those.
-        let response = self.dispatch(&table, req, seen.authority(), seen.path(), served).await;
+        let mut response = self.dispatch(&table, req, seen.authority(), seen.path(), served).await;
         finish.status = Some(response.status());
+        if let Some(closing) = response.extensions_mut().remove::<super::upgrade::Closing>() {
+            closing.observe_on_close(Box::new(finish));
+            return Ok(response);
+        }
         Ok(response.map(|body| Counted::new(body, finish).boxed()))
     }
 
@@ -658,6 +662,15 @@ impl Finish {
             || self
                 .status
                 .is_some_and(|s| s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED)
+    }
+}
+
+impl super::upgrade::TunnelEnd for Finish {
+    fn closed(mut self: Box<Self>, up: u64, down: u64) {
+        // Envoy's record of an upgraded stream: its whole life and every byte of the tunnel.
+        self.served.received = Received::Buffered(up);
+        self.response_bytes = down;
+        self.end(Ended::Complete);
     }
 }
 

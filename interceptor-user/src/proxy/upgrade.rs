@@ -1,11 +1,14 @@
 //! HTTP/1.1 `Upgrade` (WebSocket and the like): the request is routed like any other, the
 //! upgrade headers (hop-by-hop, so stripped) are carried to the endpoint, and once it answers 101
-//! the two connections are joined byte for byte.
+//! the two connections are joined byte for byte; the request is observed when the tunnel closes.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tracing::debug;
 
 /// A request asking to switch protocols, with the downstream side of the future tunnel.
@@ -40,7 +43,9 @@ impl Upgrade {
     }
 
     /// When the endpoint agreed (101), restores the response's upgrade headers and joins the two
-    /// connections in the background once both sides have switched.
+    /// connections in the background once both sides have switched. The request is then observed
+    /// when the tunnel closes, with the bytes it carried (a [`Closing`] in the response's
+    /// extensions takes the observation).
     pub fn finish<B>(self, response: &mut Response<B>) {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return;
@@ -49,17 +54,50 @@ impl Upgrade {
         let upstream = hyper::upgrade::on(&mut *response);
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         response.headers_mut().insert(header::UPGRADE, protocol);
+        let (closing, observation) = oneshot::channel::<Box<dyn TunnelEnd>>();
+        response.extensions_mut().insert(Closing(Arc::new(Mutex::new(Some(closing)))));
         let downstream = self.downstream;
         tokio::spawn(async move {
-            match tokio::join!(downstream, upstream) {
+            let (up, down) = match tokio::join!(downstream, upstream) {
                 (Ok(down), Ok(up)) => {
                     let copied = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
                     debug!(?copied, "upgraded connection ended");
+                    copied.unwrap_or_default()
                 }
-                (down, up) => debug!(down = ?down.err(), up = ?up.err(), "upgrade did not complete"),
+                (down, up) => {
+                    debug!(down = ?down.err(), up = ?up.err(), "upgrade did not complete");
+                    (0, 0)
+                }
+            };
+            if let Ok(end) = observation.await {
+                end.closed(up, down);
             }
         });
     }
+}
+
+/// Where the observation of an upgraded request goes: to the tunnel, which makes it on close.
+/// (Shared and taken once, because response extensions must be `Clone`.)
+#[derive(Clone)]
+pub struct Closing(Arc<Mutex<Option<ObservationSender>>>);
+
+type ObservationSender = oneshot::Sender<Box<dyn TunnelEnd>>;
+
+impl Closing {
+    /// Hands the request's observation to the tunnel.
+    pub fn observe_on_close(self, end: Box<dyn TunnelEnd>) {
+        let sender = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        // The tunnel task is gone only if the runtime is: nothing left to observe then.
+        if let Some(sender) = sender {
+            let _ = sender.send(end);
+        }
+    }
+}
+
+/// The observation of an upgraded request, made when its tunnel closes.
+pub trait TunnelEnd: Send {
+    /// The tunnel carried `up` bytes from the client and `down` bytes to it.
+    fn closed(self: Box<Self>, up: u64, down: u64);
 }
 
 #[cfg(test)]
