@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
 const MAX_HEADERS: usize = 128;
@@ -346,7 +346,8 @@ impl Framing {
     }
 }
 
-/// A downstream stream whose incoming bytes the watcher follows on their way to hyper.
+/// A downstream stream whose incoming bytes the watcher follows on their way to hyper (reads
+/// only; writes go to the stream itself).
 pub struct Watched<S> {
     inner: S,
     framing: RequestFraming,
@@ -367,6 +368,11 @@ impl<S> Watched<S> {
         &self.inner
     }
 
+    /// The stream watched, to write to (writes are not watched).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// The watcher, to follow bytes read past this stream.
     pub fn framing_mut(&mut self) -> &mut RequestFraming {
         &mut self.framing
@@ -382,32 +388,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             this.framing.feed(&buf.filled()[before..]);
         }
         polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

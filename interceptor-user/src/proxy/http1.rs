@@ -1,11 +1,11 @@
 //! HTTP/1 on one downstream connection, one short-lived hyper connection per request. Between
-//! requests only the socket is kept ("parked"): an idle keep-alive connection then costs about a
-//! kilobyte instead of the 16 KiB of read and write buffers a hyper connection holds while idle.
+//! requests only the socket is kept ("parked"): an idle keep-alive connection then costs a few
+//! kilobytes instead of the 16 KiB of read and write buffers a hyper connection holds while idle.
 //!
-//! hyper serves each request with keep-alive off, which only means it stops after one response
-//! (it adds no `Connection: close` to HTTP/1.1 responses); the framing watcher then says whether
-//! hyper stopped exactly at the end of a request the client wants to keep going. Anything else —
-//! an unread request body, `Connection: close`, HTTP/1.0, a watcher that gave up — closes.
+//! hyper gets the bytes of one request only, and is told to stop once its response head is out
+//! (told earlier, it would add `Connection: close`). The framing watcher then says whether hyper
+//! stopped exactly at the end of a request whose client keeps the connection. Anything else — an
+//! unread request body, `Connection: close`, HTTP/1.0, a 101, a watcher that gave up — closes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -87,9 +87,9 @@ pub async fn serve(
                 return;
             }
         }
-        // None: upgraded; the tunnel owns the socket now. (The box is freed here, not after
-        // parking.)
-        let Some(parts) = (*conn).into_parts() else { return };
+        // None: upgraded; the tunnel owns the socket now. (In a block, so that the box is freed
+        // here and not after parking: moving out of it leaves its allocation to its scope.)
+        let Some(parts) = ({ conn }).into_parts() else { return };
         // Anything hyper read and did not use means it stopped inside the request.
         let stopped_inside = !parts.read_buf.is_empty();
         // Now, not at the end of the loop: even empty, it holds hyper's whole read buffer.
@@ -301,7 +301,7 @@ impl AsyncRead for RequestIo {
 
 impl AsyncWrite for RequestIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(self.inner.get_mut()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -309,23 +309,24 @@ impl AsyncWrite for RequestIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.inner.get_mut()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.get_ref().is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.inner.get_mut()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper shuts down after every request (keep-alive is off); the serve loop decides
-        // whether the connection really ends, and dropping the socket closes it then. A tunnel
-        // after a 101 does mean it: its half-close must reach the client.
+        // hyper shuts the socket down whenever its connection ends, which the serve loop makes
+        // happen after every request; the loop decides whether the connection really ends (and
+        // dropping the socket closes it then). A tunnel after a 101 does mean it: its half-close
+        // must reach the client.
         if self.verdicts.switched() {
-            return Pin::new(&mut self.inner).poll_shutdown(cx);
+            return Pin::new(self.inner.get_mut()).poll_shutdown(cx);
         }
         Poll::Ready(Ok(()))
     }
