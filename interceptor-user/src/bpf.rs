@@ -13,6 +13,7 @@
 //! 5.7 (bpf links for cgroup programs, BTF-defined maps, ring buffer for logs); tested on 6.18.
 
 mod addr;
+mod follow;
 mod interfaces;
 mod links;
 mod maps;
@@ -30,10 +31,7 @@ use std::{
 };
 
 use aya::{
-    programs::{
-        links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, TcAttachType, Xdp,
-        XdpMode,
-    },
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -53,8 +51,10 @@ use interceptor_common::{
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
+pub use self::maps::OrigDstTable;
 pub use self::sync::SyncReport;
 use self::{
+    follow::Follower,
     links::LinkPins,
     maps::{CaptureMap, ConntrackMap, OrigDstMap, ProxyTargetMap, StatsMaps},
     pins::{PinDir, PinSpec},
@@ -307,10 +307,8 @@ impl SocketCapture {
         let capture = CaptureMap::take(&mut ebpf)?;
         let mut proxy_target = ProxyTargetMap::take(&mut ebpf)?;
         let orig_dst = match settings.kind {
-            CaptureKind::Socket => OrigDstTable { source: OrigDstSource::Socket(OrigDstMap::take(&mut ebpf)?) },
-            CaptureKind::Packet { .. } => {
-                OrigDstTable { source: OrigDstSource::Packet(ConntrackMap::take(&mut ebpf)?) }
-            }
+            CaptureKind::Socket => OrigDstTable::socket(OrigDstMap::take(&mut ebpf)?),
+            CaptureKind::Packet { .. } => OrigDstTable::packet(ConntrackMap::take(&mut ebpf)?),
         };
         let stats = StatsMaps::take(&mut ebpf)?;
         proxy_target.set(ProxyTarget {
@@ -408,8 +406,7 @@ impl SocketCapture {
         }
         // Subscribe before the first scan, so no change between the two is missed.
         let events = interfaces::LinkEvents::open().map_err(|source| BpfError::Interfaces { source })?;
-        let mut follower =
-            Follower { ebpf: self.ebpf.clone(), links: self.links.clone(), patterns, attached: BTreeMap::new() };
+        let mut follower = Follower::new(self.ebpf.clone(), self.links.clone(), patterns);
         follower.rescan().map_err(|source| BpfError::Interfaces { source })?;
         self.tasks.push(tokio::spawn(async move {
             loop {
@@ -543,102 +540,6 @@ fn monotonic_ns() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Packet mode: keeps XDP and TC attached to exactly the interfaces matching the patterns.
-struct Follower {
-    ebpf: Arc<Mutex<Ebpf>>,
-    links: Arc<Mutex<LinkPins>>,
-    patterns: Vec<String>,
-    /// Interface name → index it was attached at (a re-created interface gets a new index).
-    attached: BTreeMap<String, u32>,
-}
-
-impl Follower {
-    fn rescan(&mut self) -> io::Result<()> {
-        let wanted: BTreeMap<String, u32> = interfaces::list()?
-            .into_iter()
-            .filter(|(name, _)| self.patterns.iter().any(|p| interfaces::glob_match(p, name)))
-            .collect();
-        let gone: Vec<String> = self
-            .attached
-            .iter()
-            .filter(|(name, idx)| wanted.get(*name) != Some(*idx))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in gone {
-            let mut links = lock(&self.links);
-            links.unpin(&format!("xdp_{name}"));
-            links.unpin(&format!("tc_{name}"));
-            self.attached.remove(&name);
-            tracing::info!(interface = %name, "interface gone: detached");
-        }
-        for (name, ifindex) in wanted {
-            if self.attached.contains_key(&name) {
-                continue;
-            }
-            match self.attach(&name, ifindex) {
-                Ok(()) => {
-                    self.attached.insert(name.clone(), ifindex);
-                    tracing::info!(interface = %name, ifindex, "interface attached (xdp + tc egress)");
-                }
-                // It may have vanished again already; the next event rescans.
-                Err(err) => tracing::warn!(interface = %name, error = %err, "attaching"),
-            }
-        }
-        Ok(())
-    }
-
-    fn attach(&self, name: &str, ifindex: u32) -> Result<(), BpfError> {
-        let mut ebpf = lock(&self.ebpf);
-        let mut links = lock(&self.links);
-        let prog: &mut Xdp = program(&mut ebpf, XDP)?;
-        let id = prog.attach_to_if_index(ifindex, XdpMode::Default).map_err(prog_err(XDP, "attaching"))?;
-        let link = prog.take_link(id).map_err(prog_err(XDP, "attaching"))?;
-        let link = FdLink::try_from(link).map_err(not_a_link(XDP))?;
-        links.pin(&format!("xdp_{name}"), link)?;
-        let prog: &mut SchedClassifier = program(&mut ebpf, TC)?;
-        let id = prog.attach(name, TcAttachType::Egress).map_err(prog_err(TC, "attaching"))?;
-        let link = prog.take_link(id).map_err(prog_err(TC, "attaching"))?;
-        let link = FdLink::try_from(link).map_err(not_a_link(TC))?;
-        links.pin(&format!("tc_{name}"), link)
-    }
-}
-
-/// Handle on the original destinations of captured connections. Clones share one map.
-#[derive(Clone)]
-pub struct OrigDstTable {
-    source: OrigDstSource,
-}
-
-#[derive(Clone)]
-enum OrigDstSource {
-    /// Socket mode: `ORIG_DST`, consumed on accept.
-    Socket(OrigDstMap),
-    /// Packet mode: `CONNTRACK`, read only (TC keeps using the flow for replies).
-    Packet(ConntrackMap),
-}
-
-impl OrigDstTable {
-    /// Original destination of a connection the proxy accepted from `client`. `None` when the
-    /// connection was not redirected by us (or the entry was evicted). In socket mode the entry is
-    /// removed once read; in packet mode the flow stays for the reply path and the LRU ages it out.
-    ///
-    /// # Errors
-    ///
-    /// [`BpfError::Map`] when the lookup or delete syscall fails.
-    pub fn take(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
-        match &self.source {
-            OrigDstSource::Socket(map) => map.take_entry(client),
-            OrigDstSource::Packet(map) => map.original(client),
-        }
-    }
-}
-
-impl std::fmt::Debug for OrigDstTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrigDstTable").finish_non_exhaustive()
-    }
 }
 
 /// Program `name`, as its concrete type.

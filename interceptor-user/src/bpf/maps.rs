@@ -225,3 +225,49 @@ mod tests {
         check::<OrigDstMap>();
     }
 }
+
+/// Handle on the original destinations of captured connections. Clones share one map.
+#[derive(Clone)]
+pub struct OrigDstTable {
+    source: OrigDstSource,
+}
+
+#[derive(Clone)]
+enum OrigDstSource {
+    /// Socket mode: `ORIG_DST`, consumed on accept.
+    Socket(OrigDstMap),
+    /// Packet mode: `CONNTRACK`, read only (TC keeps using the flow for replies).
+    Packet(ConntrackMap),
+}
+
+impl OrigDstTable {
+    /// Socket mode's table: `ORIG_DST`.
+    pub(crate) fn socket(map: OrigDstMap) -> Self {
+        Self { source: OrigDstSource::Socket(map) }
+    }
+
+    /// Packet mode's table: `CONNTRACK`.
+    pub(crate) fn packet(map: ConntrackMap) -> Self {
+        Self { source: OrigDstSource::Packet(map) }
+    }
+
+    /// Original destination of a connection the proxy accepted from `client`. `None` when the
+    /// connection was not redirected by us (or the entry was evicted). In socket mode the entry is
+    /// removed once read; in packet mode the flow stays for the reply path and the LRU ages it out.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::Map`] when the lookup or delete syscall fails.
+    pub fn take(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+        match &self.source {
+            OrigDstSource::Socket(map) => map.take_entry(client),
+            OrigDstSource::Packet(map) => map.original(client),
+        }
+    }
+}
+
+impl std::fmt::Debug for OrigDstTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrigDstTable").finish_non_exhaustive()
+    }
+}
