@@ -56,6 +56,11 @@ pub(crate) struct Slot {
     _open: metrics::ConnectionGuard,
 }
 
+/// The comma-separated tokens of every `name` header (`Connection: keep-alive, Upgrade`).
+fn header_tokens<'h>(headers: &'h http::HeaderMap, name: &http::header::HeaderName) -> impl Iterator<Item = &'h str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {
     /// The original destination of the connection from `client`, consumed by the call.

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, Instrument};
 
 use super::drain::Watch;
+use super::header_tokens;
 use super::limits::Limits;
 use super::outbound::{Outbound, ProxyBody};
 
@@ -141,8 +142,8 @@ fn asks_for_h2c<B>(req: &Request<B>) -> bool {
     if req.version() != Version::HTTP_11 || req.method() == Method::CONNECT {
         return false;
     }
-    let upgrade_h2c = tokens(headers, &header::UPGRADE).any(|t| t.eq_ignore_ascii_case("h2c"));
-    let nominated = |name: &str| tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(name));
+    let upgrade_h2c = header_tokens(headers, &header::UPGRADE).any(|t| t.eq_ignore_ascii_case("h2c"));
+    let nominated = |name: &str| header_tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(name));
     upgrade_h2c && nominated("upgrade") && nominated("http2-settings") && has_settings_payload(headers)
 }
 
@@ -165,11 +166,6 @@ fn has_no_body(headers: &HeaderMap) -> bool {
         && headers.get_all(header::CONTENT_LENGTH).iter().all(|v| v.as_bytes().trim_ascii() == b"0")
 }
 
-/// The comma-separated tokens of every `name` header.
-fn tokens<'h>(headers: &'h HeaderMap, name: &header::HeaderName) -> impl Iterator<Item = &'h str> {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
-}
-
 /// `req` as an HTTP/2 header block: pseudo-headers, then the headers that are not about this
 /// HTTP/1.1 connection (RFC 9113 §8.2.2 makes those malformed in HTTP/2, and h2 rejects them).
 fn header_block<B>(req: &Request<B>) -> Vec<u8> {
@@ -182,7 +178,7 @@ fn header_block<B>(req: &Request<B>) -> Vec<u8> {
         encode_literal(&mut block, b":authority", authority);
     }
     encode_literal(&mut block, b":path", req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    let nominated: Vec<&str> = tokens(headers, &header::CONNECTION).collect();
+    let nominated: Vec<&str> = header_tokens(headers, &header::CONNECTION).collect();
     for (name, value) in headers {
         let connection_specific = matches!(
             name.as_str(),

@@ -152,12 +152,9 @@ fn service(
                 verdicts.switch_protocols();
             }
             // A rule's response headers may say so; hyper then closes after the answer.
-            let close = response
-                .headers()
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
-            if close {
+            if super::header_tokens(response.headers(), &http::header::CONNECTION)
+                .any(|t| t.eq_ignore_ascii_case("close"))
+            {
                 verdicts.close_after();
             }
             verdicts.responded();

@@ -731,12 +731,8 @@ impl Tally for Finish {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<header::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<header::HeaderName> = super::header_tokens(headers, &header::CONNECTION)
+        .filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);

@@ -21,13 +21,7 @@ pub struct Upgrade {
 /// `h2c` is never tunnelled (the endpoint would then see every later request unrouted): `proxy::h2c`
 /// switches to HTTP/2 itself when it can, and what reaches here is answered as HTTP/1.1.
 pub fn take<B>(req: &mut Request<B>) -> Option<Upgrade> {
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::header_tokens(req.headers(), &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     let protocol = req.headers().get(header::UPGRADE)?.clone();
     if !asks || protocol.as_bytes().eq_ignore_ascii_case(b"h2c") {
         return None;
