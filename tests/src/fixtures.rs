@@ -150,3 +150,13 @@ pub fn assert_share(k: usize, n: usize, p: f64, what: &str) {
     let margin = 3.29 * (n as f64 * p * (1.0 - p)).sqrt();
     assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
 }
+
+/// The value of the first sample of `name` in Prometheus text whose labels include every
+/// `key="value"` in `labels`.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

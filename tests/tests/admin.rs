@@ -5,17 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{load, node, node_with_pods, split, CLIENT, SERVICE, SUBSETS, VIP};
+use common::{load, node, node_with_pods, sample, split, CLIENT, SERVICE, SUBSETS, VIP};
 use testbed::{run_agent_command, Agent, ADMIN};
-
-/// The value of the first sample of `name` whose labels include every `key="value"` in `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn admin_serves_readiness_config_and_istio_metrics_with_kernel_counters() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{load, node, split, CLIENT, SERVICE, SUBSETS, VIP};
+use common::{load, node, sample, split, CLIENT, SERVICE, SUBSETS, VIP};
 use testbed::{read_stdout, Agent, Node, RawReport, ADMIN, GATEWAY};
 
 /// Starts the agent with a settings file holding `limits` (YAML lines under `limits:`).
@@ -111,8 +111,8 @@ fn smuggling_attempts_are_refused_or_cannot_smuggle() {
         "{text}"
     );
     // And counted as requests, as Envoy counts its protocol errors.
-    let dpe = text.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"DPE\""));
-    assert!(dpe.is_some_and(|l| l.contains("response_code=\"400\"") && l.ends_with(" 2")), "{text}");
+    let dpe = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(sample(&text, "istio_requests_total", &dpe), Some(2.0), "{text}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("/smuggled"), "the smuggled request was served: {log}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{load, split, CLIENT, SERVICE, SUBSETS};
+use common::{load, sample, split, CLIENT, SERVICE, SUBSETS};
 use testbed::{Agent, Node, PodSpec, ADMIN};
 
 const ECHO: &str = "\
@@ -143,16 +143,13 @@ fn an_http_upgrade_is_routed_then_tunnelled() {
     // it carried, as Envoy records an upgraded stream.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
-    let metric = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("response_code=\"101\""))
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-    };
-    let upgraded = metric("istio_requests_total");
-    assert!(upgraded.contains("response_flags=\"-\"") && upgraded.ends_with(" 1"), "{upgraded}");
-    let value = |name: &str| metric(name).rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-    assert_eq!(value("istio_request_bytes_sum"), Some("hello over the tunnel".len() as f64), "{text}");
-    assert_eq!(value("istio_response_bytes_sum"), Some("v2:hello over the tunnel".len() as f64), "{text}");
+    let switched = ["response_code=\"101\""];
+    let upgraded = sample(&text, "istio_requests_total", &["response_code=\"101\"", "response_flags=\"-\""]);
+    assert_eq!(upgraded, Some(1.0), "{text}");
+    let up = sample(&text, "istio_request_bytes_sum", &switched);
+    assert_eq!(up, Some("hello over the tunnel".len() as f64), "{text}");
+    let down = sample(&text, "istio_response_bytes_sum", &switched);
+    assert_eq!(down, Some("v2:hello over the tunnel".len() as f64), "{text}");
 }
 
 #[test]
