@@ -6,6 +6,7 @@ mod hash;
 mod limits;
 mod outlier;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,11 +22,15 @@ pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
 /// Expands a short host (`reviews`) against `namespace` the way Istio does; names with a dot and
 /// wildcards are taken as written.
-pub fn qualify_host(host: &str, namespace: &str) -> String {
+pub fn qualify_host<'h>(host: &'h str, namespace: &str) -> Cow<'h, str> {
     if host.contains('.') || host.contains('*') {
-        host.to_ascii_lowercase()
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        }
     } else {
-        format!("{}.{namespace}.{CLUSTER_DOMAIN}", host.to_ascii_lowercase())
+        Cow::Owned(format!("{}.{namespace}.{CLUSTER_DOMAIN}", host.to_ascii_lowercase()))
     }
 }
 
@@ -88,7 +93,7 @@ impl Protocol {
 #[derive(Clone, Debug)]
 pub struct Service {
     /// Fully qualified host.
-    pub host: String,
+    pub host: Arc<str>,
     /// Namespace of the ServiceEntry.
     pub namespace: String,
     /// Captured virtual IPs.
@@ -118,7 +123,7 @@ impl Service {
 /// Every known service by host, and every known workload by IP.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    services: BTreeMap<String, Service>,
+    services: BTreeMap<Arc<str>, Service>,
     workloads: HashMap<IpAddr, Endpoint>,
 }
 
@@ -226,7 +231,7 @@ impl Registry {
             diagnostics.push(src.diagnostic(Severity::Error, "spec.hosts", "a ServiceEntry needs at least one host"));
         }
         for (i, host) in se.spec.hosts.iter().enumerate() {
-            let host = qualify_host(host, namespace);
+            let host: Arc<str> = qualify_host(host, namespace).into();
             if self.services.contains_key(&host) {
                 diagnostics.push(src.diagnostic(
                     Severity::Error,

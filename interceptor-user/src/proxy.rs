@@ -122,7 +122,7 @@ impl Proxy {
     fn tcp_service(&self, original: SocketAddrV4) -> Option<String> {
         let table = self.inputs.routes.load();
         let service = table.service_at(original)?;
-        (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_owned())
+        (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_string())
     }
 
     /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (keep-alive
@@ -178,7 +178,7 @@ impl Proxy {
                     // A captured connection that does not speak HTTP goes through as TCP too.
                     if let (tunnel::Sniffed::Opaque, Some(original)) = (sniffed, original) {
                         let table = inputs.routes.load();
-                        let Some(service) = table.service_at(original).map(str::to_owned) else {
+                        let Some(service) = table.service_at(original).map(|s| s.to_string()) else {
                             debug!(%original, "opaque connection to an unknown service port; closing");
                             return;
                         };

@@ -106,7 +106,7 @@ pub enum HashKey {
 #[derive(Debug)]
 pub struct Cluster {
     /// `outbound|80|v1|my-app.default.svc.cluster.local`.
-    pub name: String,
+    pub name: Arc<str>,
     /// Service host.
     pub host: String,
     /// Subset name; empty for the whole service.
@@ -139,7 +139,7 @@ pub enum Target {
 
 impl Target {
     /// The cluster's name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         match self {
             Target::Cluster(c) => &c.name,
             Target::Missing { cluster } => cluster,
@@ -220,7 +220,7 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Rule {
     /// `namespace/name#rule`, or `default` for a service without VirtualService.
-    pub label: String,
+    pub label: Arc<str>,
     matches: Vec<MatchBlock>,
     /// What it does.
     pub action: Action,
@@ -246,7 +246,7 @@ impl Rule {
 #[derive(Debug)]
 pub struct TcpRule {
     /// `namespace/name#tcp-N`.
-    pub label: String,
+    pub label: Arc<str>,
     matches: Vec<compile::L4Match>,
     targets: Vec<WeightedTarget>,
     total_weight: u64,
@@ -280,9 +280,9 @@ pub struct Decision<'t> {
 #[derive(Debug)]
 pub struct RouteTable {
     registry: Registry,
-    routes: HashMap<String, ServiceRoutes>,
+    routes: HashMap<Arc<str>, ServiceRoutes>,
     /// Service VIP:port → (host, service id).
-    capture: BTreeMap<SocketAddrV4, (String, u32)>,
+    capture: BTreeMap<SocketAddrV4, (Arc<str>, u32)>,
     warnings: Vec<Diagnostic>,
 }
 
@@ -310,8 +310,8 @@ impl RouteTable {
     }
 
     /// The service behind a captured VIP:port.
-    pub fn service_at(&self, vip: SocketAddrV4) -> Option<&str> {
-        self.capture.get(&vip).map(|(host, _)| host.as_str())
+    pub fn service_at(&self, vip: SocketAddrV4) -> Option<&Arc<str>> {
+        self.capture.get(&vip).map(|(host, _)| host)
     }
 
     /// The service named by a Host header (`my-app`, `my-app.default.svc.cluster.local:80`), for

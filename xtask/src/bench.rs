@@ -147,8 +147,12 @@ pub fn run(quick: bool, profile: bool) -> Result<()> {
     }
     let bin_dir = root.join("target").join(if plan.release { "release" } else { "debug" });
     for name in ["interceptor", "pod"] {
-        // Read by testbed::workspace_binary; set before any thread starts.
-        std::env::set_var(format!("INTERCEPTOR_{}_BIN", name.to_ascii_uppercase()), bin_dir.join(name));
+        // Read by testbed::workspace_binary; set before any thread starts. One set already wins,
+        // so another build (say, main's) can be benched against the same peers.
+        let var = format!("INTERCEPTOR_{}_BIN", name.to_ascii_uppercase());
+        if std::env::var_os(&var).is_none() {
+            std::env::set_var(var, bin_dir.join(name));
+        }
     }
     procstat::raise_nofile_limit(plan.idle_connections as u64 + 1024)?;
     let results = measure(&plan, &tools, &root.join("config/mesh"), &dir)?;

@@ -13,19 +13,22 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderMap, Request, Version};
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Version};
 
 /// What the access log and metrics need from a request, read before the request is forwarded.
+/// Values are shared with the request (reference-counted), not copied.
 #[derive(Clone, Debug)]
 pub struct RequestInfo {
     start: SystemTime,
-    method: String,
-    path: String,
+    method: Method,
+    path: Option<PathAndQuery>,
     protocol: &'static str,
-    forwarded_for: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    authority: Option<String>,
+    forwarded_for: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    authority: Option<HeaderValue>,
     /// A gRPC call (`content-type: application/grpc…`).
     pub grpc: bool,
 }
@@ -33,31 +36,36 @@ pub struct RequestInfo {
 impl RequestInfo {
     /// The request target's path and query, as received.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.as_ref().map_or("/", PathAndQuery::as_str)
     }
 
     /// A HEAD request, whose response has no body to send.
     pub fn is_head(&self) -> bool {
-        self.method == "HEAD"
+        self.method == Method::HEAD
     }
 
-    /// Host header, else the request target's authority; empty when neither is there.
+    /// Host header, else the request target's authority; empty when neither is there (or it is
+    /// not text).
     pub fn authority(&self) -> &str {
-        self.authority.as_deref().unwrap_or("")
+        text(self.authority.as_ref()).unwrap_or("")
     }
 
     /// Reads the logged fields of `req`.
     pub fn of<B>(req: &Request<B>) -> Self {
         let headers = req.headers();
+        let authority = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         Self {
             start: SystemTime::now(),
-            method: req.method().as_str().to_owned(),
-            path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().cloned(),
             protocol: protocol(req.version()),
-            forwarded_for: text(headers, "x-forwarded-for"),
-            user_agent: text(headers, header::USER_AGENT.as_str()),
-            request_id: text(headers, "x-request-id"),
-            authority: text(headers, header::HOST.as_str()).or_else(|| req.uri().authority().map(|a| a.to_string())),
+            forwarded_for: headers.get("x-forwarded-for").cloned(),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
+            request_id: headers.get("x-request-id").cloned(),
+            authority,
             grpc: super::grpc::is_grpc(headers),
         }
     }
@@ -95,14 +103,13 @@ pub struct Completion<'a> {
 pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
     let mut line = String::with_capacity(256);
     let start = humantime::format_rfc3339_millis(req.start);
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     // Writing to a String cannot fail.
     let _ = write!(
         line,
         "[{start}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
         req.method,
-        req.path,
+        req.path(),
         req.protocol,
         done.status,
         done.flags,
@@ -138,8 +145,13 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-fn text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+/// The header's text, `-` when absent or not text.
+fn dash(value: &Option<HeaderValue>) -> &str {
+    text(value.as_ref()).unwrap_or("-")
+}
+
+fn text(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]

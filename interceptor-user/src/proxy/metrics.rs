@@ -2,8 +2,10 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`), so
 //! dashboards and alerts written for Istio read them unchanged.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+use hashbrown::{Equivalent, HashMap};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +25,7 @@ const UNKNOWN: &str = "unknown";
 
 /// The client's workload, when the route table knows its address (a ServiceEntry endpoint or a
 /// WorkloadEntry).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct SourceWorkload {
     /// Workload name, as Istio's `source_workload`.
     pub name: Arc<str>,
@@ -99,6 +101,67 @@ struct RejectLabels {
     reason: &'static str,
 }
 
+/// The four request metrics of one label set.
+#[derive(Debug)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// What a request's labels are made of, owned: the key of its [`Series`].
+#[derive(Debug, Hash, PartialEq, Eq)]
+struct SeriesKey {
+    service: Box<str>,
+    cluster: Box<str>,
+    flags: Box<str>,
+    status: u16,
+    grpc: bool,
+    source: Option<SourceWorkload>,
+}
+
+/// The same, borrowed from a request, so the lookup that finds its series allocates nothing.
+/// Field for field as [`SeriesKey`]: both must hash alike.
+#[derive(Hash)]
+struct OutcomeKey<'a> {
+    service: &'a str,
+    cluster: &'a str,
+    flags: &'a str,
+    status: u16,
+    grpc: bool,
+    source: Option<&'a SourceWorkload>,
+}
+
+impl Equivalent<SeriesKey> for OutcomeKey<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        *self.service == *key.service
+            && *self.cluster == *key.cluster
+            && *self.flags == *key.flags
+            && self.status == key.status
+            && self.grpc == key.grpc
+            && self.source == key.source.as_ref()
+    }
+}
+
+impl<'a> OutcomeKey<'a> {
+    fn of(outcome: &RequestOutcome<'a>) -> Self {
+        let RequestOutcome { service, cluster, flags, status, grpc, source, .. } = *outcome;
+        OutcomeKey { service, cluster, flags, status, grpc, source }
+    }
+
+    fn owned(&self) -> SeriesKey {
+        SeriesKey {
+            service: self.service.into(),
+            cluster: self.cluster.into(),
+            flags: self.flags.into(),
+            status: self.status,
+            grpc: self.grpc,
+            source: self.source.cloned(),
+        }
+    }
+}
+
 /// Istio request metrics and the proxy's connection counters, registered once and shared by every
 /// connection.
 #[derive(Debug)]
@@ -112,6 +175,9 @@ pub struct ProxyMetrics {
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
+    /// Each label set's metrics, found by one cheap hash of the request's facts instead of
+    /// building the labels and hashing them for each of the four families.
+    series: RwLock<HashMap<SeriesKey, Series, foldhash::fast::RandomState>>,
 }
 
 impl ProxyMetrics {
@@ -127,6 +193,7 @@ impl ProxyMetrics {
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
+            series: RwLock::default(),
         };
         registry.register("istio_requests", "Requests handled by the proxy", this.requests.clone());
         registry.register(
@@ -189,11 +256,29 @@ impl ProxyMetrics {
 
     /// Counts one finished request.
     pub fn record(&self, outcome: &RequestOutcome<'_>) {
+        let key = OutcomeKey::of(outcome);
+        if let Some(series) = self.series.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            series.observe(outcome);
+            return;
+        }
         let labels = labels(outcome);
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(outcome.duration.as_secs_f64() * 1000.0);
-        self.request_bytes.get_or_create(&labels).observe(outcome.request_bytes as f64);
-        self.response_bytes.get_or_create(&labels).observe(outcome.response_bytes as f64);
+        let mut all = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        let series = all.entry(key.owned()).or_insert_with(|| Series {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        });
+        series.observe(outcome);
+    }
+}
+
+impl Series {
+    fn observe(&self, outcome: &RequestOutcome<'_>) {
+        self.requests.inc();
+        self.duration.observe(outcome.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(outcome.request_bytes as f64);
+        self.response_bytes.observe(outcome.response_bytes as f64);
     }
 }
 
@@ -280,6 +365,27 @@ mod tests {
         assert_eq!(subset_of("outbound|80|v2|my-app.default.svc.cluster.local"), Some("v2"));
         assert_eq!(subset_of("outbound|80||my-app.default.svc.cluster.local"), None);
         assert_eq!(subset_of("-"), None);
+    }
+
+    #[test]
+    fn a_request_finds_its_series_by_borrowed_facts() {
+        use std::hash::BuildHasher;
+        let client = SourceWorkload { name: "billing-vm".into(), namespace: "pay".into() };
+        let hasher = foldhash::fast::RandomState::default();
+        for source in [None, Some(&client)] {
+            let key = OutcomeKey {
+                service: "a.b.svc",
+                cluster: "outbound|80|v1|a.b.svc",
+                flags: "UF,URX",
+                status: 503,
+                grpc: true,
+                source,
+            };
+            let owned = key.owned();
+            assert_eq!(hasher.hash_one(&key), hasher.hash_one(&owned));
+            assert!(key.equivalent(&owned));
+            assert!(!OutcomeKey { status: 200, ..key }.equivalent(&owned));
+        }
     }
 
     #[test]

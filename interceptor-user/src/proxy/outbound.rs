@@ -58,11 +58,11 @@ pub struct Outbound {
 #[derive(Default)]
 pub struct Served {
     /// Service addressed.
-    pub service: String,
+    pub service: Arc<str>,
     /// Rule label.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// Cluster name.
-    pub cluster: String,
+    pub cluster: Arc<str>,
     /// Endpoint of the last try.
     pub endpoint: Option<SocketAddr>,
     /// Tries made.
@@ -227,7 +227,7 @@ impl Outbound {
             served.flags.push(ResponseFlag::NR);
             return local_reply(ResponseFlag::NR, format!("no service for authority {authority:?}"));
         };
-        served.service = service.to_owned();
+        served.service = service.clone();
         let (path, query) = split_query(path_and_query);
         let view = RequestView {
             method: req.method().as_str(),
@@ -315,14 +315,14 @@ impl Outbound {
 
     /// The service and port this request addresses: the captured VIP:port when there is one, else
     /// the Host header (a direct connection to the proxy).
-    fn service<'t>(&self, table: &'t RouteTable, authority: &str) -> (Option<&'t str>, u16) {
+    fn service<'t>(&self, table: &'t RouteTable, authority: &str) -> (Option<&'t Arc<str>>, u16) {
         if let Some(original) = self.original {
             if let Some(service) = table.service_at(original) {
                 return (Some(service), original.port());
             }
         }
         let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
-        let service = table.service_for_authority(authority, &self.inputs.namespace).map(|s| s.host.as_str());
+        let service = table.service_for_authority(authority, &self.inputs.namespace).map(|s| &s.host);
         (service, port)
     }
 
@@ -336,7 +336,7 @@ impl Outbound {
         served: &mut Served,
     ) -> Response<ProxyBody> {
         let weighted = route.pick();
-        served.cluster = weighted.target.name().to_owned();
+        served.cluster = weighted.target.name().clone();
         let cluster = match &weighted.target {
             Target::Missing { cluster } => {
                 served.flags.push(ResponseFlag::NC);

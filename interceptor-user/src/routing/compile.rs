@@ -169,7 +169,7 @@ fn destination_rules<'a>(
             diags.push(src.diagnostic(Severity::Error, "spec.host", "a DestinationRule needs a host"));
             continue;
         }
-        let host = qualify_host(&dr.spec.host, &dr.meta.namespace);
+        let host = qualify_host(&dr.spec.host, &dr.meta.namespace).into_owned();
         let policy = dr
             .spec
             .traffic_policy
@@ -409,11 +409,11 @@ pub(super) struct ClusterCache<'a> {
 impl ClusterCache<'_> {
     /// The cluster of `subset` (empty: whole service) on `port` of `service`. The subset must exist.
     fn get(&mut self, service: &Service, port: u16, subset: &str) -> Arc<Cluster> {
-        let key = (service.host.clone(), subset.to_owned(), port);
+        let key = (service.host.to_string(), subset.to_owned(), port);
         if let Some(cluster) = self.built.get(&key) {
             return cluster.clone();
         }
-        let dr = self.rules.get(&service.host);
+        let dr = self.rules.get(&*service.host);
         let (labels, policy) = match dr {
             None => (BTreeMap::new(), PolicySettings::default()),
             Some(dr) => match dr.subsets.get(subset) {
@@ -424,8 +424,8 @@ impl ClusterCache<'_> {
         let endpoints = service.port(port).map(|p| service.endpoint_addrs(p, &labels)).unwrap_or_default();
         let (lb, hash_key) = policy.lb.unwrap_or((Policy::LeastRequest, None));
         let cluster = Arc::new(Cluster {
-            name: cluster_name(&service.host, subset, port),
-            host: service.host.clone(),
+            name: cluster_name(&service.host, subset, port).into(),
+            host: service.host.to_string(),
             subset: subset.to_owned(),
             port,
             balancer: Balancer::new(lb, endpoints, policy.outlier),
@@ -682,7 +682,7 @@ fn compile_rule(
             }
         }
     }
-    (error_count(diags) == before).then_some(Rule { label, matches, action, headers, fault, cors })
+    (error_count(diags) == before).then_some(Rule { label: label.into(), matches, action, headers, fault, cors })
 }
 
 fn compile_route(
@@ -784,7 +784,7 @@ fn compile_destination(
     clusters: &mut ClusterCache<'_>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Target> {
-    let host = qualify_host(&dest.host, ns);
+    let host = qualify_host(&dest.host, ns).into_owned();
     let subset = dest.subset.as_str();
     if dest.host.is_empty() {
         diags.push(src.diagnostic(Severity::Error, format!("{at}.destination.host"), "a destination needs a host"));
@@ -966,7 +966,7 @@ fn compile_tcp(
             continue;
         }
         let total_weight = targets.iter().map(|t| t.weight).sum();
-        rules.push(TcpRule { label: format!("{label}#tcp-{i}"), matches, targets, total_weight });
+        rules.push(TcpRule { label: format!("{label}#tcp-{i}").into(), matches, targets, total_weight });
     }
     rules
 }
@@ -978,7 +978,7 @@ fn bind(
     http: Arc<Vec<Rule>>,
     tcp: Arc<Vec<TcpRule>>,
     registry: &Registry,
-    routes: &mut HashMap<String, ServiceRoutes>,
+    routes: &mut HashMap<Arc<str>, ServiceRoutes>,
     diags: &mut Vec<Diagnostic>,
 ) {
     let src = &vs.source;
@@ -1001,7 +1001,7 @@ fn bind(
         }
     };
     for (i, host) in vs.spec.hosts.iter().enumerate() {
-        let pattern = qualify_host(host, &vs.meta.namespace);
+        let pattern = qualify_host(host, &vs.meta.namespace).into_owned();
         let mut bound = false;
         for service in registry.services().filter(|s| host_matches(&pattern, &s.host)) {
             let Some(service_routes) = routes.get_mut(&service.host) else { continue };

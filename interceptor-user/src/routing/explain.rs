@@ -163,7 +163,7 @@ pub(super) fn describe(table: &RouteTable) -> String {
     for (vip, (host, _)) in &table.capture {
         let _ = writeln!(out, "capture {vip} → {host}");
     }
-    let mut hosts: Vec<&String> = table.routes.keys().collect();
+    let mut hosts: Vec<&std::sync::Arc<str>> = table.routes.keys().collect();
     hosts.sort();
     for host in hosts {
         let routes = &table.routes[host];

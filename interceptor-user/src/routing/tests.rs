@@ -103,7 +103,7 @@ fn first_matching_rule_wins_and_beta_testers_go_to_v2() {
     for _ in 0..100 {
         let d = get(&table, &headers, "/");
         assert_eq!(subset_of(&d), "v2");
-        assert_eq!(d.rule.unwrap().label, "default/vs#0");
+        assert_eq!(&*d.rule.unwrap().label, "default/vs#0");
     }
 }
 
@@ -124,7 +124,7 @@ fn a_service_without_virtual_service_uses_all_its_endpoints() {
     let table = compile("").unwrap();
     let headers = HeaderMap::new();
     let d = get(&table, &headers, "/");
-    assert_eq!(d.rule.unwrap().label, DEFAULT_RULE);
+    assert_eq!(&*d.rule.unwrap().label, DEFAULT_RULE);
     assert_eq!(outcome(&d).unwrap().balancer.endpoints().len(), 2);
 }
 
@@ -186,8 +186,8 @@ fn the_capture_set_holds_each_vip_port() {
     let set = table.capture_set();
     assert_eq!(set.len(), 1);
     assert!(set.contains_key(&"10.96.0.10:80".parse().unwrap()));
-    assert_eq!(table.service_at("10.96.0.10:80".parse().unwrap()), Some(HOST));
-    assert_eq!(table.service_for_authority("my-app:80", "default").map(|s| s.host.as_str()), Some(HOST));
+    assert_eq!(table.service_at("10.96.0.10:80".parse().unwrap()).map(|s| &**s), Some(HOST));
+    assert_eq!(table.service_for_authority("my-app:80", "default").map(|s| &*s.host), Some(HOST));
 }
 
 #[test]
@@ -314,7 +314,7 @@ mod properties {
                 if let Some(v) = &xa { headers.insert("x-a", v.parse().unwrap()); }
                 if let Some(v) = &xb { headers.insert("x-b", v.parse().unwrap()); }
                 let req = RequestView { method, path: &path, query: None, authority: "my-app", scheme: "http", headers: &headers, port: 80, source: None };
-                let got = table.route(HOST, &req).rule.map(|r| r.label.clone());
+                let got = table.route(HOST, &req).rule.map(|r| r.label.to_string());
                 let want = naive(&rules, &path, method, xa.as_deref(), xb.as_deref()).map(|i| format!("default/vs#{i}"));
                 prop_assert_eq!(got, want, "path {} method {} x-a {:?} x-b {:?}", path, method, xa, xb);
             }
@@ -362,7 +362,7 @@ fn delegates_take_the_roots_conditions() {
     headers.insert("x-beta", "1".parse().unwrap());
     let d = get(&table, &headers, "/api/x");
     assert_eq!(subset_of(&d), "v2");
-    assert_eq!(d.rule.unwrap().label, "default/root#0→default/api#0");
+    assert_eq!(&*d.rule.unwrap().label, "default/root#0→default/api#0");
     assert_eq!(subset_of(&get(&table, &headers, "/web")), "v1", "the delegate's rules need the root's /api");
 }
 
@@ -391,7 +391,7 @@ fn tcp_rules_match_port_and_fall_back_to_the_service() {
     assert_eq!(table.protocol(host, 5432), crate::endpoints::Protocol::Tcp);
     let (rule, target) =
         table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
-    assert_eq!((rule, target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
+    assert_eq!((rule, &**target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
 }
 
 #[test]
