@@ -37,6 +37,9 @@ pub enum ResponseFlag {
     UH,
     /// Connecting to the endpoint failed (503).
     UF,
+    /// The upstream connection ended before the whole response: 503 before the headers, else
+    /// the status already sent.
+    UC,
     /// Connection-pool limits reached (503).
     UO,
     /// The upstream timed out (504).
@@ -71,6 +74,7 @@ impl ResponseFlag {
             ResponseFlag::NC => "NC",
             ResponseFlag::UH => "UH",
             ResponseFlag::UF => "UF",
+            ResponseFlag::UC => "UC",
             ResponseFlag::UO => "UO",
             ResponseFlag::UT => "UT",
             ResponseFlag::URX => "URX",

@@ -157,6 +157,27 @@ fn chunked_responses_count_their_real_bytes_and_time_to_the_last_byte() {
 }
 
 #[test]
+fn an_upstream_that_breaks_off_mid_body_is_logged_with_uc() {
+    let node = node().unwrap();
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))], false)
+            .unwrap();
+    // The backend promises its 2-byte body (`v1`) and sends 1 byte of it.
+    let report = node
+        .raw(CLIENT, &["--target", VIP, "--send", "GET /__break HTTP/1.1\r\nHost: my-app\r\n\r\n", "--read-ms", "1000"])
+        .unwrap();
+    assert!(report.response.starts_with("HTTP/1.1 200 ") && report.response.ends_with("\r\n\r\nv"), "{report:?}");
+    assert!(report.closed, "{report:?}");
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let broken = ["response_code=\"200\"", "response_flags=\"UC\""];
+    assert_eq!(sample(&text, "istio_requests_total", &broken), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "istio_response_bytes_sum", &broken), Some(1.0), "{text}");
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.lines().any(|l| l.contains(" access: [") && l.contains("\" 200 UC 0 1 ")), "{log}");
+}
+
+#[test]
 fn a_client_that_leaves_before_the_answer_is_logged_with_code_0_and_dc() {
     let node = node().unwrap();
     // Every answer waits 1 s (fault delay), so the client below is gone long before it.

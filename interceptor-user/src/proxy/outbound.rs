@@ -490,22 +490,23 @@ impl Outbound {
                 }
                 Ok(Err(err)) => {
                     cluster.balancer.record(endpoint, Outcome::ConnectFailure);
-                    let failure = if err.is_connect() {
-                        crate::routing::TryFailure::Connect
+                    // Envoy's flags: UF when no connection was made, UC when it ended before the headers.
+                    let (failure, flag) = if err.is_connect() {
+                        (crate::routing::TryFailure::Connect, ResponseFlag::UF)
                     } else {
-                        crate::routing::TryFailure::Reset
+                        (crate::routing::TryFailure::Reset, ResponseFlag::UC)
                     };
                     debug!(%endpoint, error = %err, "try failed");
                     if !last && retry.on.retries_failure(failure) {
                         tried.push(endpoint);
                         continue;
                     }
-                    served.flags.push(ResponseFlag::UF);
+                    served.flags.push(flag);
                     if served.tries > 1 {
                         served.flags.push(ResponseFlag::URX);
                     }
                     return local_reply(
-                        ResponseFlag::UF,
+                        flag,
                         format!("upstream connect error or disconnect/reset before headers: {}", error_chain(&err)),
                     );
                 }
@@ -698,6 +699,10 @@ impl Tally for Finish {
         if ended == Ended::Dropped && !self.bodiless() {
             self.served.flags.push(ResponseFlag::DC);
         }
+        if ended == Ended::Failed {
+            // The upstream broke off mid-body; the client got the status and part of the body.
+            self.served.flags.push(ResponseFlag::UC);
+        }
         let took = self.started.elapsed();
         let served = &self.served;
         let flags = served.flags();
@@ -790,6 +795,7 @@ mod tests {
         assert_eq!(r.headers()[FLAGS_HEADER], "NC");
         assert_eq!(local_reply(ResponseFlag::NR, String::new()).status(), 404);
         assert_eq!(local_reply(ResponseFlag::UT, String::new()).status(), 504);
+        assert_eq!(local_reply(ResponseFlag::UC, String::new()).headers()[FLAGS_HEADER], "UC");
     }
 
     #[test]

@@ -319,6 +319,8 @@ async fn main() -> Result<()> {
 
 /// Path that answers how many other requests this backend served (for mirror tests).
 const COUNT_PATH: &str = "/__count";
+/// Answered with the full body's length but half the body, then the connection breaks off.
+const BREAK_PATH: &str = "/__break";
 
 /// How `serve` answers.
 #[derive(Clone, Copy)]
@@ -365,12 +367,27 @@ async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Resul
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                 let seen = seen_headers(&req, header_name);
                 let count_request = req.uri().path() == COUNT_PATH;
+                let break_off = req.uri().path() == BREAK_PATH;
                 async move {
                     if count_request {
                         let count = served.load(Ordering::SeqCst).to_string();
                         return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(Bytes::from(count)))));
                     }
                     served.fetch_add(1, Ordering::SeqCst);
+                    if break_off {
+                        let (mut tx, channel) = Channel::<Bytes>::new(2);
+                        let len = body.len();
+                        tokio::spawn(async move {
+                            if tx.send_data(body.slice(..len / 2)).await.is_ok() {
+                                // Let the half go out; then the body ends short of its length,
+                                // and hyper can only break the connection off.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        });
+                        let mut response = Response::new(Either::Right(channel));
+                        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, len.into());
+                        return Ok(response);
+                    }
                     if !options.delay.is_zero() {
                         tokio::time::sleep(options.delay).await;
                     }
