@@ -2,6 +2,7 @@
 //! (fault, CORS, redirect, direct response, or forwarding with rewrite, headers, mirrors, retries
 //! and timeout).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,11 +99,13 @@ impl Received {
 }
 
 impl Served {
-    fn flags(&self) -> String {
-        if self.flags.is_empty() {
-            return "-".into();
+    /// Envoy's comma-separated flags; borrowed (no allocation) in the common none-or-one case.
+    fn flags(&self) -> Cow<'static, str> {
+        match self.flags.as_slice() {
+            [] => Cow::Borrowed("-"),
+            [one] => Cow::Borrowed(one.as_str()),
+            many => Cow::Owned(many.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")),
         }
-        self.flags.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
