@@ -26,7 +26,7 @@ use tracing::debug;
 
 use super::drain::Watch;
 use super::framing::{RequestFraming, Verdicts, Watched};
-use super::outbound::ProxyBody;
+use super::outbound::{ProxyBody, Relayed};
 use super::shared_io::SharedStream;
 use super::{h2c, limits, metrics, Outbound, ProxyInputs, Slot};
 use crate::routing::ResponseFlag;
@@ -51,7 +51,7 @@ pub async fn serve(
     let idle_timeout = inputs.limits.header_read_timeout;
     let h2c = Arc::new(h2c::Switch::new(inputs.limits, watch.clone()));
     let outbound = Arc::new(Outbound::new(inputs, client, original));
-    let mut service = service(outbound, h2c, verdicts.clone(), metrics.clone());
+    let mut service = service(outbound.clone(), h2c, verdicts.clone(), metrics.clone());
     let mut io = RequestIo {
         inner: Watched::new(stream, framing),
         request: 1,
@@ -60,9 +60,30 @@ pub async fn serve(
         verdicts: verdicts.clone(),
         _slot: slot,
     };
+    // The sniff saw the first request's bytes arrive: read them here, so the fast path can take
+    // the first request too.
+    match io.read_next(&spare) {
+        Ok(0) => return,
+        Err(err) if err.kind() != io::ErrorKind::WouldBlock => return,
+        _ => {}
+    }
     loop {
         let served_before = verdicts.served();
         io.request = served_before + 1;
+        if let Some(request) = io.lone_request() {
+            // Boxed, so that a parked connection's task does not keep room for it.
+            match Box::pin(outbound.relay(&request, &spare, watch.is_draining())).await {
+                Relayed::Declined => {}
+                Relayed::Close => return,
+                Relayed::KeepAlive => {
+                    io.relayed();
+                    if watch.is_draining() || !park(&mut io, &spare, &mut watch, idle_timeout).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         // Boxed, so that a parked connection's task does not keep room for it.
         let mut conn = Box::new(http1.serve_connection(TokioIo::new(io), service).with_upgrades());
         let outcome = {
@@ -102,26 +123,36 @@ pub async fn serve(
         if !io.pipelined.is_empty() {
             continue;
         }
-        // Drained, but it may still hold the allocation of the last round's read.
-        io.pipelined = Bytes::new();
-        // Parked: no hyper connection until the next request's first bytes are read.
-        let deadline = tokio::time::Instant::now() + idle_timeout;
-        loop {
-            tokio::select! {
-                ready = spare.readable() => if ready.is_err() { return },
-                () = watch.draining() => return,
-                // Closed without a word, as Envoy's idle timeout does: a 408 here could cross
-                // the client's next request on the wire.
-                () = tokio::time::sleep_until(deadline) => return debug!("idle keep-alive connection timed out"),
+        if !park(&mut io, &spare, &mut watch, idle_timeout).await {
+            return;
+        }
+    }
+}
+
+/// Keeps only the socket until the next request's first bytes arrive and are read; false when
+/// the connection ends instead (the client left, the drain began, or it idled past `idle_timeout`).
+async fn park(io: &mut RequestIo, spare: &TcpStream, watch: &mut Watch, idle_timeout: std::time::Duration) -> bool {
+    // Drained, but it may still hold the allocation of the last round's read.
+    io.pipelined = Bytes::new();
+    let deadline = tokio::time::Instant::now() + idle_timeout;
+    loop {
+        tokio::select! {
+            ready = spare.readable() => if ready.is_err() { return false },
+            () = watch.draining() => return false,
+            // Closed without a word, as Envoy's idle timeout does: a 408 here could cross the
+            // client's next request on the wire.
+            () = tokio::time::sleep_until(deadline) => {
+                debug!("idle keep-alive connection timed out");
+                return false;
             }
-            match io.read_next(&spare) {
-                // The client left.
-                Ok(0) => return,
-                Ok(_) => break,
-                // Readiness left over from the last request's bytes.
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
+        }
+        match io.read_next(spare) {
+            // The client left.
+            Ok(0) => return false,
+            Ok(_) => return true,
+            // Readiness left over from the last request's bytes.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
         }
     }
 }
@@ -237,6 +268,25 @@ impl RequestIo {
         self.inner.framing_mut().feed(&buf[..n]);
         self.pipelined = Bytes::copy_from_slice(&buf[..n]);
         Ok(n)
+    }
+
+    /// The bytes read so far when they are exactly this connection's request, complete, from a
+    /// client that keeps the connection: what the fast path can take.
+    fn lone_request(&self) -> Option<Bytes> {
+        if self.pipelined.is_empty() || self.verdicts.switched() {
+            return None;
+        }
+        let end = self.inner.framing().request_end(self.request)?;
+        (end.keep_alive && end.offset == self.delivered + self.pipelined.len() as u64).then(|| self.pipelined.clone())
+    }
+
+    /// Records that the fast path answered this connection's request.
+    fn relayed(&mut self) {
+        let ambiguous = self.verdicts.next_is_ambiguous();
+        debug_assert!(!ambiguous, "the fast path takes no request with a body");
+        self.verdicts.responded();
+        self.delivered += self.pipelined.len() as u64;
+        self.pipelined = Bytes::new();
     }
 
     /// Whether hyper served exactly this connection's request, read all of it, and the client

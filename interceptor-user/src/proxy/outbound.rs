@@ -28,6 +28,10 @@ use crate::routing::{
     Action, Cluster, HashKey, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule, Target,
 };
 
+mod relay;
+
+pub use relay::Relayed;
+
 /// Body of every response the proxy sends downstream.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Uri;
@@ -20,6 +20,9 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Idle raw connections kept per endpoint; more are closed when they come back.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Body of requests sent upstream: streamed from the client, or replayed from a buffer.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -33,12 +36,46 @@ pub type Client = LegacyClient<MarkedConnector, UpstreamBody>;
 pub struct UpstreamClient {
     mark: Option<u32>,
     clients: Arc<Mutex<HashMap<(Duration, bool), Client>>>,
+    /// Idle HTTP/1.1 connections of the fast path (`outbound::relay`), by endpoint.
+    idle: Arc<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
+}
+
+/// A raw upstream connection waiting for its next request.
+struct Idle {
+    conn: TcpStream,
+    since: Instant,
 }
 
 impl UpstreamClient {
     /// Clients whose sockets carry `mark` (needs CAP_NET_ADMIN).
     pub fn new(mark: Option<u32>) -> Self {
-        Self { mark, clients: Arc::default() }
+        Self { mark, clients: Arc::default(), idle: Arc::default() }
+    }
+
+    /// The most recently used idle connection to `endpoint` that is still open, if any.
+    pub fn checkout(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = idle.get_mut(&endpoint)?;
+        while let Some(Idle { conn, since }) = conns.pop() {
+            // Readable while idle means closed by the endpoint (or stray bytes): useless either way.
+            let open = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if open && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` to `endpoint` for a later request; the ones idle too long are closed.
+    pub fn checkin(&self, endpoint: SocketAddr, conn: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = idle.entry(endpoint).or_default();
+        // Oldest first: the ones past the idle timeout are at the front.
+        let expired = conns.iter().take_while(|i| i.since.elapsed() >= POOL_IDLE_TIMEOUT).count();
+        conns.drain(..expired);
+        if conns.len() < MAX_IDLE_PER_ENDPOINT {
+            conns.push(Idle { conn, since: Instant::now() });
+        }
     }
 
     /// The mark upstream sockets carry.
