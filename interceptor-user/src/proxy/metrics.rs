@@ -172,6 +172,7 @@ pub struct ProxyMetrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
+    relayed: Counter,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
@@ -190,6 +191,7 @@ impl ProxyMetrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
             requests: Family::default(),
+            relayed: Counter::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
@@ -203,6 +205,11 @@ impl ProxyMetrics {
         );
         registry.register("istio_request_bytes", "Request body sizes", this.request_bytes.clone());
         registry.register("istio_response_bytes", "Response body sizes", this.response_bytes.clone());
+        registry.register(
+            "interceptor_relayed_requests",
+            "HTTP/1.1 requests the fast path relayed (no body, a plain forwarding rule); the others went through hyper",
+            this.relayed.clone(),
+        );
         registry.register(
             "interceptor_downstream_connections",
             "Open downstream (captured) connections",
@@ -245,6 +252,11 @@ impl ProxyMetrics {
     /// A downstream connection was turned away for `reason` ([`REJECT_OVERLOAD`], …).
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// Counts a request the fast path took.
+    pub fn relayed(&self) {
+        self.relayed.inc();
     }
 
     /// Counts an open downstream connection until the guard drops.

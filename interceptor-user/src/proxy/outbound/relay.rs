@@ -5,10 +5,12 @@
 //! I/O, and hyper serves that request the usual way; once it has sent a request upstream it sees
 //! the request through, retries and local replies included, as the hyper path would.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +28,9 @@ use crate::routing::{Action, RequestView, ResponseFlag, RouteAction, Rule, Targe
 const MAX_HEADERS: usize = 64;
 /// Longest response head read from an endpoint.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Read size for responses.
+/// First read size for a response: a head and a small body in one read.
+const FIRST_READ: usize = 4 * 1024;
+/// Read size for the rest of a larger response.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; the names `Connection` lists are too.
@@ -63,7 +67,7 @@ impl Outbound {
     /// Serves `raw`, which holds exactly one request head and nothing more, answering on
     /// `downstream`; declines (having done nothing) whenever the request needs the full path.
     /// `draining`: the answer is the connection's last.
-    pub async fn relay(self: &Arc<Self>, raw: &[u8], downstream: &TcpStream, draining: bool) -> Relayed {
+    pub async fn relay(self: &Arc<Self>, raw: &Bytes, downstream: &TcpStream, draining: bool) -> Relayed {
         let started = Instant::now();
         let Some(parsed) = parse_request(raw, self.inputs.limits.max_headers) else { return Relayed::Declined };
         let table = self.inputs.routes.load_full();
@@ -96,6 +100,7 @@ impl Outbound {
         };
 
         // Committed: from here on the request is observed once, like any other.
+        self.inputs.metrics.relayed();
         let source = table
             .registry()
             .workload(self.client.ip())
@@ -150,7 +155,14 @@ impl Outbound {
             };
             finish.served.endpoint = Some(endpoint);
             let sent_at = Instant::now();
-            let (failure, err) = match self.exchange(endpoint, cluster.connect_timeout, &parsed.upstream_head).await {
+            let exchange = self.exchange(endpoint, cluster.connect_timeout, &parsed.upstream_head);
+            let exchanged = tokio::select! {
+                biased;
+                exchanged = exchange => exchanged,
+                // As Envoy resets the upstream request: dropped, and observed with code 0 and DC.
+                () = client_left(downstream) => return Relayed::Close,
+            };
+            let (failure, err) = match exchanged {
                 Ok(exchange) => {
                     finish.served.upstream_time = Some(sent_at.elapsed());
                     let status = exchange.head.status;
@@ -209,7 +221,7 @@ impl Outbound {
                 }
                 return Err(TryError::Reset(err));
             }
-            let mut buf = Vec::with_capacity(READ_CHUNK);
+            let mut buf = Vec::with_capacity(FIRST_READ);
             loop {
                 match conn.read_buf(&mut buf).await {
                     // A pooled connection that was closed under us: the request never arrived.
@@ -223,8 +235,12 @@ impl Outbound {
                     Err(err) => return Err(TryError::Reset(err)),
                     Ok(_) => {}
                 }
-                match ResponseHead::parse(&mut buf) {
-                    Ok(Some(head)) => return Ok(Exchange { conn, head, buf }),
+                // A long head: read on in larger steps than `read_buf`'s own growth.
+                if buf.capacity() - buf.len() < FIRST_READ / 4 {
+                    buf.reserve(FIRST_READ);
+                }
+                match ResponseHead::parse(&buf) {
+                    Ok(Some((head, body_start))) => return Ok(Exchange { conn, head, buf, body_start }),
                     Ok(None) if buf.len() < MAX_RESPONSE_HEAD => {}
                     Ok(None) => return Err(TryError::Reset(invalid("response head too large"))),
                     Err(err) => return Err(TryError::Reset(err)),
@@ -242,44 +258,51 @@ impl Outbound {
         endpoint: SocketAddr,
         draining: bool,
     ) -> Relayed {
-        let Exchange { mut conn, head, mut buf } = exchange;
+        let Exchange { mut conn, head, mut buf, body_start } = exchange;
         finish.status = StatusCode::from_u16(head.status).ok();
         // A body that ends with the connection cannot be framed for a kept connection.
         let close = draining || head.framing == Framing::UntilClose;
-        let mut out = head.downstream;
+        let mut head_out = head.downstream;
         if close {
-            out.extend_from_slice(b"connection: close\r\n");
+            head_out.extend_from_slice(b"connection: close\r\n");
         }
-        out.extend_from_slice(b"\r\n");
+        head_out.extend_from_slice(b"\r\n");
+        let mut head_out = Some(head_out);
         let mut framing = BodyProgress::new(head.framing);
         let mut done = false;
         let mut upstream_reusable = head.keep_alive;
+        // Bytes of `buf` before `pos` are relayed already.
+        let mut pos = body_start;
         loop {
-            let step = match framing.advance(&buf) {
+            let step = match framing.advance(&buf[pos..]) {
                 Ok(step) => step,
                 Err(err) => {
                     debug!(%endpoint, %err, "response body framing broke");
-                    let _ = write_all(downstream, &out).await;
+                    if let Some(head) = head_out {
+                        let _ = write_all(downstream, &head, &[]).await;
+                    }
                     finish.end(Ended::Failed);
                     return Relayed::Close;
                 }
             };
-            out.extend_from_slice(&buf[..step.consumed]);
+            let body = &buf[pos..pos + step.consumed];
             finish.add(step.data);
-            buf.drain(..step.consumed);
-            if step.done {
-                done = true;
-                // Bytes past the response: the endpoint is not speaking HTTP as we understand it.
-                upstream_reusable &= buf.is_empty();
-            }
-            if !out.is_empty() && write_all(downstream, &out).await.is_err() {
+            // The head goes out with the first body bytes, in one write.
+            let head = head_out.take().unwrap_or_default();
+            if !(head.is_empty() && body.is_empty()) && write_all(downstream, &head, body).await.is_err() {
                 finish.end(Ended::Dropped);
                 return Relayed::Close;
             }
-            out.clear();
-            if done {
+            pos += step.consumed;
+            if step.done {
+                done = true;
+                // Bytes past the response: the endpoint is not speaking HTTP as we understand it.
+                upstream_reusable &= pos == buf.len();
                 break;
             }
+            // What is left is the start of a chunk-size line or trailer: keep it, read on.
+            buf.drain(..pos);
+            pos = 0;
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
@@ -325,7 +348,8 @@ fn relayable(rule: &Rule, route: &RouteAction) -> bool {
 
 /// Parses a request head the fast path can take: HTTP/1.1, keep-alive, exactly one `Host`, no
 /// body, no upgrade or `Expect`, not HEAD or CONNECT, not gRPC, in origin form.
-fn parse_request(raw: &[u8], max_headers: usize) -> Option<Parsed> {
+/// Header values and the target are slices of `raw`, not copies.
+fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let httparse::Status::Complete(len) = req.parse(raw).ok()? else { return None };
@@ -341,7 +365,7 @@ fn parse_request(raw: &[u8], max_headers: usize) -> Option<Parsed> {
     let mut hosts = 0;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).ok()?;
         if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
             return None;
         }
@@ -367,7 +391,7 @@ fn parse_request(raw: &[u8], max_headers: usize) -> Option<Parsed> {
     }
     upstream_head.extend_from_slice(b"x-forwarded-proto: http\r\n\r\n");
     drop(named);
-    let uri: Uri = target.parse().ok()?;
+    let uri = Uri::from_maybe_shared(raw.slice_ref(target.as_bytes())).ok()?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -414,7 +438,7 @@ async fn local_reply(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-    if write_all(downstream, &out).await.is_err() {
+    if write_all(downstream, &out, &[]).await.is_err() {
         finish.end(Ended::Dropped);
         return Relayed::Close;
     }
@@ -427,11 +451,25 @@ async fn local_reply(
     }
 }
 
-/// Writes all of `bytes` to the downstream socket (shared with the parked connection).
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
+/// Resolves when the client closes its connection (or it fails); never while it is open, whether
+/// or not it sends more (a pipelined request waits for its turn).
+async fn client_left(downstream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    if let Ok(1..) = downstream.peek(&mut byte).await {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Writes all of `first` and then `second` to the downstream socket (shared with the parked
+/// connection), in one system call when the socket takes them.
+async fn write_all(stream: &TcpStream, mut first: &[u8], mut second: &[u8]) -> std::io::Result<()> {
+    while !first.is_empty() || !second.is_empty() {
+        match stream.try_write_vectored(&[IoSlice::new(first), IoSlice::new(second)]) {
+            Ok(n) => {
+                let from_first = n.min(first.len());
+                first = &first[from_first..];
+                second = &second[n - from_first..];
+            }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(err) => return Err(err),
         }
@@ -456,6 +494,8 @@ struct Exchange {
     conn: TcpStream,
     head: ResponseHead,
     buf: Vec<u8>,
+    /// Where the body starts in `buf`.
+    body_start: usize,
 }
 
 /// How a response body is delimited.
@@ -477,13 +517,14 @@ struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// Parses the head at the front of `buf` and removes it; `None` while incomplete. Interim
-    /// (1xx) responses are skipped, as hyper's client does.
-    fn parse(buf: &mut Vec<u8>) -> std::io::Result<Option<Self>> {
+    /// Parses the head at the front of `buf`, and says where it ends; `None` while incomplete.
+    /// Interim (1xx) responses are skipped, as hyper's client does.
+    fn parse(buf: &[u8]) -> std::io::Result<Option<(Self, usize)>> {
+        let mut start = 0;
         loop {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut res = httparse::Response::new(&mut slots);
-            let len = match res.parse(buf) {
+            let len = match res.parse(&buf[start..]) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(err) => return Err(invalid(&format!("invalid response head: {err}"))),
@@ -493,12 +534,10 @@ impl ResponseHead {
                 return Err(invalid("101 without an upgrade request"));
             }
             if (100..200).contains(&status) {
-                buf.drain(..len);
+                start += len;
                 continue;
             }
-            let head = Self::from_parsed(&res, status)?;
-            buf.drain(..len);
-            return Ok(Some(head));
+            return Ok(Some((Self::from_parsed(&res, status)?, start + len)));
         }
     }
 
@@ -549,7 +588,9 @@ impl ResponseHead {
         let reason = reason.or_else(|| StatusCode::from_u16(status).ok()?.canonical_reason()).unwrap_or("");
         let mut downstream = Vec::with_capacity(256);
         downstream.extend_from_slice(b"HTTP/1.1 ");
-        downstream.extend_from_slice(status.to_string().as_bytes());
+        // httparse read three digits, which StatusCode takes.
+        let code = StatusCode::from_u16(status).map_err(|_| invalid("invalid status code"))?;
+        downstream.extend_from_slice(code.as_str().as_bytes());
         downstream.push(b' ');
         downstream.extend_from_slice(reason.as_bytes());
         downstream.extend_from_slice(b"\r\n");
@@ -668,13 +709,12 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> ResponseHead {
-        let mut buf = raw.as_bytes().to_vec();
-        ResponseHead::parse(&mut buf).unwrap().unwrap()
+        ResponseHead::parse(raw.as_bytes()).unwrap().unwrap().0
     }
 
     #[test]
     fn plain_gets_are_taken_and_anything_with_a_body_or_upgrade_is_declined() {
-        let parsed = parse_request(b"GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\nUser-Agent: curl\r\nX-Forwarded-Proto: https\r\n\r\n", 100).unwrap();
+        let parsed = parse_request(&Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\nUser-Agent: curl\r\nX-Forwarded-Proto: https\r\n\r\n"), 100).unwrap();
         assert_eq!(
             String::from_utf8(parsed.upstream_head).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nUser-Agent: curl\r\nx-forwarded-proto: http\r\n\r\n"
@@ -694,10 +734,10 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
-            assert!(parse_request(declined.as_bytes(), 100).is_none(), "{declined}");
+            assert!(parse_request(&Bytes::from(declined), 100).is_none(), "{declined}");
         }
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "x: 1\r\n".repeat(10));
-        assert!(parse_request(many.as_bytes(), 5).is_none());
+        assert!(parse_request(&Bytes::from(many), 5).is_none());
     }
 
     #[test]
@@ -720,10 +760,10 @@ mod tests {
             head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 x\r\ngrpc-status: 14\r\n\r\n").grpc_status,
             Some(14)
         );
-        let mut bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec();
-        assert!(ResponseHead::parse(&mut bad).is_err());
-        let mut partial = b"HTTP/1.1 200 OK\r\nContent-Le".to_vec();
-        assert!(ResponseHead::parse(&mut partial).unwrap().is_none());
+        assert!(ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(ResponseHead::parse(interim).unwrap().unwrap().1, interim.len() - 2);
     }
 
     #[test]
