@@ -149,7 +149,16 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
                 cause
             }
         };
-        match load_config(&config_dir, &settings.namespace) {
+        // Off the runtime's threads: compiling a large config takes long enough to stall requests
+        // on a single-threaded runtime.
+        let (dir, namespace) = (config_dir.clone(), settings.namespace.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &namespace)).await;
+        let Ok(loaded) = loaded else {
+            config_metrics.rejected();
+            error!(cause, "config loading panicked; previous config keeps serving");
+            continue;
+        };
+        match loaded {
             Err(err) => {
                 config_metrics.rejected();
                 error!(cause, "config change rejected, previous config keeps serving: {err}");

@@ -176,7 +176,13 @@ fn run(config: PathBuf, settings: SettingsArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker asked for (TOKIO_WORKER_THREADS=1, tokio's own setting): a single-threaded
+    // runtime, which skips the work-stealing machinery one thread cannot use.
+    let mut builder = match std::env::var("TOKIO_WORKER_THREADS").as_deref() {
+        Ok("1") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
