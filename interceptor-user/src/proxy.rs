@@ -132,6 +132,7 @@ impl Proxy {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.inputs.limits.max_connections));
         let http1 = self.inputs.limits.http1();
         let http2 = self.inputs.limits.http2();
+        let reaper = tokio::spawn(self.inputs.upstream.clone().reap_idle());
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -191,6 +192,7 @@ impl Proxy {
             );
         }
         drop(self.listener);
+        reaper.abort();
         tokio::select! {
             () = connections.drain() => debug!("all connections drained"),
             () = tokio::time::sleep(drain) => warn!(?drain, "drain deadline passed; closing remaining connections"),

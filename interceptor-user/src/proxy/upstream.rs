@@ -23,6 +23,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Idle raw connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How often idle raw connections are checked for expiry, or for their endpoint having closed.
+const REAP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Body of requests sent upstream: streamed from the client, or replayed from a buffer.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
@@ -46,6 +48,15 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Not expired, and not closed by the endpoint: readable while idle means closed (or stray
+    /// bytes), useless either way.
+    fn usable(&self) -> bool {
+        self.since.elapsed() < POOL_IDLE_TIMEOUT
+            && matches!(self.conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 impl UpstreamClient {
     /// Clients whose sockets carry `mark` (needs CAP_NET_ADMIN).
     pub fn new(mark: Option<u32>) -> Self {
@@ -56,14 +67,30 @@ impl UpstreamClient {
     pub fn checkout(&self, endpoint: SocketAddr) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let conns = idle.get_mut(&endpoint)?;
-        while let Some(Idle { conn, since }) = conns.pop() {
-            // Readable while idle means closed by the endpoint (or stray bytes): useless either way.
-            let open = matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-            if open && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(conn);
+        while let Some(idle) = conns.pop() {
+            if idle.usable() {
+                return Some(idle.conn);
             }
         }
         None
+    }
+
+    /// Closes the idle raw connections that expired or that their endpoint closed, every few
+    /// seconds until dropped, so that endpoints which get no more requests keep none.
+    pub async fn reap_idle(self) {
+        let mut tick = tokio::time::interval(REAP_INTERVAL);
+        loop {
+            tick.tick().await;
+            self.prune_idle();
+        }
+    }
+
+    fn prune_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|_, conns| {
+            conns.retain(Idle::usable);
+            !conns.is_empty()
+        });
     }
 
     /// Keeps `conn` to `endpoint` for a later request; the ones idle too long are closed.
@@ -160,6 +187,25 @@ fn endpoint_of(uri: &Uri) -> io::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_until_their_endpoint_closes_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap();
+        let pool = UpstreamClient::new(None);
+        assert!(pool.checkout(endpoint).is_none());
+        let conn = connect(endpoint, None, Duration::from_secs(1)).await.unwrap();
+        let (server_end, _) = listener.accept().await.unwrap();
+        pool.checkin(endpoint, conn);
+        let conn = pool.checkout(endpoint).expect("an open idle connection is handed out");
+        pool.checkin(endpoint, conn);
+        // The endpoint closes it while idle: it is pruned, not handed out.
+        drop(server_end);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.prune_idle();
+        assert!(pool.idle.lock().unwrap().is_empty());
+        assert!(pool.checkout(endpoint).is_none());
+    }
 
     #[test]
     fn endpoint_uris_carry_ip_and_port() {
