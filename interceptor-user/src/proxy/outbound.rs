@@ -171,22 +171,9 @@ impl Outbound {
         let started = Instant::now();
         // The table current at the start of the request serves all of it, even across a reload.
         let table = self.inputs.routes.load_full();
-        let source = table
-            .registry()
-            .workload(self.client.ip())
-            .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
         // hyper drops this future when the client leaves before the answer: `finish` is observed
         // then too, on drop.
-        let mut finish = Finish {
-            status: None,
-            outbound: self.clone(),
-            seen: RequestInfo::of(&req),
-            served: Served::default(),
-            started,
-            source,
-            response_bytes: 0,
-            ended: false,
-        };
+        let mut finish = Finish::new(self.clone(), &table, RequestInfo::of(&req), Served::default(), started);
         let Finish { seen, served, .. } = &mut finish;
         // The access-log record already copied authority and path: route with those.
         let mut response = self.dispatch(&table, req, seen.authority(), seen.path(), served).await;
@@ -663,6 +650,15 @@ struct Finish {
 }
 
 impl Finish {
+    /// The observation of a request from `outbound`'s client, started at `started`.
+    fn new(outbound: Arc<Outbound>, table: &RouteTable, seen: RequestInfo, served: Served, started: Instant) -> Self {
+        let source = table
+            .registry()
+            .workload(outbound.client.ip())
+            .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
+        Self { outbound, seen, served, status: None, started, source, response_bytes: 0, ended: false }
+    }
+
     /// Whether the response carries no body whatever its headers say (RFC 9110 §6.4.1), so hyper
     /// may drop it unread without the client having missed anything.
     fn bodiless(&self) -> bool {

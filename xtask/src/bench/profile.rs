@@ -68,8 +68,8 @@ impl Recording {
             text.push_str(line.trim_end());
             text.push('\n');
         }
+        // The data stays beside the report, for `perf report -i` beyond this summary.
         std::fs::write(&self.report, text)?;
-        let _ = std::fs::remove_file(&self.data);
         Ok(self.report)
     }
 }

@@ -21,7 +21,6 @@ use super::{backoff, split_query, Finish, Outbound, Received, Served};
 use crate::endpoints::{Outcome, PickContext, Policy};
 use crate::proxy::access_log::RequestInfo;
 use crate::proxy::body_count::{Ended, Tally};
-use crate::proxy::metrics::SourceWorkload;
 use crate::routing::{Action, RequestView, ResponseFlag, RouteAction, Rule, Target, TryFailure};
 
 /// Header lines a request or response may have for the fast path (more go the usual way).
@@ -101,26 +100,14 @@ impl Outbound {
 
         // Committed: from here on the request is observed once, like any other.
         self.inputs.metrics.relayed();
-        let source = table
-            .registry()
-            .workload(self.client.ip())
-            .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
-        let mut finish = Finish {
-            status: None,
-            outbound: self.clone(),
-            seen,
-            served: Served {
-                service: service.clone(),
-                rule: rule.label.clone(),
-                cluster: cluster.name.clone(),
-                received: Received::Buffered(0),
-                ..Served::default()
-            },
-            started,
-            source,
-            response_bytes: 0,
-            ended: false,
+        let served = Served {
+            service: service.clone(),
+            rule: rule.label.clone(),
+            cluster: cluster.name.clone(),
+            received: Received::Buffered(0),
+            ..Served::default()
         };
+        let mut finish = Finish::new(self.clone(), &table, seen, served, started);
         let retry = &route.retry;
         let max_tries = 1 + retry.attempts;
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -550,9 +537,10 @@ impl ResponseHead {
         let mut length: Option<u64> = None;
         let mut grpc_status = None;
         for h in res.headers.iter() {
-            let value = std::str::from_utf8(h.value).unwrap_or("");
+            // Only the few headers read here need their value as text.
+            let value = || std::str::from_utf8(h.value).unwrap_or("");
             if h.name.eq_ignore_ascii_case("connection") {
-                for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                for token in value().split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     close |= token.eq_ignore_ascii_case("close");
                     if http11 || !token.eq_ignore_ascii_case("keep-alive") {
                         named.push(token);
@@ -562,15 +550,15 @@ impl ResponseHead {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encoding = true;
-                chunked = value.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+                chunked = value().rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
             } else if h.name.eq_ignore_ascii_case("content-length") {
-                let n = value.trim().parse::<u64>().map_err(|_| invalid("invalid content-length"))?;
+                let n = value().trim().parse::<u64>().map_err(|_| invalid("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(invalid("differing content-lengths"));
                 }
                 length = Some(n);
             } else if h.name.eq_ignore_ascii_case("grpc-status") {
-                grpc_status = value.trim().parse().ok();
+                grpc_status = value().trim().parse().ok();
             }
         }
         let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
