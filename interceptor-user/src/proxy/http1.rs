@@ -72,7 +72,7 @@ pub async fn serve(
         io.request = served_before + 1;
         if let Some(request) = io.lone_request() {
             // Boxed, so that a parked connection's task does not keep room for it.
-            match Box::pin(outbound.relay(&request, &spare, watch.is_draining())).await {
+            match Box::pin(outbound.relay(&request, &spare, &watch)).await {
                 Relayed::Declined => {}
                 Relayed::Close => return,
                 Relayed::KeepAlive => {

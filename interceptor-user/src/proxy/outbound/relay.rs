@@ -21,10 +21,13 @@ use super::{backoff, split_query, Finish, Outbound, Received, Served};
 use crate::endpoints::{Outcome, PickContext, Policy};
 use crate::proxy::access_log::RequestInfo;
 use crate::proxy::body_count::{Ended, Tally};
+use crate::proxy::drain::Watch;
 use crate::routing::{Action, RequestView, ResponseFlag, RouteAction, Rule, Target, TryFailure};
 
-/// Header lines a request or response may have for the fast path (more go the usual way).
+/// Header lines a request may have for the fast path (more go the usual way).
 const MAX_HEADERS: usize = 64;
+/// Header (or trailer) lines a response may have: as many as hyper's client takes.
+const MAX_RESPONSE_HEADERS: usize = 100;
 /// Longest response head read from an endpoint.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// First read size for a response: a head and a small body in one read.
@@ -65,8 +68,8 @@ struct Parsed {
 impl Outbound {
     /// Serves `raw`, which holds exactly one request head and nothing more, answering on
     /// `downstream`; declines (having done nothing) whenever the request needs the full path.
-    /// `draining`: the answer is the connection's last.
-    pub async fn relay(self: &Arc<Self>, raw: &Bytes, downstream: &TcpStream, draining: bool) -> Relayed {
+    /// Once `drain` is draining, the answer is the connection's last.
+    pub async fn relay(self: &Arc<Self>, raw: &Bytes, downstream: &TcpStream, drain: &Watch) -> Relayed {
         let started = Instant::now();
         let Some(parsed) = parse_request(raw, self.inputs.limits.max_headers) else { return Relayed::Declined };
         let table = self.inputs.routes.load_full();
@@ -92,13 +95,9 @@ impl Outbound {
         }
         let weighted = route.pick();
         let Target::Cluster(cluster) = &weighted.target else { return Relayed::Declined };
-        // The first try's slot and endpoint: without them the usual path answers (UO, UH).
-        let Ok(slot) = cluster.limits.acquire().await else { return Relayed::Declined };
-        let Some((endpoint, in_flight)) = cluster.balancer.pick(PickContext::default()) else {
-            return Relayed::Declined;
-        };
 
-        // Committed: from here on the request is observed once, like any other.
+        // Committed (past the weighted pick, so that declining could not skew the split): from
+        // here on the request is observed once, like any other.
         self.inputs.metrics.relayed();
         let served = Served {
             service: service.clone(),
@@ -111,44 +110,33 @@ impl Outbound {
         let retry = &route.retry;
         let max_tries = 1 + retry.attempts;
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut first = Some((slot, endpoint, in_flight));
+        let idempotent = parsed.request.method().is_idempotent();
         loop {
             finish.served.tries += 1;
             finish.served.upstream_time = None;
+            if finish.served.tries > 1 {
+                backoff(retry.backoff, finish.served.tries - 1).await;
+            }
             let last = finish.served.tries >= max_tries;
-            let (_slot, endpoint, _in_flight) = match first.take() {
-                Some(first) => first,
-                None => {
-                    backoff(retry.backoff, finish.served.tries - 1).await;
-                    let Ok(slot) = cluster.limits.acquire().await else {
-                        let body = "upstream connect error or disconnect/reset before headers: overflow";
-                        return local_reply(&mut finish, downstream, ResponseFlag::UO, body, draining).await;
-                    };
-                    let avoid: &[SocketAddr] = if retry.other_hosts { &tried } else { &[] };
-                    match cluster.balancer.pick(PickContext { hash: None, avoid }) {
-                        Some((endpoint, in_flight)) => (slot, endpoint, in_flight),
-                        None => {
-                            return local_reply(
-                                &mut finish,
-                                downstream,
-                                ResponseFlag::UH,
-                                "no healthy upstream",
-                                draining,
-                            )
-                            .await
-                        }
-                    }
-                }
+            let Ok(slot) = cluster.limits.acquire().await else {
+                let body = "upstream connect error or disconnect/reset before headers: overflow";
+                return local_reply(&mut finish, downstream, ResponseFlag::UO, body, drain).await;
+            };
+            let avoid: &[SocketAddr] = if retry.other_hosts { &tried } else { &[] };
+            let Some((endpoint, in_flight)) = cluster.balancer.pick(PickContext { hash: None, avoid }) else {
+                return local_reply(&mut finish, downstream, ResponseFlag::UH, "no healthy upstream", drain).await;
             };
             finish.served.endpoint = Some(endpoint);
             let sent_at = Instant::now();
-            let exchange = self.exchange(endpoint, cluster.connect_timeout, &parsed.upstream_head);
+            let exchange = self.exchange(endpoint, cluster.connect_timeout, &parsed.upstream_head, idempotent);
             let exchanged = tokio::select! {
                 biased;
                 exchanged = exchange => exchanged,
                 // As Envoy resets the upstream request: dropped, and observed with code 0 and DC.
                 () = client_left(downstream) => return Relayed::Close,
             };
+            // Held until the response head, as on the full path.
+            drop((slot, in_flight));
             let (failure, err) = match exchanged {
                 Ok(exchange) => {
                     finish.served.upstream_time = Some(sent_at.elapsed());
@@ -163,7 +151,7 @@ impl Outbound {
                             finish.served.flags.push(ResponseFlag::URX);
                         }
                     }
-                    return self.respond(&mut finish, downstream, exchange, endpoint, draining).await;
+                    return self.respond(&mut finish, downstream, exchange, endpoint, drain).await;
                 }
                 Err(TryError::Connect(err)) => (TryFailure::Connect, err),
                 Err(TryError::Reset(err)) => (TryFailure::Reset, err),
@@ -180,17 +168,20 @@ impl Outbound {
                 finish.served.flags.push(ResponseFlag::URX);
             }
             let body = format!("upstream connect error or disconnect/reset before headers: {err}");
-            return local_reply(&mut finish, downstream, flag, &body, draining).await;
+            return local_reply(&mut finish, downstream, flag, &body, drain).await;
         }
     }
 
     /// Sends the request head to `endpoint` and reads the response head, on a pooled connection
-    /// when there is one (a pooled connection the endpoint closed meanwhile is replaced once).
+    /// when there is one. A pooled connection the endpoint closed meanwhile is replaced once: when
+    /// the request could not be written, or when it is idempotent and nothing came back (RFC 9112
+    /// §9.3.1: it may have been closed as the request arrived).
     async fn exchange(
         &self,
         endpoint: SocketAddr,
         connect_timeout: std::time::Duration,
         head: &[u8],
+        idempotent: bool,
     ) -> Result<Exchange, TryError> {
         let pool = &self.inputs.upstream;
         let mut pooled = pool.checkout(endpoint);
@@ -211,8 +202,8 @@ impl Outbound {
             let mut buf = Vec::with_capacity(FIRST_READ);
             loop {
                 match conn.read_buf(&mut buf).await {
-                    // A pooled connection that was closed under us: the request never arrived.
-                    Ok(0) | Err(_) if reused && buf.is_empty() => break,
+                    // A pooled connection that was closed under us, probably before the request arrived.
+                    Ok(0) | Err(_) if reused && idempotent && buf.is_empty() => break,
                     Ok(0) => {
                         return Err(TryError::Reset(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -243,12 +234,12 @@ impl Outbound {
         downstream: &TcpStream,
         exchange: Exchange,
         endpoint: SocketAddr,
-        draining: bool,
+        drain: &Watch,
     ) -> Relayed {
         let Exchange { mut conn, head, mut buf, body_start } = exchange;
         finish.status = StatusCode::from_u16(head.status).ok();
         // A body that ends with the connection cannot be framed for a kept connection.
-        let close = draining || head.framing == Framing::UntilClose;
+        let close = drain.is_draining() || head.framing == Framing::UntilClose;
         let mut head_out = head.downstream;
         if close {
             head_out.extend_from_slice(b"connection: close\r\n");
@@ -290,10 +281,24 @@ impl Outbound {
             // What is left is the start of a chunk-size line or trailer: keep it, read on.
             buf.drain(..pos);
             pos = 0;
+            if buf.len() >= MAX_RESPONSE_HEAD {
+                debug!(%endpoint, "chunk-size line or trailers too long");
+                finish.end(Ended::Failed);
+                return Relayed::Close;
+            }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
-            match conn.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                biased;
+                read = conn.read_buf(&mut buf) => read,
+                // A slow or endless body (long polling, events) must not outlive its client.
+                () = client_left(downstream) => {
+                    finish.end(Ended::Dropped);
+                    return Relayed::Close;
+                }
+            };
+            match read {
                 Ok(0) if framing.ends_at_close() => break,
                 Ok(0) | Err(_) => {
                     finish.end(Ended::Failed);
@@ -366,6 +371,9 @@ fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
     if hosts != 1 || named.iter().any(|t| t.eq_ignore_ascii_case("close")) || crate::proxy::grpc::is_grpc(&headers) {
         return None;
     }
+    let uri = Uri::from_maybe_shared(raw.slice_ref(target.as_bytes())).ok()?;
+    // As parsed (a fragment dropped), like the full path.
+    let target = uri.path_and_query().map_or(target, |p| p.as_str());
     let mut upstream_head = Vec::with_capacity(len + 32);
     for part in [method.as_str(), " ", target, " HTTP/1.1\r\n"] {
         upstream_head.extend_from_slice(part.as_bytes());
@@ -378,7 +386,6 @@ fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
     }
     upstream_head.extend_from_slice(b"x-forwarded-proto: http\r\n\r\n");
     drop(named);
-    let uri = Uri::from_maybe_shared(raw.slice_ref(target.as_bytes())).ok()?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -404,8 +411,9 @@ async fn local_reply(
     downstream: &TcpStream,
     flag: ResponseFlag,
     body: &str,
-    close: bool,
+    drain: &Watch,
 ) -> Relayed {
+    let close = drain.is_draining();
     if !finish.served.flags.contains(&flag) {
         finish.served.flags.push(flag);
     }
@@ -509,7 +517,7 @@ impl ResponseHead {
     fn parse(buf: &[u8]) -> std::io::Result<Option<(Self, usize)>> {
         let mut start = 0;
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
             let mut res = httparse::Response::new(&mut slots);
             let len = match res.parse(&buf[start..]) {
                 Ok(httparse::Status::Complete(len)) => len,
@@ -531,7 +539,7 @@ impl ResponseHead {
     fn from_parsed(res: &httparse::Response<'_, '_>, status: u16) -> std::io::Result<Self> {
         let http11 = res.version == Some(1);
         let mut named: Vec<&str> = Vec::new();
-        let mut close = !http11;
+        let (mut says_close, mut says_keep_alive) = (false, false);
         let mut chunked = false;
         let mut transfer_encoding = false;
         let mut length: Option<u64> = None;
@@ -541,18 +549,15 @@ impl ResponseHead {
             let value = || std::str::from_utf8(h.value).unwrap_or("");
             if h.name.eq_ignore_ascii_case("connection") {
                 for token in value().split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    close |= token.eq_ignore_ascii_case("close");
-                    if http11 || !token.eq_ignore_ascii_case("keep-alive") {
-                        named.push(token);
-                    } else {
-                        close = false;
-                    }
+                    says_close |= token.eq_ignore_ascii_case("close");
+                    says_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+                    named.push(token);
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encoding = true;
                 chunked = value().rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
             } else if h.name.eq_ignore_ascii_case("content-length") {
-                let n = value().trim().parse::<u64>().map_err(|_| invalid("invalid content-length"))?;
+                let n = content_length(value()).ok_or_else(|| invalid("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(invalid("differing content-lengths"));
                 }
@@ -561,6 +566,8 @@ impl ResponseHead {
                 grpc_status = value().trim().parse().ok();
             }
         }
+        // HTTP/1.0 keeps the connection only when asked to; `close` wins over anything.
+        let close = says_close || (!http11 && !says_keep_alive);
         let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
             Framing::Length(0)
         } else if transfer_encoding {
@@ -592,6 +599,22 @@ impl ResponseHead {
         }
         Ok(Self { status, grpc_status, framing, keep_alive: !close && framing != Framing::UntilClose, downstream })
     }
+}
+
+/// A `Content-Length` value as hyper reads it: digits only, or a list of one repeated value.
+fn content_length(value: &str) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(',').map(str::trim) {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = part.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 /// Follows a response body's framing over the bytes as they arrive.
@@ -674,7 +697,7 @@ impl BodyProgress {
                             _ => return Err(invalid("chunk data not followed by CRLF")),
                         },
                         Chunk::Trailers => {
-                            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                            let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
                             return match httparse::parse_headers(rest, &mut slots) {
                                 Ok(httparse::Status::Complete((n, _))) => {
                                     step.consumed += n;
@@ -709,6 +732,8 @@ mod tests {
         );
         assert_eq!(parsed.request.headers()["user-agent"], "curl");
         assert_eq!(parsed.request.uri().query(), Some("b=1"));
+        let fragment = parse_request(&Bytes::from_static(b"GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n"), 100).unwrap();
+        assert!(fragment.upstream_head.starts_with(b"GET /a HTTP/1.1\r\n"));
         for declined in [
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -743,6 +768,12 @@ mod tests {
         assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n").framing, Framing::Length(5));
+        for bad in ["+5", "5, 6", "", "0x5", "5 5"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(ResponseHead::parse(raw.as_bytes()).is_err(), "{bad:?}");
+        }
         assert_eq!(head("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Length(0));
         assert_eq!(
             head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 x\r\ngrpc-status: 14\r\n\r\n").grpc_status,
