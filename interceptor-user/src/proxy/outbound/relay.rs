@@ -94,6 +94,7 @@ impl Outbound {
             return Relayed::Declined;
         }
         let weighted = route.pick();
+        // Always a cluster: `relayable` checked every destination.
         let Target::Cluster(cluster) = &weighted.target else { return Relayed::Declined };
 
         // Committed (past the weighted pick, so that declining could not skew the split): from
