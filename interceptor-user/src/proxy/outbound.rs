@@ -42,14 +42,17 @@ pub const FLAGS_HEADER: &str = "x-interceptor-flags";
 /// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
 pub const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// Headers that describe one hop, not the request (RFC 9110 §7.6.1); never forwarded.
-const HOP_BY_HOP: [header::HeaderName; 6] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), never forwarded; the names
+/// `Connection` lists are too. Lowercase, as `HeaderMap` keys are.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
 ];
 
 /// A captured connection from `client`, originally addressed to `original`.
@@ -742,11 +745,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<header::HeaderName> = super::header_tokens(headers, &header::CONNECTION)
         .filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for name in &named {
+        headers.remove(name);
+    }
 }
 
 fn full(bytes: Bytes) -> ProxyBody {

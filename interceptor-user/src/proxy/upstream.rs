@@ -93,13 +93,10 @@ impl UpstreamClient {
         });
     }
 
-    /// Keeps `conn` to `endpoint` for a later request; the ones idle too long are closed.
+    /// Keeps `conn` to `endpoint` for a later request (expired ones are left to `reap_idle`).
     pub fn checkin(&self, endpoint: SocketAddr, conn: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let conns = idle.entry(endpoint).or_default();
-        // Oldest first: the ones past the idle timeout are at the front.
-        let expired = conns.iter().take_while(|i| i.since.elapsed() >= POOL_IDLE_TIMEOUT).count();
-        conns.drain(..expired);
         if conns.len() < MAX_IDLE_PER_ENDPOINT {
             conns.push(Idle { conn, since: Instant::now() });
         }

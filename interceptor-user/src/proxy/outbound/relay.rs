@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{backoff, split_query, Finish, Outbound, Received, Served};
+use super::{backoff, split_query, Finish, Outbound, Received, Served, HOP_BY_HOP};
 use crate::endpoints::{Outcome, PickContext, Policy};
 use crate::proxy::access_log::RequestInfo;
 use crate::proxy::body_count::{Ended, Tally};
@@ -34,18 +34,6 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const FIRST_READ: usize = 4 * 1024;
 /// Read size for the rest of a larger response.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; the names `Connection` lists are too.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// What became of a request offered to the fast path.
 #[derive(Debug, PartialEq, Eq)]
