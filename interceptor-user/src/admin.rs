@@ -27,17 +27,37 @@ pub use kernel::KernelCollector;
 const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin endpoints show; shared with the agent, which updates it.
-#[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
+    not_ready_reason: std::sync::OnceLock<ReasonProbe>,
     config: ArcSwap<String>,
     registry: Registry,
+}
+
+/// Says why the agent is not ready, when something knows (the cluster source waiting for its
+/// API server).
+pub type ReasonProbe = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").field("ready", &self.ready).finish_non_exhaustive()
+    }
 }
 
 impl AdminState {
     /// Not ready, no config yet, serving `registry` (every metric registered beforehand).
     pub fn new(registry: Registry) -> Self {
-        Self { ready: AtomicBool::new(false), config: ArcSwap::from_pointee("{}".to_owned()), registry }
+        Self {
+            ready: AtomicBool::new(false),
+            not_ready_reason: std::sync::OnceLock::new(),
+            config: ArcSwap::from_pointee("{}".to_owned()),
+            registry,
+        }
+    }
+
+    /// Sets what `/ready` asks for the reason while it answers 503 (once; later calls are ignored).
+    pub fn set_not_ready_reason(&self, probe: ReasonProbe) {
+        let _ = self.not_ready_reason.set(probe);
     }
 
     /// Marks the agent ready (capturing and serving) or not (starting, draining).
@@ -70,7 +90,11 @@ impl AdminState {
         }
         match req.uri().path() {
             "/ready" if self.is_ready() => reply(StatusCode::OK, "text/plain", "LIVE\n".into()),
-            "/ready" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "NOT READY\n".into()),
+            "/ready" => {
+                let reason = self.not_ready_reason.get().and_then(|probe| probe());
+                let text = reason.map_or_else(|| "NOT READY\n".to_owned(), |r| format!("NOT READY: {r}\n"));
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
+            }
             "/config_dump" => reply(StatusCode::OK, "application/json", self.config.load().as_str().to_owned()),
             "/stats/prometheus" | "/metrics" => reply(StatusCode::OK, PROMETHEUS_TEXT, self.metrics_text()),
             _ => reply(

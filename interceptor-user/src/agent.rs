@@ -15,7 +15,8 @@ mod metrics;
 
 use crate::admin::{Admin, AdminState, ConfigDump, KernelCollector};
 use crate::bpf::{BpfError, CaptureCounters, CaptureKind, CaptureSettings, SocketCapture};
-use crate::config::{CaptureMode, ConfigError, FailurePolicy, Settings, Snapshot};
+use crate::cluster::{Cluster, RejectionReporter};
+use crate::config::{CaptureMode, ConfigError, Diagnostic, FailurePolicy, Settings, Snapshot};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
@@ -24,6 +25,9 @@ use crate::routing::RouteTable;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Quiet time after a file change before reloading, so an editor's burst of writes is one reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
+/// Quiet time after a cluster change: short, since watch events arrive whole (a `kubectl apply`
+/// of many objects is still one burst) and a change should apply within 100 ms.
+pub const CLUSTER_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +75,66 @@ pub fn load_config(dir: &Path, namespace: &str) -> Result<(RouteTable, Snapshot)
     Ok((RouteTable::compile(&snapshot)?, snapshot))
 }
 
+/// Where the agent's Istio resources come from.
+#[derive(Clone)]
+pub enum Resources {
+    /// A directory of YAML files: a broken change is refused whole.
+    Files(PathBuf),
+    /// The Kubernetes API server: a broken object is left out alone (Istio's behaviour).
+    Cluster(Cluster),
+}
+
+/// A config ready to apply.
+struct Loaded {
+    table: RouteTable,
+    snapshot: Snapshot,
+    /// Errors of the objects left out (cluster source only).
+    rejected: Vec<Diagnostic>,
+}
+
+impl Resources {
+    /// Reads and compiles the current resources; `None` while the cluster is not yet synced.
+    fn load(&self, namespace: &str) -> Result<Option<Loaded>, ConfigError> {
+        match self {
+            Resources::Files(dir) => {
+                let (table, snapshot) = load_config(dir, namespace)?;
+                Ok(Some(Loaded { table, snapshot, rejected: Vec::new() }))
+            }
+            Resources::Cluster(cluster) => {
+                let Some((snapshot, mut rejected)) = cluster.snapshot() else { return Ok(None) };
+                let (table, snapshot, left_out) = RouteTable::compile_isolating(snapshot)?;
+                rejected.extend(left_out);
+                Ok(Some(Loaded { table, snapshot, rejected }))
+            }
+        }
+    }
+
+    fn debounce(&self) -> Duration {
+        match self {
+            Resources::Files(_) => RELOAD_DEBOUNCE,
+            Resources::Cluster(_) => CLUSTER_DEBOUNCE,
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
+///
+/// With files, a config that does not load stops the start; with the cluster, the agent starts
+/// with nothing captured and becomes ready once the API server's objects are in.
 ///
 /// # Errors
 /// Start-up failures; once serving, errors (bad reloads, failed syncs) are logged and survived.
-pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentError> {
-    let (table, snapshot) = load_config(&config_dir, &settings.namespace)?;
+pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentError> {
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
+    let first = match &resources {
+        Resources::Files(_) => resources.load(&settings.namespace)?,
+        Resources::Cluster(_) => None,
+    };
+    let (table, snapshot) = match first {
+        Some(Loaded { table, snapshot, .. }) => (table, snapshot),
+        // Nothing captured until the cluster's objects are in: connections go where apps send them.
+        None => (RouteTable::compile(&Snapshot::default())?, Snapshot::default()),
+    };
     for warning in table.warnings() {
         warn!("{warning}");
     }
@@ -101,6 +159,13 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
     let mut version = 1u64;
     admin_state.set_config(&ConfigDump::new(version, &settings, &snapshot));
     config_metrics.set_version(version);
+    let mut reporter: Option<RejectionReporter> = None;
+    if let Resources::Cluster(cluster) = &resources {
+        let probe = cluster.clone();
+        admin_state.set_not_ready_reason(Box::new(move || probe.problem()));
+        reporter = Some(cluster.rejection_reporter(settings.node_name.clone()));
+        cluster.start(reload_tx.clone());
+    }
     let admin = Admin::bind(settings.admin, admin_state.clone())
         .await
         .map_err(|source| AgentError::Listen { addr: settings.admin, source })?;
@@ -126,16 +191,21 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
         DRAIN_DEADLINE,
     ));
     capture.set_ready(true)?;
-    admin_state.set_ready(true);
-    info!(admin = %settings.admin, %listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent ready");
+    if matches!(resources, Resources::Files(_)) {
+        admin_state.set_ready(true);
+    }
+    info!(admin = %settings.admin, %listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, source = ?settings.source, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent started");
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
-    let _watcher = watch_dir(&config_dir, reload_tx.clone())?;
+    let _watcher = match &resources {
+        Resources::Files(dir) => Some(watch_dir(dir, reload_tx.clone())?),
+        Resources::Cluster(_) => None,
+    };
     let watch_err =
         |what: &str, source: std::io::Error| AgentError::Watch { what: what.into(), source: Box::new(source) };
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| watch_err("SIGHUP", e))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| watch_err("SIGTERM", e))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| watch_err("SIGINT", e))?;
+    let mut rejected_before: Vec<Diagnostic> = Vec::new();
 
     loop {
         let cause = tokio::select! {
@@ -143,30 +213,39 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
             _ = interrupt.recv() => break,
             _ = hangup.recv() => "SIGHUP",
             Some(cause) = reload_rx.recv() => {
-                // Let a burst of file events settle into one reload.
-                tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                // Let a burst of changes settle into one reload.
+                tokio::time::sleep(resources.debounce()).await;
                 while reload_rx.try_recv().is_ok() {}
                 cause
             }
         };
         // Off the runtime's threads: compiling a large config takes long enough to stall requests
         // on a single-threaded runtime.
-        let (dir, namespace) = (config_dir.clone(), settings.namespace.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &namespace)).await;
+        let (source, namespace) = (resources.clone(), settings.namespace.clone());
+        let loaded = tokio::task::spawn_blocking(move || source.load(&namespace)).await;
         let Ok(loaded) = loaded else {
             config_metrics.rejected();
             error!(cause, "config loading panicked; previous config keeps serving");
             continue;
         };
         match loaded {
+            Ok(None) => continue, // the cluster is not synced yet
             Err(err) => {
                 config_metrics.rejected();
                 error!(cause, "config change rejected, previous config keeps serving: {err}");
             }
-            Ok((table, snapshot)) => {
+            Ok(Some(Loaded { table, snapshot, rejected })) => {
                 for warning in table.warnings() {
                     warn!("{warning}");
                 }
+                for d in rejected.iter().filter(|d| !rejected_before.contains(d)) {
+                    error!("left out of the config: {d}");
+                }
+                config_metrics.set_rejected_resources(&rejected);
+                if let Some(reporter) = &reporter {
+                    reporter.report(&rejected);
+                }
+                rejected_before = rejected;
                 let desired = table.capture_set();
                 // Routes first: a connection captured by a new entry must find its service.
                 routes.store(Arc::new(table));
@@ -185,6 +264,10 @@ pub async fn run(settings: Settings, config_dir: PathBuf) -> Result<(), AgentErr
                     Err(err) => {
                         error!(cause, version, %err, "config applied to the proxy, but the kernel capture set failed to sync")
                     }
+                }
+                if !admin_state.is_ready() {
+                    info!(version, "agent ready");
+                    admin_state.set_ready(true);
                 }
             }
         }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub use istio::*;
 pub use locate::{index_documents, DocumentLines, SyntaxError};
 pub use settings::{
-    CaptureMode, FailurePolicy, Settings, SettingsFile, DEFAULT_ADMIN, DEFAULT_BPFFS, DEFAULT_NAMESPACE,
+    find_pod_cgroup, CaptureMode, ConfigSource, FailurePolicy, Settings, SettingsFile, DEFAULT_ADMIN, DEFAULT_BPFFS,
+    DEFAULT_NAMESPACE,
 };
 
 /// API groups/versions accepted verbatim for the networking kinds.
@@ -36,7 +37,7 @@ pub enum Severity {
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,
-    /// File it is in.
+    /// File it is in, or [`CLUSTER_ORIGIN`] for objects from the Kubernetes API server.
     pub file: PathBuf,
     /// 1-based line; 0 when the whole file is meant.
     pub line: usize,
@@ -110,24 +111,34 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What [`Diagnostic::file`] and [`Source::file`] say for objects read from the Kubernetes API
+/// server: they have no file, and `namespace/name` plus the field locate them.
+pub const CLUSTER_ORIGIN: &str = "kubernetes";
+
 /// Where a resource came from; turns field paths into lines.
 #[derive(Clone, Debug)]
 pub struct Source {
-    /// File path.
+    /// File path, or [`CLUSTER_ORIGIN`].
     pub file: Arc<PathBuf>,
     /// `Kind namespace/name`.
     pub resource: String,
-    lines: Arc<DocumentLines>,
+    /// Field lines in the file; `None` for objects from the API server.
+    lines: Option<Arc<DocumentLines>>,
 }
 
 impl Source {
+    /// An object read from the Kubernetes API server, named `Kind namespace/name`.
+    pub fn cluster(resource: String) -> Self {
+        Self { file: Arc::new(PathBuf::from(CLUSTER_ORIGIN)), resource, lines: None }
+    }
+
     /// A diagnostic about `field` of this resource.
     pub fn diagnostic(&self, severity: Severity, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
         let field = field.into();
         Diagnostic {
             severity,
             file: self.file.as_ref().clone(),
-            line: self.lines.line_of(&field),
+            line: self.lines.as_ref().map_or(0, |lines| lines.line_of(&field)),
             resource: self.resource.clone(),
             field,
             message: message.into(),
@@ -212,6 +223,19 @@ impl Snapshot {
         }
     }
 
+    /// Drops every resource whose `Kind namespace/name` is in `names`; returns how many went.
+    pub fn remove_resources(&mut self, names: &std::collections::HashSet<&str>) -> usize {
+        fn retain<T>(list: &mut Vec<Resource<T>>, names: &std::collections::HashSet<&str>) -> usize {
+            let before = list.len();
+            list.retain(|r| !names.contains(r.source.resource.as_str()));
+            before - list.len()
+        }
+        retain(&mut self.virtual_services, names)
+            + retain(&mut self.destination_rules, names)
+            + retain(&mut self.service_entries, names)
+            + retain(&mut self.workload_entries, names)
+    }
+
     /// Loads a directory (as [`Snapshot::load_dir`]) or a single YAML file.
     ///
     /// # Errors
@@ -262,50 +286,111 @@ impl Snapshot {
                     continue;
                 }
             };
-            let Some(TypeMeta { api_version, kind, mut metadata }) = meta else {
+            let Some(mut meta) = meta else {
                 continue; // an empty document
             };
-            if metadata.namespace.is_empty() {
-                metadata.namespace = default_namespace.to_owned();
+            if meta.metadata.namespace.is_empty() {
+                meta.metadata.namespace = default_namespace.to_owned();
             }
             let source = Source {
                 file: file_arc.clone(),
-                resource: format!("{kind} {}/{}", metadata.namespace, metadata.name),
-                lines: Arc::new(lines),
+                resource: format!("{} {}/{}", meta.kind, meta.metadata.namespace, meta.metadata.name),
+                lines: Some(Arc::new(lines)),
             };
-            let known =
-                matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry");
-            if !known {
-                self.warnings.push(source.diagnostic(
-                    Severity::Warning,
-                    "kind",
-                    format!("kind {kind:?} ({api_version}) is not one the agent reads; skipped"),
-                ));
-                continue;
-            }
-            if !NETWORKING_API_VERSIONS.contains(&api_version.as_str()) {
-                errors.push(source.diagnostic(
-                    Severity::Error,
-                    "apiVersion",
-                    format!("{api_version:?} is not one of {}", NETWORKING_API_VERSIONS.join(", ")),
-                ));
-                continue;
-            }
-            if metadata.name.is_empty() {
-                errors.push(source.diagnostic(Severity::Error, "metadata.name", "a resource needs a name"));
-                continue;
-            }
-            let parsed = match kind.as_str() {
-                "VirtualService" => parse(body, offset, metadata, source).map(|r| self.virtual_services.push(r)),
-                "DestinationRule" => parse(body, offset, metadata, source).map(|r| self.destination_rules.push(r)),
-                "ServiceEntry" => parse(body, offset, metadata, source).map(|r| self.service_entries.push(r)),
-                _ => parse(body, offset, metadata, source).map(|r| self.workload_entries.push(r)),
-            };
-            if let Err(err) = parsed {
-                errors.push(err);
-            }
+            self.add_document(body, offset, meta, source, errors);
         }
     }
+
+    /// Parses one object read from the Kubernetes API server (`api_version`, `kind`, its
+    /// namespace, name and `spec` as JSON) into this snapshot; errors go to `errors`, naming
+    /// `Kind namespace/name` and the field.
+    pub fn add_object(&mut self, object: &ClusterObject<'_>, errors: &mut Vec<Diagnostic>) {
+        let mut metadata = ObjectMeta {
+            name: object.name.to_owned(),
+            namespace: object.namespace.to_owned(),
+            ..ObjectMeta::default()
+        };
+        if let Some(created) = object.creation_timestamp {
+            // Istio: of two VirtualServices for one host, the older wins.
+            metadata.other.insert("creationTimestamp".into(), created.into());
+        }
+        let source = Source::cluster(format!("{} {}/{}", object.kind, object.namespace, object.name));
+        // Through YAML text so the API server's objects meet the same parser as files do, and
+        // their errors carry the same field paths (`spec.http[0].route[0]`).
+        let document = serde_json::json!({
+            "apiVersion": object.api_version,
+            "kind": object.kind,
+            "metadata": {"name": object.name, "namespace": object.namespace},
+            "spec": object.spec,
+        });
+        let body = match serde_yaml::to_string(&document) {
+            Ok(body) => body,
+            Err(err) => {
+                errors.push(source.diagnostic(Severity::Error, "spec", format!("cannot be read: {err}")));
+                return;
+            }
+        };
+        let meta = TypeMeta { api_version: object.api_version.to_owned(), kind: object.kind.to_owned(), metadata };
+        self.add_document(&body, 0, meta, source, errors);
+    }
+
+    fn add_document(
+        &mut self,
+        body: &str,
+        offset: usize,
+        meta: TypeMeta,
+        source: Source,
+        errors: &mut Vec<Diagnostic>,
+    ) {
+        let TypeMeta { api_version, kind, metadata } = meta;
+        let known = matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry");
+        if !known {
+            self.warnings.push(source.diagnostic(
+                Severity::Warning,
+                "kind",
+                format!("kind {kind:?} ({api_version}) is not one the agent reads; skipped"),
+            ));
+            return;
+        }
+        if !NETWORKING_API_VERSIONS.contains(&api_version.as_str()) {
+            errors.push(source.diagnostic(
+                Severity::Error,
+                "apiVersion",
+                format!("{api_version:?} is not one of {}", NETWORKING_API_VERSIONS.join(", ")),
+            ));
+            return;
+        }
+        if metadata.name.is_empty() {
+            errors.push(source.diagnostic(Severity::Error, "metadata.name", "a resource needs a name"));
+            return;
+        }
+        let parsed = match kind.as_str() {
+            "VirtualService" => parse(body, offset, metadata, source).map(|r| self.virtual_services.push(r)),
+            "DestinationRule" => parse(body, offset, metadata, source).map(|r| self.destination_rules.push(r)),
+            "ServiceEntry" => parse(body, offset, metadata, source).map(|r| self.service_entries.push(r)),
+            _ => parse(body, offset, metadata, source).map(|r| self.workload_entries.push(r)),
+        };
+        if let Err(err) = parsed {
+            errors.push(err);
+        }
+    }
+}
+
+/// An Istio object as the API server holds it, before parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterObject<'a> {
+    /// `networking.istio.io/v1` …
+    pub api_version: &'a str,
+    /// `VirtualService` …
+    pub kind: &'a str,
+    /// `metadata.namespace`.
+    pub namespace: &'a str,
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.creationTimestamp` (RFC 3339).
+    pub creation_timestamp: Option<&'a str>,
+    /// `spec`, as the API server returned it.
+    pub spec: &'a serde_json::Value,
 }
 
 fn parse<T: DeserializeOwned>(
@@ -316,7 +401,13 @@ fn parse<T: DeserializeOwned>(
 ) -> Result<Resource<T>, Diagnostic> {
     match serde_yaml::from_str::<Document<T>>(body) {
         Ok(doc) => Ok(Resource { meta, spec: doc.spec, source }),
-        Err(err) => Err(Diagnostic::from_serde(&source.file, offset, &source.resource, &err)),
+        Err(err) => {
+            let mut diagnostic = Diagnostic::from_serde(&source.file, offset, &source.resource, &err);
+            if source.lines.is_none() {
+                diagnostic.line = 0; // a line of the rendered text would mean nothing to anyone
+            }
+            Err(diagnostic)
+        }
     }
 }
 
@@ -414,6 +505,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.diagnostics[0].field, "apiVersion");
         assert_eq!(err.diagnostics[0].line, 1);
+    }
+
+    #[test]
+    fn cluster_objects_meet_the_same_parser_and_are_named_by_namespace_and_name() {
+        let spec =
+            serde_json::json!({"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}, "wieght": 3}]}]});
+        let object = ClusterObject {
+            api_version: "networking.istio.io/v1",
+            kind: "VirtualService",
+            namespace: "shop",
+            name: "broken",
+            creation_timestamp: Some("2026-01-01T00:00:00Z"),
+            spec: &spec,
+        };
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        snapshot.add_object(&object, &mut errors);
+        assert!(snapshot.virtual_services.is_empty());
+        let d = &errors[0];
+        assert_eq!(
+            (d.file.to_str(), d.line, d.resource.as_str()),
+            (Some(CLUSTER_ORIGIN), 0, "VirtualService shop/broken")
+        );
+        assert_eq!(d.field, "spec.http[0].route[0]", "{d}");
+        assert!(d.message.contains("wieght"), "{d}");
+        assert_eq!(d.to_string().split(": ").next(), Some("error"), "{d}");
+
+        let good = serde_json::json!({"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]});
+        snapshot.add_object(&ClusterObject { name: "good", spec: &good, ..object }, &mut errors);
+        assert_eq!(snapshot.virtual_services.len(), 1);
+        let vs = &snapshot.virtual_services[0];
+        assert_eq!((vs.meta.namespace.as_str(), vs.meta.name.as_str()), ("shop", "good"));
+        assert_eq!(vs.meta.other["creationTimestamp"].as_str(), Some("2026-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bpf;
+pub mod cluster;
 pub mod config;
 pub mod endpoints;
 pub mod proxy;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use interceptor::config::{CaptureMode, FailurePolicy, Settings, SettingsFile, Severity, Snapshot};
+use interceptor::agent::Resources;
+use interceptor::config::{CaptureMode, ConfigSource, FailurePolicy, Settings, SettingsFile, Severity, Snapshot};
 use interceptor::routing::RouteTable;
 use tracing_subscriber::EnvFilter;
 
@@ -21,8 +22,11 @@ enum Command {
     /// Run the agent: capture, proxy, follow config changes.
     Run {
         /// Directory of Istio YAML (VirtualService, DestinationRule, ServiceEntry, WorkloadEntry).
-        #[arg(long, env = "INTERCEPTOR_CONFIG")]
-        config: PathBuf,
+        #[arg(long, env = "INTERCEPTOR_CONFIG", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        config: Option<PathBuf>,
+        /// Follow the Kubernetes API server instead of files (settings `source: kubernetes`).
+        #[arg(long)]
+        kubernetes: bool,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -121,10 +125,19 @@ struct SettingsArgs {
     /// Admin listener (loopback only): /ready, /config_dump, /stats/prometheus.
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// Kubernetes: kubeconfig file (default: the pod's service account, else `KUBECONFIG`).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (the downward API's `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// This node's IP (the downward API's `status.hostIP`): the default redirect address.
+    #[arg(long, env = "NODE_IP")]
+    node_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl SettingsArgs {
-    fn resolve(self) -> Result<Settings, String> {
+    fn resolve(self, kubernetes: bool) -> Result<Settings, String> {
         let file = match &self.settings {
             Some(path) => SettingsFile::read(path).map_err(|d| d.to_string())?,
             None => SettingsFile::default(),
@@ -140,6 +153,10 @@ impl SettingsArgs {
             namespace: self.namespace,
             admin: self.admin,
             limits: None,
+            source: kubernetes.then_some(ConfigSource::Kubernetes),
+            kubeconfig: self.kubeconfig,
+            node_name: self.node_name,
+            node_ip: self.node_ip,
         };
         file.merge(flags).resolve()
     }
@@ -152,7 +169,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Run { config, settings } => run(config, settings),
+        Command::Run { config, kubernetes, settings } => run(config, kubernetes, settings),
         Command::Validate { path, namespace, output } => validate(&path, &namespace, output),
         Command::Routes { path, namespace } => match load(&path, &namespace) {
             Ok(table) => {
@@ -168,8 +185,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: PathBuf, settings: SettingsArgs) -> ExitCode {
-    let settings = match settings.resolve() {
+fn run(config: Option<PathBuf>, kubernetes: bool, settings: SettingsArgs) -> ExitCode {
+    let settings = match settings.resolve(kubernetes) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("error: settings: {err}");
@@ -189,7 +206,20 @@ fn run(config: PathBuf, settings: SettingsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(interceptor::agent::run(settings, config)) {
+    let agent = async {
+        let resources = match (settings.source, config) {
+            (ConfigSource::Files, Some(dir)) => Resources::Files(dir),
+            (ConfigSource::Files, None) => return Err("--config DIR is needed with `source: files`".to_owned()),
+            (ConfigSource::Kubernetes, _) => {
+                let cluster = interceptor::cluster::Cluster::connect(settings.kubeconfig.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Resources::Cluster(cluster)
+            }
+        };
+        interceptor::agent::run(settings, resources).await.map_err(|e| e.to_string())
+    };
+    match runtime.block_on(agent) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

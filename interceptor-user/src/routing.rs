@@ -16,7 +16,7 @@ use http::HeaderName;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::config::{ConfigError, Diagnostic, Snapshot};
+use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
 use crate::endpoints::{qualify_host, Balancer, Limits, Protocol, Registry, Service};
 
 pub use actions::{
@@ -301,6 +301,30 @@ impl RouteTable {
     /// DestinationRule, VIP claimed twice …), each with file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
         compile::compile(snapshot)
+    }
+
+    /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
+    /// alone and everything else applies. Returns the table, the snapshot it was built from and
+    /// the errors of the resources left out.
+    ///
+    /// # Errors
+    /// An error that names no resource of the snapshot (nothing to leave out).
+    pub fn compile_isolating(mut snapshot: Snapshot) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
+        let mut rejected = Vec::new();
+        loop {
+            let err = match compile::compile(&snapshot) {
+                Ok(table) => return Ok((table, snapshot, rejected)),
+                Err(err) => err,
+            };
+            let errors: Vec<Diagnostic> =
+                err.diagnostics.iter().filter(|d| d.severity == Severity::Error).cloned().collect();
+            let names: std::collections::HashSet<&str> = errors.iter().map(|d| d.resource.as_str()).collect();
+            // Each pass removes at least one resource, so this ends.
+            if snapshot.remove_resources(&names) == 0 {
+                return Err(err);
+            }
+            rejected.extend(errors);
+        }
     }
 
     /// Warnings found while compiling.

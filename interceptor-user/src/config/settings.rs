@@ -55,6 +55,20 @@ impl std::str::FromStr for FailurePolicy {
     }
 }
 
+/// Where the Istio resources come from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// A directory of YAML files (`--config`), followed live.
+    #[default]
+    Files,
+    /// The Kubernetes API server: Istio resources, Services, EndpointSlices and pod labels.
+    Kubernetes,
+}
+
+/// The kubelet's pod cgroup under the cgroup v2 root: systemd driver first, then cgroupfs.
+pub const KUBELET_POD_CGROUPS: &[&str] = &["kubepods.slice", "kubepods"];
+
 /// Default interfaces packet mode attaches to: the usual host side of pod veths.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*"];
 
@@ -83,6 +97,15 @@ pub struct SettingsFile {
     pub admin: Option<SocketAddr>,
     /// Limits on downstream connections.
     pub limits: Option<LimitsFile>,
+    /// Where the Istio resources come from: `files` (default) or `kubernetes`.
+    pub source: Option<ConfigSource>,
+    /// Kubernetes: a kubeconfig to use instead of the pod's service account (or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the downward API's `spec.nodeName`, env `NODE_NAME`).
+    pub node_name: Option<String>,
+    /// This node's IP (the downward API's `status.hostIP`, env `NODE_IP`); the redirect address
+    /// defaults to it when the listener is `0.0.0.0`.
+    pub node_ip: Option<Ipv4Addr>,
 }
 
 /// Resolved settings the agent runs with.
@@ -108,6 +131,12 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// Limits on downstream connections.
     pub limits: Limits,
+    /// Where the Istio resources come from.
+    pub source: ConfigSource,
+    /// Kubernetes: kubeconfig file, if not the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, when known.
+    pub node_name: Option<String>,
 }
 
 impl SettingsFile {
@@ -142,13 +171,19 @@ impl SettingsFile {
             namespace: over.namespace.or(self.namespace),
             admin: over.admin.or(self.admin),
             limits: over.limits.or(self.limits),
+            source: over.source.or(self.source),
+            kubeconfig: over.kubeconfig.or(self.kubeconfig),
+            node_name: over.node_name.or(self.node_name),
+            node_ip: over.node_ip.or(self.node_ip),
         }
     }
 
-    /// Fills defaults and checks the combination.
+    /// Fills defaults and checks the combination. With the Kubernetes source and no `cgroup`, the
+    /// kubelet's pod cgroup is looked up under the cgroup v2 mount.
     ///
     /// # Errors
-    /// A redirect address that pods could not reach, or an admin address off loopback.
+    /// A redirect address that pods could not reach, an admin address off loopback, or no pod
+    /// cgroup found.
     pub fn resolve(self) -> Result<Settings, String> {
         let admin = self.admin.unwrap_or(DEFAULT_ADMIN);
         if !admin.ip().is_loopback() {
@@ -156,7 +191,21 @@ impl SettingsFile {
             return Err(format!("admin: {admin} is not a loopback address (the admin server has no authentication)"));
         }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
-        let redirect = self.redirect.unwrap_or(listen);
+        let redirect = match (self.redirect, self.node_ip) {
+            (Some(redirect), _) => redirect,
+            // Pods reach the node at its IP; the listener on 0.0.0.0 is there too.
+            (None, Some(node_ip)) if listen.ip().is_unspecified() => SocketAddrV4::new(node_ip, listen.port()),
+            (None, _) => listen,
+        };
+        let source = self.source.unwrap_or_default();
+        let cgroup = match (self.cgroup, source) {
+            (Some(cgroup), _) => cgroup,
+            (None, ConfigSource::Kubernetes) => {
+                let root = cgroup2_mount().unwrap_or_else(|| DEFAULT_CGROUP.into());
+                find_pod_cgroup(&root)?
+            }
+            (None, ConfigSource::Files) => DEFAULT_CGROUP.into(),
+        };
         if redirect.ip().is_unspecified() || redirect.port() == 0 {
             return Err(format!(
                 "redirect: {redirect} is not an address pods can connect to; set `redirect` to an \
@@ -166,7 +215,7 @@ impl SettingsFile {
         Ok(Settings {
             listen,
             redirect,
-            cgroup: self.cgroup.unwrap_or_else(|| DEFAULT_CGROUP.into()),
+            cgroup,
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mode: self.mode.unwrap_or_default(),
             interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
@@ -174,8 +223,36 @@ impl SettingsFile {
             namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
             admin,
             limits: self.limits.unwrap_or_default().resolve()?,
+            source,
+            kubeconfig: self.kubeconfig,
+            node_name: self.node_name,
         })
     }
+}
+
+/// The kubelet's pod cgroup under `root` (`kubepods.slice` or `kubepods`): capturing there takes
+/// every pod and no host process.
+///
+/// # Errors
+/// Neither exists: the agent must not fall back to the whole node.
+pub fn find_pod_cgroup(root: &Path) -> Result<PathBuf, String> {
+    KUBELET_POD_CGROUPS.iter().map(|name| root.join(name)).find(|dir| dir.is_dir()).ok_or_else(|| {
+        format!(
+            "cgroup: no kubelet pod cgroup ({}) under {}; set `cgroup` to the cgroup v2 directory holding the pods",
+            KUBELET_POD_CGROUPS.join(" or "),
+            root.display()
+        )
+    })
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
 }
 
 impl Settings {
@@ -236,6 +313,27 @@ mod tests {
         let settings = settings.resolve().unwrap();
         assert_eq!((settings.mode, settings.failure_policy), (CaptureMode::Socket, FailurePolicy::Open));
         assert_eq!(settings.interfaces, ["veth*"]);
+    }
+
+    #[test]
+    fn the_node_ip_is_the_redirect_when_listening_everywhere() {
+        let file = SettingsFile { node_ip: Some(Ipv4Addr::new(10, 1, 2, 3)), ..Default::default() };
+        assert_eq!(file.clone().resolve().unwrap().redirect, "10.1.2.3:15001".parse().unwrap());
+        let explicit = SettingsFile { redirect: Some("10.9.9.9:1".parse().unwrap()), ..file };
+        assert_eq!(explicit.resolve().unwrap().redirect, "10.9.9.9:1".parse().unwrap());
+    }
+
+    #[test]
+    fn the_pod_cgroup_is_the_kubelets_never_the_root() {
+        let root = std::env::temp_dir().join(format!("interceptor-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let missing = find_pod_cgroup(&root).unwrap_err();
+        assert!(missing.contains("kubepods.slice or kubepods"), "{missing}");
+        std::fs::create_dir_all(root.join("kubepods")).unwrap();
+        assert_eq!(find_pod_cgroup(&root).unwrap(), root.join("kubepods"));
+        std::fs::create_dir_all(root.join("kubepods.slice")).unwrap();
+        assert_eq!(find_pod_cgroup(&root).unwrap(), root.join("kubepods.slice"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

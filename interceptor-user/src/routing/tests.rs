@@ -409,3 +409,22 @@ fn policy_errors_name_their_field() {
         ]
     );
 }
+
+#[test]
+fn a_cluster_config_leaves_out_a_broken_resource_alone() {
+    let broken = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: broken}\nspec:\n  hosts: [other]\n  http:\n  - route:\n    - {destination: {host: my-app}, weight: -1}\n";
+    let good = vs("  - route:\n    - destination: {host: my-app, subset: v2}\n");
+    let mut snapshot = Snapshot::default();
+    let mut errors = Vec::new();
+    snapshot.add_file(Path::new("mesh.yaml"), &format!("{SERVICES}---\n{good}---\n{broken}"), "default", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(RouteTable::compile(&snapshot).is_err(), "files refuse the whole change");
+
+    let (table, applied, rejected) = RouteTable::compile_isolating(snapshot).unwrap();
+    assert!(!rejected.is_empty());
+    assert!(rejected.iter().all(|d| d.resource == "VirtualService default/broken"), "{rejected:?}");
+    assert_eq!(applied.virtual_services.len(), 1);
+    let headers = HeaderMap::new();
+    let cluster = outcome(&get(&table, &headers, "/")).unwrap();
+    assert_eq!(cluster.name.as_ref(), format!("outbound|80|v2|{HOST}"));
+}
