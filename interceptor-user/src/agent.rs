@@ -191,10 +191,14 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         DRAIN_DEADLINE,
     ));
     capture.set_ready(true)?;
-    if matches!(resources, Resources::Files(_)) {
-        admin_state.set_ready(true);
-    }
     info!(admin = %settings.admin, %listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, source = ?settings.source, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent started");
+    match &resources {
+        Resources::Files(_) => {
+            admin_state.set_ready(true);
+            info!(version, "agent ready");
+        }
+        Resources::Cluster(_) => info!("waiting for the Kubernetes API server's objects; nothing is captured until then"),
+    }
 
     let _watcher = match &resources {
         Resources::Files(dir) => Some(watch_dir(dir, reload_tx.clone())?),

@@ -53,8 +53,8 @@ enum Command {
     },
     /// Print the compiled route table.
     Routes {
-        /// Directory or file of Istio YAML.
-        path: PathBuf,
+        #[command(flatten)]
+        input: ConfigInput,
         /// Namespace of resources that do not name one.
         #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
         namespace: String,
@@ -62,9 +62,8 @@ enum Command {
     /// Explain how a request would be routed: which rule matches, why earlier ones do not, where
     /// it goes with what probability.
     Explain {
-        /// Directory or file of Istio YAML.
-        #[arg(value_name = "CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        input: ConfigInput,
         /// Host header (`my-app`, `my-app.default.svc.cluster.local:80`).
         #[arg(long)]
         host: String,
@@ -84,6 +83,19 @@ enum Command {
         #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
         namespace: String,
     },
+}
+
+/// The config to read: files, or what a running agent serves.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ConfigInput {
+    /// Directory or file of Istio YAML.
+    #[arg(value_name = "CONFIG")]
+    path: Option<PathBuf>,
+    /// A running agent's admin address: read the config it serves (from files or a cluster), as
+    /// `kubectl exec ds/interceptor -- interceptor explain --admin 127.0.0.1:15000 …` does.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -171,15 +183,15 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config, kubernetes, settings } => run(config, kubernetes, settings),
         Command::Validate { path, namespace, output } => validate(&path, &namespace, output),
-        Command::Routes { path, namespace } => match load(&path, &namespace) {
+        Command::Routes { input, namespace } => match load(&input, &namespace) {
             Ok(table) => {
                 print!("{}", table.describe());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Explain { config, host, path, headers, method, source_ip, namespace } => {
-            explain(&config, &namespace, &host, &path, &headers, &method, source_ip)
+        Command::Explain { input, host, path, headers, method, source_ip, namespace } => {
+            explain(&input, &namespace, &host, &path, &headers, &method, source_ip)
         }
         Command::Stats { bpffs, top } => stats(&bpffs, top),
     }
@@ -284,8 +296,22 @@ fn validate(path: &std::path::Path, namespace: &str, output: Output) -> ExitCode
 }
 
 /// Loads and compiles, printing the diagnostics on failure.
-fn load(path: &std::path::Path, namespace: &str) -> Result<RouteTable, ExitCode> {
-    match Snapshot::load_path(path, namespace).and_then(|s| RouteTable::compile(&s)) {
+fn load(input: &ConfigInput, namespace: &str) -> Result<RouteTable, ExitCode> {
+    let snapshot = match (&input.path, input.admin) {
+        (Some(path), _) => Snapshot::load_path(path, namespace),
+        (None, Some(admin)) => match fetch_config_dump(admin) {
+            Ok(json) => interceptor::admin::ConfigDump::read_snapshot(&json),
+            Err(err) => {
+                eprintln!("error: reading http://{admin}/config_dump: {err} (is the agent running?)");
+                return Err(ExitCode::FAILURE);
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give a config path or --admin ADDR");
+            return Err(ExitCode::from(2));
+        }
+    };
+    match snapshot.and_then(|s| RouteTable::compile(&s)) {
         Ok(table) => Ok(table),
         Err(err) => {
             eprintln!("{err}");
@@ -294,8 +320,34 @@ fn load(path: &std::path::Path, namespace: &str) -> Result<RouteTable, ExitCode>
     }
 }
 
+/// `GET /config_dump` from a running agent's admin server.
+fn fetch_config_dump(admin: std::net::SocketAddr) -> Result<String, String> {
+    use http_body_util::{BodyExt, Empty};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let fetch = async {
+            let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            let request = http::Request::get("/config_dump")
+                .header(http::header::HOST, admin.to_string())
+                .body(Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("status {}", response.status()));
+            }
+            let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), fetch).await.map_err(|_| "timed out".to_owned())?
+    })
+}
+
 fn explain(
-    path: &std::path::Path,
+    input: &ConfigInput,
     namespace: &str,
     host: &str,
     path_and_query: &str,
@@ -303,7 +355,7 @@ fn explain(
     method: &str,
     source: Option<std::net::IpAddr>,
 ) -> ExitCode {
-    let table = match load(path, namespace) {
+    let table = match load(input, namespace) {
         Ok(table) => table,
         Err(code) => return code,
     };

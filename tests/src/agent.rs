@@ -76,26 +76,52 @@ impl Agent {
     /// # Errors
     /// As [`Agent::start`].
     pub fn start_with(node: &Node, files: &[(&str, &str)], flags: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
-        let dir = std::env::temp_dir().join(format!("{}-agent", node.node_netns()));
+        let dir = agent_dir(node);
         let config = dir.join("config");
         std::fs::create_dir_all(&config)?;
         for (name, text) in files {
             std::fs::write(config.join(name), text)?;
         }
+        let config_arg = config.display().to_string();
+        let mut args = vec!["--config", config_arg.as_str()];
+        args.extend_from_slice(flags);
+        let mut agent = Self::launch(node, dir, &args, in_captured_cgroup)?;
+        agent.wait_for_log("agent ready", READY_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent in the node namespace following the Kubernetes API server that
+    /// `kubeconfig` names (as seen from the node namespace), capturing the node's cgroup, with
+    /// `flags` added. Returns once it has started; it becomes ready when the cluster is synced
+    /// (see [`Agent::wait_for_log`] with `agent ready`).
+    ///
+    /// # Errors
+    /// The agent exits or does not start in time; the error carries its log.
+    pub fn start_kubernetes(node: &Node, kubeconfig: &std::path::Path, flags: &[&str]) -> Result<Agent> {
+        let dir = agent_dir(node);
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = kubeconfig.display().to_string();
+        let redirect = format!("{GATEWAY}:15001");
+        let mut args = vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        args.extend_from_slice(flags);
+        let mut agent = Self::launch(node, dir, &args, false)?;
+        agent.wait_for_log("agent started", READY_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// Spawns `interceptor run` with the node's cgroup and bpffs plus `args`, logging to `dir`.
+    fn launch(node: &Node, dir: PathBuf, args: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
         let log = dir.join("agent.log");
         let log_file = std::fs::File::create(&log)?;
         let cgroup = node.cgroup().display().to_string();
         let bpffs = node.bpffs().display().to_string();
-        let config_arg = config.display().to_string();
-        let mut args = vec!["run", "--config", &config_arg, "--cgroup", &cgroup, "--bpffs", &bpffs];
-        args.extend_from_slice(flags);
+        let mut all = vec!["run", "--cgroup", &cgroup, "--bpffs", &bpffs];
+        all.extend_from_slice(args);
         let mut cmd =
-            node.command_in(&node.node_netns(), in_captured_cgroup, &crate::workspace_binary("interceptor"), &args);
+            node.command_in(&node.node_netns(), in_captured_cgroup, &crate::workspace_binary("interceptor"), &all);
         cmd.env("RUST_LOG", "info,access=info").stdout(Stdio::null()).stderr(log_file);
         let child = cmd.spawn().context("starting the interceptor agent")?;
-        let mut agent = Agent { child: Some(child), dir, log };
-        agent.wait_for_log("agent ready", READY_TIMEOUT)?;
-        Ok(agent)
+        Ok(Agent { child: Some(child), dir, log })
     }
 
     /// The agent's process id, while it runs.
@@ -184,6 +210,13 @@ impl Agent {
         let _ = child.wait();
         bail!("agent ignored SIGTERM for 10 s; log:\n{}", self.log())
     }
+}
+
+/// A directory of its own for each agent of a node (one may start before another's is removed).
+fn agent_dir(node: &Node) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("{}-agent-{n}", node.node_netns()))
 }
 
 /// Runs the agent binary once with `args` (e.g. `validate`), returning exit code and output.

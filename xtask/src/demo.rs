@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use testbed::seed_cluster::SeedCluster;
 use testbed::{Agent, Mode, Node, PodSpec};
 
 const VIP: &str = "10.96.0.10:80";
@@ -12,13 +13,14 @@ const HOST: &str = "my-app.default.svc.cluster.local";
 const PLAIN: usize = 1000;
 const BETA: usize = 100;
 
-pub fn run(mode: &str) -> Result<()> {
+pub fn run(mode: &str, kubernetes: bool) -> Result<()> {
     let mode = match mode {
         "socket" => Mode::Socket,
         "packet" => Mode::Packet,
         other => anyhow::bail!("unknown mode `{other}` (socket | packet)"),
     };
-    match demo(mode) {
+    let outcome = if kubernetes { demo_kubernetes(mode) } else { demo(mode) };
+    match outcome {
         Ok(line) => {
             println!("{line}");
             if line.starts_with("DEMO OK") {
@@ -59,6 +61,37 @@ fn demo(mode: Mode) -> Result<String> {
     let mut flags = vec!["--settings", settings.as_str()];
     flags.extend_from_slice(mode.flags());
     let mut agent = Agent::start_with(&node, &files, &flags, false)?;
+    let line = traffic_and_verdict(&node, &mut agent, mode)?;
+    drop(agent);
+    drop(node);
+    Ok(line)
+}
+
+/// The same job with the config from a real API server: Istio's CRDs and deploy/'s RBAC applied,
+/// the seed's VirtualService and DestinationRule and a `my-app` Service applied with kubectl, the
+/// pods as Pod objects whose status is written as a kubelet would, EndpointSlices made by the real
+/// controller, and the agent running with the DaemonSet's service-account token.
+fn demo_kubernetes(mode: Mode) -> Result<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let seed = std::fs::read_to_string(root.join("config/mesh/my-app.yaml"))?;
+    // The Service replaces the file demo's ServiceEntry: only the routing objects are applied.
+    let routing: Vec<&str> = seed
+        .split("\n---\n")
+        .filter(|doc| doc.contains("kind: VirtualService") || doc.contains("kind: DestinationRule"))
+        .collect();
+    println!("demo: starting etcd, kube-apiserver and kube-controller-manager on loopback, the node and its pods …");
+    let mut cluster = SeedCluster::start(&routing, mode)?;
+    cluster.wait_ready()?;
+    println!("demo: the agent follows the API server with the interceptor service account's token");
+    let line = traffic_and_verdict(&cluster.node, &mut cluster.agent, mode)?;
+    let slices = cluster.plane.kubectl(&["get", "endpointslices", "-n", "default", "-o", "wide"])?;
+    println!("demo: EndpointSlices made by the controller:\n{slices}");
+    Ok(line)
+}
+
+/// Sends the plain and beta-tester requests, prints the counters and metrics, stops the agent and
+/// judges the outcome.
+fn traffic_and_verdict(node: &Node, agent: &mut Agent, mode: Mode) -> Result<String> {
     match mode {
         Mode::Socket => println!("demo: agent ready, capturing {VIP} in cgroup {}", node.cgroup().display()),
         Mode::Packet => println!("demo: agent ready, capturing {VIP} with XDP + TC on the pod veths (ic*)"),
@@ -97,8 +130,6 @@ fn demo(mode: Mode) -> Result<String> {
         println!("  {line}");
     }
     let (code, _) = agent.stop()?;
-    drop(agent);
-    drop(node);
 
     // 99.9% interval of a binomial(1000, 0.1): 100 ± 31.
     let (v1, v2, beta_v2) = (plain.count("v1"), plain.count("v2"), beta.count("v2"));

@@ -29,6 +29,9 @@ enum Task {
         /// Capture mode: `socket` (cgroup connect hooks) or `packet` (XDP + TC on pod veths).
         #[arg(long, default_value = "socket")]
         mode: String,
+        /// Take the config from a real kube-apiserver (built by setup) instead of config/.
+        #[arg(long)]
+        kubernetes: bool,
     },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
@@ -49,7 +52,9 @@ fn main() {
     let result = match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build(),
-        Task::Demo { mode } => setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode)),
+        Task::Demo { mode, kubernetes } => {
+            setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode, kubernetes))
+        }
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
         Task::Bench { quick, profile } => setup::run().and_then(|()| bench::run(quick, profile)),

@@ -1,9 +1,9 @@
 //! `/config_dump`: the active config as JSON — the resources the running route table was compiled
 //! from, its version and when it was applied, the agent's settings and the config's warnings.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Diagnostic, Resource, Settings, Snapshot};
+use crate::config::{ClusterObject, ConfigError, Diagnostic, Resource, Settings, Snapshot};
 
 /// The document `/config_dump` serves.
 #[derive(Clone, Debug, Serialize)]
@@ -29,10 +29,32 @@ pub struct DumpedResource {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
-    /// The file it came from.
+    /// The file it came from, or `kubernetes`.
     pub file: String,
+    /// `Kind namespace/name` as read (a Kubernetes Service is dumped as the ServiceEntry it
+    /// reads as, named `Service namespace/name` here).
+    pub resource: String,
+    /// `metadata.creationTimestamp`, when known (of two VirtualServices for a host, the older wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
     /// The `spec`, as parsed.
     pub spec: serde_json::Value,
+}
+
+/// The part of a dump that [`ConfigDump::read_snapshot`] needs.
+#[derive(Deserialize)]
+struct DumpForReading {
+    resources: Vec<ResourceForReading>,
+}
+
+#[derive(Deserialize)]
+struct ResourceForReading {
+    kind: String,
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    creation_timestamp: Option<String>,
+    spec: serde_json::Value,
 }
 
 impl ConfigDump {
@@ -52,6 +74,42 @@ impl ConfigDump {
         }
     }
 
+    /// The resources of a `/config_dump` document, read back into a snapshot (for `routes` and
+    /// `explain` against a running agent: the config it really serves, from files or a cluster).
+    ///
+    /// # Errors
+    /// The text is not a config dump, or a resource in it does not parse.
+    pub fn read_snapshot(json: &str) -> Result<Snapshot, ConfigError> {
+        let dump: DumpForReading = serde_json::from_str(json).map_err(|err| ConfigError {
+            diagnostics: vec![Diagnostic {
+                severity: crate::config::Severity::Error,
+                file: "/config_dump".into(),
+                line: err.line(),
+                resource: "config dump".into(),
+                field: String::new(),
+                message: err.to_string(),
+            }],
+        })?;
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        for r in &dump.resources {
+            let object = ClusterObject {
+                api_version: "networking.istio.io/v1",
+                kind: &r.kind,
+                namespace: &r.namespace,
+                name: &r.name,
+                creation_timestamp: r.creation_timestamp.as_deref(),
+                spec: &r.spec,
+            };
+            snapshot.add_object(&object, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(snapshot)
+        } else {
+            Err(ConfigError { diagnostics: errors })
+        }
+    }
+
     /// Pretty JSON.
     pub fn to_json(&self) -> String {
         // Every field is a plain value or a serde_json::Value: serialization cannot fail.
@@ -66,7 +124,32 @@ fn dump<T: Serialize>(out: &mut Vec<DumpedResource>, kind: &'static str, resourc
             namespace: r.meta.namespace.clone(),
             name: r.meta.name.clone(),
             file: r.source.file.display().to_string(),
+            resource: r.source.resource.clone(),
+            creation_timestamp: r.meta.other.get("creationTimestamp").and_then(|v| v.as_str()).map(str::to_owned),
             spec: serde_json::to_value(&r.spec).unwrap_or(serde_json::Value::Null),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RouteTable;
+
+    #[test]
+    fn a_dump_reads_back_into_the_same_routes() {
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        let text = include_str!("../../../config/mesh/my-app.yaml");
+        snapshot.add_file(std::path::Path::new("my-app.yaml"), text, "default", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = crate::config::SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() }
+            .resolve()
+            .unwrap();
+        let json = ConfigDump::new(3, &settings, &snapshot).to_json();
+        let read = ConfigDump::read_snapshot(&json).unwrap();
+        let (before, after) = (RouteTable::compile(&snapshot).unwrap(), RouteTable::compile(&read).unwrap());
+        assert_eq!(before.describe(), after.describe());
+        assert!(ConfigDump::read_snapshot("not json").is_err());
     }
 }

@@ -1,0 +1,162 @@
+//! End-to-end with a real control plane: the agent follows kube-apiserver (Istio objects,
+//! Services, EndpointSlices made by the real controller, pod labels) with the rights of deploy/'s
+//! ClusterRole, and routes real traffic between the test node's namespaces through ClusterIPs.
+
+use std::time::Duration;
+
+use testbed::fixtures::{assert_share, load, sample, split, BETA, CLIENT, HOST, SUBSETS, VIP};
+use testbed::seed_cluster::{SeedCluster, NODE};
+use testbed::{read_stdout, Agent, LoopbackBridge, Mode, Node, PodSpec, ADMIN};
+
+fn admin_get(node: &Node, path: &str) -> (u16, String) {
+    node.node_get(ADMIN, path).unwrap_or((0, String::new()))
+}
+
+#[test]
+fn the_seed_examples_route_through_a_cluster_ip_with_the_service_accounts_rights() {
+    let mut cluster = SeedCluster::start(&[SUBSETS, &split(90, 10)], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+    let report = load(&cluster.node, 2000, &[]);
+    assert_eq!((report.failures, report.status(200)), (0, 2000), "{report:?}");
+    assert_share(report.count("v2"), 2000, 0.1, "v2 share");
+
+    // The seed's second example replaces the first (same name): beta testers to v2.
+    cluster.apply_and_wait(BETA).unwrap();
+    let beta = load(&cluster.node, 100, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
+    assert_eq!(beta.count("v2"), 100, "{beta:?}");
+    let rest = load(&cluster.node, 2000, &["-H", "User-Agent: Mozilla/5.0"]);
+    assert_eq!(rest.status(200), 2000, "{rest:?}");
+    assert_share(rest.count("v2"), 2000, 0.1, "v2 share without the header");
+
+    // "Why did it go there?" answered from what the running agent holds (kubectl exec's view).
+    let interceptor = testbed::workspace_binary("interceptor");
+    let args = ["explain", "--admin", ADMIN, "--host", "my-app", "-H", "user-agent: beta-tester"];
+    let out = cluster.node.command_in(&cluster.node.node_netns(), false, &interceptor, &args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("default/my-app-vs#0: MATCHED"), "{text}");
+    assert!(text.contains("outbound|80|v2|my-app.default.svc.cluster.local"), "{text}");
+    let (_, dump) = admin_get(&cluster.node, "/config_dump");
+    assert!(dump.contains("\"resource\": \"Service default/my-app\""), "{dump}");
+}
+
+#[test]
+fn weights_labels_pods_and_services_follow_the_cluster_live() {
+    let mut cluster = SeedCluster::start(&[SUBSETS, &split(100, 0)], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+
+    // New weights under load: the new split, no failed request.
+    let mut background = cluster
+        .node
+        .load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "1500", "--pause-ms", "2", "--max-seconds", "60"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.apply_and_wait(&split(0, 100)).unwrap();
+    let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
+    assert_eq!((during.failures, during.status(200)), (0, 1500), "{during:?}");
+    assert!(during.count("v1") > 0 && during.count("v2") > 0, "the change landed mid-run: {during:?}");
+    assert_eq!(load(&cluster.node, 100, &[]).count("v2"), 100);
+
+    // A pod relabelled v1 → v2 moves between subsets (v1b answers as "v1": its body is its name).
+    cluster.apply_and_wait(&split(100, 0)).unwrap();
+    cluster.plane.kubectl(&["label", "pod", "v1a", "-n", "default", "version=v2", "--overwrite"]).unwrap();
+    cluster.plane.kubectl(&["label", "pod", "v1b", "-n", "default", "version=v2", "--overwrite"]).unwrap();
+    cluster
+        .eventually("v1 subset empty after relabelling", |c| Ok(load(&c.node, 20, &[]).status(503) == 20))
+        .unwrap();
+
+    // A new ready pod gets traffic; a deleted one gets none.
+    cluster.node.add_pod(PodSpec::new("v3", [10, 244, 0, 14])).unwrap();
+    cluster.node.serve("v3", "v3").unwrap();
+    cluster.plane.create_ready_pod("default", "v3", NODE, &[("app", "my-app"), ("version", "v1")], [10, 244, 0, 14].into()).unwrap();
+    cluster.eventually("the new pod serves v1", |c| Ok(load(&c.node, 20, &[]).count("v3") == 20)).unwrap();
+    cluster.plane.kubectl(&["delete", "pod", "v3", "-n", "default", "--wait=false"]).unwrap();
+    cluster.eventually("the deleted pod gets nothing", |c| Ok(load(&c.node, 20, &[]).status(503) == 20)).unwrap();
+
+    // A Service added is captured; removed, it is released from the kernel map.
+    let other = MY_APP_SERVICE.replace("name: my-app", "name: other").replace("10.96.0.10", "10.96.0.20");
+    cluster.apply_and_wait(&other).unwrap();
+    let reached = |c: &SeedCluster| {
+        let report = c.node.load(CLIENT, &["--target", "10.96.0.20:80", "--host", "other", "-n", "10"])?;
+        Ok(report.status(200) == 10)
+    };
+    cluster.eventually("the new Service is captured", reached).unwrap();
+    cluster.plane.kubectl(&["delete", "service", "other", "-n", "default"]).unwrap();
+    // Uncaptured, a VIP leads nowhere in the test node (its range is unreachable there).
+    cluster
+        .eventually("the removed Service is released", |c| {
+            let report = c.node.load(CLIENT, &["--target", "10.96.0.20:80", "--host", "other", "-n", "3"])?;
+            Ok(report.failures == 3)
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_broken_virtual_service_is_rejected_alone_with_an_event() {
+    let broken = split(50, 50)
+        .replace("name: my-app-vs", "name: broken")
+        .replace("- my-app.default.svc.cluster.local\n  http", "- other.default.svc.cluster.local\n  http")
+        .replace("weight: 50", "weight: -1");
+    let mut cluster = SeedCluster::start(&[SUBSETS, &split(0, 100), &broken], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+    assert_eq!(load(&cluster.node, 50, &[]).count("v2"), 50, "the good VirtualService applies");
+    let log = cluster.agent.log();
+    assert!(log.contains("VirtualService default/broken: spec.http[0].route[0].weight"), "{log}");
+    cluster
+        .eventually("a Rejected event on default/broken", |c| {
+            let events = c.plane.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"])?;
+            let events: serde_json::Value = serde_json::from_str(&events)?;
+            Ok(events["items"].as_array().into_iter().flatten().any(|e| {
+                e["reason"] == "Rejected"
+                    && e["regarding"]["name"] == "broken"
+                    && e["regarding"]["kind"] == "VirtualService"
+                    && e["note"].as_str().is_some_and(|n| n.contains("spec.http[0].route[0].weight"))
+            }))
+        })
+        .unwrap();
+    let (_, metrics) = admin_get(&cluster.node, "/stats/prometheus");
+    assert_eq!(sample(&metrics, "interceptor_config_rejected_resources", &[]), Some(1.0), "{metrics}");
+
+    // Fixed: applied, and no longer counted.
+    cluster.apply_and_wait(&broken.replace("weight: -1", "weight: 50")).unwrap();
+    let (_, metrics) = admin_get(&cluster.node, "/stats/prometheus");
+    assert_eq!(sample(&metrics, "interceptor_config_rejected_resources", &[]), Some(0.0), "{metrics}");
+}
+
+#[test]
+fn without_the_api_server_nothing_is_captured_and_the_last_config_keeps_serving() {
+    let mut cluster = SeedCluster::start(&[SUBSETS, &split(100, 0)], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+
+    // The API server goes away during load: traffic keeps flowing on the last config.
+    let mut background = cluster
+        .node
+        .load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "1000", "--pause-ms", "2", "--max-seconds", "60"])
+        .unwrap();
+    cluster.plane.stop_apiserver();
+    let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
+    assert_eq!((during.failures, during.count("v1")), (0, 1000), "{during:?}");
+    assert_eq!(admin_get(&cluster.node, "/ready").0, 200, "the data path is fine: still ready");
+    cluster.plane.start_apiserver().unwrap();
+
+    // A change made while the agent cannot reach the API server is applied when it can again.
+    let port = cluster.bridge.take().map(|b| b.port()).unwrap();
+    cluster.plane.apply(&split(0, 100)).unwrap();
+    assert_eq!(load(&cluster.node, 20, &[]).count("v1"), 20, "the agent has not seen the change yet");
+    cluster.bridge = Some(LoopbackBridge::open_on(&cluster.node.node_netns(), port, cluster.plane.address()).unwrap());
+    cluster.eventually("the change is picked up", |c| Ok(load(&c.node, 20, &[]).count("v2") == 20)).unwrap();
+
+    // An agent started while the API server is unreachable captures nothing and says why.
+    cluster.agent.stop().unwrap();
+    let token = cluster.plane.create_token("interceptor-system", "interceptor").unwrap();
+    let nowhere = cluster.plane.kubeconfig_for_token(&token, "https://127.0.0.1:1").unwrap();
+    cluster.agent = Agent::start_kubernetes(&cluster.node, &nowhere, &[]).unwrap();
+    cluster
+        .eventually("/ready says why", |c| {
+            let (status, body) = admin_get(&c.node, "/ready");
+            Ok(status == 503 && body.contains("cannot reach the Kubernetes API server"))
+        })
+        .unwrap();
+    let report = load(&cluster.node, 5, &[]);
+    assert_eq!(report.failures, 5, "not captured: the VIP leads nowhere: {report:?}");
+}
