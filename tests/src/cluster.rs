@@ -474,40 +474,48 @@ fn controller_manager_args(kubeconfig: &Path) -> Vec<String> {
     ]
 }
 
-/// Writes a CA, the API server's serving certificate signed by it (loopback and in-cluster
-/// names), and the service-account signing key pair, with openssl.
+/// Names the API server's serving certificate holds: loopback (also through a bridge, whatever
+/// the port) and the in-cluster names of the `kubernetes` Service.
+const APISERVER_SANS: &str = "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
+DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local";
+
+/// Writes a CA, the API server's serving certificate signed by it, and the service-account
+/// signing key pair, with openssl. Our own CA rather than the API server's self-signed fallback,
+/// so every client (kubectl, rustls) gets one plain CA file to trust.
 fn write_pki(dir: &Path) -> Result<()> {
     let path = |name: &str| dir.join(name).display().to_string();
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &path("ca.key")])?;
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &path("ca.key"),
-        "-subj",
-        "/CN=interceptor-test-ca",
-        "-days",
-        "2",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        &path("ca.crt"),
-    ])?;
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &path("apiserver.key")])?;
-    openssl(&[
-        "req", "-x509", "-new", "-key", &path("apiserver.key"), "-CA", &path("ca.crt"), "-CAkey", &path("ca.key"),
-        "-subj", "/CN=kube-apiserver", "-days", "2",
-        "-addext", "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
-        "-addext", "basicConstraints=critical,CA:FALSE",
-        "-addext", "keyUsage=critical,digitalSignature",
-        "-addext", "extendedKeyUsage=serverAuth",
-        "-out", &path("apiserver.crt"),
-    ])?;
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &path("sa.key")])?;
+    let (ca_key, ca_crt) = (path("ca.key"), path("ca.crt"));
+    ec_key(&ca_key)?;
+    let ca_extensions = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"];
+    certificate(&ca_key, "/CN=interceptor-test-ca", &ca_extensions, None, &ca_crt)?;
+    ec_key(&path("apiserver.key"))?;
+    let serving_extensions = [
+        APISERVER_SANS,
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature",
+        "extendedKeyUsage=serverAuth",
+    ];
+    let signer = Some((ca_crt.as_str(), ca_key.as_str()));
+    certificate(&path("apiserver.key"), "/CN=kube-apiserver", &serving_extensions, signer, &path("apiserver.crt"))?;
+    ec_key(&path("sa.key"))?;
     openssl(&["pkey", "-in", &path("sa.key"), "-pubout", "-out", &path("sa.pub")])
+}
+
+/// A P-256 private key at `out`.
+fn ec_key(out: &str) -> Result<()> {
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", out])
+}
+
+/// A certificate for `key` valid two days, signed by `signer` (certificate, key) or by itself.
+fn certificate(key: &str, subject: &str, extensions: &[&str], signer: Option<(&str, &str)>, out: &str) -> Result<()> {
+    let mut args = vec!["req", "-x509", "-new", "-key", key, "-subj", subject, "-days", "2", "-out", out];
+    if let Some((ca_crt, ca_key)) = signer {
+        args.extend(["-CA", ca_crt, "-CAkey", ca_key]);
+    }
+    for extension in extensions {
+        args.extend(["-addext", extension]);
+    }
+    openssl(&args)
 }
 
 fn openssl(args: &[&str]) -> Result<()> {
