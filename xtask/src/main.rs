@@ -2,6 +2,7 @@
 //! test node, `test` runs every check CI runs.
 
 mod bench;
+mod controlplane;
 mod demo;
 mod overhead;
 mod setup;
@@ -20,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install prerequisites (apt packages, Debian's BPF-capable rustc, bpf-linker, bpffs). Idempotent.
+    /// Install prerequisites (apt packages, Debian's BPF-capable rustc, bpf-linker, bpffs, the test
+    /// control plane's Go binaries). Idempotent.
     Setup,
     /// Build the agent and the test pods.
     Build,

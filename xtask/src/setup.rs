@@ -29,6 +29,7 @@ pub fn run() -> Result<()> {
     toolchain()?;
     bpf_linker()?;
     bpffs()?;
+    crate::controlplane::setup()?;
     Ok(())
 }
 
