@@ -558,6 +558,15 @@ impl LoopbackBridge {
     /// # Errors
     /// The namespace cannot be entered or the listener cannot be bound there.
     pub fn open(netns: &str, target: SocketAddr) -> Result<LoopbackBridge> {
+        Self::open_on(netns, 0, target)
+    }
+
+    /// Like [`LoopbackBridge::open`], on `port` (a bridge closed earlier reopened where its
+    /// clients expect it).
+    ///
+    /// # Errors
+    /// As [`LoopbackBridge::open`], or the port is taken.
+    pub fn open_on(netns: &str, port: u16, target: SocketAddr) -> Result<LoopbackBridge> {
         let netns_path = Path::new("/run/netns").join(netns);
         let connections = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
@@ -571,7 +580,7 @@ impl LoopbackBridge {
         let (listening, bound) = mpsc::channel();
         let stop = Arc::clone(&stopping);
         let acceptor =
-            std::thread::Builder::new().name("bridge-accept".into()).spawn(move || match listen_in(&netns_path) {
+            std::thread::Builder::new().name("bridge-accept".into()).spawn(move || match listen_in(&netns_path, port) {
                 Ok(listener) => {
                     let listener = Arc::new(listener);
                     let _ = listening.send(Ok(Arc::clone(&listener)));
@@ -616,14 +625,15 @@ impl Drop for LoopbackBridge {
     }
 }
 
-/// Enters network namespace `path` (this thread only) and binds 127.0.0.1:0 there.
-fn listen_in(path: &Path) -> Result<TcpListener> {
+/// Enters network namespace `path` (this thread only) and binds 127.0.0.1:`port` there.
+fn listen_in(path: &Path, port: u16) -> Result<TcpListener> {
     let netns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns(2) with an fd we own; it moves only the calling thread.
     if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error()).context("setns");
     }
-    TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 (is the namespace's loopback up?)")
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .with_context(|| format!("binding 127.0.0.1:{port} (is the namespace's loopback up?)"))
 }
 
 fn accept_each(listener: &TcpListener, stopping: &AtomicBool, accepted: &mpsc::Sender<TcpStream>) {

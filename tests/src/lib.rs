@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cluster;
 pub mod fixtures;
 mod node;
+pub mod seed_cluster;
 
 pub use agent::{read_stdout, run_agent_command, Agent, Mode, ADMIN};
 pub use cluster::{controlplane_bin_dir, ControlPlane, LoopbackBridge};

@@ -156,7 +156,3 @@ pub fn wait_for_endpoints(plane: &ControlPlane, service: &str, count: usize) -> 
     bail!("{service} has not {count} ready endpoints: {last}")
 }
 
-fn admin_get(node: &Node, path: &str) -> (u16, String) {
-    node.node_get(ADMIN, path).unwrap_or((0, String::new()))
-}
-

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use testbed::fixtures::{assert_share, load, sample, split, BETA, CLIENT, HOST, SUBSETS, VIP};
-use testbed::seed_cluster::{SeedCluster, NODE};
+use testbed::seed_cluster::{SeedCluster, MY_APP_SERVICE, NODE};
 use testbed::{read_stdout, Agent, LoopbackBridge, Mode, Node, PodSpec, ADMIN};
 
 fn admin_get(node: &Node, path: &str) -> (u16, String) {
