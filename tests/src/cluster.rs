@@ -112,6 +112,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.kill();
+    }
+
+    /// SIGKILL, and reaps it.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -368,9 +373,13 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops the API server (SIGTERM, then SIGKILL); etcd and the controllers keep running.
+    /// Kills the API server (SIGKILL, like a crash: clients see their connections reset; a
+    /// SIGTERM would wait for the controller manager's watches to end); etcd and the controllers
+    /// keep running.
     pub fn stop_apiserver(&mut self) {
-        self.apiserver = None;
+        if let Some(mut apiserver) = self.apiserver.take() {
+            apiserver.kill();
+        }
     }
 
     /// Starts the API server again (same port, same etcd) and waits until it is ready.
