@@ -1,4 +1,4 @@
-//! A real Kubernetes control plane on loopback for tests (etcd, kube-apiserver, kube-controller-manager), kubelet-less pods, Istio CRDs, and a bridge from a node namespace's loopback to it.
+//! A real Kubernetes control plane on loopback for tests, and a bridge to it from a network namespace.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -220,6 +220,12 @@ impl ControlPlane {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
+    /// The directory holding the logs (`etcd.log`, `kube-apiserver.log`,
+    /// `kube-controller-manager.log`), certificates and kubeconfigs; removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
     /// The admin kubeconfig (token of a system:masters user).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
@@ -396,7 +402,7 @@ impl ControlPlane {
     fn wait_for_apiserver(&mut self) -> Result<()> {
         let result = poll_until("kube-apiserver /readyz", READY_TIMEOUT, || {
             self.check_processes()?;
-            Ok(self.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|body| body.trim() == "ok"))
+            Ok(self.kubectl(&["get", "--raw", "/readyz", "--request-timeout=5s"]).is_ok_and(|body| body.trim() == "ok"))
         });
         result.with_context(|| {
             format!("kube-apiserver is not ready; logs:\n{}", self.log_tails(&["etcd", "kube-apiserver"]))
