@@ -1,4 +1,4 @@
-//! A real Kubernetes control plane on loopback for tests (etcd, kube-apiserver, kube-controller-manager), kubelet-less pods, Istio CRDs, and a bridge from a node namespace's loopback to it.
+//! A real Kubernetes control plane on loopback for tests, and a bridge to it from a network namespace.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -68,11 +68,10 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A child process with its log file; dropping it stops the process.
+/// A child process; dropping it stops the process.
 struct Process {
     name: &'static str,
     child: Child,
-    log: PathBuf,
 }
 
 impl Process {
@@ -86,13 +85,13 @@ impl Process {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {} (run `cargo xtask setup`)", binary.display()))?;
-        Ok(Process { name, child, log })
+        Ok(Process { name, child })
     }
 
     /// Fails with the log's tail if the process has exited.
     fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}):\n{}", self.name, log_tail(&self.log));
+            bail!("{} exited ({status})", self.name);
         }
         Ok(())
     }
@@ -113,6 +112,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.kill();
+    }
+
+    /// SIGKILL, and reaps it.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -131,24 +135,17 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// Polls `ready` every [`POLL_INTERVAL`] until it says yes or `timeout` passes; `what` names the
-/// wait in the error, which also carries the last error `ready` returned.
+/// Polls `ready` every [`POLL_INTERVAL`] until it says yes, fails, or `timeout` passes (`what`
+/// names the wait in that error).
 fn poll_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    loop {
-        let last = match ready() {
-            Ok(true) => return Ok(()),
-            Ok(false) => None,
-            Err(e) => Some(e),
-        };
+    while !ready()? {
         if Instant::now() >= deadline {
-            match last {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
+            bail!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+    Ok(())
 }
 
 /// A temporary directory removed on drop.
@@ -221,6 +218,12 @@ impl ControlPlane {
     /// The API server's address on the host loopback (a [`LoopbackBridge`] target).
     pub fn address(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The directory holding the logs (`etcd.log`, `kube-apiserver.log`,
+    /// `kube-controller-manager.log`), certificates and kubeconfigs; removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
     }
 
     /// The admin kubeconfig (token of a system:masters user).
@@ -376,9 +379,13 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops the API server (SIGTERM, then SIGKILL); etcd and the controllers keep running.
+    /// Kills the API server (SIGKILL, like a crash: clients see their connections reset; a
+    /// SIGTERM would wait for the controller manager's watches to end); etcd and the controllers
+    /// keep running.
     pub fn stop_apiserver(&mut self) {
-        self.apiserver = None;
+        if let Some(mut apiserver) = self.apiserver.take() {
+            apiserver.kill();
+        }
     }
 
     /// Starts the API server again (same port, same etcd) and waits until it is ready.
@@ -395,9 +402,11 @@ impl ControlPlane {
     fn wait_for_apiserver(&mut self) -> Result<()> {
         let result = poll_until("kube-apiserver /readyz", READY_TIMEOUT, || {
             self.check_processes()?;
-            Ok(self.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|body| body.trim() == "ok"))
+            Ok(self.kubectl(&["get", "--raw", "/readyz", "--request-timeout=5s"]).is_ok_and(|body| body.trim() == "ok"))
         });
-        result.with_context(|| self.log_tails(&["etcd", "kube-apiserver"]))
+        result.with_context(|| {
+            format!("kube-apiserver is not ready; logs:\n{}", self.log_tails(&["etcd", "kube-apiserver"]))
+        })
     }
 
     fn start_controller_manager(&mut self) -> Result<()> {
@@ -410,7 +419,9 @@ impl ControlPlane {
             self.check_processes()?;
             Ok(self.kubectl(&["get", "serviceaccount", "default", "-n", "default", "-o", "name"]).is_ok())
         });
-        result.with_context(|| self.log_tails(&["kube-controller-manager"]))
+        result.with_context(|| {
+            format!("kube-controller-manager is not ready; log:\n{}", self.log_tails(&["kube-controller-manager"]))
+        })
     }
 
     /// Fails if a started process has exited.
@@ -453,6 +464,9 @@ fn apiserver_args(dir: &Path, port: u16, etcd_url: &str) -> Vec<String> {
         format!("--tls-cert-file={}", file("apiserver.crt")),
         format!("--tls-private-key-file={}", file("apiserver.key")),
         "--service-cluster-ip-range=10.96.0.0/16".into(),
+        // The `kubernetes` Service's endpoints would be the advertise address, and loopback
+        // addresses are invalid endpoints: the API server refuses to start with the reconciler on.
+        "--endpoint-reconciler-type=none".into(),
         "--authorization-mode=RBAC".into(),
         format!("--token-auth-file={}", file("tokens.csv")),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),

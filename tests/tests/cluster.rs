@@ -177,6 +177,7 @@ fn real_control_plane_publishes_endpoints_of_kubelet_less_pods_and_serves_a_name
     assert_eq!((ports[0]["name"].as_str(), ports[0]["port"].as_u64()), (Some("http"), Some(8080)));
 
     // The agent's view: its ServiceAccount's token, through a bridge from a namespace's loopback.
+    eprintln!("endpoints published after {:?}", started.elapsed());
     plane.apply(READER).unwrap();
     let token = plane.create_token("default", "interceptor").unwrap();
     let netns = Netns::create();
@@ -203,7 +204,7 @@ fn real_control_plane_publishes_endpoints_of_kubelet_less_pods_and_serves_a_name
 
     // API server downtime: the bridge stays, connections fail, then work again on restart.
     plane.stop_apiserver();
-    let (ok, _, _) = kubectl(&["get", "--raw", "/readyz", "--request-timeout=5s"]);
+    let (ok, _, _) = kubectl(&["get", "--raw", "/readyz", "--request-timeout=2s"]);
     assert!(!ok, "API server stopped");
     plane.start_apiserver().unwrap();
     let (ok, body, stderr) = kubectl(&["get", "--raw", "/readyz"]);
