@@ -197,7 +197,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
             admin_state.set_ready(true);
             info!(version, "agent ready");
         }
-        Resources::Cluster(_) => info!("waiting for the Kubernetes API server's objects; nothing is captured until then"),
+        Resources::Cluster(_) => {
+            info!("waiting for the Kubernetes API server's objects; nothing is captured until then")
+        }
     }
 
     let _watcher = match &resources {

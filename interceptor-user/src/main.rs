@@ -22,7 +22,7 @@ enum Command {
     /// Run the agent: capture, proxy, follow config changes.
     Run {
         /// Directory of Istio YAML (VirtualService, DestinationRule, ServiceEntry, WorkloadEntry).
-        #[arg(long, env = "INTERCEPTOR_CONFIG", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        #[arg(long, env = "INTERCEPTOR_CONFIG", conflicts_with = "kubernetes")]
         config: Option<PathBuf>,
         /// Follow the Kubernetes API server instead of files (settings `source: kubernetes`).
         #[arg(long)]
@@ -91,7 +91,7 @@ enum Command {
 struct ConfigInput {
     /// Directory or file of Istio YAML.
     #[arg(value_name = "CONFIG")]
-    path: Option<PathBuf>,
+    config: Option<PathBuf>,
     /// A running agent's admin address: read the config it serves (from files or a cluster), as
     /// `kubectl exec ds/interceptor -- interceptor explain --admin 127.0.0.1:15000 …` does.
     #[arg(long, value_name = "ADDR")]
@@ -221,7 +221,11 @@ fn run(config: Option<PathBuf>, kubernetes: bool, settings: SettingsArgs) -> Exi
     let agent = async {
         let resources = match (settings.source, config) {
             (ConfigSource::Files, Some(dir)) => Resources::Files(dir),
-            (ConfigSource::Files, None) => return Err("--config DIR is needed with `source: files`".to_owned()),
+            (ConfigSource::Files, None) => {
+                return Err(
+                    "--config DIR is needed (or --kubernetes, or `source: kubernetes` in the settings)".to_owned()
+                )
+            }
             (ConfigSource::Kubernetes, _) => {
                 let cluster = interceptor::cluster::Cluster::connect(settings.kubeconfig.as_deref())
                     .await
@@ -297,7 +301,7 @@ fn validate(path: &std::path::Path, namespace: &str, output: Output) -> ExitCode
 
 /// Loads and compiles, printing the diagnostics on failure.
 fn load(input: &ConfigInput, namespace: &str) -> Result<RouteTable, ExitCode> {
-    let snapshot = match (&input.path, input.admin) {
+    let snapshot = match (&input.config, input.admin) {
         (Some(path), _) => Snapshot::load_path(path, namespace),
         (None, Some(admin)) => match fetch_config_dump(admin) {
             Ok(json) => interceptor::admin::ConfigDump::read_snapshot(&json),
@@ -400,4 +404,14 @@ fn explain(
     let explanation = table.explain(&service.host, &view);
     print!("{explanation}");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

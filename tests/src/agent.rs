@@ -102,7 +102,8 @@ impl Agent {
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = kubeconfig.display().to_string();
         let redirect = format!("{GATEWAY}:15001");
-        let mut args = vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        let mut args =
+            vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--listen", "0.0.0.0:15001", "--redirect", &redirect];
         args.extend_from_slice(flags);
         let mut agent = Self::launch(node, dir, &args, false)?;
         agent.wait_for_log("agent started", READY_TIMEOUT)?;

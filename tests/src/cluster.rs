@@ -593,8 +593,8 @@ impl LoopbackBridge {
             .spawn(move || connect_each(&to_connect, target, &conns))?;
         let (listening, bound) = mpsc::channel();
         let stop = Arc::clone(&stopping);
-        let acceptor =
-            std::thread::Builder::new().name("bridge-accept".into()).spawn(move || match listen_in(&netns_path, port) {
+        let acceptor = std::thread::Builder::new().name("bridge-accept".into()).spawn(move || {
+            match listen_in(&netns_path, port) {
                 Ok(listener) => {
                     let listener = Arc::new(listener);
                     let _ = listening.send(Ok(Arc::clone(&listener)));
@@ -603,7 +603,8 @@ impl LoopbackBridge {
                 Err(e) => {
                     let _ = listening.send(Err(e));
                 }
-            })?;
+            }
+        })?;
         let listener: Arc<TcpListener> =
             bound.recv().context("bridge thread ended")?.with_context(|| format!("bridge in netns {netns}"))?;
         let port = listener.local_addr()?.port();

@@ -74,7 +74,9 @@ impl SeedCluster {
         plane.apply(&deploy_manifests()?)?;
         plane.create_node(NODE)?;
         plane.apply(MY_APP_SERVICE)?;
-        for (pod, ip, version) in [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")] {
+        for (pod, ip, version) in
+            [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")]
+        {
             plane.create_ready_pod("default", pod, NODE, &[("app", "my-app"), ("version", version)], ip.into())?;
         }
         for object in objects {
@@ -155,4 +157,3 @@ pub fn wait_for_endpoints(plane: &ControlPlane, service: &str, count: usize) -> 
     }
     bail!("{service} has not {count} ready endpoints: {last}")
 }
-

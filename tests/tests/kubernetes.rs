@@ -34,7 +34,8 @@ fn the_seed_examples_route_through_a_cluster_ip_with_the_service_accounts_rights
     let out = cluster.node.command_in(&cluster.node.node_netns(), false, &interceptor, &args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("default/my-app-vs#0: MATCHED"), "{text}");
+    let (_, dump) = admin_get(&cluster.node, "/config_dump");
+    assert!(text.contains("default/my-app-vs#0 (match[0]): MATCHED"), "{text}\n{dump}");
     assert!(text.contains("outbound|80|v2|my-app.default.svc.cluster.local"), "{text}");
     let (_, dump) = admin_get(&cluster.node, "/config_dump");
     assert!(dump.contains("\"resource\": \"Service default/my-app\""), "{dump}");
@@ -48,7 +49,10 @@ fn weights_labels_pods_and_services_follow_the_cluster_live() {
     // New weights under load: the new split, no failed request.
     let mut background = cluster
         .node
-        .load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "1500", "--pause-ms", "2", "--max-seconds", "60"])
+        .load_in_background(
+            CLIENT,
+            &["--target", VIP, "--host", HOST, "-n", "1500", "--pause-ms", "2", "--max-seconds", "60"],
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     cluster.apply_and_wait(&split(0, 100)).unwrap();
@@ -61,14 +65,15 @@ fn weights_labels_pods_and_services_follow_the_cluster_live() {
     cluster.apply_and_wait(&split(100, 0)).unwrap();
     cluster.plane.kubectl(&["label", "pod", "v1a", "-n", "default", "version=v2", "--overwrite"]).unwrap();
     cluster.plane.kubectl(&["label", "pod", "v1b", "-n", "default", "version=v2", "--overwrite"]).unwrap();
-    cluster
-        .eventually("v1 subset empty after relabelling", |c| Ok(load(&c.node, 20, &[]).status(503) == 20))
-        .unwrap();
+    cluster.eventually("v1 subset empty after relabelling", |c| Ok(load(&c.node, 20, &[]).status(503) == 20)).unwrap();
 
     // A new ready pod gets traffic; a deleted one gets none.
     cluster.node.add_pod(PodSpec::new("v3", [10, 244, 0, 14])).unwrap();
     cluster.node.serve("v3", "v3").unwrap();
-    cluster.plane.create_ready_pod("default", "v3", NODE, &[("app", "my-app"), ("version", "v1")], [10, 244, 0, 14].into()).unwrap();
+    cluster
+        .plane
+        .create_ready_pod("default", "v3", NODE, &[("app", "my-app"), ("version", "v1")], [10, 244, 0, 14].into())
+        .unwrap();
     cluster.eventually("the new pod serves v1", |c| Ok(load(&c.node, 20, &[]).count("v3") == 20)).unwrap();
     cluster.plane.kubectl(&["delete", "pod", "v3", "-n", "default", "--wait=false"]).unwrap();
     cluster.eventually("the deleted pod gets nothing", |c| Ok(load(&c.node, 20, &[]).status(503) == 20)).unwrap();
@@ -131,7 +136,10 @@ fn without_the_api_server_nothing_is_captured_and_the_last_config_keeps_serving(
     // The API server goes away during load: traffic keeps flowing on the last config.
     let mut background = cluster
         .node
-        .load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "1000", "--pause-ms", "2", "--max-seconds", "60"])
+        .load_in_background(
+            CLIENT,
+            &["--target", VIP, "--host", HOST, "-n", "1000", "--pause-ms", "2", "--max-seconds", "60"],
+        )
         .unwrap();
     cluster.plane.stop_apiserver();
     let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();

@@ -143,9 +143,10 @@ mod tests {
         let text = include_str!("../../../config/mesh/my-app.yaml");
         snapshot.add_file(std::path::Path::new("my-app.yaml"), text, "default", &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
-        let settings = crate::config::SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() }
-            .resolve()
-            .unwrap();
+        let settings =
+            crate::config::SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() }
+                .resolve()
+                .unwrap();
         let json = ConfigDump::new(3, &settings, &snapshot).to_json();
         let read = ConfigDump::read_snapshot(&json).unwrap();
         let (before, after) = (RouteTable::compile(&snapshot).unwrap(), RouteTable::compile(&read).unwrap());
