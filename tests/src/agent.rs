@@ -83,7 +83,8 @@ impl Agent {
             std::fs::write(config.join(name), text)?;
         }
         let config_arg = config.display().to_string();
-        let mut args = vec!["--config", config_arg.as_str()];
+        let (cgroup, bpffs) = (node.cgroup().display().to_string(), node.bpffs().display().to_string());
+        let mut args = vec!["--config", config_arg.as_str(), "--cgroup", &cgroup, "--bpffs", &bpffs];
         args.extend_from_slice(flags);
         let mut agent = Self::launch(node, dir, &args, in_captured_cgroup)?;
         agent.wait_for_log("agent ready", READY_TIMEOUT)?;
@@ -91,32 +92,47 @@ impl Agent {
     }
 
     /// Starts the agent in the node namespace following the Kubernetes API server that
-    /// `kubeconfig` names (as seen from the node namespace), capturing the node's cgroup, with
-    /// `flags` added. Returns once it has started; it becomes ready when the cluster is synced
-    /// (see [`Agent::wait_for_log`] with `agent ready`).
+    /// `kubeconfig` names (as seen from the node namespace), capturing the node's cgroup on the
+    /// usual listener, with `flags` added. Returns once it has started; it becomes ready when the
+    /// cluster is synced (see [`Agent::wait_for_log`] with `agent ready`).
     ///
     /// # Errors
     /// The agent exits or does not start in time; the error carries its log.
     pub fn start_kubernetes(node: &Node, kubeconfig: &std::path::Path, flags: &[&str]) -> Result<Agent> {
+        let redirect = format!("{GATEWAY}:15001");
+        let mut all = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        all.extend_from_slice(flags);
+        Self::start_kubernetes_in(node, node.cgroup(), node.bpffs(), kubeconfig, &all)
+    }
+
+    /// Like [`Agent::start_kubernetes`], capturing `cgroup` and pinning to `bpffs`, with only
+    /// `flags` (listener, redirect, admin …) for the rest: one of several agents on the node.
+    ///
+    /// # Errors
+    /// As [`Agent::start_kubernetes`].
+    pub fn start_kubernetes_in(
+        node: &Node,
+        cgroup: &std::path::Path,
+        bpffs: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        flags: &[&str],
+    ) -> Result<Agent> {
         let dir = agent_dir(node);
         std::fs::create_dir_all(&dir)?;
+        let (cgroup, bpffs) = (cgroup.display().to_string(), bpffs.display().to_string());
         let kubeconfig = kubeconfig.display().to_string();
-        let redirect = format!("{GATEWAY}:15001");
-        let mut args =
-            vec!["--kubernetes", "--kubeconfig", &kubeconfig, "--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        let mut args = vec!["--cgroup", &cgroup, "--bpffs", &bpffs, "--kubernetes", "--kubeconfig", &kubeconfig];
         args.extend_from_slice(flags);
         let mut agent = Self::launch(node, dir, &args, false)?;
         agent.wait_for_log("agent started", READY_TIMEOUT)?;
         Ok(agent)
     }
 
-    /// Spawns `interceptor run` with the node's cgroup and bpffs plus `args`, logging to `dir`.
+    /// Spawns `interceptor run` with `args` in the node namespace, logging to `dir`.
     fn launch(node: &Node, dir: PathBuf, args: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
         let log = dir.join("agent.log");
         let log_file = std::fs::File::create(&log)?;
-        let cgroup = node.cgroup().display().to_string();
-        let bpffs = node.bpffs().display().to_string();
-        let mut all = vec!["run", "--cgroup", &cgroup, "--bpffs", &bpffs];
+        let mut all = vec!["run"];
         all.extend_from_slice(args);
         let mut cmd =
             node.command_in(&node.node_netns(), in_captured_cgroup, &crate::workspace_binary("interceptor"), &all);

@@ -88,6 +88,7 @@ pub struct Node {
     suffix: String,
     pods: Vec<PodSpec>,
     cgroup: PathBuf,
+    sub_cgroups: Vec<PathBuf>,
     bpffs: PathBuf,
     children: Vec<Child>,
     created_netns: Vec<String>,
@@ -130,6 +131,7 @@ impl Node {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let mut node = Node {
             cgroup: cgroup2_root()?.join(format!("interceptor-test-{suffix}")),
+            sub_cgroups: Vec::new(),
             bpffs: PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}")),
             suffix,
             pods: pods.to_vec(),
@@ -226,12 +228,29 @@ impl Node {
     /// cgroup when `captured`. `nsenter` switches only the network namespace, so /sys/fs/bpf and
     /// the cgroup mounts stay visible.
     pub fn command_in(&self, netns: &str, captured: bool, program: &Path, args: &[&str]) -> Command {
+        self.command_in_cgroup(netns, captured.then_some(self.cgroup.as_path()), program, args)
+    }
+
+    /// Like [`Node::command_in`], inside `cgroup` when given (the node's, or one of
+    /// [`Node::add_cgroup`]).
+    pub fn command_in_cgroup(&self, netns: &str, cgroup: Option<&Path>, program: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{netns}")).arg("--").arg("sh").arg("-c");
-        let join =
-            if captured { format!("echo $$ > {}/cgroup.procs && ", self.cgroup.display()) } else { String::new() };
+        let join = cgroup.map_or_else(String::new, |c| format!("echo $$ > {}/cgroup.procs && ", c.display()));
         cmd.arg(format!("{join}exec \"$0\" \"$@\"")).arg(program).args(args);
         cmd
+    }
+
+    /// Creates cgroup `name` under the node's cgroup (a second "node" on the same network, whose
+    /// own agent captures only it); removed with the node.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn add_cgroup(&mut self, name: &str) -> Result<PathBuf> {
+        let dir = self.cgroup.join(name);
+        std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+        self.sub_cgroups.push(dir.clone());
+        Ok(dir)
     }
 
     /// Starts a long-running process; it is killed when the node is dropped.
@@ -291,10 +310,18 @@ impl Node {
     /// # Errors
     /// The client cannot run or prints no report.
     pub fn load(&self, pod: &str, args: &[&str]) -> Result<LoadReport> {
+        self.load_in(pod, &self.cgroup, args)
+    }
+
+    /// Like [`Node::load`], from inside `cgroup`.
+    ///
+    /// # Errors
+    /// As [`Node::load`].
+    pub fn load_in(&self, pod: &str, cgroup: &Path, args: &[&str]) -> Result<LoadReport> {
         let mut full = vec!["load"];
         full.extend_from_slice(args);
         let out = self
-            .command_in(&self.pod_netns(pod), true, &crate::workspace_binary("pod"), &full)
+            .command_in_cgroup(&self.pod_netns(pod), Some(cgroup), &crate::workspace_binary("pod"), &full)
             .stderr(Stdio::inherit())
             .output()
             .context("running pod load")?;
@@ -440,6 +467,9 @@ impl Drop for Node {
             let _ = child.wait();
         }
         // Processes that joined the cgroup through `command_in` are children we waited for above.
+        for dir in self.sub_cgroups.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
         if self.cgroup.exists() {
             for _ in 0..50 {
                 if std::fs::remove_dir(&self.cgroup).is_ok() {

@@ -69,20 +69,7 @@ impl SeedCluster {
     /// Any part fails to start.
     pub fn start(objects: &[&str], mode: Mode) -> Result<SeedCluster> {
         let node = node()?;
-        let plane = ControlPlane::start()?;
-        plane.install_istio_crds()?;
-        plane.apply(&deploy_manifests()?)?;
-        plane.create_node(NODE)?;
-        plane.apply(MY_APP_SERVICE)?;
-        for (pod, ip, version) in
-            [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")]
-        {
-            plane.create_ready_pod("default", pod, NODE, &[("app", "my-app"), ("version", version)], ip.into())?;
-        }
-        for object in objects {
-            plane.apply(object)?;
-        }
-        wait_for_endpoints(&plane, "my-app", 3)?;
+        let plane = seed_plane(objects)?;
         let bridge = LoopbackBridge::open(&node.node_netns(), plane.address())?;
         let agent = start_agent(&plane, &node, &bridge, mode)?;
         Ok(SeedCluster { agent, bridge: Some(bridge), node, plane })
@@ -118,6 +105,29 @@ impl SeedCluster {
         }
         bail!("{what}: not within {APPLY_TIMEOUT:?}; agent log:\n{}", self.agent.log())
     }
+}
+
+/// The control plane part of [`SeedCluster`]: CRDs, deploy/, Node [`NODE`], the `my-app` Service
+/// and its three ready pods (their EndpointSlices published), then `objects`.
+///
+/// # Errors
+/// Any part fails.
+pub fn seed_plane(objects: &[&str]) -> Result<ControlPlane> {
+    let plane = ControlPlane::start()?;
+    plane.install_istio_crds()?;
+    plane.apply(&deploy_manifests()?)?;
+    plane.create_node(NODE)?;
+    plane.apply(MY_APP_SERVICE)?;
+    for (pod, ip, version) in
+        [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")]
+    {
+        plane.create_ready_pod("default", pod, NODE, &[("app", "my-app"), ("version", version)], ip.into())?;
+    }
+    for object in objects {
+        plane.apply(object)?;
+    }
+    wait_for_endpoints(&plane, "my-app", 3)?;
+    Ok(plane)
 }
 
 /// The agent with the `interceptor` ServiceAccount's token: only its ClusterRole's rights.

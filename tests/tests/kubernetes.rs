@@ -168,3 +168,49 @@ fn without_the_api_server_nothing_is_captured_and_the_last_config_keeps_serving(
     let report = load(&cluster.node, 5, &[]);
     assert_eq!(report.failures, 5, "not captured: the VIP leads nowhere: {report:?}");
 }
+
+/// Access-log lines in an agent log.
+fn access_lines(log: &str) -> usize {
+    log.matches(" access: [").count()
+}
+
+#[test]
+fn two_nodes_capture_their_own_pods_and_route_to_endpoints_on_either() {
+    // Two "nodes" on one pod network: each agent captures its own cgroup, listens on its own port.
+    let mut node = testbed::fixtures::node().unwrap();
+    node.add_pod(PodSpec::new("client-b", [10, 244, 0, 15])).unwrap();
+    node.add_pod(PodSpec::new("v2b", [10, 244, 0, 14])).unwrap();
+    node.serve("v2b", "v2b").unwrap();
+    let (cgroup_a, cgroup_b) = (node.add_cgroup("node-a").unwrap(), node.add_cgroup("node-b").unwrap());
+    let plane = testbed::seed_cluster::seed_plane(&[SUBSETS, &split(50, 50)]).unwrap();
+    plane.create_node("node-b").unwrap();
+    plane
+        .create_ready_pod("default", "v2b", "node-b", &[("app", "my-app"), ("version", "v2")], [10, 244, 0, 14].into())
+        .unwrap();
+    testbed::seed_cluster::wait_for_endpoints(&plane, "my-app", 4).unwrap();
+    let bridge = LoopbackBridge::open(&node.node_netns(), plane.address()).unwrap();
+    let token = plane.create_token("interceptor-system", "interceptor").unwrap();
+    let kubeconfig = plane.kubeconfig_for_token(&token, &bridge.url()).unwrap();
+    let agent = |name: &str, cgroup: &std::path::Path, port: u16, admin: &str| {
+        let (listen, redirect) = (format!("0.0.0.0:{port}"), format!("{}:{port}", testbed::GATEWAY));
+        let bpffs = node.bpffs().join(name);
+        let flags = ["--node-name", name, "--listen", &listen, "--redirect", &redirect, "--admin", admin];
+        let mut agent = Agent::start_kubernetes_in(&node, cgroup, &bpffs, &kubeconfig, &flags).unwrap();
+        agent.wait_for_log("agent ready", Duration::from_secs(20)).unwrap();
+        agent
+    };
+    let (agent_a, agent_b) =
+        (agent("node-a", &cgroup_a, 15001, ADMIN), agent("node-b", &cgroup_b, 15002, "127.0.0.1:15010"));
+
+    for (client, cgroup, mine, other) in
+        [(CLIENT, &cgroup_a, &agent_a, &agent_b), ("client-b", &cgroup_b, &agent_b, &agent_a)]
+    {
+        let (mine_before, other_before) = (access_lines(&mine.log()), access_lines(&other.log()));
+        let report = node.load_in(client, cgroup, &["--target", VIP, "--host", HOST, "-n", "400"]).unwrap();
+        assert_eq!((report.failures, report.status(200)), (0, 400), "{client}: {report:?}");
+        // Endpoints on both nodes: v1a, v1b, v2 on node-a; v2b on node-b.
+        assert!(report.count("v1") > 0 && report.count("v2b") > 0, "{client}: {report:?}");
+        assert_eq!(access_lines(&mine.log()) - mine_before, 400, "{client} is captured by its node's agent");
+        assert_eq!(access_lines(&other.log()), other_before, "{client} is not captured by the other node's agent");
+    }
+}
