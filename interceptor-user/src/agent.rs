@@ -214,11 +214,15 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     let mut rejected_before: Vec<Diagnostic> = Vec::new();
 
     loop {
+        // When the change was seen: `config applied` reports the time from there (debounce,
+        // load, compile, swap and kernel sync).
+        let mut seen = std::time::Instant::now();
         let cause = tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => "SIGHUP",
             Some(cause) = reload_rx.recv() => {
+                seen = std::time::Instant::now();
                 // Let a burst of changes settle into one reload.
                 tokio::time::sleep(resources.debounce()).await;
                 while reload_rx.try_recv().is_ok() {}
@@ -265,6 +269,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                         added = r.added,
                         changed = r.changed,
                         removed = r.removed,
+                        after_ms = seen.elapsed().as_secs_f64() * 1e3,
                         "config applied"
                     ),
                     Err(err) => {

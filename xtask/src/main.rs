@@ -2,6 +2,7 @@
 //! test node, `test` runs every check CI runs.
 
 mod bench;
+mod cluster_bench;
 mod controlplane;
 mod demo;
 mod overhead;
@@ -39,6 +40,22 @@ enum Task {
     Test,
     /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.
     Overhead,
+    /// The agent on a synthetic cluster written to a real API server, in steps up to the full
+    /// size: time to ready, VirtualService change applied (p50/p99), RSS.
+    BenchCluster {
+        #[arg(long, default_value_t = 5000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints_per_service: usize,
+        #[arg(long, default_value_t = 2000)]
+        virtual_services: usize,
+        /// VirtualService changes timed per step.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// Fractions of the full size, written one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,1")]
+        steps: Vec<f64>,
+    },
     /// Benchmark against Envoy, HAProxy, nginx and a direct connection (report in target/bench/).
     Bench {
         /// A few seconds per contender and 1,000 idle connections (what CI runs).
@@ -59,6 +76,10 @@ fn main() {
         }
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
+        Task::BenchCluster { services, endpoints_per_service, virtual_services, changes, steps } => {
+            let size = cluster_bench::Size { services, endpoints_per_service, virtual_services, changes };
+            setup::run().and_then(|()| build()).and_then(|()| cluster_bench::run(&size, &steps))
+        }
         Task::Bench { quick, profile } => setup::run().and_then(|()| bench::run(quick, profile)),
     };
     if let Err(err) = result {
