@@ -315,8 +315,21 @@ impl Snapshot {
             metadata.other.insert("creationTimestamp".into(), created.into());
         }
         let source = Source::cluster(format!("{} {}/{}", object.kind, object.namespace, object.name));
-        // Through YAML text so the API server's objects meet the same parser as files do, and
-        // their errors carry the same field paths (`spec.http[0].route[0]`).
+        // Straight from JSON when the object is well-formed: every reload reads every object.
+        if NETWORKING_API_VERSIONS.contains(&object.api_version) && !object.name.is_empty() {
+            let parsed = match object.kind {
+                "VirtualService" => from_json(object.spec, &metadata, &source).map(|r| self.virtual_services.push(r)),
+                "DestinationRule" => from_json(object.spec, &metadata, &source).map(|r| self.destination_rules.push(r)),
+                "ServiceEntry" => from_json(object.spec, &metadata, &source).map(|r| self.service_entries.push(r)),
+                "WorkloadEntry" => from_json(object.spec, &metadata, &source).map(|r| self.workload_entries.push(r)),
+                _ => None,
+            };
+            if parsed.is_some() {
+                return;
+            }
+        }
+        // Otherwise through YAML text, so the API server's objects meet the same parser as files
+        // do, and their errors carry the same field paths (`spec.http[0].route[0]`).
         let document = serde_json::json!({
             "apiVersion": object.api_version,
             "kind": object.kind,
@@ -374,6 +387,12 @@ impl Snapshot {
             errors.push(err);
         }
     }
+}
+
+/// `spec` parsed from JSON, or `None` when it does not parse (the YAML path then says why).
+fn from_json<T: DeserializeOwned>(spec: &serde_json::Value, meta: &ObjectMeta, source: &Source) -> Option<Resource<T>> {
+    let spec = serde_json::from_value(spec.clone()).ok()?;
+    Some(Resource { meta: meta.clone(), spec, source: source.clone() })
 }
 
 /// An Istio object as the API server holds it, before parsing.

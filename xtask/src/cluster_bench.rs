@@ -33,6 +33,13 @@ struct Step {
 }
 
 pub fn run(size: &Size, steps: &[f64]) -> Result<()> {
+    // Release binaries: the figures are the agent's, not the debug build's.
+    crate::cargo(&["build", "--release", "-p", "interceptor-user", "-p", "interceptor-tests", "--bins"])?;
+    let bin_dir = crate::workspace_root().join("target/release");
+    for name in ["interceptor", "pod"] {
+        // Read by testbed::workspace_binary; set before any thread starts.
+        std::env::set_var(format!("INTERCEPTOR_{}_BIN", name.to_ascii_uppercase()), bin_dir.join(name));
+    }
     let node = Node::create(&[]).context("creating the test node")?;
     let plane = ControlPlane::start()?;
     plane.install_istio_crds()?;
