@@ -8,6 +8,12 @@ use testbed::fixtures::{assert_share, load, sample, split, BETA, CLIENT, HOST, S
 use testbed::seed_cluster::{SeedCluster, MY_APP_SERVICE, NODE};
 use testbed::{read_stdout, Agent, LoopbackBridge, Mode, Node, PodSpec, ADMIN};
 
+/// `n` requests from the client to the VIP, 2 ms apart, in the background (its report on stdout).
+fn steady_load(node: &Node, n: &str) -> std::process::Child {
+    let args = ["--target", VIP, "--host", HOST, "-n", n, "--pause-ms", "2", "--max-seconds", "60"];
+    node.load_in_background(CLIENT, &args).unwrap()
+}
+
 fn admin_get(node: &Node, path: &str) -> (u16, String) {
     node.node_get(ADMIN, path).unwrap_or((0, String::new()))
 }
@@ -47,13 +53,7 @@ fn weights_labels_pods_and_services_follow_the_cluster_live() {
     cluster.wait_ready().unwrap();
 
     // New weights under load: the new split, no failed request.
-    let mut background = cluster
-        .node
-        .load_in_background(
-            CLIENT,
-            &["--target", VIP, "--host", HOST, "-n", "1500", "--pause-ms", "2", "--max-seconds", "60"],
-        )
-        .unwrap();
+    let mut background = steady_load(&cluster.node, "1500");
     std::thread::sleep(Duration::from_millis(500));
     cluster.apply_and_wait(&split(0, 100)).unwrap();
     let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
@@ -134,13 +134,7 @@ fn without_the_api_server_nothing_is_captured_and_the_last_config_keeps_serving(
     cluster.wait_ready().unwrap();
 
     // The API server goes away during load: traffic keeps flowing on the last config.
-    let mut background = cluster
-        .node
-        .load_in_background(
-            CLIENT,
-            &["--target", VIP, "--host", HOST, "-n", "1000", "--pause-ms", "2", "--max-seconds", "60"],
-        )
-        .unwrap();
+    let mut background = steady_load(&cluster.node, "1000");
     cluster.plane.stop_apiserver();
     let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
     assert_eq!((during.failures, during.count("v1")), (0, 1000), "{during:?}");
