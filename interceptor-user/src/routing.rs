@@ -171,12 +171,59 @@ pub struct Mirror {
     pub probability: f64,
 }
 
+/// Weighted destinations: at least one, weights Istio's int32 at most, their sum > 0 — so a pick
+/// can neither overflow nor draw from an empty range.
+#[derive(Debug)]
+pub struct Weights {
+    targets: Vec<WeightedTarget>,
+    total: u64,
+}
+
+impl Weights {
+    /// The targets with a positive weight; `None` when none has one. Weights above `i32::MAX`
+    /// are refused at compile time; the sum saturates all the same.
+    pub fn new(targets: Vec<WeightedTarget>) -> Option<Self> {
+        let targets: Vec<WeightedTarget> = targets.into_iter().filter(|t| t.weight > 0).collect();
+        let total = targets.iter().fold(0u64, |sum, t| sum.saturating_add(t.weight));
+        (total > 0).then_some(Self { targets, total })
+    }
+
+    /// Picks a destination by weight.
+    pub fn pick(&self) -> &WeightedTarget {
+        if self.targets.len() > 1 {
+            let mut roll = rand::thread_rng().gen_range(0..self.total);
+            for t in &self.targets {
+                if roll < t.weight {
+                    return t;
+                }
+                roll -= t.weight;
+            }
+        }
+        // `new` keeps at least one target.
+        &self.targets[0]
+    }
+
+    /// Each destination with its probability.
+    pub fn probabilities(&self) -> impl Iterator<Item = (&WeightedTarget, f64)> {
+        self.targets.iter().map(|t| (t, t.weight as f64 / self.total as f64))
+    }
+
+    /// The destinations, in rule order.
+    pub fn iter(&self) -> std::slice::Iter<'_, WeightedTarget> {
+        self.targets.iter()
+    }
+
+    /// The first destination.
+    pub fn first(&self) -> &WeightedTarget {
+        &self.targets[0]
+    }
+}
+
 /// Forwarding settings of a `route` action.
 #[derive(Debug)]
 pub struct RouteAction {
-    /// Weighted destinations (at least one).
-    pub targets: Vec<WeightedTarget>,
-    total_weight: u64,
+    /// Weighted destinations.
+    pub targets: Weights,
     /// Path/authority rewrite.
     pub rewrite: Option<Rewrite>,
     /// Whole-request timeout.
@@ -190,22 +237,12 @@ pub struct RouteAction {
 impl RouteAction {
     /// Picks a destination by weight.
     pub fn pick(&self) -> &WeightedTarget {
-        if self.targets.len() > 1 {
-            let mut roll = rand::thread_rng().gen_range(0..self.total_weight);
-            for t in &self.targets {
-                if roll < t.weight {
-                    return t;
-                }
-                roll -= t.weight;
-            }
-        }
-        // Compilation guarantees at least one target with a positive weight.
-        &self.targets[0]
+        self.targets.pick()
     }
 
     /// Each destination with its probability.
     pub fn probabilities(&self) -> impl Iterator<Item = (&WeightedTarget, f64)> {
-        self.targets.iter().map(|t| (t, t.weight as f64 / self.total_weight as f64))
+        self.targets.probabilities()
     }
 }
 
@@ -252,8 +289,7 @@ pub struct TcpRule {
     /// `namespace/name#tcp-N`.
     pub label: Arc<str>,
     matches: Vec<compile::L4Match>,
-    targets: Vec<WeightedTarget>,
-    total_weight: u64,
+    targets: Weights,
 }
 
 /// The rules bound to a service.
@@ -404,23 +440,11 @@ impl RouteTable {
             r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, destination, source, &self.registry))
         });
         match rule {
-            Some(rule) => {
-                let mut roll = rand::thread_rng().gen_range(0..rule.total_weight.max(1));
-                let target = rule
-                    .targets
-                    .iter()
-                    .find(|t| {
-                        let hit = roll < t.weight;
-                        roll = roll.saturating_sub(t.weight);
-                        hit
-                    })
-                    .or(rule.targets.first())?;
-                Some((&rule.label, &target.target))
-            }
+            Some(rule) => Some((&rule.label, &rule.targets.pick().target)),
             None if routes.tcp_rules.is_empty() => {
                 let rule = routes.default_rules.get(&port)?;
                 match &rule.action {
-                    Action::Route(route) => Some((&rule.label, &route.targets.first()?.target)),
+                    Action::Route(route) => Some((&rule.label, &route.targets.first().target)),
                     _ => None,
                 }
             }

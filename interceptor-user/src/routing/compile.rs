@@ -11,7 +11,7 @@ use super::actions::{
 };
 use super::{
     Action, Cluster, HashKey, MatchBlock, Mirror, RouteAction, RouteTable, Rule, ServiceRoutes, Target, TcpRule,
-    WeightedTarget, DEFAULT_RULE,
+    WeightedTarget, Weights, DEFAULT_RULE,
 };
 use crate::config::{
     self, ConfigError, Destination, DestinationRule, Diagnostic, HttpRoute, Resource, Severity, Snapshot, Source,
@@ -111,12 +111,14 @@ fn default_rule(cluster: Arc<Cluster>) -> Rule {
         label: DEFAULT_RULE.into(),
         matches: Vec::new(),
         action: Action::Route(RouteAction {
-            targets: vec![WeightedTarget {
-                weight: 1,
-                target: Target::Cluster(cluster),
-                headers: HeaderPolicy::default(),
-            }],
-            total_weight: 1,
+            targets: Weights {
+                targets: vec![WeightedTarget {
+                    weight: 1,
+                    target: Target::Cluster(cluster),
+                    headers: HeaderPolicy::default(),
+                }],
+                total: 1,
+            },
             rewrite: None,
             timeout: None,
             retry: RetryPolicy::istio_default(),
@@ -702,17 +704,14 @@ fn compile_route(
             .map_err(|e| report(src, &format!("{at}.headers"), diags, e))
             .unwrap_or_default();
         let Some(target) = compile_destination(&dest.destination, ns, &at, src, clusters, diags) else { continue };
-        if weight > 0 {
-            targets.push(WeightedTarget { weight, target, headers });
-        }
+        targets.push(WeightedTarget { weight, target, headers });
     }
-    if targets.is_empty() {
+    let Some(targets) = Weights::new(targets) else {
         if !http.route.is_empty() && error_count(diags) == 0 {
             diags.push(src.diagnostic(Severity::Error, format!("{at}.route"), "every destination has weight 0"));
         }
         return None;
-    }
-    let total_weight = targets.iter().map(|t| t.weight).sum();
+    };
     let rewrite = http
         .rewrite
         .as_ref()
@@ -755,7 +754,7 @@ fn compile_route(
             _ => {}
         }
     }
-    Some(RouteAction { targets, total_weight, rewrite, timeout, retry, mirrors })
+    Some(RouteAction { targets, rewrite, timeout, retry, mirrors })
 }
 
 /// A destination's weight; `None` (reported) when negative. Istio: a lone destination without
@@ -769,6 +768,15 @@ fn weight(weight: Option<i64>, single: bool, src: &Source, at: &str, diags: &mut
                 Severity::Error,
                 format!("{at}.weight"),
                 format!("weight must be >= 0, got {w}"),
+            ));
+            None
+        }
+        // Istio's weights are int32: more is refused there, and would overflow sums here.
+        Some(w) if w > i64::from(i32::MAX) => {
+            diags.push(src.diagnostic(
+                Severity::Error,
+                format!("{at}.weight"),
+                format!("weight must be <= {} (an int32), got {w}", i32::MAX),
             ));
             None
         }
@@ -952,21 +960,18 @@ fn compile_tcp(
             let Some(weight) = weight(dest.weight, single, src, &dat, diags) else { continue };
             if let Some(target) = compile_destination(&dest.destination, &vs.meta.namespace, &dat, src, clusters, diags)
             {
-                if weight > 0 {
-                    targets.push(WeightedTarget { weight, target, headers: HeaderPolicy::default() });
-                }
+                targets.push(WeightedTarget { weight, target, headers: HeaderPolicy::default() });
             }
         }
-        if targets.is_empty() {
+        let Some(targets) = Weights::new(targets) else {
             diags.push(src.diagnostic(
                 Severity::Error,
                 format!("{at}.route"),
                 "a tcp rule needs a destination with weight > 0",
             ));
             continue;
-        }
-        let total_weight = targets.iter().map(|t| t.weight).sum();
-        rules.push(TcpRule { label: format!("{label}#tcp-{i}").into(), matches, targets, total_weight });
+        };
+        rules.push(TcpRule { label: format!("{label}#tcp-{i}").into(), matches, targets });
     }
     rules
 }

@@ -428,3 +428,29 @@ fn a_cluster_config_leaves_out_a_broken_resource_alone() {
     let cluster = outcome(&get(&table, &headers, "/")).unwrap();
     assert_eq!(cluster.name.as_ref(), format!("outbound|80|v2|{HOST}"));
 }
+
+#[test]
+fn weights_are_istios_int32_and_huge_ones_cannot_break_the_pick() {
+    let three = |w: &str| {
+        vs(&format!(
+            "  - route:\n    - {{destination: {{host: my-app, subset: v1}}, weight: {w}}}\n    - {{destination: {{host: my-app, subset: v2}}, weight: {w}}}\n    - {{destination: {{host: my-app, subset: v3}}, weight: {w}}}\n"
+        ))
+    };
+    // Beyond int32: refused, as Istio refuses it (the u64 sum of three such weights wrapped to 0).
+    let err = compile(&three("6148914691236517206")).unwrap_err();
+    assert!(
+        err.diagnostics.iter().any(|d| d.field == "spec.http[0].route[0].weight" && d.message.contains("int32")),
+        "{err}"
+    );
+    // The largest int32 three times: exact thirds, and picking never panics.
+    let table = compile(&three(&i32::MAX.to_string())).unwrap();
+    let headers = HeaderMap::new();
+    let decision = get(&table, &headers, "/");
+    let Some(Action::Route(route)) = decision.rule.map(|r| &r.action) else { panic!("a route") };
+    for (_, p) in route.probabilities() {
+        assert!((p - 1.0 / 3.0).abs() < 1e-9, "{p}");
+    }
+    for _ in 0..100 {
+        let _ = route.pick();
+    }
+}
