@@ -80,6 +80,13 @@ impl OriginalDestination for crate::bpf::OrigDstTable {
     }
 }
 
+/// The service behind `original` when its port is a TCP (non-HTTP) port.
+fn tcp_service(inputs: &ProxyInputs, original: SocketAddrV4) -> Option<String> {
+    let table = inputs.routes.load();
+    let service = table.service_at(original)?;
+    (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_string())
+}
+
 /// Everything a connection needs, cheap to clone.
 #[derive(Clone)]
 pub struct ProxyInputs {
@@ -118,13 +125,6 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// The service behind `original` when its port is a TCP (non-HTTP) port.
-    fn tcp_service(&self, original: SocketAddrV4) -> Option<String> {
-        let table = self.inputs.routes.load();
-        let service = table.service_at(original)?;
-        (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_string())
-    }
-
     /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (keep-alive
     /// connections close after their current request) for at most `drain`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>, drain: Duration) {
@@ -149,17 +149,18 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let original = self.inputs.original_destinations.take(client);
-            debug!(%client, ?original, "accepted");
+            let inputs = self.inputs.clone();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 warn!(%client, max = self.inputs.limits.max_connections, "connection cap reached; answering 503");
                 self.inputs.metrics.rejected(metrics::REJECT_OVERLOAD);
-                tokio::spawn(limits::overloaded(stream));
+                tokio::spawn(async move {
+                    // Consumed all the same, so the entry does not linger in the kernel table.
+                    let _ = inputs.original_destinations.take(client);
+                    limits::overloaded(stream).await;
+                });
                 continue;
             };
             let open = self.inputs.metrics.open_connection();
-            let tcp_port = original.and_then(|o| self.tcp_service(o).map(|s| (o, s)));
-            let inputs = self.inputs.clone();
             let (http1, http2) = (http1.clone(), http2.clone());
             let watch = connections.watch();
             let span = tracing::debug_span!("conn", %client);
@@ -168,6 +169,11 @@ impl Proxy {
             tokio::spawn(
                 async move {
                     let slot = Slot { _permit: permit, _open: open };
+                    // Looked up here, not in the accept loop: the lookup is two syscalls under a
+                    // lock, and accepting must not wait on it.
+                    let original = inputs.original_destinations.take(client);
+                    debug!(?original, "accepted");
+                    let tcp_port = original.and_then(|o| tcp_service(&inputs, o).map(|s| (o, s)));
                     // Declared TCP ports go through as TCP, by the VirtualService's tcp rules.
                     if let Some((original, service)) = tcp_port {
                         return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
