@@ -14,6 +14,9 @@ use crate::endpoints::CLUSTER_DOMAIN;
 /// The label the endpointslice controller puts on a Service's slices.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The API server's own Service, never captured.
+pub const API_SERVER_SERVICE: (&str, &str) = ("default", "kubernetes");
+
 /// Labels of every pod, by (namespace, name): subsets select endpoints by their pod's labels.
 pub type PodLabels = HashMap<(String, String), BTreeMap<String, String>>;
 
@@ -60,7 +63,13 @@ fn service_entry(
         _ => Vec::new(),
     };
     // Headless (`None`): no VIP to capture. IPv6 VIPs are not captured yet.
-    let addresses = addresses.into_iter().filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()).collect();
+    let mut addresses: Vec<String> =
+        addresses.into_iter().filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()).collect();
+    if (namespace, name) == API_SERVER_SERVICE {
+        // The agent's own watches go to this address (in-cluster config): captured, they would
+        // run through the agent's own proxy and stop with it.
+        addresses.clear();
+    }
     let ports = spec
         .ports
         .iter()
@@ -239,6 +248,16 @@ endpoints:
         assert_eq!(entries.len(), 1);
         assert!(entries[0].spec.addresses.is_empty());
         assert_eq!(entries[0].spec.hosts, ["db.data.svc.cluster.local"]);
+    }
+
+    #[test]
+    fn the_api_servers_own_service_is_never_captured() {
+        let api = service(
+            "metadata: {name: kubernetes, namespace: default}\nspec: {clusterIP: 10.96.0.1, ports: [{name: https, port: 443}]}\n",
+        );
+        let entries = service_entries(&[api], &[], &PodLabels::new());
+        assert!(entries[0].spec.addresses.is_empty());
+        assert_eq!(entries[0].spec.hosts, ["kubernetes.default.svc.cluster.local"]);
     }
 
     #[test]
