@@ -289,6 +289,7 @@ impl SocketCapture {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BpfError::NoRuntime);
         }
+        raise_memlock_limit();
         let pins = PinDir::prepare(&settings.bpffs, PINNED_MAPS)?;
         let links = LinkPins::prepare(&settings.bpffs)?;
 
@@ -573,4 +574,14 @@ fn kernel_log_level() -> u8 {
         _ => aya_log::Level::Trace,
     };
     level as u8
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK` (64 KiB by default in a container):
+/// lift it, or map creation fails there. Newer kernels charge the memory cgroup and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit(2) reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "could not lift RLIMIT_MEMLOCK");
+    }
 }
