@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-pub use config_dump::ConfigDump;
+pub use config_dump::{AppliedConfig, ConfigDump};
 pub use kernel::KernelCollector;
 
 /// Content type of the Prometheus text format.
@@ -30,7 +30,7 @@ const PROMETHEUS_TEXT: &str = "application/openmetrics-text; version=1.0.0; char
 pub struct AdminState {
     ready: AtomicBool,
     not_ready_reason: std::sync::OnceLock<ReasonProbe>,
-    config: ArcSwap<String>,
+    config: ArcSwap<Option<AppliedConfig>>,
     registry: Registry,
 }
 
@@ -50,7 +50,7 @@ impl AdminState {
         Self {
             ready: AtomicBool::new(false),
             not_ready_reason: std::sync::OnceLock::new(),
-            config: ArcSwap::from_pointee("{}".to_owned()),
+            config: ArcSwap::from_pointee(None),
             registry,
         }
     }
@@ -71,8 +71,8 @@ impl AdminState {
     }
 
     /// Replaces the dump `/config_dump` serves.
-    pub fn set_config(&self, dump: &ConfigDump) {
-        self.config.store(Arc::new(dump.to_json()));
+    pub fn set_config(&self, applied: AppliedConfig) {
+        self.config.store(Arc::new(Some(applied)));
     }
 
     /// The metrics page in the Prometheus text format.
@@ -95,7 +95,10 @@ impl AdminState {
                 let text = reason.map_or_else(|| "NOT READY\n".to_owned(), |r| format!("NOT READY: {r}\n"));
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
             }
-            "/config_dump" => reply(StatusCode::OK, "application/json", self.config.load().as_str().to_owned()),
+            "/config_dump" => {
+                let json = self.config.load().as_ref().as_ref().map_or_else(|| "{}".to_owned(), |c| c.dump().to_json());
+                reply(StatusCode::OK, "application/json", json)
+            }
             "/stats/prometheus" | "/metrics" => reply(StatusCode::OK, PROMETHEUS_TEXT, self.metrics_text()),
             _ => reply(
                 StatusCode::NOT_FOUND,

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 mod metrics;
 
-use crate::admin::{Admin, AdminState, ConfigDump, KernelCollector};
+use crate::admin::{Admin, AdminState, AppliedConfig, KernelCollector};
 use crate::bpf::{BpfError, CaptureCounters, CaptureKind, CaptureSettings, SocketCapture};
 use crate::cluster::{Cluster, RejectionReporter};
 use crate::config::{CaptureMode, ConfigError, Diagnostic, FailurePolicy, Settings, Snapshot};
@@ -157,7 +157,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     registry.register_collector(Box::new(KernelCollector::new(CaptureCounters::open(&settings.bpffs)?)));
     let admin_state = Arc::new(AdminState::new(registry));
     let mut version = 1u64;
-    admin_state.set_config(&ConfigDump::new(version, &settings, &snapshot));
+    admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
     config_metrics.set_version(version);
     let mut reporter: Option<RejectionReporter> = None;
     if let Resources::Cluster(cluster) = &resources {
@@ -232,7 +232,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         // Off the runtime's threads: compiling a large config takes long enough to stall requests
         // on a single-threaded runtime.
         let (source, namespace) = (resources.clone(), settings.namespace.clone());
+        let loading = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || source.load(&namespace)).await;
+        let load_ms = loading.elapsed().as_secs_f64() * 1e3;
         let Ok(loaded) = loaded else {
             config_metrics.rejected();
             error!(cause, "config loading panicked; previous config keeps serving");
@@ -261,7 +263,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 routes.store(Arc::new(table));
                 version += 1;
                 config_metrics.applied(version);
-                admin_state.set_config(&ConfigDump::new(version, &settings, &snapshot));
+                admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
                 match capture.sync_capture(&desired) {
                     Ok(r) => info!(
                         cause,
@@ -270,6 +272,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                         changed = r.changed,
                         removed = r.removed,
                         after_ms = seen.elapsed().as_secs_f64() * 1e3,
+                        load_ms,
                         "config applied"
                     ),
                     Err(err) => {

@@ -57,6 +57,34 @@ struct ResourceForReading {
     spec: serde_json::Value,
 }
 
+/// A config as applied, kept until `/config_dump` asks: rendering every resource as JSON on
+/// every reload would cost as much as compiling it.
+#[derive(Debug)]
+pub struct AppliedConfig {
+    /// As [`ConfigDump::version`].
+    pub version: u64,
+    /// When it was applied.
+    pub applied_at: std::time::SystemTime,
+    /// The agent's settings.
+    pub settings: Settings,
+    /// The resources the route table was compiled from.
+    pub snapshot: Snapshot,
+}
+
+impl AppliedConfig {
+    /// `snapshot` applied as `version` now.
+    pub fn now(version: u64, settings: &Settings, snapshot: Snapshot) -> Self {
+        Self { version, applied_at: std::time::SystemTime::now(), settings: settings.clone(), snapshot }
+    }
+
+    /// The dump `/config_dump` serves.
+    pub fn dump(&self) -> ConfigDump {
+        let mut dump = ConfigDump::new(self.version, &self.settings, &self.snapshot);
+        dump.applied_at = humantime::format_rfc3339_seconds(self.applied_at).to_string();
+        dump
+    }
+}
+
 impl ConfigDump {
     /// The dump of `snapshot` applied as `version` now.
     pub fn new(version: u64, settings: &Settings, snapshot: &Snapshot) -> Self {
