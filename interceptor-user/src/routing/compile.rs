@@ -1008,7 +1008,13 @@ fn bind(
     for (i, host) in vs.spec.hosts.iter().enumerate() {
         let pattern = qualify_host(host, &vs.meta.namespace).into_owned();
         let mut bound = false;
-        for service in registry.services().filter(|s| host_matches(&pattern, &s.host)) {
+        // An exact host is one lookup; only a wildcard looks at every service.
+        let matching: Vec<&Service> = if pattern.starts_with('*') {
+            registry.services().filter(|s| host_matches(&pattern, &s.host)).collect()
+        } else {
+            registry.service(&pattern).into_iter().collect()
+        };
+        for service in matching {
             let Some(service_routes) = routes.get_mut(&service.host) else { continue };
             match &service_routes.virtual_service {
                 Some(existing) => diags.push(src.diagnostic(
