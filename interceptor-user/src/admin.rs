@@ -70,9 +70,10 @@ impl AdminState {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Replaces the dump `/config_dump` serves.
-    pub fn set_config(&self, applied: AppliedConfig) {
-        self.config.store(Arc::new(Some(applied)));
+    /// Replaces the config `/config_dump` shows; returns the previous one (for the caller to free
+    /// where it costs no request time).
+    pub fn set_config(&self, applied: AppliedConfig) -> Arc<Option<AppliedConfig>> {
+        self.config.swap(Arc::new(Some(applied)))
     }
 
     /// The metrics page in the Prometheus text format.

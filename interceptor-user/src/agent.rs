@@ -260,10 +260,12 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 rejected_before = rejected;
                 let desired = table.capture_set();
                 // Routes first: a connection captured by a new entry must find its service.
-                routes.store(Arc::new(table));
+                let old_table = routes.swap(Arc::new(table));
                 version += 1;
                 config_metrics.applied(version);
-                admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+                let old_config = admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+                // Freeing a large config takes as long as building it: not on the runtime's threads.
+                tokio::task::spawn_blocking(move || drop((old_table, old_config)));
                 match capture.sync_capture(&desired) {
                     Ok(r) => info!(
                         cause,

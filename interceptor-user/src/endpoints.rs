@@ -137,7 +137,8 @@ impl Registry {
             .workload_entries
             .iter()
             .filter_map(|we| {
-                let endpoint = endpoint(&we.spec, &we.meta.namespace, &we.meta.name, &we.source, "spec", diagnostics)?;
+                let (namespace, workload) = (we.meta.namespace.as_str().into(), we.meta.name.as_str().into());
+                let endpoint = endpoint(&we.spec, &namespace, &workload, &we.source, "spec", diagnostics)?;
                 Some((endpoint, we))
             })
             .collect();
@@ -162,6 +163,8 @@ impl Registry {
         // after the WorkloadEntry: pilot's ambient index, `workloadEntryWorkloadBuilder` and
         // `serviceEntryWorkloadBuilder`), so that is what `source_workload` reads here too.
         let workload: Arc<str> = se.meta.name.as_str().into();
+        // One allocation shared by every endpoint of the entry.
+        let shared_namespace: Arc<str> = namespace.as_str().into();
         let mut vips = Vec::new();
         for (i, address) in se.spec.addresses.iter().enumerate() {
             match address.parse::<Ipv4Addr>() {
@@ -214,7 +217,9 @@ impl Registry {
             .endpoints
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| endpoint(e, namespace, &workload, src, &format!("spec.endpoints[{i}]"), diagnostics))
+            .filter_map(|(i, e)| {
+                endpoint(e, &shared_namespace, &workload, src, &format!("spec.endpoints[{i}]"), diagnostics)
+            })
             .collect();
         if let Some(selector) = &se.spec.workload_selector {
             endpoints.extend(
@@ -230,6 +235,7 @@ impl Registry {
         if se.spec.hosts.is_empty() {
             diagnostics.push(src.diagnostic(Severity::Error, "spec.hosts", "a ServiceEntry needs at least one host"));
         }
+        let last = se.spec.hosts.len().saturating_sub(1);
         for (i, host) in se.spec.hosts.iter().enumerate() {
             let host: Arc<str> = qualify_host(host, namespace).into();
             if self.services.contains_key(&host) {
@@ -246,7 +252,8 @@ impl Registry {
                 // VIPs belong to the entry's first host; a second host would capture the same traffic.
                 vips: if i == 0 { vips.clone() } else { Vec::new() },
                 ports: ports.clone(),
-                endpoints: endpoints.clone(),
+                // The last host takes the list itself: most entries have one host.
+                endpoints: if i == last { std::mem::take(&mut endpoints) } else { endpoints.clone() },
             };
             self.services.insert(host, service);
         }
@@ -280,8 +287,8 @@ fn valid_port(n: u32, field: &str, src: &crate::config::Source, diagnostics: &mu
 
 fn endpoint(
     spec: &WorkloadEntry,
-    namespace: &str,
-    workload: &str,
+    namespace: &Arc<str>,
+    workload: &Arc<str>,
     src: &crate::config::Source,
     field: &str,
     diagnostics: &mut Vec<Diagnostic>,
@@ -302,7 +309,7 @@ fn endpoint(
         let port = valid_port(*number, &format!("{field}.ports.{name}"), src, diagnostics)?;
         ports.insert(name.clone(), port);
     }
-    Some(Endpoint { ip, namespace: namespace.into(), labels: spec.labels.clone(), ports, workload: workload.into() })
+    Some(Endpoint { ip, namespace: namespace.clone(), labels: spec.labels.clone(), ports, workload: workload.clone() })
 }
 
 #[cfg(test)]
