@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::config::{ClusterObject, Diagnostic, Snapshot};
 
 pub use events::RejectionReporter;
-pub use translate::{service_entries, PodLabels, SERVICE_NAME_LABEL};
+pub use translate::{pod_workload, service_entries, PodLabels, SERVICE_NAME_LABEL};
 
 /// The Istio API group.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -46,6 +46,7 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    node_name: Option<String>,
     state: Arc<State>,
 }
 
@@ -60,6 +61,8 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<PartialObjectMeta<Pod>>,
+    /// This node's pods, whole (their IPs): the clients whose connections the agent captures.
+    local_pods: Option<Store<Pod>>,
 }
 
 struct IstioStore {
@@ -70,11 +73,12 @@ struct IstioStore {
 
 impl Cluster {
     /// A client for the API server, from `kubeconfig` or else the environment (in-cluster service
-    /// account, `KUBECONFIG`, `~/.kube/config`). Nothing is contacted yet.
+    /// account, `KUBECONFIG`, `~/.kube/config`). Nothing is contacted yet. With `node_name`, the
+    /// pods of this node are followed too, so their clients are known by address.
     ///
     /// # Errors
     /// The config cannot be read or names no usable cluster.
-    pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, ClusterError> {
+    pub async fn connect(kubeconfig: Option<&Path>, node_name: Option<String>) -> Result<Self, ClusterError> {
         let config = match kubeconfig {
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(path)
@@ -87,7 +91,7 @@ impl Cluster {
         };
         let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
         let state = State { stores: OnceLock::new(), problem: Mutex::new(Some("not yet synced".into())) };
-        Ok(Self { client, state: Arc::new(state) })
+        Ok(Self { client, node_name, state: Arc::new(state) })
     }
 
     /// Starts following the cluster: finds the Istio kinds' served versions (retrying until the
@@ -140,8 +144,15 @@ impl Cluster {
                 watcher(Api::<PartialObjectMeta<Pod>>::all(self.client.clone()), watcher_config()),
                 changed.clone(),
             ),
+            local_pods: self.node_name.as_ref().map(|node| {
+                let config = watcher_config().fields(&format!("spec.nodeName={node}"));
+                self.watch("Pod", (), watcher(Api::<Pod>::all(self.client.clone()), config), changed.clone())
+            }),
         };
         let mut waits: Vec<_> = stores.istio.iter().map(|s| wait_ready(s.store.clone()).boxed()).collect();
+        if let Some(local) = &stores.local_pods {
+            waits.push(wait_ready(local.clone()).boxed());
+        }
         waits.push(wait_ready(stores.services.clone()).boxed());
         waits.push(wait_ready(stores.slices.clone()).boxed());
         waits.push(wait_ready(stores.pods.clone()).boxed());
@@ -240,6 +251,11 @@ impl Cluster {
         let mut services = stores.services.state();
         services.sort_by_key(|s| (s.namespace(), s.name_any()));
         snapshot.service_entries.extend(service_entries(&services, &stores.slices.state(), &pods));
+        if let Some(local) = &stores.local_pods {
+            let mut local = local.state();
+            local.sort_by_key(|p| (p.namespace(), p.name_any()));
+            snapshot.workload_entries.extend(local.iter().filter_map(|p| pod_workload(p)));
+        }
         Some((snapshot, errors))
     }
 

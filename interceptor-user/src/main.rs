@@ -227,9 +227,10 @@ fn run(config: Option<PathBuf>, kubernetes: bool, settings: SettingsArgs) -> Exi
                 )
             }
             (ConfigSource::Kubernetes, _) => {
-                let cluster = interceptor::cluster::Cluster::connect(settings.kubeconfig.as_deref())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let cluster =
+                    interceptor::cluster::Cluster::connect(settings.kubeconfig.as_deref(), settings.node_name.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
                 Resources::Cluster(cluster)
             }
         };

@@ -208,3 +208,30 @@ fn two_nodes_capture_their_own_pods_and_route_to_endpoints_on_either() {
         assert_eq!(access_lines(&other.log()), other_before, "{client} is not captured by the other node's agent");
     }
 }
+
+#[test]
+fn source_labels_match_the_pods_of_this_node() {
+    let by_source = testbed::fixtures::virtual_service(
+        "  - match:
+    - sourceLabels: {app: beta-client}
+    route:
+    - destination: {host: my-app.default.svc.cluster.local, subset: v2}
+  - route:
+    - destination: {host: my-app.default.svc.cluster.local, subset: v1}
+",
+    );
+    let mut cluster = SeedCluster::start(&[SUBSETS, &by_source], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+    assert_eq!(load(&cluster.node, 20, &[]).count("v1"), 20, "an unknown client is no beta client");
+
+    // The client pod as a Pod of this node: the agent learns its labels from its address.
+    let client = [10, 244, 0, 10].into();
+    cluster.plane.create_ready_pod("default", "client", NODE, &[("app", "beta-client")], client).unwrap();
+    cluster.eventually("the client is known by its labels", |c| Ok(load(&c.node, 20, &[]).count("v2") == 20)).unwrap();
+    let (_, metrics) = admin_get(&cluster.node, "/stats/prometheus");
+    assert!(
+        sample(&metrics, "istio_requests_total", &["source_workload=\"client\"", "destination_version=\"v2\""])
+            .is_some(),
+        "{metrics}"
+    );
+}

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -147,6 +147,28 @@ fn endpoints(slices: &[&EndpointSlice], namespace: &str, pods: &PodLabels) -> Ve
     by_address.into_values().collect()
 }
 
+/// A running pod of this node as a workload: its IP with its labels and namespace, so rules with
+/// `sourceLabels` / `sourceNamespace` know the clients the agent captures (and a ServiceEntry's
+/// `workloadSelector` selects pods, as in Istio). Pods without an IPv4 address are left out.
+pub fn pod_workload(pod: &Pod) -> Option<Resource<WorkloadEntry>> {
+    let namespace = pod.metadata.namespace.as_deref()?;
+    let name = pod.metadata.name.as_deref()?;
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let address = status.pod_ip.as_deref().filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())?;
+    Some(Resource {
+        meta: ObjectMeta { name: name.to_owned(), namespace: namespace.to_owned(), ..ObjectMeta::default() },
+        spec: WorkloadEntry {
+            address: address.to_owned(),
+            labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect(),
+            ..WorkloadEntry::default()
+        },
+        source: Source::cluster(format!("Pod {namespace}/{name}")),
+    })
+}
+
 /// Istio's reading of `appProtocol`: the Kubernetes-defined names, else the protocol by name.
 fn app_protocol(value: &str) -> String {
     match value {
@@ -248,6 +270,22 @@ endpoints:
         assert_eq!(entries.len(), 1);
         assert!(entries[0].spec.addresses.is_empty());
         assert_eq!(entries[0].spec.hosts, ["db.data.svc.cluster.local"]);
+    }
+
+    #[test]
+    fn running_pods_are_workloads_by_ip_with_their_labels() {
+        let pod = |phase: &str, ip: &str| -> Pod {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: client, namespace: shop, labels: {{app: web}}}}\nstatus: {{phase: {phase}, podIP: \"{ip}\"}}\n"
+            ))
+            .unwrap()
+        };
+        let workload = pod_workload(&pod("Running", "10.244.0.10")).unwrap();
+        assert_eq!((workload.spec.address.as_str(), workload.meta.namespace.as_str()), ("10.244.0.10", "shop"));
+        assert_eq!(workload.spec.labels["app"], "web");
+        assert_eq!(workload.source.resource, "Pod shop/client");
+        assert!(pod_workload(&pod("Succeeded", "10.244.0.10")).is_none());
+        assert!(pod_workload(&pod("Running", "fd00::1")).is_none());
     }
 
     #[test]
