@@ -125,6 +125,8 @@ pub struct Cluster {
     pub hash_key: Option<HashKey>,
     /// Upstream connect timeout (Istio default 10 s).
     pub connect_timeout: Duration,
+    /// A forwarded TCP connection idle this long either way is closed (Istio default 1 h).
+    pub tcp_idle_timeout: Duration,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,
 }

@@ -1,8 +1,14 @@
 //! Captured connections to TCP service ports: routed by the VirtualService's `tcp` rules (or to
 //! the whole service) and forwarded as a byte stream.
 
+use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::info;
 
@@ -43,8 +49,132 @@ pub async fn serve(
         }
     };
     inputs.metrics.tcp_opened(&service);
-    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-    let (sent, received) = copied.unwrap_or((0, 0));
-    inputs.metrics.tcp_bytes(&service, sent, received);
-    info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} sent={sent} received={received}", cluster.name);
+    let relayed = relay(&mut downstream, &mut upstream, cluster.tcp_idle_timeout).await;
+    inputs.metrics.tcp_bytes(&service, relayed.sent, relayed.received);
+    let (sent, received, idle) = (relayed.sent, relayed.received, if relayed.idled { " idle timeout" } else { "" });
+    info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} sent={sent} received={received}{idle}", cluster.name);
+}
+
+/// What one relayed connection carried.
+#[derive(Debug, PartialEq, Eq)]
+struct Relayed {
+    /// Bytes from the client to the endpoint.
+    sent: u64,
+    /// Bytes from the endpoint to the client.
+    received: u64,
+    /// Closed because nothing moved either way for the idle timeout.
+    idled: bool,
+}
+
+/// Copies both ways until both sides are done (or one fails), or until no byte moved either way
+/// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`).
+async fn relay(downstream: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> Relayed {
+    let start = Instant::now();
+    // Milliseconds after `start` of the last byte read on either side.
+    let last = AtomicU64::new(0);
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start };
+    let mut endpoint = Counted { inner: upstream, bytes: &received, last: &last, start };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut endpoint);
+    tokio::pin!(copy);
+    let idled = loop {
+        let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            _ = &mut copy => break false,
+            () = tokio::time::sleep_until(quiet_until.into()) => {
+                if Instant::now() >= start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle {
+                    break true;
+                }
+            }
+        }
+    };
+    Relayed { sent: sent.load(Ordering::Relaxed), received: received.load(Ordering::Relaxed), idled }
+}
+
+/// A stream that counts the bytes read from it and stamps when the last ones came.
+struct Counted<'a> {
+    inner: &'a mut TcpStream,
+    bytes: &'a AtomicU64,
+    last: &'a AtomicU64,
+    start: Instant,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.bytes.fetch_add(read, Ordering::Relaxed);
+            let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_closes_a_connection_idle_for_the_timeout() {
+        let (mut client, mut downstream) = pair().await;
+        let (mut upstream, mut endpoint) = pair().await;
+        let idle = Duration::from_millis(300);
+        let relay = tokio::spawn(async move { relay(&mut downstream, &mut upstream, idle).await });
+
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        endpoint.read_exact(&mut got).await.unwrap();
+        endpoint.write_all(b"pong!").await.unwrap();
+        let mut back = [0u8; 5];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!((&got, &back), (b"ping", b"pong!"));
+
+        // Then nothing: the relay ends after the idle timeout and both sides see the close.
+        let quiet = Instant::now();
+        let relayed = relay.await.unwrap();
+        assert_eq!(relayed, Relayed { sent: 4, received: 5, idled: true });
+        assert!(quiet.elapsed() >= Duration::from_millis(250), "{:?}", quiet.elapsed());
+        assert_eq!(client.read(&mut back).await.unwrap(), 0, "the client sees the close");
+        assert_eq!(endpoint.read(&mut got).await.unwrap(), 0, "the endpoint sees the close");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ends_before_the_timeout_is_not_idle() {
+        let (mut client, mut downstream) = pair().await;
+        let (mut upstream, mut endpoint) = pair().await;
+        let relay = tokio::spawn(async move { relay(&mut downstream, &mut upstream, Duration::from_secs(60)).await });
+        client.write_all(b"bye").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        endpoint.read_to_end(&mut got).await.unwrap();
+        drop(endpoint);
+        assert_eq!(relay.await.unwrap(), Relayed { sent: 3, received: 0, idled: false });
+    }
 }

@@ -23,6 +23,9 @@ use crate::endpoints::{
 
 /// Envoy's default connect timeout, which Istio keeps.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Istio's default for `connectionPool.tcp.idleTimeout`: a forwarded TCP connection with no byte
+/// either way for an hour is closed.
+const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub(super) fn compile(snapshot: &Snapshot) -> Result<RouteTable, ConfigError> {
     let mut diags = snapshot.warnings.clone();
@@ -136,6 +139,7 @@ struct PolicySettings {
     lb: Option<(Policy, Option<HashKey>)>,
     limits: Option<LimitSettings>,
     connect_timeout: Option<Duration>,
+    tcp_idle_timeout: Option<Duration>,
     keep_alive: Option<bool>,
     outlier: Option<OutlierSettings>,
 }
@@ -147,6 +151,7 @@ impl PolicySettings {
             lb: self.lb.clone().or_else(|| base.lb.clone()),
             limits: self.limits.or(base.limits),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            tcp_idle_timeout: self.tcp_idle_timeout.or(base.tcp_idle_timeout),
             keep_alive: self.keep_alive.or(base.keep_alive),
             outlier: self.outlier.clone().or_else(|| base.outlier.clone()),
         }
@@ -246,6 +251,13 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
                     Err(e) => err("connectionPool.tcp.connectTimeout".into(), e),
                 }
             }
+            if let Some(t) = &tcp.idle_timeout {
+                match parse_duration(t) {
+                    Ok(d) if d > Duration::ZERO => out.tcp_idle_timeout = Some(d),
+                    Ok(_) => err("connectionPool.tcp.idleTimeout".into(), "must be > 0".into()),
+                    Err(e) => err("connectionPool.tcp.idleTimeout".into(), e),
+                }
+            }
         }
         if let Some(http) = &pool.http {
             let max_requests = positive(http.http2_max_requests, "connectionPool.http.http2MaxRequests", &mut err);
@@ -313,7 +325,6 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
             for (f, set) in [
                 ("tcpKeepalive", tcp.tcp_keepalive.is_some()),
                 ("maxConnectionDuration", tcp.max_connection_duration.is_some()),
-                ("idleTimeout", tcp.idle_timeout.is_some()),
             ] {
                 if set {
                     unsupported.push(format!("connectionPool.tcp.{f}"));
@@ -434,6 +445,7 @@ impl ClusterCache<'_> {
             limits: Limits::new(policy.limits.unwrap_or_default()),
             hash_key,
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            tcp_idle_timeout: policy.tcp_idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
             keep_alive: policy.keep_alive.unwrap_or(true),
         });
         self.built.insert(key, cluster.clone());
