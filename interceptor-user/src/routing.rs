@@ -127,9 +127,17 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// A forwarded TCP connection idle this long either way is closed (Istio default 1 h).
     pub tcp_idle_timeout: Duration,
+    /// Mirror copies to this cluster in flight at most ([`MIRRORS_IN_FLIGHT`]); beyond, dropped.
+    pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,
 }
+
+/// Mirror copies one cluster may have in flight: a mirror that stops answering costs a bounded
+/// number of tasks and connections, never the mirrored traffic.
+pub const MIRRORS_IN_FLIGHT: usize = 64;
+/// A mirror copy not answered in this long is abandoned (Envoy's default route timeout).
+pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where a destination of a rule leads.
 #[derive(Debug, Clone)]

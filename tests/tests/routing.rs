@@ -124,6 +124,24 @@ fn mirrored_copies_reach_the_mirror_without_changing_the_answer() {
 }
 
 #[test]
+fn a_mirror_that_never_answers_costs_a_bounded_number_of_copies_and_nothing_else() {
+    let mut node = node_with_pods().unwrap();
+    node.serve("v1a", "v1").unwrap();
+    node.serve("v1b", "v1").unwrap();
+    node.serve_with("v2", "v2", &["--delay-ms", "60000"]).unwrap();
+    let _agent = start(&node, "  - route:\n    - destination: {host: my-app, subset: v1}\n    mirror: {host: my-app, subset: v2}\n    mirrorPercentage: {value: 100}\n");
+    let started = Instant::now();
+    let r = load(&node, 100, &[]);
+    assert_eq!((r.failures, r.count("v1")), (0, 100), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the mirrored traffic waited: {:?}", started.elapsed());
+    // 64 copies hang on v2; the other 36 are dropped and counted, not queued.
+    let (_, metrics) = node.node_get(testbed::ADMIN, "/stats/prometheus").unwrap();
+    let dropped =
+        testbed::fixtures::sample(&metrics, "interceptor_mirror_requests_dropped_total", &["reason=\"overflow\""]);
+    assert_eq!(dropped, Some(36.0), "{metrics}");
+}
+
+#[test]
 fn outlier_detection_ejects_the_failing_endpoint() {
     let mut node = node_with_pods().unwrap();
     node.serve_with("v1a", "v1a", &["--status", "500"]).unwrap();

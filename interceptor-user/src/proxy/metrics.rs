@@ -173,6 +173,7 @@ pub struct ProxyMetrics {
     tcp_received: Family<TcpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     relayed: Counter,
+    mirrors_dropped: Family<RejectLabels, Counter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
@@ -192,6 +193,7 @@ impl ProxyMetrics {
             tcp_received: Family::default(),
             requests: Family::default(),
             relayed: Counter::default(),
+            mirrors_dropped: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS.into_iter())),
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
@@ -205,6 +207,11 @@ impl ProxyMetrics {
         );
         registry.register("istio_request_bytes", "Request body sizes", this.request_bytes.clone());
         registry.register("istio_response_bytes", "Response body sizes", this.response_bytes.clone());
+        registry.register(
+            "interceptor_mirror_requests_dropped",
+            "Mirror copies not sent (reason overflow: the cluster's in-flight cap) or abandoned (reason timeout)",
+            this.mirrors_dropped.clone(),
+        );
         registry.register(
             "interceptor_relayed_requests",
             "HTTP/1.1 requests the fast path relayed (no body, a plain forwarding rule); the others went through hyper",
@@ -252,6 +259,11 @@ impl ProxyMetrics {
     /// A downstream connection was turned away for `reason` ([`REJECT_OVERLOAD`], …).
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+
+    /// Counts a mirror copy dropped for `reason` (`overflow`, `timeout`).
+    pub fn mirror_dropped(&self, reason: &'static str) {
+        self.mirrors_dropped.get_or_create(&RejectLabels { reason }).inc();
     }
 
     /// Counts a request the fast path took.

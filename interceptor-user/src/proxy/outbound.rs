@@ -561,7 +561,7 @@ impl Outbound {
     }
 
     /// Sends a copy of the request to a mirror cluster and forgets it (Envoy adds `-shadow` to
-    /// the authority so the mirror can tell).
+    /// the authority so the mirror can tell); bounded per cluster in number and time.
     fn mirror(&self, cluster: Arc<Cluster>, mut head: Head, body: Bytes, authority: &str) {
         let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
         let host = authority.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok());
@@ -572,18 +572,29 @@ impl Outbound {
         if let Ok(v) = HeaderValue::from_str(&shadow) {
             head.headers.insert(header::HOST, v);
         }
+        let metrics = self.inputs.metrics.clone();
+        let Ok(slot) = cluster.mirror_slots.clone().try_acquire_owned() else {
+            metrics.mirror_dropped("overflow");
+            return;
+        };
         tokio::spawn(async move {
+            let _slot = slot;
             let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else { return };
             let Ok(request) = build_request(&head, endpoint, Full::new(body).map_err(|never| match never {}).boxed())
             else {
                 return;
             };
-            match client.request(request).await {
-                Ok(response) => {
-                    // Read the answer so the connection goes back to the pool.
-                    let _ = response.into_body().collect().await;
+            let exchange = async {
+                match client.request(request).await {
+                    Ok(response) => {
+                        // Read the answer so the connection goes back to the pool.
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(err) => debug!(%endpoint, %err, "mirror request failed"),
                 }
-                Err(err) => debug!(%endpoint, %err, "mirror request failed"),
+            };
+            if tokio::time::timeout(crate::routing::MIRROR_TIMEOUT, exchange).await.is_err() {
+                metrics.mirror_dropped("timeout");
             }
         });
     }

@@ -443,6 +443,7 @@ impl ClusterCache<'_> {
             port,
             balancer: Balancer::new(lb, endpoints, policy.outlier),
             limits: Limits::new(policy.limits.unwrap_or_default()),
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(super::MIRRORS_IN_FLIGHT)),
             hash_key,
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             tcp_idle_timeout: policy.tcp_idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
