@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 mod metrics;
 
 use crate::admin::{Admin, AdminState, AppliedConfig, KernelCollector};
-use crate::bpf::{BpfError, CaptureCounters, CaptureKind, CaptureSettings, SocketCapture};
+use crate::bpf::{BpfError, Capture, CaptureCounters, CaptureKind, CaptureSettings};
 use crate::cluster::{Cluster, RejectionReporter};
 use crate::config::{CaptureMode, ConfigError, Diagnostic, FailurePolicy, Settings, Snapshot};
 use crate::proxy::metrics::ProxyMetrics;
@@ -138,7 +138,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     for warning in table.warnings() {
         warn!("{warning}");
     }
-    let mut capture = SocketCapture::load(&CaptureSettings {
+    let mut capture = Capture::load(&CaptureSettings {
         cgroup: settings.cgroup.clone(),
         bpffs: settings.bpffs.clone(),
         redirect: settings.redirect,

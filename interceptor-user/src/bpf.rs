@@ -132,8 +132,8 @@ pub enum BpfError {
     /// The binary was built with `AYA_BUILD_SKIP=1` and embeds no kernel object.
     #[error("no eBPF object embedded (built with AYA_BUILD_SKIP)")]
     MissingObject,
-    /// [`SocketCapture::load`] was called outside a tokio runtime (needed for log forwarding).
-    #[error("SocketCapture::load must run inside a tokio runtime")]
+    /// [`Capture::load`] was called outside a tokio runtime (needed for log forwarding).
+    #[error("Capture::load must run inside a tokio runtime")]
     NoRuntime,
     /// The pin directory could not be created or inspected.
     #[error("pin directory {}", path.display())]
@@ -252,7 +252,7 @@ pub struct CaptureStats {
 
 /// Loaded and attached kernel programs and their maps (socket or packet mode). Dropping it
 /// detaches the programs and removes the capture pins; the counter pins stay for the next agent.
-pub struct SocketCapture {
+pub struct Capture {
     // Field order is drop order: links, then programs (in `ebpf`), then the map pins.
     links: Arc<Mutex<LinkPins>>,
     ebpf: Arc<Mutex<Ebpf>>,
@@ -265,7 +265,7 @@ pub struct SocketCapture {
     _pins: PinDir,
 }
 
-impl SocketCapture {
+impl Capture {
     /// Loads the embedded object, pins its maps under `settings.bpffs` (re-adopting pins an earlier
     /// agent left when their shape still fits, so counters carry on; replacing them otherwise, and
     /// removing stale link pins, which detaches an earlier agent's programs), writes `PROXY_TARGET`
@@ -475,7 +475,7 @@ impl SocketCapture {
     }
 }
 
-impl Drop for SocketCapture {
+impl Drop for Capture {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();

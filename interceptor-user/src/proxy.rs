@@ -12,8 +12,8 @@ pub mod limits;
 pub mod metrics;
 mod outbound;
 mod shared_io;
+pub mod sniff;
 mod tcp;
-pub mod tunnel;
 pub mod upgrade;
 mod upstream;
 
@@ -178,12 +178,12 @@ impl Proxy {
                     if let Some((original, service)) = tcp_port {
                         return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
                     }
-                    let sniffed = tunnel::sniff(&stream).await;
-                    if sniffed == tunnel::Sniffed::Http2 {
+                    let sniffed = sniff::sniff(&stream).await;
+                    if sniffed == sniff::Sniffed::Http2 {
                         return Box::pin(serve_http2(inputs, &http2, watch, stream, client, original)).await;
                     }
                     // A captured connection that does not speak HTTP goes through as TCP too.
-                    if let (tunnel::Sniffed::Opaque, Some(original)) = (sniffed, original) {
+                    if let (sniff::Sniffed::Opaque, Some(original)) = (sniffed, original) {
                         let table = inputs.routes.load();
                         let Some(service) = table.service_at(original).map(|s| s.to_string()) else {
                             debug!(%original, "opaque connection to an unknown service port; closing");

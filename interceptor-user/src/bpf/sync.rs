@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4};
 
 use super::BpfError;
 
-/// What [`super::SocketCapture::sync_capture`] changed.
+/// What [`super::Capture::sync_capture`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     /// Addresses that were not captured before.
