@@ -3,10 +3,11 @@
 //! the node following the cluster with deploy/'s service account (used by tests and the demo).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
+use crate::cluster::poll_until;
 use crate::fixtures::node;
 use crate::{Agent, ControlPlane, LoopbackBridge, Mode, Node};
 
@@ -96,14 +97,7 @@ impl SeedCluster {
     /// # Errors
     /// `check` fails or does not hold in time; the error carries the agent's log.
     pub fn eventually(&self, what: &str, mut check: impl FnMut(&Self) -> Result<bool>) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < APPLY_TIMEOUT {
-            if check(self)? {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("{what}: not within {APPLY_TIMEOUT:?}; agent log:\n{}", self.agent.log())
+        poll_until(what, APPLY_TIMEOUT, || check(self)).with_context(|| format!("agent log:\n{}", self.agent.log()))
     }
 }
 
@@ -147,10 +141,9 @@ pub fn start_agent(plane: &ControlPlane, node: &Node, bridge: &LoopbackBridge, m
 /// # Errors
 /// Not within the apply timeout.
 pub fn wait_for_endpoints(plane: &ControlPlane, service: &str, count: usize) -> Result<()> {
-    let start = Instant::now();
     let selector = format!("kubernetes.io/service-name={service}");
     let mut last = String::new();
-    while start.elapsed() < APPLY_TIMEOUT {
+    poll_until(&format!("{count} ready endpoints of {service}"), APPLY_TIMEOUT, || {
         last = plane.kubectl(&["get", "endpointslices", "-n", "default", "-l", &selector, "-o", "json"])?;
         let slices: serde_json::Value = serde_json::from_str(&last)?;
         let ready = slices["items"]
@@ -160,10 +153,7 @@ pub fn wait_for_endpoints(plane: &ControlPlane, service: &str, count: usize) -> 
             .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
             .filter(|e| e["conditions"]["ready"] != serde_json::Value::Bool(false))
             .count();
-        if ready == count {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{service} has not {count} ready endpoints: {last}")
+        Ok(ready == count)
+    })
+    .with_context(|| format!("last EndpointSlices: {last}"))
 }
