@@ -210,11 +210,6 @@ impl Cluster {
         *lock(&self.state.problem) = problem;
     }
 
-    /// Whether every store holds its first full list.
-    pub fn is_synced(&self) -> bool {
-        self.state.stores.get().is_some()
-    }
-
     /// The cluster as a snapshot, with the errors of objects that could not be parsed (each
     /// left out alone); `None` before the first full sync.
     pub fn snapshot(&self) -> Option<(Snapshot, Vec<Diagnostic>)> {
@@ -227,7 +222,7 @@ impl Cluster {
             // Stable order (a store is a hash map), so reloads compile the same table.
             objects.sort_by_key(|o| (o.namespace(), o.name_any()));
             for object in objects {
-                let spec = object.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+                let spec = object.data.get("spec").unwrap_or(&serde_json::Value::Null);
                 let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
                 snapshot.add_object(
                     &ClusterObject {
@@ -236,7 +231,7 @@ impl Cluster {
                         namespace: object.metadata.namespace.as_deref().unwrap_or_default(),
                         name: object.metadata.name.as_deref().unwrap_or_default(),
                         creation_timestamp: created.as_deref(),
-                        spec: &spec,
+                        spec,
                     },
                     &mut errors,
                 );
@@ -282,7 +277,11 @@ impl Cluster {
 impl State {
     fn recovered(&self, kind: &str) {
         let mut problem = lock(&self.problem);
-        if problem.as_deref().is_some_and(|p| p.starts_with(&format!("watching {kind}:"))) {
+        // Called on every watch event: compare without building the message.
+        let about_kind = |p: &str| {
+            p.strip_prefix("watching ").and_then(|p| p.strip_prefix(kind)).is_some_and(|p| p.starts_with(':'))
+        };
+        if problem.as_deref().is_some_and(about_kind) {
             info!(kind, "watch resumed");
             *problem = None;
         }

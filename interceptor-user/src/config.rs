@@ -391,7 +391,7 @@ impl Snapshot {
 
 /// `spec` parsed from JSON, or `None` when it does not parse (the YAML path then says why).
 fn from_json<T: DeserializeOwned>(spec: &serde_json::Value, meta: &ObjectMeta, source: &Source) -> Option<Resource<T>> {
-    let spec = serde_json::from_value(spec.clone()).ok()?;
+    let spec = T::deserialize(spec).ok()?;
     Some(Resource { meta: meta.clone(), spec, source: source.clone() })
 }
 
