@@ -79,29 +79,23 @@ impl AppliedConfig {
 
     /// The dump `/config_dump` serves.
     pub fn dump(&self) -> ConfigDump {
-        let mut dump = ConfigDump::new(self.version, &self.settings, &self.snapshot);
-        dump.applied_at = humantime::format_rfc3339_seconds(self.applied_at).to_string();
-        dump
-    }
-}
-
-impl ConfigDump {
-    /// The dump of `snapshot` applied as `version` now.
-    pub fn new(version: u64, settings: &Settings, snapshot: &Snapshot) -> Self {
+        let snapshot = &self.snapshot;
         let mut resources = Vec::new();
         dump(&mut resources, "VirtualService", &snapshot.virtual_services);
         dump(&mut resources, "DestinationRule", &snapshot.destination_rules);
         dump(&mut resources, "ServiceEntry", &snapshot.service_entries);
         dump(&mut resources, "WorkloadEntry", &snapshot.workload_entries);
-        Self {
-            version,
-            applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            settings: settings.clone(),
+        ConfigDump {
+            version: self.version,
+            applied_at: humantime::format_rfc3339_seconds(self.applied_at).to_string(),
+            settings: self.settings.clone(),
             resources,
             warnings: snapshot.warnings.clone(),
         }
     }
+}
 
+impl ConfigDump {
     /// The resources of a `/config_dump` document, read back into a snapshot (for `routes` and
     /// `explain` against a running agent: the config it really serves, from files or a cluster).
     ///
@@ -175,7 +169,7 @@ mod tests {
             crate::config::SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() }
                 .resolve()
                 .unwrap();
-        let json = ConfigDump::new(3, &settings, &snapshot).to_json();
+        let json = AppliedConfig::now(3, &settings, snapshot.clone()).dump().to_json();
         let read = ConfigDump::read_snapshot(&json).unwrap();
         let (before, after) = (RouteTable::compile(&snapshot).unwrap(), RouteTable::compile(&read).unwrap());
         assert_eq!(before.describe(), after.describe());
