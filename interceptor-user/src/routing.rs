@@ -17,7 +17,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
-use crate::endpoints::{qualify_host, Balancer, Limits, Protocol, Registry, Service};
+use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
 
 pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
@@ -117,9 +117,10 @@ pub struct Cluster {
     pub subset: String,
     /// Service port.
     pub port: u16,
-    /// Endpoints and their load balancer.
+    /// Endpoints and their load balancer (counts, cursor and ejections live in the cluster's
+    /// [`ClusterState`](crate::endpoints::ClusterState), so they outlast this table).
     pub balancer: Balancer,
-    /// Connection-pool limits.
+    /// Connection-pool limits, on the limiter the cluster keeps across tables.
     pub limits: Limits,
     /// Consistent-hash key, when the policy hashes.
     pub hash_key: Option<HashKey>,
@@ -127,15 +128,13 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// A forwarded TCP connection idle this long either way is closed (Istio default 1 h).
     pub tcp_idle_timeout: Duration,
-    /// Mirror copies to this cluster in flight at most ([`MIRRORS_IN_FLIGHT`]); beyond, dropped.
+    /// Mirror copies to this cluster in flight at most
+    /// ([`MIRRORS_IN_FLIGHT`](crate::endpoints::MIRRORS_IN_FLIGHT), across tables); beyond, dropped.
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,
 }
 
-/// Mirror copies one cluster may have in flight: a mirror that stops answering costs a bounded
-/// number of tasks and connections, never the mirrored traffic.
-pub const MIRRORS_IN_FLIGHT: usize = 64;
 /// A mirror copy not answered in this long is abandoned (Envoy's default route timeout).
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -330,6 +329,8 @@ pub struct Decision<'t> {
 #[derive(Debug)]
 pub struct RouteTable {
     registry: Registry,
+    /// Every cluster the table routes to, once.
+    clusters: Vec<Arc<Cluster>>,
     routes: HashMap<Arc<str>, ServiceRoutes>,
     /// Service VIP:port → (host, service id).
     capture: BTreeMap<SocketAddrV4, (Arc<str>, u32)>,
@@ -340,13 +341,26 @@ pub struct RouteTable {
 pub const DEFAULT_RULE: &str = "default";
 
 impl RouteTable {
-    /// Compiles and cross-checks a snapshot.
+    /// Compiles and cross-checks a snapshot, with runtime state of its own (`validate`,
+    /// `explain`, tests: a table that replaces no other).
     ///
     /// # Errors
     /// Every error found (bad regex, negative weight, undefined subset in an existing
     /// DestinationRule, VIP claimed twice …), each with file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        compile::compile(snapshot)
+        Self::compile_with(snapshot, &ClusterStates::default())
+    }
+
+    /// Compiles a snapshot whose clusters take their runtime state (counts, ejections, pool
+    /// limiters) from `states`, so a table replacing another keeps it.
+    ///
+    /// # Errors
+    /// As [`RouteTable::compile`].
+    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates) -> Result<Self, ConfigError> {
+        let compiled = compile::compile(snapshot, states);
+        // What only the table just dropped (or an older one) used goes now.
+        states.prune();
+        compiled
     }
 
     /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
@@ -355,10 +369,13 @@ impl RouteTable {
     ///
     /// # Errors
     /// An error that names no resource of the snapshot (nothing to leave out).
-    pub fn compile_isolating(mut snapshot: Snapshot) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
+    pub fn compile_isolating(
+        mut snapshot: Snapshot,
+        states: &ClusterStates,
+    ) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
         let mut rejected = Vec::new();
         loop {
-            let err = match compile::compile(&snapshot) {
+            let err = match Self::compile_with(&snapshot, states) {
                 Ok(table) => return Ok((table, snapshot, rejected)),
                 Err(err) => err,
             };
@@ -371,6 +388,19 @@ impl RouteTable {
             }
             rejected.extend(errors);
         }
+    }
+
+    /// Moves the pool limiters this table shares with older tables to its own thresholds. Call
+    /// once the table serves, so that a refused config never changes the live limits.
+    pub fn apply_limits(&self) {
+        for cluster in &self.clusters {
+            cluster.limits.apply();
+        }
+    }
+
+    /// Every cluster the table routes to.
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
     }
 
     /// Warnings found while compiling.

@@ -18,7 +18,7 @@ use crate::config::{
     TrafficPolicy, VirtualService,
 };
 use crate::endpoints::{
-    qualify_host, Balancer, LimitSettings, Limits, OutlierSettings, Policy, Protocol, Registry, Service,
+    qualify_host, Balancer, ClusterStates, LimitSettings, OutlierSettings, Policy, Protocol, Registry, Service,
 };
 
 /// Envoy's default connect timeout, which Istio keeps.
@@ -27,11 +27,11 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// either way for an hour is closed.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub(super) fn compile(snapshot: &Snapshot) -> Result<RouteTable, ConfigError> {
+pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<RouteTable, ConfigError> {
     let mut diags = snapshot.warnings.clone();
     let registry = Registry::build(snapshot, &mut diags);
     let rules = destination_rules(&snapshot.destination_rules, &mut diags);
-    let mut clusters = ClusterCache { registry: &registry, rules: &rules, built: HashMap::new() };
+    let mut clusters = ClusterCache { registry: &registry, rules: &rules, states, built: HashMap::new() };
 
     let mut capture = BTreeMap::new();
     let mut routes = HashMap::new();
@@ -88,7 +88,8 @@ pub(super) fn compile(snapshot: &Snapshot) -> Result<RouteTable, ConfigError> {
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(ConfigError { diagnostics: diags });
     }
-    Ok(RouteTable { registry, routes, capture, warnings: diags })
+    let clusters = clusters.built.into_values().collect();
+    Ok(RouteTable { registry, clusters, routes, capture, warnings: diags })
 }
 
 fn creation_timestamp(vs: &Resource<VirtualService>) -> Option<&str> {
@@ -416,6 +417,7 @@ fn is_prime(n: u64) -> bool {
 pub(super) struct ClusterCache<'a> {
     registry: &'a Registry,
     rules: &'a HashMap<String, DrInfo<'a>>,
+    states: &'a ClusterStates,
     built: HashMap<(String, String, u16), Arc<Cluster>>,
 }
 
@@ -436,14 +438,16 @@ impl ClusterCache<'_> {
         };
         let endpoints = service.port(port).map(|p| service.endpoint_addrs(p, &labels)).unwrap_or_default();
         let (lb, hash_key) = policy.lb.unwrap_or((Policy::LeastRequest, None));
+        let name: Arc<str> = cluster_name(&service.host, subset, port).into();
+        let state = self.states.cluster(&name);
         let cluster = Arc::new(Cluster {
-            name: cluster_name(&service.host, subset, port).into(),
+            name,
             host: service.host.to_string(),
             subset: subset.to_owned(),
             port,
-            balancer: Balancer::new(lb, endpoints, policy.outlier),
-            limits: Limits::new(policy.limits.unwrap_or_default()),
-            mirror_slots: Arc::new(tokio::sync::Semaphore::new(super::MIRRORS_IN_FLIGHT)),
+            limits: state.limits(policy.limits.unwrap_or_default()),
+            mirror_slots: state.mirror_slots().clone(),
+            balancer: Balancer::new(lb, endpoints, policy.outlier, state),
             hash_key,
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             tcp_idle_timeout: policy.tcp_idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
