@@ -45,7 +45,7 @@ pub(super) fn default_rule(cluster: Arc<Cluster>) -> Rule {
     }
 }
 
-impl<'a> Compiler<'a> {
+impl Compiler<'_> {
     /// The http and tcp rules of `vs`; `None` when it has errors (reported).
     pub(super) fn virtual_service(&mut self, vs: &Resource<VirtualService>) -> Option<(Vec<Rule>, Vec<TcpRule>)> {
         let src = &vs.source;
