@@ -173,7 +173,7 @@ impl Balancer {
     pub fn record(&self, endpoint: SocketAddr, outcome: Outcome) {
         let Some(outlier) = &self.outlier else { return };
         if let Some(index) = self.endpoints.iter().position(|e| *e == endpoint) {
-            if outlier.record(self.states.iter().map(|s| &s.outlier), index, outcome) {
+            if outlier.record(&self.states[index].outlier, self.states.iter().map(|s| &s.outlier), outcome) {
                 tracing::info!(%endpoint, "outlier detection ejected endpoint");
             }
         }
@@ -249,6 +249,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn consistent_hash_tables_are_built_with_the_balancer() {
+        assert!(matches!(balancer(Policy::RingHash(64), addrs(3), None).table, HashTable::Ring(_)));
+        assert!(matches!(balancer(Policy::Maglev(251), addrs(3), None).table, HashTable::Maglev(_)));
+        assert!(matches!(balancer(Policy::RoundRobin, addrs(3), None).table, HashTable::None));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct OutlierSettings {
 }
 
 /// One endpoint's failure streaks and ejection deadline: runtime state, kept across reloads in
-/// the endpoint's [`EndpointState`](super::state::EndpointState).
+/// the endpoint's [`EndpointState`](crate::endpoints::EndpointState).
 #[derive(Debug, Default)]
 pub struct OutlierState {
     streak_5xx: AtomicU32,
@@ -73,15 +73,14 @@ fn now_ms() -> u64 {
 }
 
 impl OutlierSettings {
-    /// Records an outcome for `endpoints[i]`; true when this ejected it. `endpoints` are all of
-    /// the cluster's, for the share already ejected.
+    /// Records an outcome for `endpoint`, one of the cluster's `endpoints` (for the share
+    /// already ejected); true when this ejected it.
     pub fn record<'e>(
         &self,
-        endpoints: impl ExactSizeIterator<Item = &'e OutlierState> + Clone,
-        i: usize,
+        endpoint: &OutlierState,
+        endpoints: impl ExactSizeIterator<Item = &'e OutlierState>,
         outcome: Outcome,
     ) -> bool {
-        let Some(state) = endpoints.clone().nth(i) else { return false };
         let bump = |streak: &AtomicU32, hit: bool| {
             if hit {
                 streak.fetch_add(1, Ordering::Relaxed) + 1
@@ -90,19 +89,19 @@ impl OutlierSettings {
                 0
             }
         };
-        let s5 = bump(&state.streak_5xx, outcome.is_5xx());
-        let sg = bump(&state.streak_gateway, outcome.is_gateway_error());
+        let s5 = bump(&endpoint.streak_5xx, outcome.is_5xx());
+        let sg = bump(&endpoint.streak_gateway, outcome.is_gateway_error());
         let tripped = self.consecutive_5xx.is_some_and(|t| t > 0 && s5 >= t)
             || self.consecutive_gateway.is_some_and(|t| t > 0 && sg >= t);
-        if !tripped || state.is_ejected() || !self.may_eject_one_more(endpoints) {
+        if !tripped || endpoint.is_ejected() || !self.may_eject_one_more(endpoints) {
             return false;
         }
-        state.streak_5xx.store(0, Ordering::Relaxed);
-        state.streak_gateway.store(0, Ordering::Relaxed);
-        let times = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        endpoint.streak_5xx.store(0, Ordering::Relaxed);
+        endpoint.streak_gateway.store(0, Ordering::Relaxed);
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let duration = self.base_ejection.saturating_mul(times);
         let until = now_ms().saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)).max(1);
-        state.ejected_until.store(until, Ordering::Relaxed);
+        endpoint.ejected_until.store(until, Ordering::Relaxed);
         true
     }
 
@@ -126,7 +125,7 @@ mod tests {
 
     impl Detector {
         fn record(&self, i: usize, outcome: Outcome) -> bool {
-            self.settings.record(self.endpoints.iter(), i, outcome)
+            self.settings.record(&self.endpoints[i], self.endpoints.iter(), outcome)
         }
 
         fn is_ejected(&self, i: usize) -> bool {
