@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
 use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
 
+pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
     Rewrite, TryFailure,
@@ -128,8 +129,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// A forwarded TCP connection idle this long either way is closed (Istio default 1 h).
     pub tcp_idle_timeout: Duration,
-    /// Mirror copies to this cluster in flight at most
-    /// ([`MIRRORS_IN_FLIGHT`](crate::endpoints::MIRRORS_IN_FLIGHT), across tables); beyond, dropped.
+    /// Mirror copies to this cluster in flight at most ([`MIRRORS_IN_FLIGHT`], across tables);
+    /// beyond, dropped.
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,

@@ -122,11 +122,6 @@ impl Limits {
         Self { settings, limiter }
     }
 
-    /// The settings of the table these limits were compiled in.
-    pub fn settings(&self) -> LimitSettings {
-        self.settings
-    }
-
     /// Moves the shared limiter to this table's thresholds: called once the table serves, so a
     /// config that is refused never changes the live thresholds.
     pub fn apply(&self) {
