@@ -132,7 +132,7 @@ pub fn ambiguous_length() -> http::Response<super::outbound::ProxyBody> {
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    headers.insert(super::outbound::FLAGS_HEADER, http::HeaderValue::from_static(flag.as_str()));
+    headers.insert(super::local_reply::FLAGS_HEADER, http::HeaderValue::from_static(flag.as_str()));
     response
 }
 

@@ -113,8 +113,8 @@ fn default_rule(cluster: Arc<Cluster>) -> Rule {
     Rule {
         label: DEFAULT_RULE.into(),
         matches: Vec::new(),
-        action: Action::Route(RouteAction {
-            targets: Weights {
+        action: Action::Route(RouteAction::new(
+            Weights {
                 targets: vec![WeightedTarget {
                     weight: 1,
                     target: Target::Cluster(cluster),
@@ -122,11 +122,11 @@ fn default_rule(cluster: Arc<Cluster>) -> Rule {
                 }],
                 total: 1,
             },
-            rewrite: None,
-            timeout: None,
-            retry: RetryPolicy::istio_default(),
-            mirrors: Vec::new(),
-        }),
+            None,
+            None,
+            RetryPolicy::istio_default(),
+            Vec::new(),
+        )),
         headers: HeaderPolicy::default(),
         fault: None,
         cors: None,
@@ -697,7 +697,7 @@ fn compile_rule(
             }
         }
     }
-    (error_count(diags) == before).then_some(Rule { label: label.into(), matches, action, headers, fault, cors })
+    (error_count(diags) == before).then(|| Rule::new(label.into(), matches, action, headers, fault, cors))
 }
 
 fn compile_route(
@@ -767,7 +767,7 @@ fn compile_route(
             _ => {}
         }
     }
-    Some(RouteAction { targets, rewrite, timeout, retry, mirrors })
+    Some(RouteAction::new(targets, rewrite, timeout, retry, mirrors))
 }
 
 /// A destination's weight; `None` (reported) when negative. Istio: a lone destination without
