@@ -481,4 +481,4 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -259,3 +259,6 @@ fn service<'t>(table: &'t RouteTable, req: &PlanRequest<'_>) -> (Option<&'t Arc<
 fn is_preflight(req: &PlanRequest<'_>) -> bool {
     *req.method == Method::OPTIONS && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
+
+#[cfg(test)]
+mod tests;
