@@ -13,8 +13,8 @@ use rand::Rng;
 use super::split_query;
 use crate::proxy::local_reply::LocalReply;
 use crate::routing::{
-    Action, Cluster, Cors, HeaderOps, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule, Target,
-    WeightedTarget,
+    Abort, Action, Cluster, Cors, HeaderOps, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule,
+    Target, WeightedTarget,
 };
 
 /// The request as deciding sees it.
@@ -126,84 +126,84 @@ pub fn route<'t>(table: &'t RouteTable, req: &PlanRequest<'_>) -> Routed<'t> {
 /// What `routed` means for `req`, with faults, the weighted pick and mirrors drawn from `rng`.
 pub fn plan<'t>(routed: Routed<'t>, req: &PlanRequest<'_>, rng: &mut impl Rng) -> Plan<'t> {
     let Routed { service, rule, block } = routed;
-    let mut plan = Plan {
-        service,
-        rule,
-        cluster: None,
-        delay: None,
-        outcome: Outcome::Reply(LocalReply::empty(StatusCode::OK)),
-        response_headers: None,
-        cors: None,
-    };
-    let Some(service) = service else {
-        let body = format!("no service for authority {:?}", req.authority);
-        plan.outcome = Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, body));
-        return plan;
-    };
-    let Some(rule) = rule else {
-        plan.outcome = Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, format!("no route matched for {service}")));
-        return plan;
-    };
-    if let Some(policy) = &rule.cors {
-        if let Some(origin) = req.headers.get(header::ORIGIN) {
-            let allowed = origin.to_str().is_ok_and(|o| policy.allows(o));
-            if is_preflight(req) && (allowed || !policy.forward_unmatched) {
-                let mut reply = LocalReply::empty(StatusCode::OK);
-                if allowed {
-                    policy.preflight_headers(origin, &mut reply.headers);
+    let (mut cluster, mut delay, mut response_headers, mut cors) = (None, None, None, None);
+    let outcome = 'decided: {
+        let Some(service) = service else {
+            let body = format!("no service for authority {:?}", req.authority);
+            break 'decided Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, body));
+        };
+        let Some(rule) = rule else {
+            let body = format!("no route matched for {service}");
+            break 'decided Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, body));
+        };
+        if let Some(policy) = &rule.cors {
+            if let Some(origin) = req.headers.get(header::ORIGIN) {
+                let allowed = origin.to_str().is_ok_and(|o| policy.allows(o));
+                if is_preflight(req) && (allowed || !policy.forward_unmatched) {
+                    let mut reply = LocalReply::empty(StatusCode::OK);
+                    if allowed {
+                        policy.preflight_headers(origin, &mut reply.headers);
+                    }
+                    break 'decided Outcome::Reply(reply);
                 }
-                plan.outcome = Outcome::Reply(reply);
-                return plan;
+                cors = allowed.then(|| (policy, origin.clone()));
             }
-            plan.cors = allowed.then(|| (policy, origin.clone()));
         }
-    }
-    plan.response_headers = Some(&rule.headers.response);
-    if let Some(fault) = &rule.fault {
-        if let Some((delay, p)) = fault.delay {
-            plan.delay = rng.gen_bool(p).then_some(delay);
-        }
-        if let Some(abort) = fault.abort.as_ref().filter(|a| rng.gen_bool(a.probability)) {
-            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut reply = LocalReply::empty(status);
-            reply.body = Bytes::from_static(b"fault filter abort");
-            if let Some(grpc) = abort.grpc_status {
-                reply.headers.insert("grpc-status", HeaderValue::from(grpc));
-                reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        response_headers = Some(&rule.headers.response);
+        if let Some(fault) = &rule.fault {
+            if let Some((wait, p)) = fault.delay {
+                delay = rng.gen_bool(p).then_some(wait);
             }
-            reply.set_flag(ResponseFlag::FI);
-            plan.outcome = Outcome::Reply(reply);
-            return plan;
-        }
-    }
-    plan.outcome = match &rule.action {
-        Action::Direct(d) => {
-            let mut reply = LocalReply::empty(StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK));
-            if !d.body.is_empty() {
-                reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            if let Some(abort) = fault.abort.as_ref().filter(|a| rng.gen_bool(a.probability)) {
+                break 'decided Outcome::Reply(abort_reply(abort));
             }
-            reply.body = d.body.clone();
-            Outcome::Reply(reply)
         }
-        Action::Redirect(r) => {
-            let mut reply = LocalReply::empty(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY));
-            if let Ok(location) = HeaderValue::from_str(&r.location("http", req.authority, req.path_and_query)) {
-                reply.headers.insert(header::LOCATION, location);
-            }
-            Outcome::Reply(reply)
-        }
-        Action::Route(route) => {
-            let target = route.targets.pick_with(rng);
-            plan.cluster = Some(target.target.name());
-            match &target.target {
-                Target::Missing { cluster } => {
-                    Outcome::Reply(LocalReply::flagged(ResponseFlag::NC, format!("cluster not found: {cluster}")))
+        match &rule.action {
+            Action::Direct(d) => {
+                let mut reply = LocalReply::empty(StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK));
+                if !d.body.is_empty() {
+                    reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
-                Target::Cluster(cluster) => Outcome::Forward(forward(rule, route, target, cluster, block, req, rng)),
+                reply.body = d.body.clone();
+                Outcome::Reply(reply)
+            }
+            Action::Redirect(r) => {
+                let status = StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+                let mut reply = LocalReply::empty(status);
+                if let Ok(location) = HeaderValue::from_str(&r.location("http", req.authority, req.path_and_query)) {
+                    reply.headers.insert(header::LOCATION, location);
+                }
+                Outcome::Reply(reply)
+            }
+            Action::Route(route) => {
+                let target = route.targets.pick_with(rng);
+                cluster = Some(target.target.name());
+                match &target.target {
+                    Target::Missing { cluster } => {
+                        let body = format!("cluster not found: {cluster}");
+                        Outcome::Reply(LocalReply::flagged(ResponseFlag::NC, body))
+                    }
+                    Target::Cluster(cluster) => {
+                        Outcome::Forward(forward(rule, route, target, cluster, block, req, rng))
+                    }
+                }
             }
         }
     };
-    plan
+    Plan { service, rule, cluster, delay, outcome, response_headers, cors }
+}
+
+/// The fault filter's abort: its status (and gRPC status), flagged FI.
+fn abort_reply(abort: &Abort) -> LocalReply {
+    let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut reply = LocalReply::empty(status);
+    reply.body = Bytes::from_static(b"fault filter abort");
+    if let Some(grpc) = abort.grpc_status {
+        reply.headers.insert("grpc-status", HeaderValue::from(grpc));
+        reply.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    }
+    reply.set_flag(ResponseFlag::FI);
+    reply
 }
 
 fn forward<'t>(
