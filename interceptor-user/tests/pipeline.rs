@@ -96,13 +96,14 @@ async fn dead_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// The proxy on loopback, serving `my-app` (VIP 10.96.0.10:80) whose endpoints are `healthy`
-/// (subset `v1` when `version: v1`) and `others` (labelled `v2`), routed by `http` rules.
+/// The proxy on loopback, serving `my-app` (VIP 10.96.0.10:80).
 struct Harness {
     proxy: SocketAddr,
     registry: Registry,
 }
 
+/// `my-app`'s endpoints with their `version` label (subset `v1` is `version: v1`; subset `none`
+/// has no endpoint), routed by the VirtualService `http` rules.
 async fn harness(endpoints: &[(SocketAddr, &str)], http: &str) -> Harness {
     let endpoints: String = endpoints
         .iter()
@@ -163,14 +164,14 @@ spec:
 
 /// The transports: which request shape reaches which.
 #[derive(Clone, Copy, Debug)]
-enum Path_ {
+enum Transport {
     /// A plain GET: the raw relay takes it when the route is relayable.
     Relay,
     /// A POST with a body: always hyper.
     Hyper,
 }
 
-const BOTH: [Path_; 2] = [Path_::Relay, Path_::Hyper];
+const BOTH: [Transport; 2] = [Transport::Relay, Transport::Hyper];
 
 /// One answer, as the client saw it.
 #[derive(Debug)]
@@ -188,14 +189,14 @@ impl Answer {
 
 impl Harness {
     /// Sends one request on its own connection.
-    async fn send(&self, path: Path_, uri: &str) -> Answer {
+    async fn send(&self, transport: Transport, uri: &str) -> Answer {
         let stream = TcpStream::connect(self.proxy).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         let request = Request::builder().uri(uri).header("host", "my-app");
-        let request = match path {
-            Path_::Relay => request.method("GET").body(Full::new(Bytes::new())),
-            Path_::Hyper => request.method("POST").body(Full::new(Bytes::from_static(b"x"))),
+        let request = match transport {
+            Transport::Relay => request.method("GET").body(Full::new(Bytes::new())),
+            Transport::Hyper => request.method("POST").body(Full::new(Bytes::from_static(b"x"))),
         };
         let response = sender.send_request(request.unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
@@ -211,21 +212,21 @@ impl Harness {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    /// Sends on `path` and checks which transport served it: the relay for a relayable route's GET.
-    async fn send_checked(&self, path: Path_, uri: &str, relayable: bool) -> Answer {
+    /// Sends on `transport` and checks which transport served it: the relay for a relayable route's GET.
+    async fn send_checked(&self, transport: Transport, uri: &str, relayable: bool) -> Answer {
         let before = self.relayed();
-        let answer = self.send(path, uri).await;
-        let relayed = matches!(path, Path_::Relay) && relayable;
-        assert_eq!(self.relayed() - before, u64::from(relayed), "{path:?} {uri}: relayed?");
+        let answer = self.send(transport, uri).await;
+        let relayed = matches!(transport, Transport::Relay) && relayable;
+        assert_eq!(self.relayed() - before, u64::from(relayed), "{transport:?} {uri}: relayed?");
         answer
     }
 
     /// Sends `n` requests on each transport, all of which must be answered 200 by an endpoint.
     async fn all_ok(&self, n: usize, relayable: bool) {
-        for path in BOTH {
+        for transport in BOTH {
             for _ in 0..n {
-                let answer = self.send_checked(path, "/", relayable).await;
-                assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "ok"), "{path:?}");
+                let answer = self.send_checked(transport, "/", relayable).await;
+                assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "ok"), "{transport:?}");
             }
         }
     }
@@ -237,9 +238,9 @@ const PLAIN: &str = "  - route: [{destination: {host: my-app, subset: v1}}]\n";
 async fn both_transports_forward_and_only_relayable_requests_are_relayed() {
     let up = endpoint(Behaviour::Ok).await;
     let h = harness(&[(up.addr, "v1")], PLAIN).await;
-    for path in BOTH {
-        let answer = h.send_checked(path, "/hello", true).await;
-        assert_eq!((answer.status, answer.body.as_str(), answer.flags()), (StatusCode::OK, "ok", "-"), "{path:?}");
+    for transport in BOTH {
+        let answer = h.send_checked(transport, "/hello", true).await;
+        assert_eq!((answer.status, answer.body.as_str(), answer.flags()), (StatusCode::OK, "ok", "-"), "{transport:?}");
     }
     assert_eq!(up.hits.load(Ordering::Relaxed), 2);
 }
@@ -259,11 +260,11 @@ async fn when_every_try_fails_both_transports_give_the_same_local_reply() {
     for (addr, flag) in [(dead, "UF"), (hangup.addr, "UC")] {
         let h = harness(&[(addr, "v1")], PLAIN).await;
         let answers = on_both(&h, "/").await;
-        for (path, answer) in BOTH.iter().zip(&answers) {
-            assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, flag), "{path:?}");
+        for (transport, answer) in BOTH.iter().zip(&answers) {
+            assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, flag), "{transport:?}");
             assert!(
                 answer.body.starts_with("upstream connect error or disconnect/reset before headers: "),
-                "{path:?}: {}",
+                "{transport:?}: {}",
                 answer.body
             );
             assert_eq!(answer.headers["content-type"], "text/plain");
@@ -276,8 +277,8 @@ async fn when_every_try_fails_both_transports_give_the_same_local_reply() {
 /// Both transports, one after the other, each checked for the transport that served it.
 async fn on_both(h: &Harness, uri: &str) -> Vec<Answer> {
     let mut answers = Vec::new();
-    for path in BOTH {
-        answers.push(h.send_checked(path, uri, true).await);
+    for transport in BOTH {
+        answers.push(h.send_checked(transport, uri, true).await);
     }
     answers
 }
@@ -286,15 +287,15 @@ async fn on_both(h: &Harness, uri: &str) -> Vec<Answer> {
 async fn retriable_statuses_are_retried_and_the_last_answer_passed_on() {
     let busy = endpoint(Behaviour::Status(503)).await;
     let h = harness(&[(busy.addr, "v1")], PLAIN).await;
-    for path in BOTH {
+    for transport in BOTH {
         let before = busy.hits.load(Ordering::Relaxed);
-        let answer = h.send_checked(path, "/", true).await;
+        let answer = h.send_checked(transport, "/", true).await;
         // The endpoint's own answer, not a local reply.
         assert_eq!(
             (answer.status, answer.body.as_str(), answer.flags()),
             (StatusCode::SERVICE_UNAVAILABLE, "busy", "-")
         );
-        assert_eq!(busy.hits.load(Ordering::Relaxed) - before, 3, "{path:?}: first try and Istio's two retries");
+        assert_eq!(busy.hits.load(Ordering::Relaxed) - before, 3, "{transport:?}: first try and Istio's two retries");
     }
 }
 
@@ -302,12 +303,12 @@ async fn retriable_statuses_are_retried_and_the_last_answer_passed_on() {
 async fn no_healthy_upstream_is_answered_by_either_transport() {
     let up = endpoint(Behaviour::Ok).await;
     let h = harness(&[(up.addr, "v1")], "  - route: [{destination: {host: my-app, subset: none}}]\n").await;
-    for path in BOTH {
-        let answer = h.send_checked(path, "/", true).await;
+    for transport in BOTH {
+        let answer = h.send_checked(transport, "/", true).await;
         assert_eq!(
             (answer.status, answer.flags(), answer.body.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream"),
-            "{path:?}"
+            "{transport:?}"
         );
     }
 }
@@ -317,13 +318,13 @@ async fn a_route_timeout_answers_504_ut() {
     let slow = endpoint(Behaviour::Slow(Duration::from_secs(5))).await;
     let rules = "  - timeout: 200ms\n    route: [{destination: {host: my-app, subset: v1}}]\n";
     let h = harness(&[(slow.addr, "v1")], rules).await;
-    for path in BOTH {
+    for transport in BOTH {
         let started = Instant::now();
         // A timeout is not the relay's: hyper serves the GET too.
-        let answer = h.send_checked(path, "/", false).await;
-        assert_eq!((answer.status, answer.flags()), (StatusCode::GATEWAY_TIMEOUT, "UT"), "{path:?}");
+        let answer = h.send_checked(transport, "/", false).await;
+        assert_eq!((answer.status, answer.flags()), (StatusCode::GATEWAY_TIMEOUT, "UT"), "{transport:?}");
         assert_eq!(answer.body, "upstream request timeout");
-        assert!(started.elapsed() < Duration::from_secs(2), "{path:?}: {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(2), "{transport:?}: {:?}", started.elapsed());
     }
 }
 
@@ -348,16 +349,16 @@ async fn rule_replies_and_unmatched_requests_are_local() {
     route: [{destination: {host: my-app, subset: v1}}]
 ";
     let h = harness(&[(up.addr, "v1")], rules).await;
-    for path in BOTH {
-        let direct = h.send_checked(path, "/direct", false).await;
+    for transport in BOTH {
+        let direct = h.send_checked(transport, "/direct", false).await;
         assert_eq!((direct.status, direct.body.as_str(), direct.flags()), (StatusCode::IM_A_TEAPOT, "teapot", "-"));
-        let abort = h.send_checked(path, "/abort", false).await;
+        let abort = h.send_checked(transport, "/abort", false).await;
         assert_eq!(
             (abort.status, abort.body.as_str(), abort.flags()),
             (StatusCode::INTERNAL_SERVER_ERROR, "fault filter abort", "FI")
         );
-        let unmatched = h.send_checked(path, "/elsewhere", false).await;
-        assert_eq!((unmatched.status, unmatched.flags()), (StatusCode::NOT_FOUND, "NR"), "{path:?}");
+        let unmatched = h.send_checked(transport, "/elsewhere", false).await;
+        assert_eq!((unmatched.status, unmatched.flags()), (StatusCode::NOT_FOUND, "NR"), "{transport:?}");
     }
     assert_eq!(up.hits.load(Ordering::Relaxed), 0);
 }

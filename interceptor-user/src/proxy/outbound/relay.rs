@@ -70,8 +70,10 @@ impl Outbound {
             return Relayed::Declined;
         }
         let plan = plan::plan(routed, &request, &mut rand::thread_rng());
-        // A relayable route always forwards to a cluster.
-        let Outcome::Forward(forward) = &plan.outcome else { return Relayed::Declined };
+        let Outcome::Forward(forward) = &plan.outcome else {
+            debug_assert!(false, "a relayable route (no fault, CORS, or missing cluster) planned a local reply");
+            return Relayed::Declined;
+        };
 
         // Committed: from here on the request is observed once, like any other.
         self.inputs.metrics.relayed();
