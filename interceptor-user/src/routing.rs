@@ -200,8 +200,13 @@ impl Weights {
 
     /// Picks a destination by weight.
     pub fn pick(&self) -> &WeightedTarget {
+        self.pick_with(&mut rand::thread_rng())
+    }
+
+    /// Picks a destination by weight, drawing from `rng`.
+    pub fn pick_with(&self, rng: &mut impl Rng) -> &WeightedTarget {
         if self.targets.len() > 1 {
-            let mut roll = rand::thread_rng().gen_range(0..self.total);
+            let mut roll = rng.gen_range(0..self.total);
             for t in &self.targets {
                 if roll < t.weight {
                     return t;
@@ -242,6 +247,8 @@ pub struct RouteAction {
     pub retry: RetryPolicy,
     /// Mirrors.
     pub mirrors: Vec<Mirror>,
+    /// Whether the raw relay may carry this out (decided at compile time, see [`RouteAction::new`]).
+    pub relayable: bool,
 }
 
 impl RouteAction {
@@ -505,4 +512,4 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -45,16 +45,10 @@ impl Limits {
 /// The answer to a request with both `Content-Length` and `Transfer-Encoding` (Envoy's default:
 /// 400 with the `DPE` downstream-protocol-error flag); hyper closes the connection after it.
 pub fn ambiguous_length() -> http::Response<super::outbound::ProxyBody> {
-    use http_body_util::BodyExt;
-    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"content-length and transfer-encoding together\n"));
-    let mut response = http::Response::new(body.map_err(|never| match never {}).boxed());
     let flag = crate::routing::ResponseFlag::DPE;
-    *response.status_mut() = http::StatusCode::from_u16(flag.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
-    let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    headers.insert(super::outbound::FLAGS_HEADER, http::HeaderValue::from_static(flag.as_str()));
-    response
+    let mut reply = super::local_reply::LocalReply::flagged(flag, "content-length and transfer-encoding together\n");
+    reply.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    reply.into_response()
 }
 
 /// Answers 408 on the proxy's end of a connection hyper gave up on, and closes it.

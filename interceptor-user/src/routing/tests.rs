@@ -43,7 +43,8 @@ spec:
   - {name: v3, labels: {version: v3}}
 ";
 
-fn compile(extra: &str) -> Result<RouteTable, ConfigError> {
+/// The services above plus `extra`, compiled (other modules' tests use it too).
+pub(crate) fn compile(extra: &str) -> Result<RouteTable, ConfigError> {
     let mut snapshot = Snapshot::default();
     let mut errors = Vec::new();
     snapshot.add_file(Path::new("mesh.yaml"), &format!("{SERVICES}---\n{extra}"), "default", &mut errors);

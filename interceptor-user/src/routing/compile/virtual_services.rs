@@ -25,8 +25,8 @@ pub(super) fn default_rule(cluster: Arc<Cluster>) -> Rule {
     Rule {
         label: DEFAULT_RULE.into(),
         matches: Vec::new(),
-        action: Action::Route(RouteAction {
-            targets: Weights {
+        action: Action::Route(RouteAction::new(
+            Weights {
                 targets: vec![WeightedTarget {
                     weight: 1,
                     target: Target::Cluster(cluster),
@@ -34,11 +34,11 @@ pub(super) fn default_rule(cluster: Arc<Cluster>) -> Rule {
                 }],
                 total: 1,
             },
-            rewrite: None,
-            timeout: None,
-            retry: RetryPolicy::istio_default(),
-            mirrors: Vec::new(),
-        }),
+            None,
+            None,
+            RetryPolicy::istio_default(),
+            Vec::new(),
+        )),
         headers: HeaderPolicy::default(),
         fault: None,
         cors: None,
@@ -188,7 +188,7 @@ impl Compiler<'_> {
                 }
             }
         }
-        (self.error_count() == before).then_some(Rule { label: label.into(), matches, action, headers, fault, cors })
+        (self.error_count() == before).then(|| Rule::new(label.into(), matches, action, headers, fault, cors))
     }
 
     fn route(&mut self, http: &HttpRoute, owner: &Resource<VirtualService>, at: &str) -> Option<RouteAction> {
@@ -258,7 +258,7 @@ impl Compiler<'_> {
                 _ => {}
             }
         }
-        Some(RouteAction { targets, rewrite, timeout, retry, mirrors })
+        Some(RouteAction::new(targets, rewrite, timeout, retry, mirrors))
     }
 
     /// A destination's weight; `None` (reported) when negative. Istio: a lone destination without
