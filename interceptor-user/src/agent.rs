@@ -18,6 +18,7 @@ use crate::bpf::{BpfError, Capture, CaptureCounters, CaptureKind, CaptureSetting
 use crate::cluster::{Cluster, RejectionReporter};
 use crate::config::{CaptureMode, ConfigError, Diagnostic, FailurePolicy, Settings, Snapshot};
 use crate::endpoints::ClusterStates;
+use crate::proxy::gateway::GatewayListeners;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
@@ -78,18 +79,25 @@ struct Loaded {
 
 impl Resources {
     /// Reads and compiles the current resources, the clusters keeping their state from
-    /// `states`; `None` while the cluster is not yet synced.
-    fn load(&self, namespace: &str, states: &ClusterStates) -> Result<Option<Loaded>, ConfigError> {
+    /// `states`, and reads the certificates of the gateway servers this agent serves; `None`
+    /// while the cluster is not yet synced.
+    fn load(&self, settings: &Settings, states: &ClusterStates) -> Result<Option<Loaded>, ConfigError> {
         match self {
             Resources::Files(dir) => {
-                let snapshot = Snapshot::load_dir(dir, namespace)?;
-                let table = RouteTable::compile_with(&snapshot, states)?;
+                let snapshot = Snapshot::load_dir(dir, &settings.namespace)?;
+                let mut table = RouteTable::compile_with(&snapshot, states)?;
+                let tls_errors = crate::proxy::gateway::prepare(&mut table, settings);
+                if !tls_errors.is_empty() {
+                    return Err(ConfigError { diagnostics: tls_errors });
+                }
                 Ok(Some(Loaded { table, snapshot, rejected: Vec::new() }))
             }
             Resources::Cluster(cluster) => {
                 let Some((snapshot, mut rejected)) = cluster.snapshot() else { return Ok(None) };
-                let (table, snapshot, left_out) = RouteTable::compile_isolating(snapshot, states)?;
+                let (mut table, snapshot, left_out) = RouteTable::compile_isolating(snapshot, states)?;
                 rejected.extend(left_out);
+                // A server whose certificates cannot be read is left out alone, like an object.
+                rejected.extend(crate::proxy::gateway::prepare(&mut table, settings));
                 Ok(Some(Loaded { table, snapshot, rejected }))
             }
         }
@@ -116,7 +124,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     // table takes over from the one before it.
     let states = Arc::new(ClusterStates::default());
     let first = match &resources {
-        Resources::Files(_) => resources.load(&settings.namespace, &states)?,
+        Resources::Files(_) => resources.load(&settings, &states)?,
         Resources::Cluster(_) => None,
     };
     let (table, snapshot) = match first {
@@ -170,6 +178,8 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         limits: settings.limits,
     };
     let listen = settings.listen_addr();
+    let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
+    gateways.reconcile(&routes.load_full()).await;
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -220,9 +230,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         };
         // Off the runtime's threads: compiling a large config takes long enough to stall requests
         // on a single-threaded runtime.
-        let (source, namespace, states) = (resources.clone(), settings.namespace.clone(), states.clone());
+        let (source, load_settings, states) = (resources.clone(), settings.clone(), states.clone());
         let loading = std::time::Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || source.load(&namespace, &states)).await;
+        let loaded = tokio::task::spawn_blocking(move || source.load(&load_settings, &states)).await;
         let load_ms = loading.elapsed().as_secs_f64() * 1e3;
         let Ok(loaded) = loaded else {
             config_metrics.rejected();
@@ -252,6 +262,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 let old_table = routes.swap(Arc::new(table));
                 // The new table serves: its pool thresholds apply (to old requests as well).
                 routes.load().apply_limits();
+                gateways.reconcile(&routes.load_full()).await;
                 version += 1;
                 config_metrics.applied(version);
                 let old_config = admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
@@ -286,7 +297,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         warn!(%err, "could not turn capture off before draining");
     }
     let _ = stop_tx.send(());
-    let _ = proxy_task.await;
+    let _ = tokio::join!(proxy_task, gateways.shutdown());
     drop(capture);
     admin_task.abort();
     info!("stopped");

@@ -28,7 +28,7 @@ pub use translate::{pod_workload, service_entries, PodLabels, SERVICE_NAME_LABEL
 /// The Istio API group.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
 /// The Istio kinds the agent reads.
-pub const ISTIO_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"];
+pub const ISTIO_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Gateway"];
 /// Versions tried for each Istio kind, newest first: v1 where served, else v1beta1.
 pub const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// Longest wait between two attempts to reach the API server at start-up.

@@ -1,5 +1,6 @@
 //! Loads Istio resources from YAML files into a [`Snapshot`]; every problem names file, line and field.
 
+mod gateway;
 mod istio;
 mod limits;
 mod locate;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use gateway::{Gateway, GatewayPort, Server, ServerTlsSettings, TlsMode, TlsProtocolVersion};
 pub use istio::*;
 pub use limits::{Limits, LimitsFile};
 pub use locate::{index_documents, DocumentLines, SyntaxError};
@@ -170,6 +172,8 @@ pub struct Snapshot {
     pub service_entries: Vec<Resource<ServiceEntry>>,
     /// WorkloadEntries in file order.
     pub workload_entries: Vec<Resource<WorkloadEntry>>,
+    /// Gateways in file order.
+    pub gateways: Vec<Resource<Gateway>>,
     /// Findings that did not refuse the config.
     pub warnings: Vec<Diagnostic>,
 }
@@ -236,6 +240,7 @@ impl Snapshot {
             + retain(&mut self.destination_rules, names)
             + retain(&mut self.service_entries, names)
             + retain(&mut self.workload_entries, names)
+            + retain(&mut self.gateways, names)
     }
 
     /// Loads a directory (as [`Snapshot::load_dir`]) or a single YAML file.
@@ -324,6 +329,7 @@ impl Snapshot {
                 "DestinationRule" => from_json(object.spec, &metadata, &source).map(|r| self.destination_rules.push(r)),
                 "ServiceEntry" => from_json(object.spec, &metadata, &source).map(|r| self.service_entries.push(r)),
                 "WorkloadEntry" => from_json(object.spec, &metadata, &source).map(|r| self.workload_entries.push(r)),
+                "Gateway" => from_json(object.spec, &metadata, &source).map(|r| self.gateways.push(r)),
                 _ => None,
             };
             if parsed.is_some() {
@@ -358,7 +364,10 @@ impl Snapshot {
         errors: &mut Vec<Diagnostic>,
     ) {
         let TypeMeta { api_version, kind, metadata } = meta;
-        let known = matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry");
+        // The Kubernetes Gateway API has a `Gateway` kind too (gateway.networking.k8s.io): not ours.
+        let istio_gateway = kind == "Gateway" && api_version.starts_with("networking.istio.io/");
+        let known = matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry")
+            || istio_gateway;
         if !known {
             self.warnings.push(source.diagnostic(
                 Severity::Warning,
@@ -383,6 +392,7 @@ impl Snapshot {
             "VirtualService" => parse(body, offset, metadata, source).map(|r| self.virtual_services.push(r)),
             "DestinationRule" => parse(body, offset, metadata, source).map(|r| self.destination_rules.push(r)),
             "ServiceEntry" => parse(body, offset, metadata, source).map(|r| self.service_entries.push(r)),
+            "Gateway" => parse(body, offset, metadata, source).map(|r| self.gateways.push(r)),
             _ => parse(body, offset, metadata, source).map(|r| self.workload_entries.push(r)),
         };
         if let Err(err) = parsed {
@@ -518,6 +528,23 @@ mod tests {
         let snapshot = load("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {}\n").unwrap();
         assert_eq!(snapshot.warnings.len(), 1);
         assert!(snapshot.warnings[0].message.contains("Service"));
+    }
+
+    #[test]
+    fn gateways_are_read_and_the_gateway_apis_are_skipped() {
+        let snapshot = load(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: g, namespace: edge}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"*/a.example.com\"]\n    tls: {mode: MUTUAL, credentialName: a, minProtocolVersion: TLSV1_2}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: k}\nspec: {}\n",
+        )
+        .unwrap();
+        assert_eq!(snapshot.gateways.len(), 1);
+        let server = &snapshot.gateways[0].spec.servers[0];
+        let tls = server.tls.as_ref().unwrap();
+        assert_eq!((tls.mode, tls.min_protocol_version), (Some(TlsMode::Mutual), Some(TlsProtocolVersion::V1_2)));
+        assert_eq!(snapshot.warnings.len(), 1, "the Gateway API's Gateway is skipped with a warning");
+        let err = load("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a]\n    tls: {mode: SIMPEL}\n")
+            .unwrap_err();
+        assert_eq!(err.diagnostics[0].line, 8, "{}", err.diagnostics[0]);
+        assert!(err.diagnostics[0].field.starts_with("spec.servers[0].tls"), "{}", err.diagnostics[0]);
     }
 
     #[test]

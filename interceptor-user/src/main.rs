@@ -76,6 +76,10 @@ enum Command {
         /// Method.
         #[arg(long, default_value = "GET")]
         method: String,
+        /// Explain the request as it enters this Gateway (`namespace/name`, or `name` in
+        /// `--namespace`) instead of as captured traffic.
+        #[arg(long)]
+        gateway: Option<String>,
         /// Client IP, for sourceLabels / sourceNamespace.
         #[arg(long)]
         source_ip: Option<std::net::IpAddr>,
@@ -146,6 +150,12 @@ struct SettingsArgs {
     /// This node's IP (the downward API's `status.hostIP`): the default redirect address.
     #[arg(long, env = "NODE_IP")]
     node_ip: Option<std::net::Ipv4Addr>,
+    /// Address the listeners of the Gateways this agent serves bind on (none: no Gateway).
+    #[arg(long)]
+    gateway_address: Option<std::net::IpAddr>,
+    /// Directory of `credentialName` credentials (`<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
 }
 
 impl SettingsArgs {
@@ -169,6 +179,9 @@ impl SettingsArgs {
             kubeconfig: self.kubeconfig,
             node_name: self.node_name,
             node_ip: self.node_ip,
+            labels: None,
+            gateway_address: self.gateway_address,
+            credentials: self.credentials,
         };
         file.merge(flags).resolve()
     }
@@ -190,8 +203,15 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Explain { input, host, path, headers, method, source_ip, namespace } => {
-            explain(&input, &namespace, &host, &path, &headers, &method, source_ip)
+        Command::Explain { input, host, path, headers, method, gateway, source_ip, namespace } => {
+            let request = ExplainRequest {
+                host: &host,
+                path_and_query: &path,
+                headers: &headers,
+                method: &method,
+                source: source_ip,
+            };
+            explain(&input, &namespace, gateway.as_deref(), &request)
         }
         Command::Stats { bpffs, top } => stats(&bpffs, top),
     }
@@ -351,15 +371,17 @@ fn fetch_config_dump(admin: std::net::SocketAddr) -> Result<String, String> {
     })
 }
 
-fn explain(
-    input: &ConfigInput,
-    namespace: &str,
-    host: &str,
-    path_and_query: &str,
-    headers: &[String],
-    method: &str,
+/// The request `explain` is asked about.
+struct ExplainRequest<'a> {
+    host: &'a str,
+    path_and_query: &'a str,
+    headers: &'a [String],
+    method: &'a str,
     source: Option<std::net::IpAddr>,
-) -> ExitCode {
+}
+
+fn explain(input: &ConfigInput, namespace: &str, gateway: Option<&str>, request: &ExplainRequest<'_>) -> ExitCode {
+    let ExplainRequest { host, path_and_query, headers, method, source } = *request;
     let table = match load(input, namespace) {
         Ok(table) => table,
         Err(code) => return code,
@@ -379,6 +401,26 @@ fn explain(
             }
         }
     }
+    let (p, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    if let Some(gateway) = gateway {
+        let gateway = interceptor::routing::resolve_gateway_name(gateway, namespace);
+        let port = host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
+        let view = interceptor::routing::RequestView {
+            method,
+            path: p,
+            query,
+            authority: host,
+            scheme: "https",
+            headers: &map,
+            port,
+            source,
+        };
+        print!("{}", table.explain_gateway(&gateway, &view));
+        return ExitCode::SUCCESS;
+    }
     let Some(service) = table.service_for_authority(host, namespace) else {
         println!("service: {host}\n  no known service has this host: the request is not captured or gets 404 NR");
         return ExitCode::FAILURE;
@@ -388,10 +430,6 @@ fn explain(
         .and_then(|(_, p)| p.parse().ok())
         .or_else(|| service.ports.first().map(|p| p.number))
         .unwrap_or(80);
-    let (p, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
     let view = interceptor::routing::RequestView {
         method,
         path: p,

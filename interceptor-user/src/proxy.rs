@@ -5,6 +5,7 @@ pub mod access_log;
 mod body_count;
 mod drain;
 mod framing;
+pub mod gateway;
 pub mod grpc;
 mod h2c;
 mod hop_by_hop;
@@ -86,6 +87,30 @@ fn tcp_service(inputs: &ProxyInputs, original: SocketAddrV4) -> Option<String> {
     (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_string())
 }
 
+/// The next connection on `listener` (no-delay set), or `None` once `stop` resolves. A failed
+/// accept (EMFILE and friends) is logged and waited out, keeping the connections already open.
+async fn accept(
+    listener: &TcpListener,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.as_mut() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, client));
+            }
+            Err(err) => {
+                warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Everything a connection needs, cheap to clone.
 #[derive(Clone)]
 pub struct ProxyInputs {
@@ -133,21 +158,7 @@ impl Proxy {
         let http2 = self.inputs.limits.http2();
         let reaper = tokio::spawn(self.inputs.upstream.clone().reap_idle());
         tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, client) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, client)) = accept(&self.listener, shutdown.as_mut()).await {
             let inputs = self.inputs.clone();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 warn!(%client, max = self.inputs.limits.max_connections, "connection cap reached; answering 503");

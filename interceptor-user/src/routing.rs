@@ -4,6 +4,7 @@
 mod actions;
 mod compile;
 mod explain;
+mod gateway;
 mod index;
 mod matcher;
 
@@ -25,6 +26,10 @@ pub use actions::{
     Rewrite, TryFailure,
 };
 pub use explain::Explanation;
+pub use gateway::{
+    hosts_intersect, request_host, resolve_gateway_name, selects, GatewayDecision, GatewayEntry, GatewayServer,
+    GatewaySummary, GatewayTable, ServerHost, ServerId, ServerProtocol, ServerTls, MESH,
+};
 pub use matcher::{MatchBlock, Matcher, Mismatch, RequestView};
 
 /// Why the proxy answered itself, as Envoy's response flags name it.
@@ -291,12 +296,18 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The block that matches the request (`Some(None)` for a rule without match blocks).
-    fn matching_block(&self, req: &RequestView<'_>, registry: &Registry) -> Option<Option<&MatchBlock>> {
+    /// The block that matches the request (`Some(None)` for a rule without match blocks), for
+    /// captured traffic (`gateway` `None`) or a request that entered `gateway`.
+    fn matching_block(
+        &self,
+        req: &RequestView<'_>,
+        registry: &Registry,
+        gateway: Option<&str>,
+    ) -> Option<Option<&MatchBlock>> {
         if self.matches.is_empty() {
             return Some(None);
         }
-        self.matches.iter().find(|m| m.matches(req, registry)).map(Some)
+        self.matches.iter().find(|m| m.matches_at(req, registry, gateway)).map(Some)
     }
 }
 
@@ -342,6 +353,8 @@ pub struct RouteTable {
     routes: HashMap<Arc<str>, ServiceRoutes>,
     /// Service VIP:port → (host, service id).
     capture: BTreeMap<SocketAddrV4, (Arc<str>, u32)>,
+    /// Gateway servers by port and the VirtualServices bound to them.
+    gateways: GatewayTable,
     warnings: Vec<Diagnostic>,
 }
 
@@ -453,18 +466,48 @@ impl RouteTable {
                 None => none,
             };
         }
-        let Some(index) = &routes.index else {
-            for rule in routes.rules.iter() {
-                if let Some(block) = rule.matching_block(req, &self.registry) {
+        self.first_rule(service, &routes.rules, routes.index.as_deref(), req, None)
+    }
+
+    /// Decides which rule of which virtual host a request that entered a gateway at `entry`
+    /// falls under (Host picks the virtual host among the servers `entry` allows).
+    pub fn route_gateway<'t>(&'t self, entry: &GatewayEntry<'_>, req: &RequestView<'_>) -> GatewayDecision<'t> {
+        let host = request_host(req.authority);
+        let (found, https_redirect) = self.gateways.virtual_host(entry, &host);
+        let Some((vh, server)) = found else {
+            return GatewayDecision { decision: None, gateway: None, domain: None, https_redirect };
+        };
+        let decision = self.first_rule(&vh.domain, &vh.rules, vh.index.as_deref(), req, Some(&*server.id.gateway));
+        GatewayDecision {
+            decision: Some(decision),
+            gateway: Some(&server.id.gateway),
+            domain: Some(&vh.domain),
+            https_redirect,
+        }
+    }
+
+    /// The first of `rules` (prefiltered by `index`) that matches, for captured traffic
+    /// (`gateway` `None`) or traffic that entered `gateway`.
+    fn first_rule<'t>(
+        &'t self,
+        service: &'t str,
+        rules: &'t [Rule],
+        index: Option<&index::RuleIndex>,
+        req: &RequestView<'_>,
+        gateway: Option<&str>,
+    ) -> Decision<'t> {
+        let none = Decision { service, rule: None, block: None };
+        let Some(index) = index else {
+            for rule in rules {
+                if let Some(block) = rule.matching_block(req, &self.registry, gateway) {
                     return Decision { service, rule: Some(rule), block };
                 }
             }
             return none;
         };
-        let rules = &routes.rules;
         let found = index.first(req, |at| match at.block {
             None => true,
-            Some(b) => rules[at.rule as usize].matches[b as usize].matches(req, &self.registry),
+            Some(b) => rules[at.rule as usize].matches[b as usize].matches_at(req, &self.registry, gateway),
         });
         match found {
             None => none,
@@ -473,6 +516,16 @@ impl RouteTable {
                 Decision { service, rule: Some(rule), block: at.block.map(|b| &rule.matches[b as usize]) }
             }
         }
+    }
+
+    /// Gateway servers by port, with what they serve.
+    pub fn gateways(&self) -> &GatewayTable {
+        &self.gateways
+    }
+
+    /// Gateway servers, to keep the ones this agent serves and attach their TLS configuration.
+    pub fn gateways_mut(&mut self) -> &mut GatewayTable {
+        &mut self.gateways
     }
 
     /// Decides where a TCP connection to `service` on `port`, from `source`, goes.
@@ -503,6 +556,12 @@ impl RouteTable {
     /// Explains, rule by rule, how a request to `service` is routed (for `interceptor explain`).
     pub fn explain<'t>(&'t self, service: &'t str, req: &RequestView<'_>) -> Explanation<'t> {
         explain::explain(self, service, req)
+    }
+
+    /// Explains how a request that entered `gateway` (`namespace/name`) with `req.authority` as
+    /// its Host is routed (for `interceptor explain --gateway`).
+    pub fn explain_gateway<'t>(&'t self, gateway: &'t str, req: &RequestView<'t>) -> Explanation<'t> {
+        explain::explain_gateway(self, gateway, req)
     }
 
     /// Every service host with its VirtualService name (for `interceptor routes`).

@@ -23,7 +23,7 @@ pub struct ConfigDump {
 /// One resource as loaded.
 #[derive(Clone, Debug, Serialize)]
 pub struct DumpedResource {
-    /// `VirtualService`, `DestinationRule`, `ServiceEntry` or `WorkloadEntry`.
+    /// `VirtualService`, `DestinationRule`, `ServiceEntry`, `WorkloadEntry` or `Gateway`.
     pub kind: &'static str,
     /// `metadata.namespace` (the default filled in).
     pub namespace: String,
@@ -85,6 +85,7 @@ impl AppliedConfig {
         dump(&mut resources, "DestinationRule", &snapshot.destination_rules);
         dump(&mut resources, "ServiceEntry", &snapshot.service_entries);
         dump(&mut resources, "WorkloadEntry", &snapshot.workload_entries);
+        dump(&mut resources, "Gateway", &snapshot.gateways);
         ConfigDump {
             version: self.version,
             applied_at: humantime::format_rfc3339_seconds(self.applied_at).to_string(),

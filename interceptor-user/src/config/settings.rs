@@ -1,6 +1,7 @@
 //! Agent settings: where to listen, what to capture, where to pin; a YAML file plus defaults.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,9 @@ pub enum ConfigSource {
 /// The kubelet's pod cgroup under the cgroup v2 root: systemd driver first, then cgroupfs.
 pub const KUBELET_POD_CGROUPS: &[&str] = &["kubepods.slice", "kubepods"];
 
+/// Where `credentialName` directories are looked up by default.
+pub const DEFAULT_CREDENTIALS: &str = "/etc/interceptor/credentials";
+
 /// Default interfaces packet mode attaches to: the usual host side of pod veths.
 pub const DEFAULT_INTERFACES: &[&str] = &["veth*"];
 
@@ -105,6 +109,12 @@ pub struct SettingsFile {
     /// This node's IP (the downward API's `status.hostIP`, env `NODE_IP`); the redirect address
     /// defaults to it when the listener is `0.0.0.0`.
     pub node_ip: Option<Ipv4Addr>,
+    /// This agent's labels, which a Gateway's `selector` must all match for the agent to serve it.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Address the listeners of selected Gateways bind on; without it the agent serves no Gateway.
+    pub gateway_address: Option<IpAddr>,
+    /// Directory of `credentialName` credentials: `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`.
+    pub credentials: Option<PathBuf>,
 }
 
 /// Resolved settings the agent runs with.
@@ -136,6 +146,12 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name, when known.
     pub node_name: Option<String>,
+    /// Labels a Gateway's selector is matched against.
+    pub labels: BTreeMap<String, String>,
+    /// Address gateway listeners bind on; `None`: this agent serves no Gateway.
+    pub gateway_address: Option<IpAddr>,
+    /// Directory of `credentialName` credentials.
+    pub credentials: PathBuf,
 }
 
 impl SettingsFile {
@@ -174,6 +190,9 @@ impl SettingsFile {
             kubeconfig: over.kubeconfig.or(self.kubeconfig),
             node_name: over.node_name.or(self.node_name),
             node_ip: over.node_ip.or(self.node_ip),
+            labels: over.labels.or(self.labels),
+            gateway_address: over.gateway_address.or(self.gateway_address),
+            credentials: over.credentials.or(self.credentials),
         }
     }
 
@@ -225,6 +244,9 @@ impl SettingsFile {
             source,
             kubeconfig: self.kubeconfig,
             node_name: self.node_name,
+            labels: self.labels.unwrap_or_default(),
+            gateway_address: self.gateway_address,
+            credentials: self.credentials.unwrap_or_else(|| DEFAULT_CREDENTIALS.into()),
         })
     }
 }

@@ -97,6 +97,8 @@ pub struct Completion<'a> {
     pub original: Option<SocketAddrV4>,
     /// The client.
     pub client: SocketAddr,
+    /// The server name the client's TLS asked for (REQUESTED_SERVER_NAME), when TLS ended here.
+    pub sni: Option<&'a str>,
 }
 
 /// Formats the line.
@@ -107,7 +109,7 @@ pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         line,
-        "[{start}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} - {}",
+        "[{start}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} {}",
         req.method,
         req.path(),
         req.protocol,
@@ -125,6 +127,7 @@ pub fn format(req: &RequestInfo, done: &Completion<'_>) -> String {
         done.cluster,
         opt(done.original.map(|o| o.to_string())),
         done.client,
+        done.sni.unwrap_or("-"),
         done.route,
     );
     line
@@ -179,6 +182,7 @@ mod tests {
             route: "default/my-app-vs#0",
             original: Some("10.96.0.10:80".parse().unwrap()),
             client: "10.244.0.10:40000".parse().unwrap(),
+            sni: None,
         };
         assert_eq!(
             format(&info, &done),

@@ -18,13 +18,14 @@ use tracing::debug;
 
 use super::access_log::RequestInfo;
 use super::body_count::{Counted, Ended, Tally};
+use super::gateway::GatewayConnection;
 use super::hop_by_hop;
 use super::local_reply::LocalReply;
 use super::metrics::SourceWorkload;
 use super::upstream::UpstreamBody;
 use super::ProxyInputs;
 use crate::endpoints::PickContext;
-use crate::routing::{Cluster, HashKey, ResponseFlag, RouteTable};
+use crate::routing::{Cluster, GatewayEntry, HashKey, ResponseFlag, RouteTable};
 use plan::{Forward, Outcome, Plan, PlanRequest};
 use tries::TryError;
 
@@ -41,11 +42,13 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
 pub const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
 
-/// A captured connection from `client`, originally addressed to `original`.
+/// A captured connection from `client`, originally addressed to `original`, or a connection
+/// that entered a gateway listener.
 pub struct Outbound {
     inputs: ProxyInputs,
     client: SocketAddr,
     original: Option<SocketAddrV4>,
+    gateway: Option<GatewayConnection>,
 }
 
 /// What the access log says about one request.
@@ -169,7 +172,20 @@ struct Head {
 impl Outbound {
     /// State for one accepted connection.
     pub fn new(inputs: ProxyInputs, client: SocketAddr, original: Option<SocketAddrV4>) -> Self {
-        Self { inputs, client, original }
+        Self { inputs, client, original, gateway: None }
+    }
+
+    /// State for one connection accepted by a gateway listener.
+    pub fn at_gateway(inputs: ProxyInputs, client: SocketAddr, gateway: GatewayConnection) -> Self {
+        Self { inputs, client, original: None, gateway: Some(gateway) }
+    }
+
+    /// `https` when the client's connection was TLS terminated here, else `http`.
+    fn scheme(&self) -> &'static str {
+        match &self.gateway {
+            Some(GatewayConnection { server: Some(_), .. }) => "https",
+            _ => "http",
+        }
     }
 
     /// Routes one request and carries out its rule. Never fails: errors become Envoy-style local replies.
@@ -227,6 +243,10 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         let plan = plan::decide(table, &self.plan_request(&req, authority, path_and_query), &mut rand::thread_rng());
         served.note(&plan);
+        if let (Some(_), Outcome::Forward(forward)) = (&self.gateway, &plan.outcome) {
+            // At a gateway the virtual host is a public name; Istio reports the service routed to.
+            served.service = forward.cluster.host.as_str().into();
+        }
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
@@ -258,6 +278,7 @@ impl Outbound {
             client: self.client.ip(),
             original: self.original,
             namespace: &self.inputs.namespace,
+            gateway: self.gateway.as_ref().map(|g| GatewayEntry { port: g.port, server: g.server.as_ref() }),
         }
     }
 
@@ -285,10 +306,16 @@ impl Outbound {
         // gRPC needs HTTP/2 upstream (trailers, streams); everything else goes as HTTP/1.1,
         // whatever the client spoke.
         head.version = super::grpc::prepare(&mut head.headers);
+        if head.version != Version::HTTP_2 && !authority.is_empty() && !head.headers.contains_key(header::HOST) {
+            // An HTTP/2 client's `:authority` is the Host of the HTTP/1.1 request sent upstream.
+            if let Ok(host) = HeaderValue::from_str(authority) {
+                head.headers.insert(header::HOST, host);
+            }
+        }
         for ops in request_headers {
             ops.apply(&mut head.headers);
         }
-        head.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        head.headers.insert("x-forwarded-proto", HeaderValue::from_static(self.scheme()));
         if !cluster.keep_alive {
             head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -582,8 +609,9 @@ impl Tally for Finish {
             upstream: served.endpoint,
             cluster: or_dash(&served.cluster),
             route: or_dash(&served.rule),
-            original: self.outbound.original,
+            original: self.outbound.original.or(self.outbound.gateway.as_ref().and_then(|g| g.local)),
             client: self.outbound.client,
+            sni: self.outbound.gateway.as_ref().and_then(|g| g.sni.as_deref()),
         };
         emit(&self.seen, &done);
         self.outbound.inputs.metrics.record(&super::metrics::RequestOutcome {

@@ -4,6 +4,7 @@
 
 mod delegates;
 mod destination_rules;
+mod gateways;
 mod tcp;
 mod virtual_services;
 
@@ -66,6 +67,7 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         routes.insert(service.host.clone(), ServiceRoutes { default_rules, ..Default::default() });
     }
 
+    let mut gateways = cx.gateways();
     // Istio: when several VirtualServices claim a host, the oldest wins.
     let mut ordered: Vec<&Resource<VirtualService>> = snapshot.virtual_services.iter().collect();
     ordered.sort_by_key(|vs| virtual_services::creation_timestamp(vs).unwrap_or("~").to_owned());
@@ -85,7 +87,10 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         let Some((http, tcp)) = cx.virtual_service(vs) else {
             continue;
         };
-        cx.bind(vs, Arc::new(http), Arc::new(tcp), &mut routes);
+        let http = Arc::new(http);
+        let index = cx.index(vs, &http);
+        cx.bind(vs, http.clone(), index.clone(), Arc::new(tcp), &mut routes);
+        cx.bind_gateways(vs, &http, &index, &mut gateways);
     }
 
     let Compiler { clusters, diags, .. } = cx;
@@ -93,7 +98,7 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         return Err(ConfigError { diagnostics: diags });
     }
     let clusters = clusters.into_values().collect();
-    Ok(RouteTable { registry, clusters, routes, capture, warnings: diags })
+    Ok(RouteTable { registry, clusters, routes, capture, gateways, warnings: diags })
 }
 
 impl Compiler<'_> {

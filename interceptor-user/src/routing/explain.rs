@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{Action, RequestView, RouteTable, Rule, Target};
+use super::{Action, GatewayServer, RequestView, RouteTable, Rule, Target};
 
 /// How one rule fared against the request.
 #[derive(Debug)]
@@ -25,11 +25,23 @@ pub struct Explanation<'t> {
     pub virtual_service: Option<&'t str>,
     /// Each rule with its result.
     pub rules: Vec<(&'t Rule, RuleResult)>,
+    /// For a request that entered a gateway: the gateway, the server, whether it redirects to
+    /// https; the `service` is then the virtual host (a VirtualService host) the Host chose.
+    pub gateway: Option<GatewayExplanation<'t>>,
     table: &'t RouteTable,
 }
 
+/// How a gateway took a request.
+#[derive(Debug)]
+pub struct GatewayExplanation<'t> {
+    /// `namespace/name`.
+    pub name: &'t str,
+    /// The server whose virtual host matched, when one did.
+    pub server: Option<&'t GatewayServer>,
+}
+
 pub(super) fn explain<'t>(table: &'t RouteTable, service: &'t str, req: &RequestView<'_>) -> Explanation<'t> {
-    let mut out = Explanation { service, virtual_service: None, rules: Vec::new(), table };
+    let mut out = Explanation { service, virtual_service: None, rules: Vec::new(), gateway: None, table };
     let Some(routes) = table.routes.get(service) else { return out };
     out.virtual_service = routes.virtual_service.as_deref();
     if routes.virtual_service.is_none() {
@@ -38,21 +50,48 @@ pub(super) fn explain<'t>(table: &'t RouteTable, service: &'t str, req: &Request
         }
         return out;
     }
+    out.rules = explain_rules(table, &routes.rules, req, None);
+    out
+}
+
+pub(super) fn explain_gateway<'t>(table: &'t RouteTable, gateway: &'t str, req: &RequestView<'t>) -> Explanation<'t> {
+    let found = table.gateways.virtual_host_of(gateway, req.authority);
+    let mut out = Explanation {
+        service: found.map_or(req.authority, |(vh, _)| &*vh.domain),
+        virtual_service: found.map(|(vh, _)| &*vh.virtual_service),
+        rules: Vec::new(),
+        gateway: Some(GatewayExplanation { name: gateway, server: found.map(|(_, server)| server) }),
+        table,
+    };
+    if let Some((vh, _)) = found {
+        out.rules = explain_rules(table, &vh.rules, req, Some(gateway));
+    }
+    out
+}
+
+/// Each of `rules` with how it fared against `req` (captured, or entered at `gateway`).
+fn explain_rules<'t>(
+    table: &RouteTable,
+    rules: &'t [Rule],
+    req: &RequestView<'_>,
+    gateway: Option<&str>,
+) -> Vec<(&'t Rule, RuleResult)> {
+    let mut out = Vec::new();
     let mut matched = false;
-    for rule in routes.rules.iter() {
+    for rule in rules {
         if matched {
-            out.rules.push((rule, RuleResult::NotReached));
+            out.push((rule, RuleResult::NotReached));
             continue;
         }
         if rule.matches.is_empty() {
             matched = true;
-            out.rules.push((rule, RuleResult::Matched(None)));
+            out.push((rule, RuleResult::Matched(None)));
             continue;
         }
         let mut reasons = Vec::new();
         let mut hit = None;
         for (i, block) in rule.matches.iter().enumerate() {
-            match block.first_mismatch(req, &table.registry) {
+            match block.first_mismatch_at(req, &table.registry, gateway) {
                 None => {
                     hit = Some(i);
                     break;
@@ -63,9 +102,9 @@ pub(super) fn explain<'t>(table: &'t RouteTable, service: &'t str, req: &Request
         match hit {
             Some(i) => {
                 matched = true;
-                out.rules.push((rule, RuleResult::Matched(Some(i))));
+                out.push((rule, RuleResult::Matched(Some(i))));
             }
-            None => out.rules.push((rule, RuleResult::NotMatched(reasons))),
+            None => out.push((rule, RuleResult::NotMatched(reasons))),
         }
     }
     out
@@ -80,9 +119,26 @@ impl Explanation<'_> {
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "service: {}", self.service)?;
-        if !self.table.routes.contains_key(self.service) {
-            return writeln!(f, "  not a known service: the request is not routed (404 NR)");
+        if let Some(gateway) = &self.gateway {
+            writeln!(f, "gateway: {}", gateway.name)?;
+            let Some(server) = gateway.server else {
+                return writeln!(
+                    f,
+                    "  host {:?}: no VirtualService bound to this gateway serves it (404 NR)",
+                    self.service
+                );
+            };
+            let tls = if server.tls.is_some() { "TLS terminated" } else { "plain" };
+            writeln!(f, "server: {} (port {}, {tls})", server.id, server.port)?;
+            if server.https_redirect {
+                return writeln!(f, "result: 301 to https (httpsRedirect)");
+            }
+            writeln!(f, "virtual host: {}", self.service)?;
+        } else {
+            writeln!(f, "service: {}", self.service)?;
+            if !self.table.routes.contains_key(self.service) {
+                return writeln!(f, "  not a known service: the request is not routed (404 NR)");
+            }
         }
         match self.virtual_service {
             Some(vs) => writeln!(f, "virtual service: {vs}")?,
@@ -188,6 +244,21 @@ pub(super) fn describe(table: &RouteTable) -> String {
             let names: Vec<String> =
                 rule.targets.iter().map(|t| format!("{} w{}", t.target.name(), t.weight)).collect();
             let _ = writeln!(out, "  {} (tcp): {}", rule.label, names.join(", "));
+        }
+    }
+    for (port, servers) in table.gateways.ports() {
+        for server in servers {
+            let hosts: Vec<String> =
+                server.hosts.iter().map(|h| format!("{}/{}", h.namespace.as_deref().unwrap_or("*"), h.host)).collect();
+            let kind = match (&server.tls, server.https_redirect) {
+                (Some(tls), _) => format!("{:?} TLS", tls.mode),
+                (None, true) => "HTTP, redirect to https".to_owned(),
+                (None, false) => "HTTP".to_owned(),
+            };
+            let _ = writeln!(out, "\ngateway {} port {port} ({kind}) hosts {}", server.id, hosts.join(", "));
+            for vh in &server.virtual_hosts {
+                let _ = writeln!(out, "  {} [{}]", vh.domain, vh.virtual_service);
+            }
         }
     }
     out

@@ -116,9 +116,6 @@ impl RuleIndex {
             for (b, block) in rule.matches.iter().enumerate() {
                 let id = blocks.len() as u32;
                 blocks.push(BlockRef { rule: rule_id, block: Some(b as u32) });
-                if block.gateway_only() {
-                    continue; // never matches mesh traffic
-                }
                 match block.uri() {
                     Some((Matcher::Exact(v), false)) => uri_exact.entry(v.as_str().into()).or_default().push(id),
                     Some((Matcher::Prefix(v), false)) => uri_prefix.insert(v.as_bytes(), id),

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use regex::Regex;
 
 use crate::config::{HttpMatchRequest, StringMatch};
 use crate::endpoints::Registry;
+use crate::routing::gateway::{resolve_gateway_name, MESH};
 
 /// The parts of a request that rules look at.
 #[derive(Clone, Copy, Debug)]
@@ -141,8 +143,9 @@ pub struct MatchBlock {
     port: Option<u16>,
     source_labels: BTreeMap<String, String>,
     source_namespace: Option<String>,
-    /// Set when the block names gateways but not `mesh`: it never applies to sidecar traffic.
-    gateway_only: bool,
+    /// The gateways the block is limited to (`namespace/name`, or `mesh` for captured traffic);
+    /// `None`: wherever its VirtualService applies.
+    gateways: Option<Arc<[Box<str>]>>,
 }
 
 impl MatchBlock {
@@ -210,20 +213,47 @@ impl MatchBlock {
             port,
             source_labels: m.source_labels.clone(),
             source_namespace: (!m.source_namespace.is_empty()).then(|| m.source_namespace.clone()),
-            gateway_only: !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh"),
+            gateways: (!m.gateways.is_empty()).then(|| m.gateways.iter().map(|g| g.as_str().into()).collect()),
         })
     }
 
-    /// Whether the block matches the request.
+    /// Resolves the gateway names of the block as Istio does, relative to the namespace of the
+    /// VirtualService that writes them (`gw` → `namespace/gw`).
+    pub fn resolve_gateways(&mut self, namespace: &str) {
+        if let Some(names) = &self.gateways {
+            self.gateways = Some(names.iter().map(|g| resolve_gateway_name(g, namespace).into_boxed_str()).collect());
+        }
+    }
+
+    /// Whether the block matches the request (captured traffic).
     pub fn matches(&self, req: &RequestView<'_>, registry: &Registry) -> bool {
         self.first_mismatch(req, registry).is_none()
     }
 
-    /// The first field that does not match, or `None` when the block matches. Allocation-free
-    /// except for repeated headers (joined) and case-insensitive paths.
+    /// Whether the block matches the request, captured (`gateway` `None`) or entered at `gateway`.
+    pub fn matches_at(&self, req: &RequestView<'_>, registry: &Registry, gateway: Option<&str>) -> bool {
+        self.first_mismatch_at(req, registry, gateway).is_none()
+    }
+
+    /// The first field that does not match a captured request, or `None` when the block matches.
     pub fn first_mismatch(&self, req: &RequestView<'_>, registry: &Registry) -> Option<Mismatch> {
-        if self.gateway_only {
-            return Some(Mismatch::Gateways);
+        self.first_mismatch_at(req, registry, None)
+    }
+
+    /// The first field that does not match, or `None` when the block matches, for a captured
+    /// request (`gateway` `None`) or one that entered `gateway`. Allocation-free except for
+    /// repeated headers (joined) and case-insensitive paths.
+    pub fn first_mismatch_at(
+        &self,
+        req: &RequestView<'_>,
+        registry: &Registry,
+        gateway: Option<&str>,
+    ) -> Option<Mismatch> {
+        if let Some(names) = &self.gateways {
+            let here = gateway.unwrap_or(MESH);
+            if !names.iter().any(|name| &**name == here) {
+                return Some(Mismatch::Gateways);
+            }
         }
         if let Some(uri) = &self.uri {
             let ok = if self.ignore_uri_case && !matches!(uri, Matcher::Regex(_)) {
@@ -289,7 +319,10 @@ impl MatchBlock {
             header_value(req.headers, name).map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"))
         };
         match mismatch {
-            Mismatch::Gateways => "applies only to gateways (no `mesh`)".into(),
+            Mismatch::Gateways => format!(
+                "applies only to {}",
+                self.gateways.as_deref().map_or_else(String::new, |names| names.join(", "))
+            ),
             Mismatch::Uri => format!(
                 "uri {:?} does not match {}",
                 req.path,
@@ -342,11 +375,6 @@ impl MatchBlock {
         &self.headers
     }
 
-    /// Whether the block names gateways but not `mesh`, so it never matches here.
-    pub(super) fn gateway_only(&self) -> bool {
-        self.gateway_only
-    }
-
     /// Whether the block matches every request (no field set).
     pub fn is_catch_all(&self) -> bool {
         self.uri.is_none()
@@ -359,7 +387,7 @@ impl MatchBlock {
             && self.port.is_none()
             && self.source_labels.is_empty()
             && self.source_namespace.is_none()
-            && !self.gateway_only
+            && self.gateways.as_ref().is_none_or(|names| names.iter().any(|name| &**name == MESH))
     }
 
     /// Istio's delegate merge: the delegate's fields win where both set one, header and query
@@ -392,7 +420,12 @@ impl MatchBlock {
             out.source_labels.entry(k.clone()).or_insert_with(|| v.clone());
         }
         out.source_namespace = delegate.source_namespace.clone().or_else(|| root.source_namespace.clone());
-        out.gateway_only = root.gateway_only || delegate.gateway_only;
+        // Both limit the rule: it applies where both let it.
+        out.gateways = match (&root.gateways, &delegate.gateways) {
+            (Some(root), Some(delegate)) => Some(root.iter().filter(|g| delegate.contains(g)).cloned().collect()),
+            (Some(only), None) | (None, Some(only)) => Some(only.clone()),
+            (None, None) => None,
+        };
         out
     }
 }

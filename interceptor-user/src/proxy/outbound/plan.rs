@@ -13,8 +13,8 @@ use rand::Rng;
 use super::split_query;
 use crate::proxy::local_reply::LocalReply;
 use crate::routing::{
-    Abort, Action, Cluster, Cors, HeaderOps, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule,
-    Target, WeightedTarget,
+    request_host, Abort, Action, Cluster, Cors, GatewayEntry, HeaderOps, MatchBlock, RequestView, ResponseFlag,
+    RouteAction, RouteTable, Rule, Target, WeightedTarget,
 };
 
 /// The request as deciding sees it.
@@ -34,6 +34,33 @@ pub struct PlanRequest<'r> {
     pub original: Option<SocketAddrV4>,
     /// Namespace short Host headers resolve against.
     pub namespace: &'r str,
+    /// Where the request entered a gateway listener; `None` for captured traffic.
+    pub gateway: Option<GatewayEntry<'r>>,
+}
+
+impl<'r> PlanRequest<'r> {
+    /// What the rules look at, for the request addressed to `port`.
+    fn view(&self, port: u16) -> RequestView<'r> {
+        let (path, query) = split_query(self.path_and_query);
+        RequestView {
+            method: self.method.as_str(),
+            path,
+            query,
+            authority: self.authority,
+            scheme: self.scheme(),
+            headers: self.headers,
+            port,
+            source: Some(self.client),
+        }
+    }
+
+    /// `https` for a request that came over TLS (a gateway's terminated TLS), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.gateway {
+            Some(GatewayEntry { server: Some(_), .. }) => "https",
+            _ => "http",
+        }
+    }
 }
 
 /// Which rule serves a request: the half of deciding that draws nothing.
@@ -44,6 +71,8 @@ pub struct Routed<'t> {
     /// Matching rule.
     pub rule: Option<&'t Rule>,
     block: Option<&'t MatchBlock>,
+    /// A gateway server's `httpsRedirect` answers the request (301 to https).
+    https_redirect: bool,
 }
 
 impl Routed<'_> {
@@ -104,31 +133,47 @@ pub fn decide<'t>(table: &'t RouteTable, req: &PlanRequest<'_>, rng: &mut impl R
     plan(route(table, req), req, rng)
 }
 
-/// The service `req` addresses and its matching rule.
+/// The service `req` addresses and its matching rule; for a request that entered a gateway,
+/// the virtual host its Host chose among the VirtualServices bound to the gateway.
 pub fn route<'t>(table: &'t RouteTable, req: &PlanRequest<'_>) -> Routed<'t> {
+    if let Some(entry) = &req.gateway {
+        return route_gateway(table, entry, req);
+    }
     let (service, port) = service(table, req);
-    let Some(service) = service else { return Routed { service: None, rule: None, block: None } };
-    let (path, query) = split_query(req.path_and_query);
-    let view = RequestView {
-        method: req.method.as_str(),
-        path,
-        query,
-        authority: req.authority,
-        scheme: "http",
-        headers: req.headers,
-        port,
-        source: Some(req.client),
+    let Some(service) = service else {
+        return Routed { service: None, rule: None, block: None, https_redirect: false };
     };
+    let view = req.view(port);
     let decision = table.route(service, &view);
-    Routed { service: Some(service), rule: decision.rule, block: decision.block }
+    Routed { service: Some(service), rule: decision.rule, block: decision.block, https_redirect: false }
+}
+
+fn route_gateway<'t>(table: &'t RouteTable, entry: &GatewayEntry<'_>, req: &PlanRequest<'_>) -> Routed<'t> {
+    let view = req.view(entry.port);
+    let decided = table.route_gateway(entry, &view);
+    let (rule, block) = decided.decision.map_or((None, None), |d| (d.rule, d.block));
+    Routed { service: decided.domain, rule, block, https_redirect: decided.https_redirect }
 }
 
 /// What `routed` means for `req`, with faults, the weighted pick and mirrors drawn from `rng`.
 pub fn plan<'t>(routed: Routed<'t>, req: &PlanRequest<'_>, rng: &mut impl Rng) -> Plan<'t> {
-    let Routed { service, rule, block } = routed;
+    let Routed { service, rule, block, https_redirect } = routed;
     let (mut cluster, mut delay, mut response_headers, mut cors) = (None, None, None, None);
     let outcome = 'decided: {
+        if https_redirect {
+            // Envoy's `require_tls`: the same host (without its port) and path over https.
+            let mut reply = LocalReply::empty(StatusCode::MOVED_PERMANENTLY);
+            let location = format!("https://{}{}", request_host(req.authority), req.path_and_query);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                reply.headers.insert(header::LOCATION, location);
+            }
+            break 'decided Outcome::Reply(reply);
+        }
         let Some(service) = service else {
+            if req.gateway.is_some() {
+                let body = format!("no virtual host for authority {:?} at this gateway", req.authority);
+                break 'decided Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, body));
+            }
             let body = format!("no service for authority {:?}", req.authority);
             break 'decided Outcome::Reply(LocalReply::flagged(ResponseFlag::NR, body));
         };
@@ -170,7 +215,9 @@ pub fn plan<'t>(routed: Routed<'t>, req: &PlanRequest<'_>, rng: &mut impl Rng) -
             Action::Redirect(r) => {
                 let status = StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
                 let mut reply = LocalReply::empty(status);
-                if let Ok(location) = HeaderValue::from_str(&r.location("http", req.authority, req.path_and_query)) {
+                if let Ok(location) =
+                    HeaderValue::from_str(&r.location(req.scheme(), req.authority, req.path_and_query))
+                {
                     reply.headers.insert(header::LOCATION, location);
                 }
                 Outcome::Reply(reply)

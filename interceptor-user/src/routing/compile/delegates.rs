@@ -71,7 +71,9 @@ impl Compiler<'_> {
                 ));
                 continue;
             }
-            let Some(delegate_matches) = self.matches(http, &target.source, &dat) else { continue };
+            let Some(delegate_matches) = self.matches(http, &target.meta.namespace, &target.source, &dat) else {
+                continue;
+            };
             // The root's conditions narrow every delegate rule (Istio merges them).
             let matches = match (root_matches.is_empty(), delegate_matches.is_empty()) {
                 (true, _) => delegate_matches,

@@ -11,6 +11,8 @@ use crate::endpoints::{qualify_host, Protocol, Service};
 use crate::routing::actions::{
     parse_duration, probability, Cors, DirectResponse, Fault, HeaderPolicy, Redirect, RetryPolicy, Rewrite,
 };
+use crate::routing::gateway::MESH;
+use crate::routing::index::RuleIndex;
 use crate::routing::{
     Action, Cluster, MatchBlock, Mirror, RouteAction, Rule, ServiceRoutes, Target, TcpRule, WeightedTarget, Weights,
     DEFAULT_RULE,
@@ -60,7 +62,7 @@ impl Compiler<'_> {
             let rule_label =
                 format!("{label}#{}", if http.name.is_empty() { i.to_string() } else { http.name.clone() });
             // Keep compiling a rule whose matches failed, to report all its errors at once.
-            let matches = self.matches(http, src, &at).unwrap_or_default();
+            let matches = self.matches(http, &vs.meta.namespace, src, &at).unwrap_or_default();
             match &http.delegate {
                 None => {
                     if let Some(rule) = self.rule(http, matches, rule_label, vs, &at) {
@@ -75,13 +77,23 @@ impl Compiler<'_> {
         (self.error_count() == before).then_some((rules, tcp))
     }
 
-    /// The match blocks of rule `http`; `None` when one has errors (reported).
-    pub(super) fn matches(&mut self, http: &HttpRoute, src: &Source, at: &str) -> Option<Vec<MatchBlock>> {
+    /// The match blocks of rule `http` (of a VirtualService in `namespace`, which its gateway
+    /// names resolve against); `None` when one has errors (reported).
+    pub(super) fn matches(
+        &mut self,
+        http: &HttpRoute,
+        namespace: &str,
+        src: &Source,
+        at: &str,
+    ) -> Option<Vec<MatchBlock>> {
         let mut blocks = Vec::new();
         let mut ok = true;
         for (j, m) in http.matches.iter().enumerate() {
             match MatchBlock::compile(m) {
-                Ok(block) => blocks.push(block),
+                Ok(mut block) => {
+                    block.resolve_gateways(namespace);
+                    blocks.push(block)
+                }
                 Err(errors) => {
                     ok = false;
                     self.report(src, &format!("{at}.match[{j}]"), errors);
@@ -378,39 +390,40 @@ impl Compiler<'_> {
         Some(Target::Cluster(cluster))
     }
 
-    /// Attaches compiled rules to the services a VirtualService's hosts name. The oldest
-    /// VirtualService for a host wins, as with Istio sidecars; later ones only warn.
-    pub(super) fn bind(
-        &mut self,
-        vs: &Resource<VirtualService>,
-        http: Arc<Vec<Rule>>,
-        tcp: Arc<Vec<TcpRule>>,
-        routes: &mut HashMap<Arc<str>, ServiceRoutes>,
-    ) {
-        let registry = self.registry;
-        let src = &vs.source;
-        let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
-        if !mesh {
-            self.diags.push(src.diagnostic(
-                Severity::Warning,
-                "spec.gateways",
-                "applies only to gateways (no `mesh`); it has no effect on mesh traffic",
-            ));
-            return;
-        }
-        let name = format!("{}/{}", vs.meta.namespace, vs.meta.name);
-        let index = match crate::routing::index::RuleIndex::build(&http) {
+    /// The prefilter over `http`, the rules of `vs`; `None` (warned) when it cannot be built.
+    pub(super) fn index(&mut self, vs: &Resource<VirtualService>, http: &[Rule]) -> Option<Arc<RuleIndex>> {
+        match RuleIndex::build(http) {
             Ok(index) => Some(Arc::new(index)),
             Err(e) => {
                 // Still correct without the prefilter, only slower.
-                self.diags.push(src.diagnostic(
+                self.diags.push(vs.source.diagnostic(
                     Severity::Warning,
                     "spec.http",
                     format!("{e}; rules are checked one by one"),
                 ));
                 None
             }
-        };
+        }
+    }
+
+    /// Attaches compiled rules to the services a VirtualService's hosts name, unless it applies
+    /// only to gateways. The oldest VirtualService for a host wins, as with Istio sidecars;
+    /// later ones only warn.
+    pub(super) fn bind(
+        &mut self,
+        vs: &Resource<VirtualService>,
+        http: Arc<Vec<Rule>>,
+        index: Option<Arc<RuleIndex>>,
+        tcp: Arc<Vec<TcpRule>>,
+        routes: &mut HashMap<Arc<str>, ServiceRoutes>,
+    ) {
+        let registry = self.registry;
+        let src = &vs.source;
+        let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == MESH);
+        if !mesh {
+            return;
+        }
+        let name = format!("{}/{}", vs.meta.namespace, vs.meta.name);
         for (i, host) in vs.spec.hosts.iter().enumerate() {
             let pattern = qualify_host(host, &vs.meta.namespace).into_owned();
             let mut bound = false;

@@ -85,6 +85,7 @@ fn request<'r>(
         client: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 5)),
         original: captured.then_some(VIP),
         namespace: "default",
+        gateway: None,
     }
 }
 

@@ -1,0 +1,238 @@
+//! Gateway listeners: one per port the Gateways this agent serves use, bound on the settings'
+//! `gatewayAddress`. TLS is terminated with the server the ClientHello's SNI picks (its own
+//! certificate, client verification and versions), HTTP/1.1 or HTTP/2 is then served by hyper,
+//! and every request goes through the same decision (`plan`, with the gateway as part of its
+//! input) and try loop as captured traffic. Listeners follow the route table: a reload opens the
+//! ports that appeared and closes those that went, leaving the others' connections alone.
+
+pub mod tls;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::{drain, Outbound, ProxyInputs};
+use crate::config::{Diagnostic, Settings, Severity};
+use crate::routing::{selects, RouteTable, ServerId, ServerProtocol};
+
+/// How a connection entered a gateway listener.
+#[derive(Clone, Debug)]
+pub struct GatewayConnection {
+    /// Listener port.
+    pub port: u16,
+    /// The TLS server the SNI chose; `None` for plain HTTP.
+    pub server: Option<ServerId>,
+    /// The SNI the client sent.
+    pub sni: Option<Box<str>>,
+    /// The listener's address as the client reached it.
+    pub local: Option<SocketAddrV4>,
+}
+
+/// Keeps the gateway servers this agent serves — those whose Gateway's selector its `labels`
+/// match, and none without a `gatewayAddress` — and builds their TLS from their files. A server
+/// whose TLS cannot be built is left out, with an error naming the Gateway's field.
+pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
+    let gateways = table.gateways_mut();
+    let selected: HashSet<Arc<str>> = match settings.gateway_address {
+        None => HashSet::new(),
+        Some(_) => {
+            gateways.gateways().filter(|g| selects(&g.selector, &settings.labels)).map(|g| g.name.clone()).collect()
+        }
+    };
+    gateways.retain_servers(|s| selected.contains(&s.id.gateway));
+    let mut findings = Vec::new();
+    for server in gateways.servers_mut() {
+        let Some(tls) = &server.tls else { continue };
+        match tls::server_config(tls, &settings.credentials) {
+            Ok(config) => server.tls_config = Some(Arc::new(config)),
+            Err(err) => findings.push(server.source.diagnostic(
+                Severity::Error,
+                format!("{}.tls.{}", server.at, err.field),
+                err.message,
+            )),
+        }
+    }
+    gateways.retain_servers(|s| s.protocol == ServerProtocol::Http || s.tls_config.is_some());
+    findings
+}
+
+/// One open listener.
+struct Listening {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The gateway listeners of one agent.
+pub struct GatewayListeners {
+    inputs: ProxyInputs,
+    address: Option<IpAddr>,
+    open: BTreeMap<u16, Listening>,
+    drain: Duration,
+}
+
+impl GatewayListeners {
+    /// No listener yet; `address` `None` means this agent serves no gateway.
+    pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration) -> Self {
+        Self { inputs, address, open: BTreeMap::new(), drain }
+    }
+
+    /// The ports listened on, with their bound addresses.
+    pub fn ports(&self) -> BTreeSet<u16> {
+        self.open.keys().copied().collect()
+    }
+
+    /// Opens a listener for each port `table` has servers on and none listens on yet, and closes
+    /// those of ports it no longer has (their connections drain). A port that cannot be bound is
+    /// logged and tried again at the next reload.
+    pub async fn reconcile(&mut self, table: &RouteTable) {
+        let Some(address) = self.address else { return };
+        let wanted: BTreeSet<u16> = table.gateways().ports().map(|(port, _)| port).collect();
+        let gone: Vec<u16> = self.open.keys().filter(|p| !wanted.contains(p)).copied().collect();
+        for port in gone {
+            if let Some(listening) = self.open.remove(&port) {
+                let _ = listening.stop.send(());
+                info!(port, "gateway listener closed");
+            }
+        }
+        for port in wanted {
+            if self.open.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(address, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let (stop, stopped) = oneshot::channel();
+                    let span = tracing::info_span!("gateway", port);
+                    let task =
+                        tokio::spawn(listen(listener, port, self.inputs.clone(), stopped, self.drain).instrument(span));
+                    self.open.insert(port, Listening { stop, task });
+                    info!(%addr, "gateway listener open");
+                }
+                Err(err) => error!(%addr, %err, "cannot listen for a gateway; tried again at the next config change"),
+            }
+        }
+    }
+
+    /// Closes every listener and waits until their connections drained (bounded by the drain
+    /// deadline each listener keeps).
+    pub async fn shutdown(self) {
+        let mut tasks = Vec::new();
+        for (_, listening) in self.open {
+            let _ = listening.stop.send(());
+            tasks.push(listening.task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Accepts on one gateway port until told to stop, then drains its connections.
+async fn listen(
+    listener: TcpListener,
+    port: u16,
+    inputs: ProxyInputs,
+    stop: oneshot::Receiver<()>,
+    deadline: Duration,
+) {
+    let connections = drain::Drain::new();
+    let stopped = async {
+        let _ = stop.await;
+    };
+    tokio::pin!(stopped);
+    while let Some((stream, client)) = super::accept(&listener, stopped.as_mut()).await {
+        let inputs = inputs.clone();
+        let watch = connections.watch();
+        let span = tracing::debug_span!("conn", %client);
+        tokio::spawn(connection(inputs, port, stream, client, watch).instrument(span));
+    }
+    drop(listener);
+    tokio::select! {
+        () = connections.drain() => debug!("gateway connections drained"),
+        () = tokio::time::sleep(deadline) => warn!(?deadline, "drain deadline passed; closing remaining gateway connections"),
+    }
+}
+
+/// One downstream connection: TLS (when the port terminates it), then HTTP.
+async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
+    let _open = inputs.metrics.open_connection();
+    let local = match stream.local_addr() {
+        Ok(SocketAddr::V4(local)) => Some(local),
+        _ => None,
+    };
+    let protocol = inputs.routes.load().gateways().servers(port).first().map(|s| s.protocol);
+    let Some(protocol) = protocol else {
+        debug!("port no longer served by a gateway; closing");
+        return;
+    };
+    if protocol == ServerProtocol::Http {
+        let entered = GatewayConnection { port, server: None, sni: None, local };
+        return serve_http(inputs, entered, client, stream, watch).await;
+    }
+    let handshake_timeout = inputs.limits.header_read_timeout;
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(err)) => return debug!(%err, "not a TLS ClientHello"),
+        Err(_) => return debug!("no ClientHello in time"),
+    };
+    let sni: Option<Box<str>> = start.client_hello().server_name().map(Into::into);
+    let chosen = {
+        let table = inputs.routes.load();
+        table
+            .gateways()
+            .server_for_sni(port, sni.as_deref())
+            .and_then(|server| Some((server.id.clone(), server.tls_config.clone()?)))
+    };
+    let Some((server, config)) = chosen else {
+        // Envoy: no filter chain for this server name, and the connection closes.
+        return debug!(?sni, "no gateway server for this SNI; closing");
+    };
+    let stream = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return debug!(%err, ?sni, "TLS handshake failed"),
+        Err(_) => return debug!(?sni, "TLS handshake not done in time"),
+    };
+    let entered = GatewayConnection { port, server: Some(server), sni, local };
+    serve_http(inputs, entered, client, stream, watch).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client
+/// leaves or the drain ends it.
+async fn serve_http<I>(
+    inputs: ProxyInputs,
+    entered: GatewayConnection,
+    client: SocketAddr,
+    io: I,
+    mut watch: drain::Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = inputs.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let outbound = Arc::new(Outbound::at_gateway(inputs, client, entered));
+    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
+    let conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    if let Err(err) = watch.run(conn, |conn| conn.graceful_shutdown()).await {
+        debug!(%err, "gateway connection ended with an error");
+    }
+}

@@ -1,0 +1,562 @@
+//! Gateways in process, without root: the agent's gateway listeners on loopback ports, TLS
+//! certificates made here (rcgen), endpoints as tokio listeners on 127.0.0.1, and real clients —
+//! rustls with hyper (HTTP/1.1 and HTTP/2 by ALPN) and Debian's curl.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use interceptor::config::{Settings, SettingsFile, Snapshot};
+use interceptor::proxy::gateway::{prepare, GatewayListeners};
+use interceptor::proxy::limits::Limits;
+use interceptor::proxy::metrics::ProxyMetrics;
+use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
+use interceptor::routing::RouteTable;
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const MESH_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+
+/// Captured connections (the mesh listener) were all going to `my-app`'s VIP.
+struct ToVip;
+
+impl OriginalDestination for ToVip {
+    fn take(&self, _client: SocketAddr) -> Option<SocketAddrV4> {
+        Some(MESH_VIP)
+    }
+}
+
+/// A loopback endpoint answering 200 with its name; `hits` counts requests.
+struct Endpoint {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn endpoint(name: &'static str) -> Endpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let hits = counted.clone();
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                hits.fetch_add(1, Ordering::Relaxed);
+                let proto = req.headers().get("x-forwarded-proto").map(|v| v.to_str().unwrap_or("").to_owned());
+                async move {
+                    let mut response = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                    if let Some(proto) = proto {
+                        response.headers_mut().insert("x-seen-proto", proto.parse().unwrap());
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    Endpoint { addr, hits }
+}
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Certificates made for one test, written as PEM files in their own directory.
+struct Pki {
+    dir: PathBuf,
+    ca: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(test: &str) -> (Self, rcgen::Certificate, KeyPair) {
+        let dir = std::env::temp_dir().join(format!("interceptor-gw-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor test CA");
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        (Self { dir, ca: ca.der().clone() }, ca, key)
+    }
+
+    /// A leaf for `names` signed by the CA, written as `<file>.crt` / `<file>.key`.
+    fn leaf(&self, ca: &rcgen::Certificate, ca_key: &KeyPair, file: &str, names: &[&str], client: bool) -> PathBuf {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or(file));
+        params.extended_key_usages =
+            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, ca, ca_key).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        self.dir.join(file)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `my-app` (VIP 10.96.0.10:80) with endpoints v1 and v2, and `yaml` (Gateways, VirtualServices).
+fn config(v1: SocketAddr, v2: SocketAddr, yaml: &str) -> Snapshot {
+    let text = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: my-app}}
+spec:
+  hosts: [my-app.default.svc.cluster.local]
+  addresses: [10.96.0.10]
+  ports: [{{number: 80, name: http}}]
+  endpoints:
+  - {{address: {}, ports: {{http: {}}}, labels: {{version: v1}}}}
+  - {{address: {}, ports: {{http: {}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: my-app}}
+spec:
+  host: my-app
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+{yaml}",
+        v1.ip(),
+        v1.port(),
+        v2.ip(),
+        v2.port()
+    );
+    let mut snapshot = Snapshot::default();
+    let mut errors = Vec::new();
+    snapshot.add_file(Path::new("gateway.yaml"), &text, "default", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}\n{text}");
+    snapshot
+}
+
+fn settings(credentials: &Path) -> Settings {
+    SettingsFile {
+        redirect: Some("127.0.0.1:15001".parse().unwrap()),
+        gateway_address: Some(LOOPBACK),
+        credentials: Some(credentials.to_path_buf()),
+        labels: Some([("istio".to_owned(), "ingressgateway".to_owned())].into()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap()
+}
+
+/// Compiles `snapshot` and prepares its gateway servers as the agent does.
+fn table(snapshot: &Snapshot, settings: &Settings) -> RouteTable {
+    let mut table = RouteTable::compile(snapshot).unwrap();
+    let findings = prepare(&mut table, settings);
+    assert!(findings.is_empty(), "{findings:?}");
+    table
+}
+
+/// The agent's two listeners: captured (mesh) traffic and the gateways.
+struct Harness {
+    mesh: SocketAddr,
+    routes: Arc<ArcSwap<RouteTable>>,
+    gateways: GatewayListeners,
+}
+
+async fn harness(table: RouteTable) -> Harness {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let routes = Arc::new(ArcSwap::from_pointee(table));
+    let inputs = ProxyInputs {
+        routes: routes.clone(),
+        original_destinations: Arc::new(ToVip),
+        namespace: "default".into(),
+        upstream: upstream_client(None),
+        metrics: Arc::new(ProxyMetrics::register(&mut registry)),
+        limits: Limits::default(),
+    };
+    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs.clone()).await.unwrap();
+    let mesh = proxy.local_addr().unwrap();
+    tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
+    let mut gateways = GatewayListeners::new(inputs, Some(LOOPBACK), Duration::from_secs(1));
+    gateways.reconcile(&routes.load_full()).await;
+    Harness { mesh, routes, gateways }
+}
+
+impl Harness {
+    /// Swaps in `table` and follows it with the listeners, as a reload does.
+    async fn reload(&mut self, table: RouteTable) {
+        self.routes.store(Arc::new(table));
+        self.gateways.reconcile(&self.routes.load_full()).await;
+    }
+}
+
+/// A TLS client trusting `ca`, offering `alpn`, with a client certificate when given.
+fn tls_client(ca: &CertificateDer<'static>, alpn: &[&[u8]], identity: Option<&Path>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(base) => {
+            let chain =
+                CertificateDer::pem_file_iter(base.with_extension("crt")).unwrap().map(Result::unwrap).collect();
+            let key = PrivateKeyDer::from_pem_file(base.with_extension("key")).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// What one HTTPS exchange gave: the certificate the server showed, ALPN, the answer.
+#[derive(Debug)]
+struct Exchange {
+    certificate: CertificateDer<'static>,
+    alpn: Option<Vec<u8>>,
+    status: StatusCode,
+    body: String,
+    headers: http::HeaderMap,
+}
+
+/// `GET https://<sni><path>` at `port`, over HTTP/2 when the server picks it by ALPN.
+async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    port: u16,
+    sni: &str,
+    path: &str,
+) -> Result<Exchange, String> {
+    let stream = TcpStream::connect((LOOPBACK, port)).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    let tls = connector.connect(name, stream).await.map_err(|e| format!("handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let certificate = session.peer_certificates().and_then(|c| c.first()).cloned().ok_or("no certificate")?;
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let request =
+        Request::get(format!("https://{sni}{path}")).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let response = if alpn.as_deref() == Some(b"h2") {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(request).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut request = request;
+        request.headers_mut().insert("host", sni.parse().map_err(|_| "host")?);
+        *request.uri_mut() = path.parse().map_err(|_| "path")?;
+        sender.send_request(request).await.map_err(|e| e.to_string())?
+    };
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Exchange {
+        certificate,
+        alpn,
+        status: parts.status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: parts.headers,
+    })
+}
+
+/// `GET http://<host><path>` at `addr` over plain HTTP/1.1.
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(StatusCode, http::HeaderMap, String), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = Request::get(path).header("host", host).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The VirtualService of the tests: `/v2` to subset v2, everything else to v1.
+fn virtual_service(gateways: &str, hosts: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: default}}
+spec:
+  hosts: {hosts}
+  gateways: {gateways}
+  http:
+  - match: [{{uri: {{prefix: /v2}}}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v2}}}}]
+  - route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v1}}}}]
+"
+    )
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_mutual_refuses_a_client_without_one() {
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, ca, ca_key) = Pki::new("sni");
+    let a = pki.leaf(&ca, &ca_key, "a", &["a.example.com"], false);
+    let b = pki.leaf(&ca, &ca_key, "b", &["b.example.com"], false);
+    let client = pki.leaf(&ca, &ca_key, "client", &["client.example.com"], true);
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https-a, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {a}.crt, privateKey: {a}.key}}
+  - port: {{number: {port}, name: https-b, protocol: HTTPS}}
+    hosts: [b.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {b}.crt, privateKey: {b}.key, caCertificates: {ca}}}
+---
+{vs}",
+        a = a.display(),
+        b = b.display(),
+        ca = pki.path("ca.pem"),
+        vs = virtual_service("[istio-system/edge]", "[a.example.com, b.example.com]"),
+    );
+    let settings = settings(&pki.dir);
+    let h = harness(table(&config(v1.addr, v2.addr, &gateway), &settings)).await;
+    let a_der = CertificateDer::from_pem_file(a.with_extension("crt")).unwrap();
+    let b_der = CertificateDer::from_pem_file(b.with_extension("crt")).unwrap();
+
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let plain = tls_client(&pki.ca, &[alpn], None);
+        let got = https_get(&plain, port, "a.example.com", "/").await.unwrap();
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "v1"), "{got:?}");
+        assert_eq!(got.certificate, a_der, "SNI a.example.com gets a's certificate");
+        assert_eq!(got.alpn.as_deref(), Some(alpn), "ALPN offers h2 and http/1.1");
+        assert_eq!(got.headers.get("x-seen-proto").map(|v| v.to_str().unwrap()), Some("https"));
+        let got = https_get(&plain, port, "a.example.com", "/v2").await.unwrap();
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "v2"));
+
+        // b is MUTUAL: without a client certificate no request gets through.
+        let refused = https_get(&plain, port, "b.example.com", "/").await;
+        assert!(refused.is_err(), "a client without a certificate must be refused: {refused:?}");
+        let with_cert = tls_client(&pki.ca, &[alpn], Some(&client));
+        let got = https_get(&with_cert, port, "b.example.com", "/").await.unwrap();
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "v1"));
+        assert_eq!(got.certificate, b_der, "SNI b.example.com gets b's certificate");
+    }
+    // An SNI no server admits: no certificate, the connection closes (Envoy: no filter chain).
+    let plain = tls_client(&pki.ca, &[b"http/1.1"], None);
+    assert!(https_get(&plain, port, "c.example.com", "/").await.is_err());
+    assert_eq!(v1.hits.load(Ordering::Relaxed), 4);
+    assert_eq!(v2.hits.load(Ordering::Relaxed), 2);
+    drop(h);
+}
+
+#[tokio::test]
+async fn plain_http_servers_route_by_host_and_https_redirect_answers_301() {
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, _, _) = Pki::new("plain");
+    let (plain_port, redirect_port) = (free_port(), free_port());
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {plain_port}, name: http, protocol: HTTP}}
+    hosts: [\"./*.example.com\"]
+  - port: {{number: {redirect_port}, name: http-redirect, protocol: HTTP}}
+    hosts: [\"*\"]
+    tls: {{httpsRedirect: true}}
+---
+{vs}",
+        vs = virtual_service("[edge]", "[app.example.com]"),
+    );
+    let h = harness(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir))).await;
+    let plain = SocketAddr::new(LOOPBACK, plain_port);
+    let (status, _, body) = http_get(plain, "app.example.com", "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    let (status, _, body) = http_get(plain, "APP.example.com:8080", "/v2/x").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v2"), "host matched case-insensitively, port ignored");
+    let (status, headers, _) = http_get(plain, "other.example.com", "/").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["x-interceptor-flags"], "NR");
+
+    let redirect = SocketAddr::new(LOOPBACK, redirect_port);
+    let (status, headers, _) = http_get(redirect, "app.example.com:80", "/some/path?q=1").await.unwrap();
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "https://app.example.com/some/path?q=1");
+    assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 2);
+    drop(h);
+}
+
+#[tokio::test]
+async fn curl_reaches_the_gateway_over_https_and_http2() {
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, ca, ca_key) = Pki::new("curl");
+    pki.leaf(&ca, &ca_key, "tls", &["my-app.example.com"], false);
+    // credentialName: a directory with the Kubernetes TLS Secret's keys.
+    let credential = pki.dir.join("my-app-cert");
+    std::fs::create_dir_all(&credential).unwrap();
+    std::fs::rename(pki.dir.join("tls.crt"), credential.join("tls.crt")).unwrap();
+    std::fs::rename(pki.dir.join("tls.key"), credential.join("tls.key")).unwrap();
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [\"*/my-app.example.com\"]
+    tls: {{mode: SIMPLE, credentialName: my-app-cert, minProtocolVersion: TLSV1_3}}
+---
+{vs}",
+        vs = virtual_service("[default/edge]", "[\"*.example.com\"]"),
+    );
+    let _h = harness(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir))).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", flag, "--cacert", &pki.path("ca.pem")])
+            .args(["--resolve", &format!("my-app.example.com:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_version} %{response_code}"])
+            .arg(format!("https://my-app.example.com:{port}/v2"))
+            .output()
+            .await
+            .expect("curl (Debian's curl package) runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl {flag}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout, format!("v2\n{version} 200"), "curl {flag}");
+    }
+    // TLS 1.2 is below the server's minimum: refused.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--tlsv1.2", "--tls-max", "1.2", "--cacert", &pki.path("ca.pem")])
+        .args(["--resolve", &format!("my-app.example.com:{port}:127.0.0.1")])
+        .arg(format!("https://my-app.example.com:{port}/"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "TLS 1.2 must be refused under minProtocolVersion TLSV1_3");
+}
+
+#[tokio::test]
+async fn a_gateway_removed_on_reload_closes_its_listener_while_mesh_traffic_flows() {
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, _, _) = Pki::new("reload");
+    let (kept_port, removed_port) = (free_port(), free_port());
+    let gateway = |name: &str, port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+---
+"
+        )
+    };
+    let vs = virtual_service("[kept, removed, mesh]", "[my-app]");
+    let settings = settings(&pki.dir);
+    let both = format!("{}{}{vs}", gateway("kept", kept_port), gateway("removed", removed_port));
+    let mut h = harness(table(&config(v1.addr, v2.addr, &both), &settings)).await;
+    let (kept, removed) = (SocketAddr::new(LOOPBACK, kept_port), SocketAddr::new(LOOPBACK, removed_port));
+    // At a gateway the short host is the FQDN Istio makes of it.
+    let fqdn = "my-app.default.svc.cluster.local";
+    for addr in [kept, removed] {
+        let (status, _, body) = http_get(addr, fqdn, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    }
+
+    // Mesh traffic all along, each request on its own connection.
+    let mesh = h.mesh;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = stop.clone();
+    let traffic = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !running.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match http_get(mesh, "my-app", "/").await {
+                Ok((StatusCode::OK, _, _)) => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (ok, failed)
+    });
+    // A gateway connection kept open across the reload: it drains, it is not cut.
+    let held = TcpStream::connect(kept).await.unwrap();
+    let (mut held_sender, held_conn) = hyper::client::conn::http1::handshake(TokioIo::new(held)).await.unwrap();
+    tokio::spawn(held_conn);
+
+    let only_kept = format!("{}{vs}", gateway("kept", kept_port));
+    h.reload(table(&config(v1.addr, v2.addr, &only_kept), &settings)).await;
+    assert_eq!(h.gateways.ports().into_iter().collect::<Vec<_>>(), vec![kept_port]);
+    let closed = async {
+        while TcpStream::connect(removed).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the removed gateway's port closes");
+    let request = Request::get("/").header("host", fqdn).body(Empty::<Bytes>::new()).unwrap();
+    let response = held_sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the kept gateway's open connection still serves");
+    let (status, _, _) = http_get(kept, fqdn, "/v2").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    // Let mesh traffic run past the reload, then stop it.
+    let before = v1.hits.load(Ordering::Relaxed);
+    let past = async {
+        while v1.hits.load(Ordering::Relaxed) < before + 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), past).await.expect("mesh traffic keeps flowing");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{} mesh failures of {}: {failed:?}", failed.len(), ok + failed.len());
+    assert!(ok >= 20, "{ok}");
+}
+
+#[tokio::test]
+async fn a_server_whose_certificate_is_missing_is_an_error_naming_the_field() {
+    let (pki, _, _) = Pki::new("missing");
+    let gateway = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: SIMPLE, serverCertificate: /nonexistent/tls.crt, privateKey: /nonexistent/tls.key}
+";
+    let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), gateway);
+    let mut table = RouteTable::compile(&snapshot).unwrap();
+    let findings = prepare(&mut table, &settings(&pki.dir));
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(
+        (f.resource.as_str(), f.field.as_str()),
+        ("Gateway default/edge", "spec.servers[0].tls.serverCertificate")
+    );
+    assert_eq!(f.line, 28, "{f}");
+    assert!(f.message.contains("/nonexistent/tls.crt"), "{f}");
+    assert_eq!(table.gateways().ports().count(), 0, "the server is not served");
+}

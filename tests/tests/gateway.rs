@@ -1,0 +1,227 @@
+//! End-to-end: the agent as an ingress gateway on the test node. A client outside the mesh (the
+//! client pod's namespace, not in the captured cgroup) calls the node's gateway port with curl
+//! over HTTPS with SNI `my-app.example.com`, and a Gateway + VirtualService route it like the
+//! seed (beta testers to v2, the rest 90/10); a Gateway removed on reload closes its port while
+//! captured traffic flows without a failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{assert_share, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use testbed::{poll_until, read_stdout, Agent, LoadReport, Node, GATEWAY};
+
+const HTTPS_PORT: u16 = 8443;
+const HTTP_PORT: u16 = 8080;
+
+/// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
+fn certificates(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor e2e CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+/// curl in the client pod's namespace, outside the captured cgroup; stdout, or stderr on failure.
+fn curl(node: &Node, args: &[&str]) -> Result<String, String> {
+    let out = node
+        .command_in(&node.pod_netns(CLIENT), false, Path::new("curl"), args)
+        .output()
+        .expect("curl (Debian's curl package) runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn gateway(name: &str, servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{servers}"
+    )
+}
+
+/// The agent on the node with the gateway address and labels set.
+fn agent(node: &Node, files: &[(&str, &str)], credentials: &Path) -> Agent {
+    let settings = credentials.join("agent.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\ncredentials: {}\n",
+            credentials.display()
+        ),
+    )
+    .unwrap();
+    let redirect = format!("{GATEWAY}:15001");
+    let settings = settings.display().to_string();
+    let flags = ["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", &settings];
+    Agent::start_with(node, files, &flags, false).unwrap()
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("interceptor-e2e-gw-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn curl_from_outside_the_mesh_is_routed_by_the_gateway_over_https() {
+    let node = node().unwrap();
+    let dir = scratch("https");
+    certificates(&dir.join("my-app-cert"), "my-app.example.com");
+    let gw = gateway(
+        "public",
+        &format!(
+            "  - port: {{number: {HTTPS_PORT}, name: https, protocol: HTTPS}}
+    hosts: [my-app.example.com]
+    tls: {{mode: SIMPLE, credentialName: my-app-cert}}
+  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
+    hosts: [my-app.example.com]
+    tls: {{httpsRedirect: true}}
+"
+        ),
+    );
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: [my-app.example.com]
+  gateways: [public]
+  http:
+  - match: [{headers: {user-agent: {regex: \".*beta-tester.*\"}}}]
+    route: [{destination: {host: my-app.default.svc.cluster.local, subset: v2}}]
+  - route:
+    - {destination: {host: my-app.default.svc.cluster.local, subset: v1}, weight: 90}
+    - {destination: {host: my-app.default.svc.cluster.local, subset: v2}, weight: 10}
+";
+    let mut agent =
+        agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &dir);
+    let ca = dir.join("my-app-cert/ca.pem").display().to_string();
+    let resolve = format!("my-app.example.com:{HTTPS_PORT}:{GATEWAY}");
+    let url = format!("https://my-app.example.com:{HTTPS_PORT}/");
+    let base = ["-sS", "--max-time", "10", "--cacert", &ca, "--resolve", &resolve];
+
+    // One curl, many requests on one connection (HTTP/2 by ALPN), each body on its own line.
+    let n = 200;
+    let urls = vec![url.as_str(); n];
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--http2", "-w", "\n"]);
+    args.extend(urls.iter().copied());
+    let bodies = curl(&node, &args).unwrap();
+    let (v1, v2) = (bodies.lines().filter(|l| *l == "v1").count(), bodies.lines().filter(|l| *l == "v2").count());
+    assert_eq!(v1 + v2, n, "{bodies}");
+    assert_share(v2, n, 0.1, "v2 share through the gateway");
+
+    let mut beta: Vec<&str> = base.to_vec();
+    beta.extend(["--http1.1", "-A", "Mozilla beta-tester", "-w", "\n"]);
+    let beta_urls = vec![url.as_str(); 20];
+    beta.extend(beta_urls.iter().copied());
+    let bodies = curl(&node, &beta).unwrap();
+    assert_eq!(bodies.lines().filter(|l| *l == "v2").count(), 20, "beta testers go to v2: {bodies}");
+
+    // Plain HTTP on the redirect server: 301 to https.
+    let plain = format!("http://{GATEWAY}:{HTTP_PORT}/x?y=1");
+    let redirect = curl(
+        &node,
+        &["-sS", "-o", "/dev/null", "-H", "host: my-app.example.com", "-w", "%{http_code} %{redirect_url}", &plain],
+    )
+    .unwrap();
+    assert_eq!(redirect, "301 https://my-app.example.com/x?y=1");
+
+    // The access log names the SNI.
+    agent.wait_for_log("my-app.example.com default/edge#", Duration::from_secs(5)).unwrap();
+    let log = agent.log();
+    let line = log.lines().find(|l| l.contains("default/edge#1")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(&format!("{GATEWAY}:{HTTPS_PORT} ")), "downstream local address: {line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_gateway_removed_on_reload_closes_its_port_while_captured_traffic_flows() {
+    let node = node().unwrap();
+    let dir = scratch("reload");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw = gateway(
+        "public",
+        &format!("  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"),
+    );
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: [my-app.example.com]
+  gateways: [public]
+  http:
+  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
+";
+    let mut agent = agent(
+        &node,
+        &[
+            ("svc.yaml", SERVICE),
+            ("dr.yaml", SUBSETS),
+            ("mesh.yaml", &split(50, 50)),
+            ("gw.yaml", &gw),
+            ("edge.yaml", vs),
+        ],
+        &dir,
+    );
+    let gateway_url = format!("http://{GATEWAY}:{HTTP_PORT}/");
+    let via_gateway = || curl(&node, &["-sS", "--max-time", "5", "-H", "host: my-app.example.com", &gateway_url]);
+    assert_eq!(via_gateway().unwrap(), "v1");
+
+    let stop = dir.join("stop-load");
+    let stop_arg = stop.display().to_string();
+    let mut background = node
+        .load_in_background(
+            CLIENT,
+            &[
+                "--target",
+                VIP,
+                "--host",
+                HOST,
+                "-n",
+                "1000000",
+                "--pause-ms",
+                "1",
+                "--max-seconds",
+                "60",
+                "--stop-file",
+                &stop_arg,
+            ],
+        )
+        .unwrap();
+    // Captured traffic is flowing before the reload.
+    let before = agent.log().matches("outbound|80|").count();
+    agent.wait_for_log_count("outbound|80|", before + 20, Duration::from_secs(10)).unwrap();
+
+    let applied = agent.log().matches("config applied").count();
+    std::fs::remove_file(agent.config_dir().join("gw.yaml")).unwrap();
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(10)).unwrap();
+    poll_until("the gateway port to close", Duration::from_secs(5), || Ok(via_gateway().is_err())).unwrap();
+    assert!(agent.log().contains("gateway listener closed"), "{}", agent.log());
+    // Captured traffic goes on after it.
+    let after = agent.log().matches("outbound|80|").count();
+    agent.wait_for_log_count("outbound|80|", after + 20, Duration::from_secs(10)).unwrap();
+
+    std::fs::write(&stop, "").unwrap();
+    let during: LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
+    assert_eq!(during.failures, 0, "{during:?}");
+    assert_eq!(during.status(200), during.requests, "{during:?}");
+    assert!(during.count("v1") > 0 && during.count("v2") > 0, "{during:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
