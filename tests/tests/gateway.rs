@@ -2,7 +2,8 @@
 //! client pod's namespace, not in the captured cgroup) calls the node's gateway port with curl
 //! over HTTPS with SNI `my-app.example.com`, and a Gateway + VirtualService route it like the
 //! seed (beta testers to v2, the rest 90/10); a Gateway removed on reload closes its port while
-//! captured traffic flows without a failure.
+//! captured traffic flows without a failure; a Gateway from the Kubernetes API server (with the
+//! DaemonSet's RBAC) is served and its deletion closes its port.
 
 mod common;
 
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use common::{assert_share, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use testbed::{poll_until, read_stdout, Agent, LoadReport, Node, GATEWAY};
+use testbed::seed_cluster::{seed_plane, NODE};
+use testbed::{poll_until, read_stdout, Agent, LoadReport, LoopbackBridge, Node, GATEWAY};
 
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
@@ -223,5 +225,50 @@ spec:
     assert_eq!(during.failures, 0, "{during:?}");
     assert_eq!(during.status(200), during.requests, "{during:?}");
     assert!(during.count("v1") > 0 && during.count("v2") > 0, "{during:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
+    let gw = gateway(
+        "public",
+        &format!("  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"),
+    );
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: [my-app.example.com]
+  gateways: [public]
+  http:
+  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v2}}]
+";
+    let node = node().unwrap();
+    let plane = seed_plane(&[SUBSETS, &gw, vs]).unwrap();
+    let bridge = LoopbackBridge::open(&node.node_netns(), plane.address()).unwrap();
+    // The DaemonSet's service account: the ClusterRole must let it watch Gateways.
+    let token = plane.create_token("interceptor-system", "interceptor").unwrap();
+    let kubeconfig = plane.kubeconfig_for_token(&token, &bridge.url()).unwrap();
+    let dir = scratch("kubernetes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = dir.join("agent.yaml");
+    std::fs::write(&settings, format!("labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\n")).unwrap();
+    let settings = settings.display().to_string();
+    let flags = ["--node-name", NODE, "--mode", "socket", "--settings", &settings];
+    let mut agent = Agent::start_kubernetes(&node, &kubeconfig, &flags).unwrap();
+    agent.wait_for_log("agent ready", Duration::from_secs(60)).unwrap();
+
+    let url = format!("http://{GATEWAY}:{HTTP_PORT}/");
+    let via_gateway = || curl(&node, &["-sS", "--max-time", "5", "-H", "host: my-app.example.com", &url]);
+    poll_until("the gateway to serve", Duration::from_secs(30), || Ok(via_gateway().is_ok_and(|b| b == "v2")))
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", via_gateway(), agent.log()));
+
+    let applied = agent.log().matches("config applied").count();
+    plane.kubectl(&["delete", "gateways.networking.istio.io", "public", "-n", "default"]).unwrap();
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(30)).unwrap();
+    poll_until("the gateway port to close", Duration::from_secs(10), || Ok(via_gateway().is_err())).unwrap();
+    assert!(!agent.log().contains("left out of the config"), "{}", agent.log());
+    drop(agent);
+    drop(bridge);
     let _ = std::fs::remove_dir_all(&dir);
 }
