@@ -377,6 +377,7 @@ metadata: {name: legacy}
 spec:
   hosts: [legacy.example.com]
   ports: [{number: 80, name: http}]
+  resolution: STATIC
   endpoints: [{address: 10.0.0.6}]
 ";
         let mut snapshot = Snapshot::default();

@@ -21,7 +21,7 @@ use crate::endpoints::{qualify_host, Balancer, Limits, Protocol, Registry, Servi
 
 pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
-    Rewrite, TryFailure,
+    Rewrite, TryFailure, GRPC_CODES,
 };
 pub use explain::Explanation;
 pub use matcher::{MatchBlock, Matcher, Mismatch, RequestView};
@@ -339,6 +339,14 @@ pub struct RouteTable {
 /// The rule label without a VirtualService.
 pub const DEFAULT_RULE: &str = "default";
 
+/// Istio's validation of `snapshot`: the names (`Kind namespace/name`) of the resources it
+/// refuses, and all its findings.
+fn validated(snapshot: &Snapshot) -> (std::collections::HashSet<String>, Vec<Diagnostic>) {
+    let findings = snapshot.validate();
+    let refused = findings.iter().filter(|d| d.severity == Severity::Error).map(|d| d.resource.clone()).collect();
+    (refused, findings)
+}
+
 impl RouteTable {
     /// Compiles and cross-checks a snapshot.
     ///
@@ -346,7 +354,28 @@ impl RouteTable {
     /// Every error found (bad regex, negative weight, undefined subset in an existing
     /// DestinationRule, VIP claimed twice …), each with file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        compile::compile(snapshot)
+        let (refused, mut findings) = validated(snapshot);
+        if refused.is_empty() {
+            return match compile::compile(snapshot) {
+                Ok(mut table) => {
+                    table.warnings.extend(findings);
+                    Ok(table)
+                }
+                Err(mut err) => {
+                    findings.append(&mut err.diagnostics);
+                    Err(ConfigError { diagnostics: findings })
+                }
+            };
+        }
+        // The rest is compiled too, so one run reports every error; refused resources are left
+        // out of it so that their errors are not reported twice.
+        let mut rest = snapshot.clone();
+        rest.remove_resources(&refused.iter().map(String::as_str).collect());
+        match compile::compile(&rest) {
+            Ok(table) => findings.extend(table.warnings),
+            Err(err) => findings.extend(err.diagnostics),
+        }
+        Err(ConfigError { diagnostics: findings })
     }
 
     /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
@@ -356,10 +385,18 @@ impl RouteTable {
     /// # Errors
     /// An error that names no resource of the snapshot (nothing to leave out).
     pub fn compile_isolating(mut snapshot: Snapshot) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
-        let mut rejected = Vec::new();
+        let (refused, findings) = validated(&snapshot);
+        snapshot.remove_resources(&refused.iter().map(String::as_str).collect());
+        let (mut rejected, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
+            findings.into_iter().partition(|d| d.severity == Severity::Error);
         loop {
             let err = match compile::compile(&snapshot) {
-                Ok(table) => return Ok((table, snapshot, rejected)),
+                Ok(mut table) => {
+                    let left_out: std::collections::HashSet<&str> =
+                        rejected.iter().map(|d| d.resource.as_str()).collect();
+                    table.warnings.extend(warnings.into_iter().filter(|d| !left_out.contains(d.resource.as_str())));
+                    return Ok((table, snapshot, rejected));
+                }
                 Err(err) => err,
             };
             let errors: Vec<Diagnostic> =
@@ -373,7 +410,7 @@ impl RouteTable {
         }
     }
 
-    /// Warnings found while compiling.
+    /// Warnings found while validating and compiling.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }

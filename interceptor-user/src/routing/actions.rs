@@ -480,7 +480,7 @@ pub struct Abort {
 }
 
 /// gRPC status codes by name.
-const GRPC_CODES: [&str; 17] = [
+pub const GRPC_CODES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
