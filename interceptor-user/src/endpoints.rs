@@ -296,10 +296,11 @@ fn endpoint(
     let ip = match spec.address.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => {
+            // Istio accepts DNS names, Unix sockets and network-only entries: left out, not refused.
             diagnostics.push(src.diagnostic(
-                Severity::Error,
+                Severity::Warning,
                 format!("{field}.address"),
-                format!("{:?} is not an IP address (DNS endpoints are not supported yet)", spec.address),
+                format!("{:?} is not an IP address (DNS endpoints are not supported yet); left out", spec.address),
             ));
             return None;
         }

@@ -60,7 +60,9 @@ impl HeaderOps {
         let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
             let mut out = Vec::new();
             for (k, v) in map {
-                match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v)) {
+                // Setting `:authority` sets the Host header (Istio's authority rewrite).
+                let key = if k == ":authority" { "host".to_owned() } else { k.to_ascii_lowercase() };
+                match (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(v)) {
                     (Ok(name), Ok(value)) => out.push((name, value)),
                     _ => errors.push((format!("{field}.{k}"), format!("{k}: {v:?} is not a valid header"))),
                 }
@@ -201,8 +203,8 @@ impl Redirect {
     /// `(field, message)` for a bad code, port or derivePort.
     pub fn compile(r: &config::HttpRedirect) -> Result<Self, (String, String)> {
         let code = r.redirect_code.unwrap_or(301);
-        if !matches!(code, 301 | 302 | 303 | 307 | 308) {
-            return Err(("redirectCode".into(), format!("{code} is not a redirect code (301, 302, 303, 307, 308)")));
+        if !(300..=399).contains(&code) {
+            return Err(("redirectCode".into(), format!("{code} is not a valid redirect code, must be 3xx")));
         }
         let port = match r.port {
             None => None,
@@ -528,12 +530,14 @@ impl Fault {
                         "not supported (Istio does not support it either)".into(),
                     ));
                 }
-                let fixed = d
-                    .fixed_delay
-                    .as_deref()
-                    .ok_or(("delay.fixedDelay".to_owned(), "a delay needs fixedDelay".to_owned()))?;
-                let duration = parse_duration(fixed).map_err(|e| ("delay.fixedDelay".to_owned(), e))?;
-                Some((duration, share("delay", &d.percentage, d.percent, &mut warnings)?))
+                // Istio accepts a delay without fixedDelay: it delays nothing.
+                match d.fixed_delay.as_deref() {
+                    None => None,
+                    Some(fixed) => {
+                        let duration = parse_duration(fixed).map_err(|e| ("delay.fixedDelay".to_owned(), e))?;
+                        Some((duration, share("delay", &d.percentage, d.percent, &mut warnings)?))
+                    }
+                }
             }
         };
         let abort =
@@ -558,7 +562,8 @@ impl Fault {
                             .filter(|s| (200..=599).contains(s))
                             .ok_or(("abort.httpStatus".to_owned(), format!("{s} is not an HTTP status (200-599)")))?,
                         (None, Some(_)) => 200,
-                        (None, None) => return Err(("abort".into(), "set httpStatus or grpcStatus".into())),
+                        // Istio only warns about an abort without an error type: it aborts nothing.
+                        (None, None) => return Ok((Self { delay, abort: None }, warnings)),
                     };
                     Some(Abort { status, grpc_status, probability })
                 }

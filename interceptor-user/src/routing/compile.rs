@@ -26,6 +26,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's default for `connectionPool.tcp.idleTimeout`: a forwarded TCP connection with no byte
 /// either way for an hour is closed.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `idleTimeout: 0s` turns the timeout off: a century stands in for "never".
+const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 pub(super) fn compile(snapshot: &Snapshot) -> Result<RouteTable, ConfigError> {
     let mut diags = snapshot.warnings.clone();
@@ -72,9 +74,9 @@ pub(super) fn compile(snapshot: &Snapshot) -> Result<RouteTable, ConfigError> {
         if vs.spec.hosts.is_empty() {
             if !delegated.contains(&key) {
                 diags.push(vs.source.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     "spec.hosts",
-                    "a VirtualService needs at least one host (only delegates may have none)",
+                    "no hosts: a delegate, but no rule delegates to it; it routes nothing",
                 ));
             }
             continue;
@@ -235,7 +237,8 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
         let positive = |v: Option<i64>, field: &str, err: &mut dyn FnMut(String, String)| -> Option<usize> {
             let v = v?;
             match usize::try_from(v) {
-                Ok(n) if n > 0 => Some(n),
+                Ok(0) => None,
+                Ok(n) => Some(n),
                 _ => {
                     err(field.into(), format!("must be > 0, got {v}"));
                     None
@@ -254,7 +257,7 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
             if let Some(t) = &tcp.idle_timeout {
                 match parse_duration(t) {
                     Ok(d) if d > Duration::ZERO => out.tcp_idle_timeout = Some(d),
-                    Ok(_) => err("connectionPool.tcp.idleTimeout".into(), "must be > 0".into()),
+                    Ok(_) => out.tcp_idle_timeout = Some(NO_IDLE_TIMEOUT),
                     Err(e) => err("connectionPool.tcp.idleTimeout".into(), e),
                 }
             }
@@ -372,10 +375,10 @@ fn consistent_hash(ch: &config::ConsistentHashLb) -> Result<(Policy, Option<Hash
         ch.use_source_ip == Some(true),
         ch.http_query_parameter_name.is_some(),
     ];
-    if keys.iter().filter(|k| **k).count() != 1 {
+    if keys.iter().filter(|k| **k).count() > 1 {
         return Err((
             String::new(),
-            "set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
+            "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
         ));
     }
     let key = if let Some(h) = &ch.http_header_name {
@@ -388,8 +391,10 @@ fn consistent_hash(ch: &config::ConsistentHashLb) -> Result<(Policy, Option<Hash
         HashKey::Cookie { name: c.name.clone(), path: c.path.clone(), ttl: ttl.filter(|d| !d.is_zero()) }
     } else if let Some(q) = &ch.http_query_parameter_name {
         HashKey::QueryParam(q.clone())
-    } else {
+    } else if ch.use_source_ip == Some(true) {
         HashKey::SourceIp
+    } else {
+        return Ok((Policy::LeastRequest, None)); // no key: Istio hashes nothing, so plain balancing
     };
     let policy = match (&ch.ring_hash, &ch.maglev) {
         (Some(_), Some(_)) => return Err((String::new(), "set either ringHash or maglev, not both".into())),
@@ -574,17 +579,17 @@ fn compile_delegate(
         snapshot.virtual_services.iter().find(|v| v.meta.namespace == ns && v.meta.name == delegate.name)
     else {
         diags.push(src.diagnostic(
-            Severity::Error,
+            Severity::Warning,
             format!("{at}.delegate"),
-            format!("no VirtualService {ns}/{} to delegate to", delegate.name),
+            format!("no VirtualService {ns}/{} to delegate to; this rule routes nothing", delegate.name),
         ));
         return Vec::new();
     };
     if !target.spec.hosts.is_empty() {
         diags.push(target.source.diagnostic(
-            Severity::Error,
+            Severity::Warning,
             "spec.hosts",
-            format!("a delegate (of {root_label}) must not set hosts"),
+            format!("a delegate (of {root_label}) must not set hosts; the delegation is ignored"),
         ));
         return Vec::new();
     }
@@ -774,7 +779,7 @@ fn compile_route(
 /// a weight takes all traffic; among several, an absent weight is 0.
 fn weight(weight: Option<i64>, single: bool, src: &Source, at: &str, diags: &mut Vec<Diagnostic>) -> Option<u64> {
     match weight {
-        None if single => Some(100),
+        None | Some(0) if single => Some(100),
         None => Some(0),
         Some(w) if w < 0 => {
             diags.push(src.diagnostic(
