@@ -169,10 +169,11 @@ impl Registry {
         for (i, address) in se.spec.addresses.iter().enumerate() {
             match address.parse::<Ipv4Addr>() {
                 Ok(ip) => vips.push(ip),
+                // Istio accepts CIDRs and IPv6 (validation checks the syntax): not captured, not refused.
                 Err(_) => diagnostics.push(src.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     format!("spec.addresses[{i}]"),
-                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet)"),
+                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet); ignored"),
                 )),
             }
         }

@@ -61,7 +61,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub name: String,
     /// Match blocks, OR-ed; empty matches everything.
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", deserialize_with = "without_nulls")]
     pub matches: Vec<HttpMatchRequest>,
     /// Weighted destinations.
     #[serde(default)]
@@ -93,6 +93,17 @@ pub struct HttpRoute {
     pub cors_policy: Option<CorsPolicy>,
     /// Header manipulation for the whole rule.
     pub headers: Option<Headers>,
+}
+
+/// A list whose `null` entries are dropped: Istio skips a null match block (it matches as if
+/// absent), and one written by a generator must not refuse the resource.
+fn without_nulls<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let entries: Option<Vec<Option<T>>> = Deserialize::deserialize(deserializer)?;
+    Ok(entries.into_iter().flatten().flatten().collect())
 }
 
 /// `redirect`.

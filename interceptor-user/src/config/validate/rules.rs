@@ -30,6 +30,9 @@ static WILDCARD_LABEL_RE: LazyLock<Regex> = LazyLock::new(|| anchored(&format!(r
 static LABEL_KEY_RE: LazyLock<Regex> =
     LazyLock::new(|| anchored(&format!(r"({DNS1123_LABEL}(?:\.{DNS1123_LABEL})*/)?({QUALIFIED_NAME})")));
 static LABEL_VALUE_RE: LazyLock<Regex> = LazyLock::new(|| anchored(&format!("(?:{QUALIFIED_NAME})?")));
+/// Go's `time.ParseDuration` syntax: signed, one or more number-unit pairs.
+static GO_DURATION_RE: LazyLock<Regex> =
+    LazyLock::new(|| anchored(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+"));
 /// RFC 7230 `token` characters: what a header name may be made of.
 static HEADER_NAME_RE: LazyLock<Regex> = LazyLock::new(|| anchored(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]+"));
 
@@ -167,8 +170,15 @@ pub(super) fn duration(text: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
-/// A duration of any size (Istio checks only its syntax).
+/// A duration of any size, in Go's syntax (`300ms`, `1h30m`, `1.5s`; Istio reads durations with
+/// Go's `time.ParseDuration`, so `1d` or `5 s` are refused).
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+    if matches!(text, "0" | "+0" | "-0") {
+        return Ok(Duration::ZERO);
+    }
+    if !GO_DURATION_RE.is_match(text) {
+        return Err(format!("time: invalid duration {text:?}"));
+    }
     crate::routing::parse_duration(text)
 }
 
@@ -542,6 +552,7 @@ mod tests {
     fn durations_regexes_subnets() {
         assert!(duration("1ms").is_ok() && duration("1m30s").is_ok());
         assert!(duration("0s").is_err() && duration("1500us").is_err() && duration("500us").is_err());
+        assert!(duration("1d").is_err() && duration("5 s").is_err() && parse_duration("0").is_ok());
         assert!(regex("a.*b", "uri").is_ok() && regex("(", "uri").is_err());
         assert!(regex(&"a".repeat(1025), "uri").is_err());
         assert!(ip_subnet("10.0.0.0/8").is_ok() && ip_subnet("::1").is_ok());
