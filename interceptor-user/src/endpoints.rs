@@ -184,8 +184,9 @@ impl Registry {
                 continue;
             };
             let target = match port.target_port {
-                Some(t) => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
-                None => number,
+                // 0 is proto3's "unset".
+                Some(t) if t != 0 => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
+                _ => number,
             };
             if ports.iter().any(|p: &ServicePort| p.number == number) {
                 diagnostics.push(src.diagnostic(
@@ -202,7 +203,12 @@ impl Registry {
             });
         }
         if ports.is_empty() {
-            diagnostics.push(src.diagnostic(Severity::Error, "spec.ports", "a ServiceEntry needs at least one port"));
+            // Istio accepts a ServiceEntry without ports; there is just nothing to capture or route.
+            diagnostics.push(src.diagnostic(
+                Severity::Warning,
+                "spec.ports",
+                "no ports: nothing of this service is captured or routed",
+            ));
         }
         if let Some(resolution) = se.spec.resolution.as_deref() {
             if resolution != "STATIC" {

@@ -208,6 +208,7 @@ impl Redirect {
         }
         let port = match r.port {
             None => None,
+            Some(0) => None, // proto3's "unset"
             Some(p) => Some(
                 u16::try_from(p).ok().filter(|p| *p > 0).ok_or(("port".to_owned(), format!("{p} is not a port")))?,
             ),
