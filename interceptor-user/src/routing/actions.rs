@@ -296,8 +296,8 @@ impl DirectResponse {
         use base64::Engine as _;
         let status = u16::try_from(d.status)
             .ok()
-            .filter(|s| (200..=599).contains(s))
-            .ok_or(("status".to_owned(), format!("{} is not an HTTP status (200-599)", d.status)))?;
+            .filter(|s| (200..=600).contains(s))
+            .ok_or(("status".to_owned(), format!("{} is not an HTTP status (200-600, as Istio)", d.status)))?;
         let body = match &d.body {
             None => Bytes::new(),
             Some(config::HttpBody { string: Some(_), bytes: Some(_) }) => {
@@ -558,10 +558,10 @@ impl Fault {
                             ))?),
                         };
                     let status = match (a.http_status, grpc_status) {
-                        (Some(s), _) => u16::try_from(s)
-                            .ok()
-                            .filter(|s| (200..=599).contains(s))
-                            .ok_or(("abort.httpStatus".to_owned(), format!("{s} is not an HTTP status (200-599)")))?,
+                        (Some(s), _) => u16::try_from(s).ok().filter(|s| (200..=600).contains(s)).ok_or((
+                            "abort.httpStatus".to_owned(),
+                            format!("{s} is not an HTTP status (200-600, as Istio)"),
+                        ))?,
                         (None, Some(_)) => 200,
                         // Istio only warns about an abort without an error type: it aborts nothing.
                         (None, None) => return Ok((Self { delay, abort: None }, warnings)),
