@@ -359,8 +359,8 @@ fn load_balancer(lb: &LoadBalancerSettings, outlier: Option<&OutlierDetection>, 
             }
             if size >= MAGLEV_TABLE_LIMIT {
                 f.error(&mat, format!("tableSize must be less than {MAGLEV_TABLE_LIMIT} for maglev"));
-            }
-            if !envoy_is_prime(size) {
+            } else if !envoy_is_prime(size) {
+                // Only below the limit: trial division of a huge size would take seconds.
                 f.error(&mat, "tableSize must be a prime number for maglev");
             }
         }

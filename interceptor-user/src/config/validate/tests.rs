@@ -310,3 +310,37 @@ fn accepted_rows_also_compile_and_refused_rows_name_their_resource() {
         }
     }
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any text in the fields whose syntax the validator reads ends in a verdict, never a panic.
+        #[test]
+        fn on_any_text(host in ".{0,40}", regex in ".{0,40}", duration in "[-+0-9.a-zµ ]{0,12}", value in ".{0,30}", number in any::<u64>()) {
+            let vs = serde_json::json!({
+                "hosts": [host.clone()],
+                "http": [{
+                    "match": [{"uri": {"regex": regex}, "headers": {value.clone(): {"prefix": value.clone()}}}],
+                    "route": [{"destination": {"host": host.clone()}, "weight": number % 1000,
+                               "headers": {"request": {"set": {"x-a": value.clone()}}}}],
+                    "timeout": duration.clone(),
+                    "corsPolicy": {"maxAge": duration.clone(), "allowOrigins": [{"regex": regex}]},
+                }],
+            });
+            diagnose(VS, META, &vs.to_string());
+            let dr = serde_json::json!({
+                "host": host,
+                "trafficPolicy": {
+                    "loadBalancer": {"consistentHash": {"maglev": {"tableSize": number}, "useSourceIp": true}},
+                    "outlierDetection": {"interval": duration},
+                },
+            });
+            diagnose(DR, META, &dr.to_string());
+        }
+    }
+}
