@@ -59,6 +59,7 @@ impl Validate for DestinationRule {
             if selector.match_labels.is_empty() {
                 f.warning("spec.workloadSelector", "workload selector specified without labels");
             }
+            f.not_supported("spec.workloadSelector");
         }
     }
 }
@@ -155,7 +156,7 @@ fn traffic_policy(p: &TrafficPolicy, namespace: &str, at: &str, f: &mut Findings
             }
         }
         if let Some(interval) = &budget.budget_interval {
-            f.check(format!("{at}.retryBudget.budgetInterval"), rules::duration(interval));
+            f.check(format!("{at}.retryBudget.budgetInterval"), rules::parse_duration(interval));
         }
     }
 }
@@ -200,6 +201,15 @@ fn outlier_detection(od: &OutlierDetection, at: &str, f: &mut Findings<'_>) {
     f.check(format!("{at}.maxEjectionPercent"), rules::percent(od.max_ejection_percent.unwrap_or(0)));
     f.check(format!("{at}.minHealthPercent"), rules::percent(od.min_health_percent.unwrap_or(0)));
     if !od.outlier_detection_http_error_codes.is_empty() {
+        // The CRD's schema bounds each code.
+        for (k, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                f.error(
+                    format!("{at}.outlierDetectionHttpErrorCodes[{k}]"),
+                    format!("{code} is not in range 100..599"),
+                );
+            }
+        }
         f.not_supported(format!("{at}.outlierDetectionHttpErrorCodes"));
     }
 }
@@ -373,6 +383,9 @@ fn load_balancer(lb: &LoadBalancerSettings, outlier: Option<&OutlierDetection>, 
     }
     if let Some(zone) = &lb.zone_aware_lb_setting {
         zone_aware_lb(zone, outlier, &format!("{at}.zoneAwareLbSetting"), f);
+        if zone.min_cluster_size == Some(0) {
+            f.error(format!("{at}.zoneAwareLbSetting.minClusterSize"), "minClusterSize must be at least 1");
+        }
         f.not_supported(format!("{at}.zoneAwareLbSetting"));
     }
     if let Some(warmup) = &lb.warmup {
@@ -390,7 +403,15 @@ fn load_balancer(lb: &LoadBalancerSettings, outlier: Option<&OutlierDetection>, 
         f.not_supported(wat);
     }
     if let Some(secs) = &lb.warmup_duration_secs {
-        f.check(format!("{at}.warmupDurationSecs"), rules::parse_duration(secs));
+        // The CRD's rule: at least 1ms (no precision rule here).
+        let checked = rules::parse_duration(secs).and_then(|d| {
+            if d < std::time::Duration::from_millis(1) {
+                Err("must be a valid duration greater than 1ms".into())
+            } else {
+                Ok(d)
+            }
+        });
+        f.check(format!("{at}.warmupDurationSecs"), checked);
     }
 }
 
