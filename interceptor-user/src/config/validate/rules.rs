@@ -229,7 +229,8 @@ pub(super) fn labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a Strin
                 }
             }
         }
-        if !LABEL_VALUE_RE.is_match(value) || value.len() > DNS1123_LABEL_MAX {
+        // Istio checks the characters of a value, not its length.
+        if !LABEL_VALUE_RE.is_match(value) {
             errors.push(format!("invalid tag value: {value:?}"));
         }
     }
@@ -555,6 +556,8 @@ mod tests {
         assert!(duration("1d").is_err() && duration("5 s").is_err() && parse_duration("0").is_ok());
         assert!(regex("a.*b", "uri").is_ok() && regex("(", "uri").is_err());
         assert!(regex(&"a".repeat(1025), "uri").is_err());
+        // Escaped punctuation is RE2 syntax too.
+        assert!(regex(r"^\/api\/[a-z\-_]+\.json$", "uri").is_ok() && regex(r"\_\/\:", "uri").is_ok());
         assert!(ip_subnet("10.0.0.0/8").is_ok() && ip_subnet("::1").is_ok());
         assert!(ip_subnet("10.0.0.0/33").is_err() && ip_subnet("nope").is_err());
     }
