@@ -202,16 +202,52 @@ pub(super) fn percent(value: i64) -> Result<(), String> {
 /// A regex as Envoy will run it: RE2 syntax, at most 1024 characters.
 ///
 /// The `regex` crate accepts the RE2 syntax Go's `regexp` does, with two known differences:
-/// `\Q…\E` quoting (RE2 only) and counted repetitions above 1000 (refused by RE2 only, checked
-/// here by the size limit instead).
+/// `\Q…\E` quoting (RE2 only: refused here) and counted repetitions above 1000 (refused by RE2
+/// only: checked here on the parsed pattern). The size limit keeps compiling bounded.
 pub(super) fn regex(pattern: &str, at: &str) -> Result<(), String> {
     if pattern.len() > REGEX_MAX_LEN {
         return Err(format!("{at:?}: regex is too large, max length allowed is {REGEX_MAX_LEN}"));
+    }
+    if let Ok(ast) = regex_syntax::ast::parse::Parser::new().parse(pattern) {
+        regex_syntax::ast::visit(&ast, Re2RepeatLimit).map_err(|reason| {
+            format!(
+                "{at:?}: {reason}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"
+            )
+        })?;
     }
     regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().map(|_| ()).map_err(|err| {
         let reason = err.to_string().lines().last().unwrap_or_default().trim().to_owned();
         format!("{at:?}: {reason}; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
     })
+}
+
+/// RE2 refuses counted repetitions above 1000 (`a{1001}`); the `regex` crate would take them.
+struct Re2RepeatLimit;
+
+impl regex_syntax::ast::Visitor for Re2RepeatLimit {
+    type Output = ();
+    type Err = String;
+
+    fn finish(self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn visit_pre(&mut self, ast: &regex_syntax::ast::Ast) -> Result<(), String> {
+        use regex_syntax::ast::{Ast, RepetitionKind, RepetitionRange};
+        const RE2_MAX_REPEAT: u32 = 1000;
+        if let Ast::Repetition(repetition) = ast {
+            if let RepetitionKind::Range(range) = &repetition.op.kind {
+                let largest = match *range {
+                    RepetitionRange::Exactly(n) | RepetitionRange::AtLeast(n) => n,
+                    RepetitionRange::Bounded(_, m) => m,
+                };
+                if largest > RE2_MAX_REPEAT {
+                    return Err(format!("invalid repeat count: {{{largest}}} (RE2 allows at most {RE2_MAX_REPEAT})"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Labels as Kubernetes allows them (`prefix/name` keys, values up to 63 characters).
@@ -556,6 +592,7 @@ mod tests {
         assert!(duration("1d").is_err() && duration("5 s").is_err() && parse_duration("0").is_ok());
         assert!(regex("a.*b", "uri").is_ok() && regex("(", "uri").is_err());
         assert!(regex(&"a".repeat(1025), "uri").is_err());
+        assert!(regex("a{1000}", "uri").is_ok() && regex("a{2,1001}", "uri").is_err());
         // Escaped punctuation is RE2 syntax too.
         assert!(regex(r"^\/api\/[a-z\-_]+\.json$", "uri").is_ok() && regex(r"\_\/\:", "uri").is_ok());
         assert!(ip_subnet("10.0.0.0/8").is_ok() && ip_subnet("::1").is_ok());
