@@ -17,6 +17,7 @@ use crate::admin::{Admin, AdminState, AppliedConfig, KernelCollector};
 use crate::bpf::{BpfError, Capture, CaptureCounters, CaptureKind, CaptureSettings};
 use crate::cluster::{Cluster, RejectionReporter};
 use crate::config::{CaptureMode, ConfigError, Diagnostic, FailurePolicy, Settings, Snapshot};
+use crate::endpoints::ClusterStates;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
@@ -58,23 +59,6 @@ pub enum AgentError {
     },
 }
 
-/// Loads and compiles the config in `dir`.
-///
-/// # Errors
-/// Every error in the config, with file, line and field.
-pub fn load_routes(dir: &Path, namespace: &str) -> Result<RouteTable, ConfigError> {
-    load_config(dir, namespace).map(|(table, _)| table)
-}
-
-/// Loads and compiles the config in `dir`, keeping the parsed snapshot (for `/config_dump`).
-///
-/// # Errors
-/// Every error in the config, with file, line and field.
-pub fn load_config(dir: &Path, namespace: &str) -> Result<(RouteTable, Snapshot), ConfigError> {
-    let snapshot = Snapshot::load_dir(dir, namespace)?;
-    Ok((RouteTable::compile(&snapshot)?, snapshot))
-}
-
 /// Where the agent's Istio resources come from.
 #[derive(Clone)]
 pub enum Resources {
@@ -93,16 +77,18 @@ struct Loaded {
 }
 
 impl Resources {
-    /// Reads and compiles the current resources; `None` while the cluster is not yet synced.
-    fn load(&self, namespace: &str) -> Result<Option<Loaded>, ConfigError> {
+    /// Reads and compiles the current resources, the clusters keeping their state from
+    /// `states`; `None` while the cluster is not yet synced.
+    fn load(&self, namespace: &str, states: &ClusterStates) -> Result<Option<Loaded>, ConfigError> {
         match self {
             Resources::Files(dir) => {
-                let (table, snapshot) = load_config(dir, namespace)?;
+                let snapshot = Snapshot::load_dir(dir, namespace)?;
+                let table = RouteTable::compile_with(&snapshot, states)?;
                 Ok(Some(Loaded { table, snapshot, rejected: Vec::new() }))
             }
             Resources::Cluster(cluster) => {
                 let Some((snapshot, mut rejected)) = cluster.snapshot() else { return Ok(None) };
-                let (table, snapshot, left_out) = RouteTable::compile_isolating(snapshot)?;
+                let (table, snapshot, left_out) = RouteTable::compile_isolating(snapshot, states)?;
                 rejected.extend(left_out);
                 Ok(Some(Loaded { table, snapshot, rejected }))
             }
@@ -126,14 +112,17 @@ impl Resources {
 /// Start-up failures; once serving, errors (bad reloads, failed syncs) are logged and survived.
 pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentError> {
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
+    // Runtime state of clusters and endpoints (counts, ejections, pool limiters), which every
+    // table takes over from the one before it.
+    let states = Arc::new(ClusterStates::default());
     let first = match &resources {
-        Resources::Files(_) => resources.load(&settings.namespace)?,
+        Resources::Files(_) => resources.load(&settings.namespace, &states)?,
         Resources::Cluster(_) => None,
     };
     let (table, snapshot) = match first {
         Some(Loaded { table, snapshot, .. }) => (table, snapshot),
         // Nothing captured until the cluster's objects are in: connections go where apps send them.
-        None => (RouteTable::compile(&Snapshot::default())?, Snapshot::default()),
+        None => (RouteTable::compile_with(&Snapshot::default(), &states)?, Snapshot::default()),
     };
     for warning in table.warnings() {
         warn!("{warning}");
@@ -231,9 +220,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         };
         // Off the runtime's threads: compiling a large config takes long enough to stall requests
         // on a single-threaded runtime.
-        let (source, namespace) = (resources.clone(), settings.namespace.clone());
+        let (source, namespace, states) = (resources.clone(), settings.namespace.clone(), states.clone());
         let loading = std::time::Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || source.load(&namespace)).await;
+        let loaded = tokio::task::spawn_blocking(move || source.load(&namespace, &states)).await;
         let load_ms = loading.elapsed().as_secs_f64() * 1e3;
         let Ok(loaded) = loaded else {
             config_metrics.rejected();
@@ -261,6 +250,8 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 let desired = table.capture_set();
                 // Routes first: a connection captured by a new entry must find its service.
                 let old_table = routes.swap(Arc::new(table));
+                // The new table serves: its pool thresholds apply (to old requests as well).
+                routes.load().apply_limits();
                 version += 1;
                 config_metrics.applied(version);
                 let old_config = admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));

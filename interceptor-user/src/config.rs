@@ -1,6 +1,7 @@
 //! Loads Istio resources from YAML files into a [`Snapshot`]; every problem names file, line and field.
 
 mod istio;
+mod limits;
 mod locate;
 mod settings;
 mod validate;
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use istio::*;
+pub use limits::{Limits, LimitsFile};
 pub use locate::{index_documents, DocumentLines, SyntaxError};
 pub use settings::{
     find_pod_cgroup, CaptureMode, ConfigSource, FailurePolicy, Settings, SettingsFile, DEFAULT_ADMIN, DEFAULT_BPFFS,

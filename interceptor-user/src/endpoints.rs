@@ -1,10 +1,11 @@
 //! Services and their endpoints (from ServiceEntry and WorkloadEntry files), subsets by labels,
-//! and the load balancers that pick an endpoint.
+//! the load balancers that pick an endpoint, and the runtime state they keep across reloads.
 
 mod balancer;
 mod hash;
 mod limits;
 mod outlier;
+mod state;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use crate::config::{Diagnostic, Resource, ServiceEntry, Severity, Snapshot, Work
 pub use balancer::{Balancer, InFlight, PickContext, Policy};
 pub use limits::{LimitSettings, Limits, Overflow, Slot};
 pub use outlier::{Outcome, OutlierSettings};
+pub use state::{ClusterState, ClusterStates, EndpointState, MIRRORS_IN_FLIGHT};
 
 /// Kubernetes' cluster domain: `name.namespace.svc.cluster.local`.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";

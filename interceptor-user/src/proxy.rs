@@ -7,8 +7,10 @@ mod drain;
 mod framing;
 pub mod grpc;
 mod h2c;
+mod hop_by_hop;
 mod http1;
 pub mod limits;
+mod local_reply;
 pub mod metrics;
 mod outbound;
 mod shared_io;
@@ -56,10 +58,7 @@ pub(crate) struct Slot {
     _open: metrics::ConnectionGuard,
 }
 
-/// The comma-separated tokens of every `name` header (`Connection: keep-alive, Upgrade`).
-fn header_tokens<'h>(headers: &'h http::HeaderMap, name: &http::header::HeaderName) -> impl Iterator<Item = &'h str> {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
-}
+use hop_by_hop::header_tokens;
 
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {

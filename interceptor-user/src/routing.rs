@@ -17,8 +17,9 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
-use crate::endpoints::{qualify_host, Balancer, Limits, Protocol, Registry, Service};
+use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
 
+pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
     Rewrite, TryFailure, GRPC_CODES,
@@ -117,9 +118,10 @@ pub struct Cluster {
     pub subset: String,
     /// Service port.
     pub port: u16,
-    /// Endpoints and their load balancer.
+    /// Endpoints and their load balancer (counts, cursor and ejections live in the cluster's
+    /// [`ClusterState`](crate::endpoints::ClusterState), so they outlast this table).
     pub balancer: Balancer,
-    /// Connection-pool limits.
+    /// Connection-pool limits, on the limiter the cluster keeps across tables.
     pub limits: Limits,
     /// Consistent-hash key, when the policy hashes.
     pub hash_key: Option<HashKey>,
@@ -127,15 +129,13 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// A forwarded TCP connection idle this long either way is closed (Istio default 1 h).
     pub tcp_idle_timeout: Duration,
-    /// Mirror copies to this cluster in flight at most ([`MIRRORS_IN_FLIGHT`]); beyond, dropped.
+    /// Mirror copies to this cluster in flight at most ([`MIRRORS_IN_FLIGHT`], across tables);
+    /// beyond, dropped.
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,
 }
 
-/// Mirror copies one cluster may have in flight: a mirror that stops answering costs a bounded
-/// number of tasks and connections, never the mirrored traffic.
-pub const MIRRORS_IN_FLIGHT: usize = 64;
 /// A mirror copy not answered in this long is abandoned (Envoy's default route timeout).
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -200,8 +200,13 @@ impl Weights {
 
     /// Picks a destination by weight.
     pub fn pick(&self) -> &WeightedTarget {
+        self.pick_with(&mut rand::thread_rng())
+    }
+
+    /// Picks a destination by weight, drawing from `rng`.
+    pub fn pick_with(&self, rng: &mut impl Rng) -> &WeightedTarget {
         if self.targets.len() > 1 {
-            let mut roll = rand::thread_rng().gen_range(0..self.total);
+            let mut roll = rng.gen_range(0..self.total);
             for t in &self.targets {
                 if roll < t.weight {
                     return t;
@@ -242,6 +247,8 @@ pub struct RouteAction {
     pub retry: RetryPolicy,
     /// Mirrors.
     pub mirrors: Vec<Mirror>,
+    /// Whether the raw relay may carry this out (decided at compile time, see [`RouteAction::new`]).
+    pub relayable: bool,
 }
 
 impl RouteAction {
@@ -330,6 +337,8 @@ pub struct Decision<'t> {
 #[derive(Debug)]
 pub struct RouteTable {
     registry: Registry,
+    /// Every cluster the table routes to, once.
+    clusters: Vec<Arc<Cluster>>,
     routes: HashMap<Arc<str>, ServiceRoutes>,
     /// Service VIP:port → (host, service id).
     capture: BTreeMap<SocketAddrV4, (Arc<str>, u32)>,
@@ -348,34 +357,49 @@ fn validated(snapshot: &Snapshot) -> (std::collections::HashSet<String>, Vec<Dia
 }
 
 impl RouteTable {
-    /// Compiles and cross-checks a snapshot.
+    /// Compiles and cross-checks a snapshot, with runtime state of its own (`validate`,
+    /// `explain`, tests: a table that replaces no other).
     ///
     /// # Errors
     /// Every error found (bad regex, negative weight, undefined subset in an existing
     /// DestinationRule, VIP claimed twice …), each with file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
+        Self::compile_with(snapshot, &ClusterStates::default())
+    }
+
+    /// Compiles a snapshot whose clusters take their runtime state (counts, ejections, pool
+    /// limiters) from `states`, so a table replacing another keeps it.
+    ///
+    /// # Errors
+    /// As [`RouteTable::compile`].
+    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates) -> Result<Self, ConfigError> {
+        // Istio's validation first, on every resource: the one place both sources pass.
         let (refused, mut findings) = validated(snapshot);
-        if refused.is_empty() {
-            return match compile::compile(snapshot) {
-                Ok(mut table) => {
-                    table.warnings.extend(findings);
-                    Ok(table)
-                }
-                Err(mut err) => {
-                    findings.append(&mut err.diagnostics);
-                    Err(ConfigError { diagnostics: findings })
-                }
-            };
+        let compiled = if refused.is_empty() {
+            compile::compile(snapshot, states)
+        } else {
+            // The rest is compiled too, so one run reports every error; refused resources are
+            // left out of it so that their errors are not reported twice.
+            let mut rest = snapshot.clone();
+            rest.remove_resources(&refused.iter().map(String::as_str).collect());
+            compile::compile(&rest, states)
+        };
+        // What only the table just dropped (or an older one) used goes now.
+        states.prune();
+        match compiled {
+            Ok(mut table) if refused.is_empty() => {
+                table.warnings.extend(findings);
+                Ok(table)
+            }
+            Ok(table) => {
+                findings.extend(table.warnings);
+                Err(ConfigError { diagnostics: findings })
+            }
+            Err(mut err) => {
+                findings.append(&mut err.diagnostics);
+                Err(ConfigError { diagnostics: findings })
+            }
         }
-        // The rest is compiled too, so one run reports every error; refused resources are left
-        // out of it so that their errors are not reported twice.
-        let mut rest = snapshot.clone();
-        rest.remove_resources(&refused.iter().map(String::as_str).collect());
-        match compile::compile(&rest) {
-            Ok(table) => findings.extend(table.warnings),
-            Err(err) => findings.extend(err.diagnostics),
-        }
-        Err(ConfigError { diagnostics: findings })
     }
 
     /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
@@ -384,19 +408,14 @@ impl RouteTable {
     ///
     /// # Errors
     /// An error that names no resource of the snapshot (nothing to leave out).
-    pub fn compile_isolating(mut snapshot: Snapshot) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
-        let (refused, findings) = validated(&snapshot);
-        snapshot.remove_resources(&refused.iter().map(String::as_str).collect());
-        let (mut rejected, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
-            findings.into_iter().partition(|d| d.severity == Severity::Error);
+    pub fn compile_isolating(
+        mut snapshot: Snapshot,
+        states: &ClusterStates,
+    ) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
+        let mut rejected = Vec::new();
         loop {
-            let err = match compile::compile(&snapshot) {
-                Ok(mut table) => {
-                    let left_out: std::collections::HashSet<&str> =
-                        rejected.iter().map(|d| d.resource.as_str()).collect();
-                    table.warnings.extend(warnings.into_iter().filter(|d| !left_out.contains(d.resource.as_str())));
-                    return Ok((table, snapshot, rejected));
-                }
+            let err = match Self::compile_with(&snapshot, states) {
+                Ok(table) => return Ok((table, snapshot, rejected)),
                 Err(err) => err,
             };
             let errors: Vec<Diagnostic> =
@@ -408,6 +427,19 @@ impl RouteTable {
             }
             rejected.extend(errors);
         }
+    }
+
+    /// Moves the pool limiters this table shares with older tables to its own thresholds. Call
+    /// once the table serves, so that a refused config never changes the live limits.
+    pub fn apply_limits(&self) {
+        for cluster in &self.clusters {
+            cluster.limits.apply();
+        }
+    }
+
+    /// Every cluster the table routes to.
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
     }
 
     /// Warnings found while validating and compiling.
@@ -511,4 +543,4 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -137,7 +137,7 @@ fn log_tail(path: &Path) -> String {
 
 /// Polls `ready` every [`POLL_INTERVAL`] until it says yes, fails, or `timeout` passes (`what`
 /// names the wait in that error).
-pub(crate) fn poll_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn poll_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !ready()? {
         if Instant::now() >= deadline {

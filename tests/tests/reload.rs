@@ -1,13 +1,14 @@
 //! End-to-end: live reload without loss — many config changes (weights flipped, a service added
-//! and removed) while a client keeps sending requests through the real capture path.
+//! and removed) while a client keeps sending requests through the real capture path — and what a
+//! reload keeps: outlier ejections and connection-pool limits.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{load, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
-use testbed::{read_stdout, Agent, LoadReport, ADMIN};
+use common::{load, node, node_with_pods, split, virtual_service, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use testbed::{poll_until, read_stdout, Agent, LoadReport, Node, ADMIN};
 
 const RELOADS: usize = 50;
 const OTHER_VIP: &str = "10.96.0.20:80";
@@ -20,16 +21,118 @@ fn put(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&aside, dir.join(name)).unwrap();
 }
 
+/// `my-app`'s ServiceEntry renamed to `other`, on VIP 10.96.0.20.
+fn other_service() -> String {
+    SERVICE
+        .replace("name: my-app", "name: other")
+        .replace("- my-app.default", "- other.default")
+        .replace("10.96.0.10", "10.96.0.20")
+}
+
+/// Replaces a config file and waits (bounded) until the agent applied it.
+fn reload(agent: &mut Agent, name: &str, text: &str) {
+    let applied = agent.log().matches("config applied").count();
+    put(&agent.config_dir(), name, text);
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(10)).unwrap();
+}
+
+/// Requests the backend at `addr` served so far (its `/__count`).
+fn served(node: &Node, addr: &str) -> usize {
+    let count = node.load(CLIENT, &["--target", addr, "--host", "count", "-n", "1", "--path", "/__count"]).unwrap();
+    count.last_body.parse().unwrap_or(0)
+}
+
+#[test]
+fn an_ejected_endpoint_stays_ejected_across_reloads() {
+    let mut node = node_with_pods().unwrap();
+    node.serve_with("v1a", "v1a", &["--status", "500"]).unwrap();
+    node.serve("v1b", "v1b").unwrap();
+    node.serve("v2", "v2").unwrap();
+    let dr = |pool: &str| {
+        SUBSETS.replace(
+            "  subsets:\n",
+            &format!("  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection:\n      consecutive5xxErrors: 2\n      baseEjectionTime: 60s\n      maxEjectionPercent: 100\n{pool}  subsets:\n"),
+        )
+    };
+    // A rule's body (after its first line) and the rule that is only that body.
+    let to_v1 = "    retries: {attempts: 0}\n    route:\n    - destination: {host: my-app, subset: v1}\n";
+    let catch_all = format!("  - {}", to_v1.trim_start());
+    let vs = virtual_service(&catch_all);
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr("")), ("vs.yaml", &vs)], false).unwrap();
+    let first = load(&node, 20, &[]);
+    assert_eq!((first.status(500), first.count("v1b")), (2, 18), "two 500s eject v1a: {first:?}");
+
+    // A change that leaves the cluster alone: another service.
+    reload(&mut agent, "other.yaml", &other_service());
+    let after = load(&node, 20, &[]);
+    assert_eq!(after.count("v1b"), 20, "after a service was added: {after:?}");
+
+    // A change to the cluster's routes: a new rule in front (it marks its answers).
+    let marked = format!(
+        "  - match:\n    - uri: {{prefix: /new}}\n    headers: {{response: {{set: {{x-rule: new}}}}}}\n{to_v1}"
+    );
+    reload(&mut agent, "vs.yaml", &virtual_service(&format!("{marked}{catch_all}")));
+    let after = load(&node, 20, &["--path", "/new"]);
+    assert_eq!(after.count("v1b"), 20, "after a new route: {after:?}");
+    assert_eq!(after.last_headers.get("x-rule").map(String::as_str), Some("new"), "the new route serves");
+
+    // A change to the cluster's own policy (pool settings).
+    reload(&mut agent, "dr.yaml", &dr("    connectionPool:\n      http: {http1MaxPendingRequests: 100}\n"));
+    let after = load(&node, 20, &[]);
+    assert_eq!(after.count("v1b"), 20, "after its policy changed: {after:?}");
+    assert_eq!(served(&node, "10.244.0.11:8080"), 2, "the ejected endpoint got nothing after its two 500s");
+}
+
+#[test]
+fn a_pool_limit_holds_while_the_old_and_the_new_config_serve_together() {
+    let mut node = node_with_pods().unwrap();
+    node.serve("v1a", "v1").unwrap();
+    node.serve("v1b", "v1").unwrap();
+    node.serve_with("v2", "v2", &["--delay-ms", "5000"]).unwrap();
+    // One request at a time, one more may wait.
+    let dr = SUBSETS.replace(
+        "  subsets:\n",
+        "  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n  subsets:\n",
+    );
+    let to_v2 =
+        |extra: &str| virtual_service(&format!("  - route:\n    - destination: {{host: my-app, subset: v2}}\n{extra}"));
+    let mut agent =
+        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr), ("vs.yaml", &to_v2(""))], false).unwrap();
+    let one = ["--target", VIP, "--host", HOST, "-n", "1"];
+    // The old config admits one request, which holds the slot for 5 s.
+    let mut old = node.load_in_background(CLIENT, &one).unwrap();
+    poll_until("the old config's request at the backend", Duration::from_secs(10), || {
+        Ok(served(&node, "10.244.0.13:8080") == 1)
+    })
+    .unwrap();
+
+    // The new config (it marks its answers) gets three while the old one's is still running.
+    reload(&mut agent, "vs.yaml", &to_v2("    headers: {response: {set: {x-config: new}}}\n"));
+    let mut newer: Vec<_> = (0..3).map(|_| node.load_in_background(CLIENT, &one).unwrap()).collect();
+    let reports: Vec<LoadReport> =
+        newer.iter_mut().map(|child| serde_json::from_str(&read_stdout(child).unwrap()).unwrap()).collect();
+    let overflowed = reports
+        .iter()
+        .filter(|r| r.status(503) == 1 && r.last_headers.get("x-interceptor-flags").map(String::as_str) == Some("UO"))
+        .count();
+    assert_eq!(overflowed, 2, "one slot, held by the old config, and one pending place: {reports:#?}");
+    let waited: Vec<&LoadReport> = reports.iter().filter(|r| r.count("v2") == 1).collect();
+    assert_eq!(waited.len(), 1, "{reports:#?}");
+    assert_eq!(waited[0].last_headers.get("x-config").map(String::as_str), Some("new"), "{reports:#?}");
+    assert!(waited[0].elapsed_ms >= 5000, "it waited for the old config's request: {reports:#?}");
+    let old: LoadReport = serde_json::from_str(&read_stdout(&mut old).unwrap()).unwrap();
+    assert_eq!(old.count("v2"), 1, "{old:?}");
+    assert_eq!(served(&node, "10.244.0.13:8080"), 2, "the old config's request and the one that waited; none beyond");
+}
+
 #[test]
 fn fifty_reloads_during_load_fail_no_request_and_each_new_split_serves() {
     let node = node().unwrap();
     let agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))], false)
         .unwrap();
     let dir = agent.config_dir();
-    let other = SERVICE
-        .replace("name: my-app", "name: other")
-        .replace("- my-app.default", "- other.default")
-        .replace("10.96.0.10", "10.96.0.20");
+    let other = other_service();
 
     let stop = dir.parent().unwrap().join("stop-load");
     let stop_arg = stop.display().to_string();

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Diagnostic, Severity};
-use crate::proxy::limits::{Limits, LimitsFile};
+use super::{Diagnostic, Limits, LimitsFile, Severity};
 
 /// Default proxy listener: every address of the node, Istio's outbound port.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15001);

@@ -2,13 +2,14 @@
 //! (ring or maglev), skipping endpoints that outlier detection ejected.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use rand::Rng;
 
 use super::hash::{MaglevTable, Ring};
-use super::outlier::{Outcome, OutlierDetector, OutlierSettings};
+use super::outlier::{Outcome, OutlierSettings};
+use super::state::{ClusterState, EndpointState};
 
 /// The algorithm a DestinationRule asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -61,43 +62,53 @@ pub struct PickContext<'a> {
     pub avoid: &'a [SocketAddr],
 }
 
-/// The endpoints of one subset and the state of its policy.
+/// The endpoints of one subset, its policy and hash table (compiled), over the runtime state of
+/// the cluster and its endpoints (shared with the tables before and after this one).
 #[derive(Debug)]
 pub struct Balancer {
     policy: Policy,
     endpoints: Vec<SocketAddr>,
-    next: AtomicUsize,
-    in_flight: Vec<Arc<AtomicUsize>>,
-    outlier: Option<OutlierDetector>,
-    ring: OnceLock<Ring>,
-    maglev: OnceLock<MaglevTable>,
+    /// `states[i]` is the state of `endpoints[i]`.
+    states: Vec<Arc<EndpointState>>,
+    cluster: Arc<ClusterState>,
+    outlier: Option<OutlierSettings>,
+    table: HashTable,
+}
+
+/// A consistent-hash policy's table, built with the balancer (not on the first request).
+#[derive(Debug)]
+enum HashTable {
+    None,
+    Ring(Ring),
+    Maglev(MaglevTable),
 }
 
 /// Marks a request in flight on an endpoint until dropped.
 #[must_use = "the request counts as in flight until this is dropped"]
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<EndpointState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Balancer {
-    /// A balancer over `endpoints`.
-    pub fn new(policy: Policy, endpoints: Vec<SocketAddr>, outlier: Option<OutlierSettings>) -> Self {
-        let in_flight = endpoints.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
-        let outlier = outlier.map(|settings| OutlierDetector::new(settings, endpoints.len()));
-        Self {
-            policy,
-            endpoints,
-            next: AtomicUsize::new(0),
-            in_flight,
-            outlier,
-            ring: OnceLock::new(),
-            maglev: OnceLock::new(),
-        }
+    /// A balancer over `endpoints`, keeping its counts, cursor and ejections in `cluster`.
+    pub fn new(
+        policy: Policy,
+        endpoints: Vec<SocketAddr>,
+        outlier: Option<OutlierSettings>,
+        cluster: Arc<ClusterState>,
+    ) -> Self {
+        let states = endpoints.iter().map(|e| cluster.endpoint(*e)).collect();
+        let table = match policy {
+            Policy::RingHash(size) => HashTable::Ring(Ring::new(&endpoints, size)),
+            Policy::Maglev(size) => HashTable::Maglev(MaglevTable::new(&endpoints, size)),
+            _ => HashTable::None,
+        };
+        Self { policy, endpoints, states, cluster, outlier, table }
     }
 
     /// The policy in use.
@@ -112,7 +123,7 @@ impl Balancer {
 
     /// Whether the endpoint at `index` is ejected now.
     pub fn is_ejected(&self, index: usize) -> bool {
-        self.outlier.as_ref().is_some_and(|o| o.is_ejected(index))
+        self.outlier.is_some() && self.states.get(index).is_some_and(|s| s.outlier.is_ejected())
     }
 
     /// Picks an endpoint; `None` when the subset has no usable endpoint (or the policy is
@@ -127,37 +138,34 @@ impl Balancer {
         // minHealthPercent defaults to 0).
         let healthy = |i: usize| !self.is_ejected(i);
         let i = self.choose(ctx.hash, &usable).or_else(|| self.choose(ctx.hash, &healthy))?;
-        self.in_flight[i].fetch_add(1, Ordering::Relaxed);
-        Some((self.endpoints[i], InFlight(self.in_flight[i].clone())))
+        let state = &self.states[i];
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((self.endpoints[i], InFlight(state.clone())))
     }
 
     fn choose(&self, hash: Option<u64>, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.endpoints.len();
         // Walk from a policy-chosen start to the next acceptable endpoint.
         let walk = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
-        match self.policy {
-            Policy::RoundRobin => walk(self.next.fetch_add(1, Ordering::Relaxed) % n),
-            Policy::Random => walk(rand::thread_rng().gen_range(0..n)),
-            Policy::LeastRequest => {
+        match (self.policy, &self.table) {
+            (Policy::RoundRobin, _) => walk(self.cluster.cursor.fetch_add(1, Ordering::Relaxed) % n),
+            (Policy::Random, _) => walk(rand::thread_rng().gen_range(0..n)),
+            (Policy::LeastRequest, _) => {
                 let mut rng = rand::thread_rng();
                 let a = walk(rng.gen_range(0..n))?;
                 // The second choice starts elsewhere, so two endpoints are compared when there are two.
                 let b = if n > 1 { walk((a + rng.gen_range(1..n)) % n)? } else { a };
-                let load = |i: usize| self.in_flight[i].load(Ordering::Relaxed);
+                let load = |i: usize| self.states[i].in_flight.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
-            Policy::RingHash(size) => {
-                let hash = hash.unwrap_or_else(|| rand::thread_rng().gen());
-                let ring = self.ring.get_or_init(|| Ring::new(&self.endpoints, size));
-                ring.lookup(hash, ok)
+            (Policy::RingHash(_), HashTable::Ring(ring)) => {
+                ring.lookup(hash.unwrap_or_else(|| rand::thread_rng().gen()), ok)
             }
-            Policy::Maglev(size) => {
-                let hash = hash.unwrap_or_else(|| rand::thread_rng().gen());
-                let table = self.maglev.get_or_init(|| MaglevTable::new(&self.endpoints, size));
-                let first = table.lookup(hash);
-                walk(first)
+            (Policy::Maglev(_), HashTable::Maglev(table)) => {
+                walk(table.lookup(hash.unwrap_or_else(|| rand::thread_rng().gen())))
             }
-            Policy::Passthrough => None,
+            // `new` builds the table the policy needs.
+            (Policy::RingHash(_) | Policy::Maglev(_) | Policy::Passthrough, _) => None,
         }
     }
 
@@ -165,7 +173,7 @@ impl Balancer {
     pub fn record(&self, endpoint: SocketAddr, outcome: Outcome) {
         let Some(outlier) = &self.outlier else { return };
         if let Some(index) = self.endpoints.iter().position(|e| *e == endpoint) {
-            if outlier.record(index, outcome) {
+            if outlier.record(&self.states[index].outlier, self.states.iter().map(|s| &s.outlier), outcome) {
                 tracing::info!(%endpoint, "outlier detection ejected endpoint");
             }
         }
@@ -182,20 +190,25 @@ mod tests {
         (0..n).map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i))).collect()
     }
 
+    /// A balancer with state of its own.
+    fn balancer(policy: Policy, endpoints: Vec<SocketAddr>, outlier: Option<OutlierSettings>) -> Balancer {
+        Balancer::new(policy, endpoints, outlier, Arc::default())
+    }
+
     fn pick(b: &Balancer) -> u16 {
         b.pick(PickContext::default()).unwrap().0.port()
     }
 
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
-        let b = Balancer::new(Policy::RoundRobin, addrs(3), None);
+        let b = balancer(Policy::RoundRobin, addrs(3), None);
         let picks: Vec<u16> = (0..6).map(|_| pick(&b)).collect();
         assert_eq!(picks, vec![8000, 8001, 8002, 8000, 8001, 8002]);
     }
 
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
-        let b = Balancer::new(Policy::LeastRequest, addrs(2), None);
+        let b = balancer(Policy::LeastRequest, addrs(2), None);
         let (busy, _held) = b.pick(PickContext::default()).unwrap();
         for _ in 0..50 {
             let (other, _) = b.pick(PickContext::default()).unwrap();
@@ -208,13 +221,13 @@ mod tests {
         for policy in
             [Policy::RoundRobin, Policy::Random, Policy::LeastRequest, Policy::RingHash(16), Policy::Maglev(7)]
         {
-            assert!(Balancer::new(policy, vec![], None).pick(PickContext::default()).is_none());
+            assert!(balancer(policy, vec![], None).pick(PickContext::default()).is_none());
         }
     }
 
     #[test]
     fn tried_endpoints_are_avoided_while_others_remain() {
-        let b = Balancer::new(Policy::RoundRobin, addrs(2), None);
+        let b = balancer(Policy::RoundRobin, addrs(2), None);
         let first = addrs(2)[0];
         for _ in 0..10 {
             let (e, _) = b.pick(PickContext { hash: None, avoid: &[first] }).unwrap();
@@ -227,7 +240,7 @@ mod tests {
     #[test]
     fn consistent_hashes_stick_to_one_endpoint() {
         for policy in [Policy::RingHash(1024), Policy::Maglev(65537)] {
-            let b = Balancer::new(policy, addrs(5), None);
+            let b = balancer(policy, addrs(5), None);
             for key in 0..50u64 {
                 let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
                 let first = b.pick(PickContext { hash: Some(hash), avoid: &[] }).unwrap().0;
@@ -239,6 +252,13 @@ mod tests {
     }
 
     #[test]
+    fn consistent_hash_tables_are_built_with_the_balancer() {
+        assert!(matches!(balancer(Policy::RingHash(64), addrs(3), None).table, HashTable::Ring(_)));
+        assert!(matches!(balancer(Policy::Maglev(251), addrs(3), None).table, HashTable::Maglev(_)));
+        assert!(matches!(balancer(Policy::RoundRobin, addrs(3), None).table, HashTable::None));
+    }
+
+    #[test]
     fn ejected_endpoints_get_no_traffic() {
         let settings = OutlierSettings {
             consecutive_5xx: Some(2),
@@ -246,7 +266,7 @@ mod tests {
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 100,
         };
-        let b = Balancer::new(Policy::RoundRobin, addrs(3), Some(settings));
+        let b = balancer(Policy::RoundRobin, addrs(3), Some(settings));
         let bad = addrs(3)[1];
         b.record(bad, Outcome::Status(500));
         b.record(bad, Outcome::Status(503));

@@ -43,15 +43,24 @@ pub struct OutlierSettings {
     pub max_ejection_percent: u32,
 }
 
-/// Per-endpoint failure streaks and ejection deadlines.
-#[derive(Debug)]
-pub struct OutlierDetector {
-    settings: OutlierSettings,
-    streak_5xx: Vec<AtomicU32>,
-    streak_gateway: Vec<AtomicU32>,
-    ejections: Vec<AtomicU32>,
+/// One endpoint's failure streaks and ejection deadline: runtime state, kept across reloads in
+/// the endpoint's [`EndpointState`](crate::endpoints::EndpointState).
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    streak_5xx: AtomicU32,
+    streak_gateway: AtomicU32,
+    /// Times ejected so far: each ejection lasts that many base ejection times.
+    ejections: AtomicU32,
     /// Milliseconds since [`epoch`] until which the endpoint is ejected; 0 when it is not.
-    ejected_until: Vec<AtomicU64>,
+    ejected_until: AtomicU64,
+}
+
+impl OutlierState {
+    /// Whether the endpoint is ejected now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
 }
 
 fn epoch() -> Instant {
@@ -63,27 +72,15 @@ fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-impl OutlierDetector {
-    /// A detector for `n` endpoints.
-    pub fn new(settings: OutlierSettings, n: usize) -> Self {
-        let zeros32 = || (0..n).map(|_| AtomicU32::new(0)).collect();
-        Self {
-            settings,
-            streak_5xx: zeros32(),
-            streak_gateway: zeros32(),
-            ejections: zeros32(),
-            ejected_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Whether endpoint `i` is ejected now.
-    pub fn is_ejected(&self, i: usize) -> bool {
-        let until = self.ejected_until[i].load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
-    }
-
-    /// Records an outcome for endpoint `i`; true when this ejected it.
-    pub fn record(&self, i: usize, outcome: Outcome) -> bool {
+impl OutlierSettings {
+    /// Records an outcome for `endpoint`, one of the cluster's `endpoints` (for the share
+    /// already ejected); true when this ejected it.
+    pub fn record<'e>(
+        &self,
+        endpoint: &OutlierState,
+        endpoints: impl ExactSizeIterator<Item = &'e OutlierState>,
+        outcome: Outcome,
+    ) -> bool {
         let bump = |streak: &AtomicU32, hit: bool| {
             if hit {
                 streak.fetch_add(1, Ordering::Relaxed) + 1
@@ -92,26 +89,26 @@ impl OutlierDetector {
                 0
             }
         };
-        let s5 = bump(&self.streak_5xx[i], outcome.is_5xx());
-        let sg = bump(&self.streak_gateway[i], outcome.is_gateway_error());
-        let tripped = self.settings.consecutive_5xx.is_some_and(|t| t > 0 && s5 >= t)
-            || self.settings.consecutive_gateway.is_some_and(|t| t > 0 && sg >= t);
-        if !tripped || self.is_ejected(i) || !self.may_eject_one_more() {
+        let s5 = bump(&endpoint.streak_5xx, outcome.is_5xx());
+        let sg = bump(&endpoint.streak_gateway, outcome.is_gateway_error());
+        let tripped = self.consecutive_5xx.is_some_and(|t| t > 0 && s5 >= t)
+            || self.consecutive_gateway.is_some_and(|t| t > 0 && sg >= t);
+        if !tripped || endpoint.is_ejected() || !self.may_eject_one_more(endpoints) {
             return false;
         }
-        self.streak_5xx[i].store(0, Ordering::Relaxed);
-        self.streak_gateway[i].store(0, Ordering::Relaxed);
-        let times = self.ejections[i].fetch_add(1, Ordering::Relaxed) + 1;
-        let duration = self.settings.base_ejection.saturating_mul(times);
+        endpoint.streak_5xx.store(0, Ordering::Relaxed);
+        endpoint.streak_gateway.store(0, Ordering::Relaxed);
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = self.base_ejection.saturating_mul(times);
         let until = now_ms().saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)).max(1);
-        self.ejected_until[i].store(until, Ordering::Relaxed);
+        endpoint.ejected_until.store(until, Ordering::Relaxed);
         true
     }
 
-    fn may_eject_one_more(&self) -> bool {
-        let n = self.ejected_until.len();
-        let ejected = (0..n).filter(|&i| self.is_ejected(i)).count();
-        let max = (n * self.settings.max_ejection_percent as usize / 100).max(1);
+    fn may_eject_one_more<'e>(&self, endpoints: impl ExactSizeIterator<Item = &'e OutlierState>) -> bool {
+        let n = endpoints.len();
+        let ejected = endpoints.filter(|e| e.is_ejected()).count();
+        let max = (n * self.max_ejection_percent as usize / 100).max(1);
         ejected < max
     }
 }
@@ -120,16 +117,32 @@ impl OutlierDetector {
 mod tests {
     use super::*;
 
-    fn detector(n: usize, percent: u32) -> OutlierDetector {
-        OutlierDetector::new(
-            OutlierSettings {
+    /// A cluster of `n` endpoints under outlier detection.
+    struct Detector {
+        settings: OutlierSettings,
+        endpoints: Vec<OutlierState>,
+    }
+
+    impl Detector {
+        fn record(&self, i: usize, outcome: Outcome) -> bool {
+            self.settings.record(&self.endpoints[i], self.endpoints.iter(), outcome)
+        }
+
+        fn is_ejected(&self, i: usize) -> bool {
+            self.endpoints[i].is_ejected()
+        }
+    }
+
+    fn detector(n: usize, percent: u32) -> Detector {
+        Detector {
+            settings: OutlierSettings {
                 consecutive_5xx: Some(3),
                 consecutive_gateway: None,
                 base_ejection: Duration::from_secs(60),
                 max_ejection_percent: percent,
             },
-            n,
-        )
+            endpoints: (0..n).map(|_| OutlierState::default()).collect(),
+        }
     }
 
     #[test]

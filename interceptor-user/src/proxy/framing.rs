@@ -1,5 +1,8 @@
-//! Follows HTTP/1 request framing on the raw downstream bytes, to catch the one smuggling vector
-//! hyper normalises away before we see the request: a head with both `Content-Length` and
+//! HTTP/1 framing on raw bytes: the chunked decoder, the request watcher here and the response
+//! codec the relay uses (`response`).
+//!
+//! The watcher follows request framing on the raw downstream bytes, to catch the one smuggling
+//! vector hyper normalises away before we see the request: a head with both `Content-Length` and
 //! `Transfer-Encoding`. hyper drops the length, reads chunked and closes afterwards (RFC 9112
 //! §6.1); Envoy, and we, refuse such a request with 400 instead of guessing.
 //!
@@ -14,6 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
+
+pub mod response;
 
 /// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
 const MAX_HEADERS: usize = 128;
@@ -98,22 +103,8 @@ enum State {
     Head,
     /// Inside a body of known length: bytes left.
     Body(u64),
-    /// Expecting a chunk-size line.
-    ChunkSize,
-    /// Inside a chunk: bytes left, then CRLF.
-    Chunk(u64),
-    /// Expecting the CRLF after a chunk's data.
-    ChunkEnd,
-    /// At the start of a trailer line (after the last chunk or a trailer line): CRLF ends the
-    /// body. The trailer states follow hyper's chunked decoder byte for byte, so that the watcher
-    /// never places a request's end before hyper's (a bare LF is part of a trailer line there).
-    TrailerStart,
-    /// Inside a trailer line, until its CR.
-    TrailerLine,
-    /// After a trailer line's CR: LF must follow.
-    TrailerLf,
-    /// After the CR that starts the final empty line: LF ends the body.
-    TrailerEnd,
+    /// Inside a chunked body.
+    Chunked(Chunked),
     /// No longer watching.
     Stopped,
 }
@@ -223,50 +214,14 @@ impl RequestFraming {
                 self.state = if n as u64 == left { State::Head } else { State::Body(left - n as u64) };
                 Step::Consumed(n)
             }
-            State::ChunkSize => match httparse::parse_chunk_size(bytes) {
-                Ok(httparse::Status::Complete((n, 0))) => {
-                    self.state = State::TrailerStart;
-                    Step::Consumed(n)
+            State::Chunked(mut chunked) => {
+                let step = chunked.step(bytes);
+                self.state = if chunked == Chunked::Done { State::Head } else { State::Chunked(chunked) };
+                match step {
+                    ChunkStep::Consumed { bytes, .. } => Step::Consumed(bytes),
+                    ChunkStep::NeedMore => Step::NeedMore,
+                    ChunkStep::Invalid => Step::Stop,
                 }
-                Ok(httparse::Status::Complete((n, size))) => {
-                    self.state = State::Chunk(size);
-                    Step::Consumed(n)
-                }
-                Ok(httparse::Status::Partial) => Step::NeedMore,
-                Err(_) => Step::Stop,
-            },
-            State::Chunk(left) => {
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                self.state = if n as u64 == left { State::ChunkEnd } else { State::Chunk(left - n as u64) };
-                Step::Consumed(n)
-            }
-            State::ChunkEnd => match bytes {
-                [b'\r', b'\n', ..] => {
-                    self.state = State::ChunkSize;
-                    Step::Consumed(2)
-                }
-                [b'\r'] => Step::NeedMore,
-                _ => Step::Stop,
-            },
-            State::TrailerStart => {
-                self.state = if bytes[0] == b'\r' { State::TrailerEnd } else { State::TrailerLine };
-                Step::Consumed(1)
-            }
-            State::TrailerLine => match bytes.iter().position(|b| *b == b'\r') {
-                Some(cr) => {
-                    self.state = State::TrailerLf;
-                    Step::Consumed(cr + 1)
-                }
-                None => Step::Consumed(bytes.len()),
-            },
-            State::TrailerLf | State::TrailerEnd if bytes[0] != b'\n' => Step::Stop,
-            State::TrailerLf => {
-                self.state = State::TrailerStart;
-                Step::Consumed(1)
-            }
-            State::TrailerEnd => {
-                self.state = State::Head;
-                Step::Consumed(1)
             }
             State::Stopped => Step::Stop,
         }
@@ -299,7 +254,7 @@ impl RequestFraming {
             return Step::Stop;
         }
         self.state = if framing.transfer_encoding {
-            State::ChunkSize
+            State::Chunked(Chunked::Size)
         } else {
             match framing.content_length {
                 Some(0) | None => State::Head,
@@ -308,6 +263,100 @@ impl RequestFraming {
         };
         Step::Consumed(len)
     }
+}
+
+/// Where a chunked body is (RFC 9112 §7.1): the one decoder the request watcher and the
+/// response relay share. The trailer states follow hyper's chunked decoder byte for byte, so that
+/// neither places a body's end before hyper's (a bare LF is part of a trailer line there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: bytes left, then CRLF.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// At the start of a trailer line (after the last chunk or a trailer line): CRLF ends the body.
+    TrailerStart,
+    /// Inside a trailer line, until its CR.
+    TrailerLine,
+    /// After a trailer line's CR: LF must follow.
+    TrailerLf,
+    /// After the CR that starts the final empty line: LF ends the body.
+    TrailerEnd,
+    /// The body ended.
+    Done,
+}
+
+/// One step of the chunked decoder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkStep {
+    /// These many bytes at the front are the body's, `data` of them payload (not framing).
+    Consumed { bytes: usize, data: u64 },
+    /// The item at the front is incomplete; keep the bytes and wait for more.
+    NeedMore,
+    /// Not a chunked body.
+    Invalid,
+}
+
+impl Chunked {
+    /// Follows the body over the front of `bytes`, which must not be empty.
+    pub fn step(&mut self, bytes: &[u8]) -> ChunkStep {
+        let consumed = |bytes| ChunkStep::Consumed { bytes, data: 0 };
+        let Some(&first) = bytes.first() else { return ChunkStep::NeedMore };
+        match *self {
+            Chunked::Size => match httparse::parse_chunk_size(bytes) {
+                Ok(httparse::Status::Complete((n, size))) => {
+                    *self = if size == 0 { Chunked::TrailerStart } else { Chunked::Data(size) };
+                    consumed(n)
+                }
+                Ok(httparse::Status::Partial) => ChunkStep::NeedMore,
+                Err(_) => ChunkStep::Invalid,
+            },
+            Chunked::Data(left) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                *self = if n as u64 == left { Chunked::DataEnd } else { Chunked::Data(left - n as u64) };
+                ChunkStep::Consumed { bytes: n, data: n as u64 }
+            }
+            Chunked::DataEnd => match bytes {
+                [b'\r', b'\n', ..] => {
+                    *self = Chunked::Size;
+                    consumed(2)
+                }
+                [b'\r'] => ChunkStep::NeedMore,
+                _ => ChunkStep::Invalid,
+            },
+            Chunked::TrailerStart => {
+                *self = if first == b'\r' { Chunked::TrailerEnd } else { Chunked::TrailerLine };
+                consumed(1)
+            }
+            Chunked::TrailerLine => match bytes.iter().position(|b| *b == b'\r') {
+                Some(cr) => {
+                    *self = Chunked::TrailerLf;
+                    consumed(cr + 1)
+                }
+                None => consumed(bytes.len()),
+            },
+            Chunked::TrailerLf | Chunked::TrailerEnd if first != b'\n' => ChunkStep::Invalid,
+            Chunked::TrailerLf => {
+                *self = Chunked::TrailerStart;
+                consumed(1)
+            }
+            Chunked::TrailerEnd => {
+                *self = Chunked::Done;
+                consumed(1)
+            }
+            Chunked::Done => consumed(0),
+        }
+    }
+}
+
+/// Appends one `name: value` header line.
+pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How one request head frames its body, as far as the watcher needs to know.

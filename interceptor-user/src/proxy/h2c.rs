@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, Instrument};
 
 use super::drain::Watch;
-use super::header_tokens;
+use super::hop_by_hop::{header_tokens, is_hop_by_hop, nominated};
 use super::limits::Limits;
 use super::outbound::{Outbound, ProxyBody};
 
@@ -178,13 +178,15 @@ fn header_block<B>(req: &Request<B>) -> Vec<u8> {
         encode_literal(&mut block, b":authority", authority);
     }
     encode_literal(&mut block, b":path", req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    let nominated: Vec<&str> = header_tokens(headers, &header::CONNECTION).collect();
+    let nominated: Vec<&str> = nominated(headers).collect();
     for (name, value) in headers {
-        let connection_specific = matches!(
-            name.as_str(),
-            "connection" | "upgrade" | "http2-settings" | "keep-alive" | "proxy-connection" | "transfer-encoding"
-        ) || nominated.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()));
-        let te_other_than_trailers = name == header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers");
+        // The hop-by-hop rules, and what HTTP/2 adds: the upgrade's own settings, no framing
+        // header, and `TE` only as `trailers`.
+        let te = name == header::TE;
+        let connection_specific = (is_hop_by_hop(name.as_str(), &nominated) && !te)
+            || name == "http2-settings"
+            || name == header::TRANSFER_ENCODING;
+        let te_other_than_trailers = te && !value.as_bytes().eq_ignore_ascii_case(b"trailers");
         if connection_specific || te_other_than_trailers || name == header::HOST {
             continue;
         }

@@ -1,6 +1,5 @@
-//! One captured client connection: routes each of its requests and carries out the rule's action
-//! (fault, CORS, redirect, direct response, or forwarding with rewrite, headers, mirrors, retries
-//! and timeout).
+//! One captured client connection: each request is decided once (`plan`) and carried out by hyper
+//! here or by the raw `relay`, both through the one try loop (`tries`); observed once (`Finish`).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -15,45 +14,32 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use rand::Rng;
 use tracing::debug;
 
 use super::access_log::RequestInfo;
 use super::body_count::{Counted, Ended, Tally};
+use super::hop_by_hop;
+use super::local_reply::LocalReply;
 use super::metrics::SourceWorkload;
 use super::upstream::UpstreamBody;
 use super::ProxyInputs;
-use crate::endpoints::{Outcome, PickContext, Policy};
-use crate::routing::{
-    Action, Cluster, HashKey, MatchBlock, RequestView, ResponseFlag, RouteAction, RouteTable, Rule, Target,
-};
+use crate::endpoints::PickContext;
+use crate::routing::{Cluster, HashKey, ResponseFlag, RouteTable};
+use plan::{Forward, Outcome, Plan, PlanRequest};
+use tries::TryError;
 
+pub mod plan;
 mod relay;
+mod tries;
 
 pub use relay::Relayed;
 
 /// Body of every response the proxy sends downstream.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Header on responses the proxy made itself, carrying Envoy's response flags (NR, NC, UH, UF …).
-pub const FLAGS_HEADER: &str = "x-interceptor-flags";
-
 /// Request bodies up to this size are buffered so retries and mirrors can replay them (Envoy
 /// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
 pub const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
-
-/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), never forwarded; the names
-/// `Connection` lists are too. Lowercase, as `HeaderMap` keys are.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// A captured connection from `client`, originally addressed to `original`.
 pub struct Outbound {
@@ -106,6 +92,25 @@ impl Received {
 }
 
 impl Served {
+    /// Records what was decided: names for the log, and the flags of a delay or a local reply.
+    fn note(&mut self, plan: &Plan<'_>) {
+        if let Some(service) = plan.service {
+            self.service = service.clone();
+        }
+        if let Some(rule) = plan.rule {
+            self.rule = rule.label.clone();
+        }
+        if let Some(cluster) = plan.cluster {
+            self.cluster = cluster.clone();
+        }
+        if plan.delay.is_some() {
+            self.flags.push(ResponseFlag::DI);
+        }
+        if let Outcome::Reply(LocalReply { flag: Some(flag), .. }) = &plan.outcome {
+            self.flags.push(*flag);
+        }
+    }
+
     /// Envoy's comma-separated flags; borrowed (no allocation) in the common none-or-one case.
     fn flags(&self) -> Cow<'static, str> {
         match self.flags.as_slice() {
@@ -211,6 +216,7 @@ impl Outbound {
         response.map(|body| Counted::new(body, finish).boxed())
     }
 
+    /// Decides what to do with `req` and carries it out.
     async fn dispatch(
         &self,
         table: &RouteTable,
@@ -219,157 +225,69 @@ impl Outbound {
         path_and_query: &str,
         served: &mut Served,
     ) -> Response<ProxyBody> {
-        let (service, port) = self.service(table, authority);
-        let Some(service) = service else {
-            served.flags.push(ResponseFlag::NR);
-            return local_reply(ResponseFlag::NR, format!("no service for authority {authority:?}"));
-        };
-        served.service = service.clone();
-        let (path, query) = split_query(path_and_query);
-        let view = RequestView {
-            method: req.method().as_str(),
-            path,
-            query,
-            authority,
-            scheme: "http",
-            headers: req.headers(),
-            port,
-            source: Some(self.client.ip()),
-        };
-        let decision = table.route(service, &view);
-        let Some(rule) = decision.rule else {
-            served.flags.push(ResponseFlag::NR);
-            return local_reply(ResponseFlag::NR, format!("no route matched for {service}"));
-        };
-        served.rule = rule.label.clone();
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let cors = rule.cors.as_ref().zip(origin.as_ref()).filter(|(c, o)| o.to_str().is_ok_and(|o| c.allows(o)));
-
-        if let (Some(policy), Some(_)) = (&rule.cors, &origin) {
-            if is_preflight(&req) {
-                if let Some((c, o)) = cors {
-                    let mut response = empty(StatusCode::OK);
-                    c.preflight_headers(o, response.headers_mut());
-                    return response;
-                }
-                if !policy.forward_unmatched {
-                    return empty(StatusCode::OK);
-                }
-            }
+        let plan = plan::decide(table, &self.plan_request(&req, authority, path_and_query), &mut rand::thread_rng());
+        served.note(&plan);
+        if let Some(delay) = plan.delay {
+            tokio::time::sleep(delay).await;
         }
-
-        let mut response = match self.fault(rule, served).await {
-            Some(aborted) => aborted,
-            None => match &rule.action {
-                Action::Direct(d) => {
-                    let mut r = Response::new(full(d.body.clone()));
-                    *r.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
-                    if !d.body.is_empty() {
-                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    }
-                    r
-                }
-                Action::Redirect(r) => {
-                    let mut response = empty(StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY));
-                    if let Ok(location) = HeaderValue::from_str(&r.location("http", authority, path_and_query)) {
-                        response.headers_mut().insert(header::LOCATION, location);
-                    }
-                    response
-                }
-                Action::Route(route) => self.forward(req, route, rule, decision.block, authority, served).await,
-            },
+        let mut response = match plan.outcome {
+            Outcome::Reply(reply) => reply.into_response(),
+            Outcome::Forward(forward) => self.forward(req, forward, authority, served).await,
         };
-        rule.headers.response.apply(response.headers_mut());
-        if let Some((c, o)) = cors {
-            c.response_headers(o, response.headers_mut());
+        if let Some(ops) = plan.response_headers {
+            ops.apply(response.headers_mut());
+        }
+        if let Some((policy, origin)) = &plan.cors {
+            policy.response_headers(origin, response.headers_mut());
         }
         response
     }
 
-    /// Applies the rule's fault: delays in place, returns the abort reply.
-    async fn fault(&self, rule: &Rule, served: &mut Served) -> Option<Response<ProxyBody>> {
-        let fault = rule.fault.as_ref()?;
-        if let Some((delay, p)) = fault.delay {
-            if rand::thread_rng().gen_bool(p) {
-                served.flags.push(ResponseFlag::DI);
-                tokio::time::sleep(delay).await;
-            }
+    /// The request as deciding sees it.
+    fn plan_request<'r, B>(
+        &'r self,
+        req: &'r Request<B>,
+        authority: &'r str,
+        path_and_query: &'r str,
+    ) -> PlanRequest<'r> {
+        PlanRequest {
+            method: req.method(),
+            authority,
+            path_and_query,
+            headers: req.headers(),
+            client: self.client.ip(),
+            original: self.original,
+            namespace: &self.inputs.namespace,
         }
-        let abort = fault.abort.as_ref()?;
-        if !rand::thread_rng().gen_bool(abort.probability) {
-            return None;
-        }
-        served.flags.push(ResponseFlag::FI);
-        let mut r = Response::new(full(Bytes::from_static(b"fault filter abort")));
-        *r.status_mut() = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        if let Some(grpc) = abort.grpc_status {
-            r.headers_mut().insert("grpc-status", HeaderValue::from(grpc));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        }
-        r.headers_mut().insert(FLAGS_HEADER, HeaderValue::from_static("FI"));
-        Some(r)
-    }
-
-    /// The service and port this request addresses: the captured VIP:port when there is one, else
-    /// the Host header (a direct connection to the proxy).
-    fn service<'t>(&self, table: &'t RouteTable, authority: &str) -> (Option<&'t Arc<str>>, u16) {
-        if let Some(original) = self.original {
-            if let Some(service) = table.service_at(original) {
-                return (Some(service), original.port());
-            }
-        }
-        let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
-        let service = table.service_for_authority(authority, &self.inputs.namespace).map(|s| &s.host);
-        (service, port)
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        route: &RouteAction,
-        rule: &Rule,
-        block: Option<&MatchBlock>,
+        forward: Forward<'_>,
         authority: &str,
         served: &mut Served,
     ) -> Response<ProxyBody> {
-        let weighted = route.pick();
-        served.cluster = weighted.target.name().clone();
-        let cluster = match &weighted.target {
-            Target::Missing { cluster } => {
-                served.flags.push(ResponseFlag::NC);
-                return local_reply(ResponseFlag::NC, format!("cluster not found: {cluster}"));
-            }
-            Target::Cluster(cluster) => cluster.clone(),
-        };
+        let Forward { route, target, cluster, request_headers, path_and_query, authority: new_authority, mirrors } =
+            forward;
         let upgrade = super::upgrade::take(&mut req);
         let (parts, body) = req.into_parts();
-        let mut head = Head {
-            method: parts.method,
-            version: parts.version,
-            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            headers: parts.headers,
-        };
-        if let Some(rewrite) = &route.rewrite {
-            let (path, query) = split_query(&head.path_and_query);
-            if let Some(new_path) = rewrite.path(path, block.and_then(MatchBlock::uri_prefix)) {
-                head.path_and_query = match query {
-                    Some(q) => format!("{new_path}?{q}"),
-                    None => new_path,
-                };
-            }
-            if let Some(a) = rewrite.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
-                head.headers.insert(header::HOST, a);
-            }
+        let path_and_query =
+            path_and_query.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned());
+        let mut head = Head { method: parts.method, version: parts.version, path_and_query, headers: parts.headers };
+        if let Some(a) = new_authority {
+            head.headers.insert(header::HOST, a);
         }
-        strip_hop_by_hop(&mut head.headers);
+        hop_by_hop::strip(&mut head.headers);
         if let Some(upgrade) = &upgrade {
             upgrade.restore(&mut head.headers);
         }
         // gRPC needs HTTP/2 upstream (trailers, streams); everything else goes as HTTP/1.1,
         // whatever the client spoke.
         head.version = super::grpc::prepare(&mut head.headers);
-        rule.headers.request.apply(&mut head.headers);
-        weighted.headers.request.apply(&mut head.headers);
+        for ops in request_headers {
+            ops.apply(&mut head.headers);
+        }
         head.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         if !cluster.keep_alive {
             head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -379,145 +297,51 @@ impl Outbound {
             Ok(body) => body,
             Err(err) => {
                 debug!(%err, "downstream body failed");
-                return reply(StatusCode::BAD_REQUEST, "request body could not be read", None);
+                return LocalReply::text(StatusCode::BAD_REQUEST, "request body could not be read").into_response();
             }
         };
-        if body.replayable() {
-            for mirror in &route.mirrors {
-                if rand::thread_rng().gen_bool(mirror.probability) {
-                    if let (Target::Cluster(c), RequestBody::Buffered(bytes)) = (&mirror.target, &body) {
-                        self.mirror(c.clone(), head.clone(), bytes.clone(), authority);
-                    }
-                }
+        if let RequestBody::Buffered(bytes) = &body {
+            for mirror in mirrors {
+                self.mirror(mirror.clone(), head.clone(), bytes.clone(), authority);
             }
         }
 
-        let tries = self.tries(&head, &mut body, &cluster, route, served);
-        let mut response = match route.timeout {
-            None => tries.await,
-            Some(timeout) => match tokio::time::timeout(timeout, tries).await {
-                Ok(response) => response,
+        let (hash, set_cookie) = self.hash(cluster, &head);
+        let tries = tries::Tries {
+            cluster,
+            retry: &route.retry,
+            max_tries: if body.replayable() { 1 + route.retry.attempts } else { 1 },
+            hash,
+            original: self.original,
+        };
+        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
+        let mut exchange = HyperExchange { client, head: &head, body: &mut body };
+        let tried = tries::run(&mut exchange, tries, served);
+        let tried = match route.timeout {
+            None => tried.await,
+            Some(timeout) => match tokio::time::timeout(timeout, tried).await {
+                Ok(tried) => tried,
                 Err(_) => {
                     served.flags.push(ResponseFlag::UT);
-                    local_reply(ResponseFlag::UT, "upstream request timeout".into())
+                    Err(LocalReply::flagged(ResponseFlag::UT, "upstream request timeout"))
                 }
             },
         };
-        weighted.headers.response.apply(response.headers_mut());
+        let mut response = match tried {
+            Ok((_, mut response)) => {
+                hop_by_hop::strip(response.headers_mut());
+                if let Some(cookie) = &set_cookie {
+                    response.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                }
+                response.map(|b| b.boxed())
+            }
+            Err(reply) => reply.into_response(),
+        };
+        target.headers.response.apply(response.headers_mut());
         if let Some(upgrade) = upgrade {
             upgrade.finish(&mut response);
         }
         response
-    }
-
-    /// The first try and the retries the policy allows, each on a newly picked endpoint.
-    async fn tries(
-        &self,
-        head: &Head,
-        body: &mut RequestBody,
-        cluster: &Arc<Cluster>,
-        route: &RouteAction,
-        served: &mut Served,
-    ) -> Response<ProxyBody> {
-        let retry = &route.retry;
-        let max_tries = if body.replayable() { 1 + retry.attempts } else { 1 };
-        let (hash, set_cookie) = self.hash(cluster, head);
-        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        loop {
-            served.tries += 1;
-            // Only the try that answered has an upstream time; a local reply after it has none.
-            served.upstream_time = None;
-            if served.tries > 1 {
-                backoff(retry.backoff, served.tries - 1).await;
-            }
-            let last = served.tries >= max_tries;
-            let Ok(_slot) = cluster.limits.acquire().await else {
-                served.flags.push(ResponseFlag::UO);
-                return local_reply(
-                    ResponseFlag::UO,
-                    "upstream connect error or disconnect/reset before headers: overflow".into(),
-                );
-            };
-            let avoid: &[SocketAddr] = if retry.other_hosts { &tried } else { &[] };
-            let picked = cluster.balancer.pick(PickContext { hash, avoid });
-            let (endpoint, _in_flight) = match (picked, cluster.balancer.policy(), self.original) {
-                (Some((e, guard)), _, _) => (e, Some(guard)),
-                (None, Policy::Passthrough, Some(original)) => (SocketAddr::V4(original), None),
-                (None, ..) => {
-                    served.flags.push(ResponseFlag::UH);
-                    return local_reply(ResponseFlag::UH, "no healthy upstream".into());
-                }
-            };
-            served.endpoint = Some(endpoint);
-            let Some(try_body) = body.take() else {
-                served.flags.push(ResponseFlag::UF);
-                return local_reply(ResponseFlag::UF, "request body already consumed".into());
-            };
-            let request = match build_request(head, endpoint, try_body) {
-                Ok(r) => r,
-                Err(err) => return reply(StatusCode::BAD_REQUEST, &format!("bad request target: {err}"), None),
-            };
-            let sent_at = Instant::now();
-            let sent = client.request(request);
-            let result = match retry.per_try_timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-                None => Ok(sent.await),
-            };
-            match result {
-                Ok(Ok(mut response)) => {
-                    served.upstream_time = Some(sent_at.elapsed());
-                    let status = response.status().as_u16();
-                    cluster.balancer.record(endpoint, Outcome::Status(status));
-                    let grpc = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
-                    if retry.on.retries_status(status, grpc) {
-                        if !last {
-                            tried.push(endpoint);
-                            continue;
-                        }
-                        if served.tries > 1 {
-                            served.flags.push(ResponseFlag::URX);
-                        }
-                    }
-                    strip_hop_by_hop(response.headers_mut());
-                    if let Some(cookie) = &set_cookie {
-                        response.headers_mut().append(header::SET_COOKIE, cookie.clone());
-                    }
-                    return response.map(|b| b.boxed());
-                }
-                Ok(Err(err)) => {
-                    cluster.balancer.record(endpoint, Outcome::ConnectFailure);
-                    // Envoy's flags: UF when no connection was made, UC when it ended before the headers.
-                    let (failure, flag) = if err.is_connect() {
-                        (crate::routing::TryFailure::Connect, ResponseFlag::UF)
-                    } else {
-                        (crate::routing::TryFailure::Reset, ResponseFlag::UC)
-                    };
-                    debug!(%endpoint, error = %err, "try failed");
-                    if !last && retry.on.retries_failure(failure) {
-                        tried.push(endpoint);
-                        continue;
-                    }
-                    served.flags.push(flag);
-                    if served.tries > 1 {
-                        served.flags.push(ResponseFlag::URX);
-                    }
-                    return local_reply(
-                        flag,
-                        format!("upstream connect error or disconnect/reset before headers: {}", error_chain(&err)),
-                    );
-                }
-                Err(()) => {
-                    cluster.balancer.record(endpoint, Outcome::Status(504));
-                    if !last && retry.on.retries_failure(crate::routing::TryFailure::Timeout) {
-                        tried.push(endpoint);
-                        continue;
-                    }
-                    served.flags.push(ResponseFlag::UT);
-                    return local_reply(ResponseFlag::UT, "upstream request timeout".into());
-                }
-            }
-        }
     }
 
     /// The consistent-hash value of the request, and a cookie to set when one was generated.
@@ -608,14 +432,6 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-/// Envoy's back-off: a random wait up to `base · 2^(n-1)`, capped at ten times the base.
-async fn backoff(base: Duration, retry: u32) {
-    let cap = base.saturating_mul(10);
-    let ceiling = base.saturating_mul(1 << (retry - 1).min(10)).min(cap);
-    let wait = ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0));
-    tokio::time::sleep(wait).await;
-}
-
 fn build_request(head: &Head, endpoint: SocketAddr, body: UpstreamBody) -> Result<Request<UpstreamBody>, http::Error> {
     let uri = Uri::builder()
         .scheme("http")
@@ -634,19 +450,52 @@ fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn is_preflight<B>(req: &Request<B>) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+/// An error with its sources, as one line.
+struct Chain<E>(E);
+
+impl<E: std::error::Error> std::fmt::Display for Chain<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+/// One try on hyper's pooled client.
+struct HyperExchange<'a> {
+    client: super::upstream::Client,
+    head: &'a Head,
+    body: &'a mut RequestBody,
+}
+
+impl tries::Exchange for HyperExchange<'_> {
+    type Response = Response<Incoming>;
+    type Error = Chain<hyper_util::client::legacy::Error>;
+
+    async fn send(&mut self, endpoint: SocketAddr) -> Result<Self::Response, TryError<Self::Error>> {
+        let Some(body) = self.body.take() else {
+            return Err(TryError::Refused(LocalReply::flagged(ResponseFlag::UF, "request body already consumed")));
+        };
+        let request = build_request(self.head, endpoint, body).map_err(|err| {
+            TryError::Refused(LocalReply::text(StatusCode::BAD_REQUEST, format!("bad request target: {err}")))
+        })?;
+        self.client.request(request).await.map_err(|err| {
+            if err.is_connect() {
+                TryError::Connect(Chain(err))
+            } else {
+                TryError::Reset(Chain(err))
+            }
+        })
     }
-    text
+
+    fn status(response: &Self::Response) -> (u16, Option<u32>) {
+        let grpc = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        (response.status().as_u16(), grpc)
+    }
 }
 
 /// Everything the one observation of a request needs, owned by its response body until it ends.
@@ -751,70 +600,9 @@ impl Tally for Finish {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<header::HeaderName> = super::header_tokens(headers, &header::CONNECTION)
-        .filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    for name in &named {
-        headers.remove(name);
-    }
-}
-
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-fn empty(status: StatusCode) -> Response<ProxyBody> {
-    let mut r = Response::new(full(Bytes::new()));
-    *r.status_mut() = status;
-    r
-}
-
-fn reply(status: StatusCode, body: &str, flag: Option<ResponseFlag>) -> Response<ProxyBody> {
-    let mut response = Response::new(full(Bytes::from(body.to_owned())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if let Some(flag) = flag {
-        response.headers_mut().insert(FLAGS_HEADER, HeaderValue::from_static(flag.as_str()));
-    }
-    response
-}
-
-/// A response the proxy makes itself, as Envoy would: status from the flag, a short text body.
-fn local_reply(flag: ResponseFlag, body: String) -> Response<ProxyBody> {
-    let status = StatusCode::from_u16(flag.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    reply(status, &body, Some(flag))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert("x-secret", "1".parse().unwrap());
-        headers.insert("user-agent", "beta-tester".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key("user-agent"));
-    }
-
-    #[test]
-    fn local_replies_carry_status_and_flag() {
-        let r = local_reply(ResponseFlag::NC, "x".into());
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()[FLAGS_HEADER], "NC");
-        assert_eq!(local_reply(ResponseFlag::NR, String::new()).status(), 404);
-        assert_eq!(local_reply(ResponseFlag::UT, String::new()).status(), 504);
-        assert_eq!(local_reply(ResponseFlag::UC, String::new()).headers()[FLAGS_HEADER], "UC");
-    }
 
     #[test]
     fn flags_print_like_envoy() {

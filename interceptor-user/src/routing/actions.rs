@@ -8,8 +8,10 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use regex::Regex;
 
-use super::matcher::Matcher;
+use super::matcher::{MatchBlock, Matcher};
+use super::{Action, Mirror, RouteAction, Rule, Target, Weights};
 use crate::config::{self, Percent};
+use crate::endpoints::Policy;
 
 /// A problem at a field below the one being compiled: `(field, message)`.
 pub type FieldMessage = (String, String);
@@ -661,6 +663,53 @@ impl Cors {
         if self.credentials {
             headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
+    }
+}
+
+// === impl RouteAction, Rule: relay eligibility ===
+
+impl RouteAction {
+    /// A route action. It is `relayable` when it only forwards, so the raw relay carries it out
+    /// exactly as hyper would: no rewrite, timeout, per-try timeout or mirror, and every
+    /// destination a keep-alive cluster without hashing, passthrough or header operations. Decided
+    /// for all destinations at once, so that the relay declining never skews the weighted split.
+    pub fn new(
+        targets: Weights,
+        rewrite: Option<Rewrite>,
+        timeout: Option<Duration>,
+        retry: RetryPolicy,
+        mirrors: Vec<Mirror>,
+    ) -> Self {
+        let relayable = rewrite.is_none()
+            && timeout.is_none()
+            && mirrors.is_empty()
+            && retry.per_try_timeout.is_none()
+            && targets.iter().all(|t| {
+                t.headers.request.is_empty()
+                    && t.headers.response.is_empty()
+                    && matches!(&t.target, Target::Cluster(c)
+                        if c.keep_alive && c.hash_key.is_none() && c.balancer.policy() != Policy::Passthrough)
+            });
+        Self { targets, rewrite, timeout, retry, mirrors, relayable }
+    }
+}
+
+impl Rule {
+    /// A compiled rule; its route stays relayable only without rule-level faults, CORS or header
+    /// operations (the relay applies none of them).
+    pub fn new(
+        label: std::sync::Arc<str>,
+        matches: Vec<MatchBlock>,
+        mut action: Action,
+        headers: HeaderPolicy,
+        fault: Option<Fault>,
+        cors: Option<Cors>,
+    ) -> Self {
+        if let Action::Route(route) = &mut action {
+            route.relayable &=
+                fault.is_none() && cors.is_none() && headers.request.is_empty() && headers.response.is_empty();
+        }
+        Self { label, matches, action, headers, fault, cors }
     }
 }
 

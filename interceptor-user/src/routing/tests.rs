@@ -4,6 +4,8 @@ use http::HeaderMap;
 
 use super::*;
 use crate::config::Severity;
+use std::net::SocketAddr;
+
 use crate::endpoints::PickContext;
 
 /// The cluster a decision leads to, or the flag that ends it (test view of the proxy's steps).
@@ -41,7 +43,8 @@ spec:
   - {name: v3, labels: {version: v3}}
 ";
 
-fn compile(extra: &str) -> Result<RouteTable, ConfigError> {
+/// The services above plus `extra`, compiled (other modules' tests use it too).
+pub(crate) fn compile(extra: &str) -> Result<RouteTable, ConfigError> {
     let mut snapshot = Snapshot::default();
     let mut errors = Vec::new();
     snapshot.add_file(Path::new("mesh.yaml"), &format!("{SERVICES}---\n{extra}"), "default", &mut errors);
@@ -289,8 +292,59 @@ mod properties {
         })
     }
 
+    /// Any weight a config may hold: negative, zero, small, Istio's int32 edge and beyond it.
+    fn any_weight() -> impl Strategy<Value = Option<i64>> {
+        proptest::option::of(prop_oneof![
+            -5i64..=5,
+            Just(i64::from(i32::MAX)),
+            (i64::from(i32::MAX) - 3)..=(i64::from(i32::MAX) + 3),
+            any::<i64>(),
+        ])
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// No weights make a request panic: the config is refused, or every pick (http and tcp)
+        /// lands on one of the destinations.
+        #[test]
+        fn no_weights_make_a_pick_panic(weights in proptest::collection::vec(any_weight(), 1..5)) {
+            let dest = |i: usize, w: &Option<i64>| {
+                let subset = ["v1", "v2", "v3"][i % 3];
+                let weight = w.map(|w| format!(", weight: {w}")).unwrap_or_default();
+                format!("    - {{destination: {{host: my-app, subset: {subset}}}{weight}}}\n")
+            };
+            let dests: String = weights.iter().enumerate().map(|(i, w)| dest(i, w)).collect();
+            let Ok(table) = compile(&vs(&format!("  - route:\n{dests}"))) else { return Ok(()) };
+            let headers = HeaderMap::new();
+            let Some(Action::Route(route)) = get(&table, &headers, "/").rule.map(|r| &r.action) else {
+                panic!("a route")
+            };
+            let sum: f64 = route.probabilities().map(|(_, p)| p).sum();
+            prop_assert!((sum - 1.0).abs() < 1e-9, "probabilities sum to {}", sum);
+            for _ in 0..50 {
+                let picked = route.pick() as *const WeightedTarget;
+                prop_assert!(route.targets.iter().any(|t| std::ptr::eq(t, picked)));
+            }
+            let _ = table.explain(HOST, &RequestView { method: "GET", path: "/", query: None, authority: "my-app", scheme: "http", headers: &headers, port: 80, source: None }).to_string();
+        }
+
+        /// The weighted pick itself, for any `u64` weights a caller could build.
+        #[test]
+        fn weights_pick_within_range_for_any_u64(weights in proptest::collection::vec(any::<u64>(), 0..6)) {
+            let targets = weights
+                .iter()
+                .map(|&weight| WeightedTarget { weight, target: Target::Missing { cluster: "c".into() }, headers: HeaderPolicy::default() })
+                .collect();
+            match Weights::new(targets) {
+                None => prop_assert!(weights.iter().all(|w| *w == 0)),
+                Some(w) => {
+                    for _ in 0..20 {
+                        prop_assert!(w.pick().weight > 0);
+                    }
+                }
+            }
+        }
 
         #[test]
         fn compiled_matching_agrees_with_the_naive_reading(rules in rules(), reqs in proptest::collection::vec(request(), 1..20)) {
@@ -425,7 +479,7 @@ fn a_cluster_config_leaves_out_a_broken_resource_alone() {
     assert!(errors.is_empty(), "{errors:?}");
     assert!(RouteTable::compile(&snapshot).is_err(), "files refuse the whole change");
 
-    let (table, applied, rejected) = RouteTable::compile_isolating(snapshot).unwrap();
+    let (table, applied, rejected) = RouteTable::compile_isolating(snapshot, &ClusterStates::default()).unwrap();
     assert!(!rejected.is_empty());
     assert!(rejected.iter().all(|d| d.resource == "VirtualService default/broken"), "{rejected:?}");
     assert_eq!(applied.virtual_services.len(), 1);
@@ -458,4 +512,105 @@ fn weights_are_istios_int32_and_huge_ones_cannot_break_the_pick() {
     for _ in 0..100 {
         let _ = route.pick();
     }
+}
+
+/// Two tables over one [`ClusterStates`], as the agent compiles them on a reload.
+fn compile_pair(before: &str, after: &str) -> (RouteTable, RouteTable, ClusterStates) {
+    let states = ClusterStates::default();
+    let parse = |extra: &str| {
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        // The ServiceEntry alone: `extra` brings its own DestinationRule.
+        let entry = SERVICES.split("---\n").next().unwrap_or_default();
+        snapshot.add_file(Path::new("mesh.yaml"), &format!("{entry}---\n{extra}"), "default", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        snapshot
+    };
+    let old = RouteTable::compile_with(&parse(before), &states).unwrap();
+    let new = RouteTable::compile_with(&parse(after), &states).unwrap();
+    (old, new, states)
+}
+
+fn cluster<'t>(table: &'t RouteTable, name: &str) -> &'t Arc<Cluster> {
+    table.clusters().iter().find(|c| &*c.name == name).unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+const POLICY: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: my-app}\nspec:\n  host: my-app\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}\n    connectionPool:\n      tcp: {maxConnections: MAX}\n      http: {http1MaxPendingRequests: 1}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+#[test]
+fn a_reload_keeps_ejections_counts_cursors_and_pool_slots() {
+    let policy = POLICY.replace("MAX", "1");
+    let (old, new, _states) = compile_pair(
+        &policy,
+        &format!("{policy}---\n{}", vs("  - route:\n    - destination: {host: my-app, subset: v2}\n")),
+    );
+    let name = format!("outbound|80||{HOST}");
+    let (before, after) = (cluster(&old, &name), cluster(&new, &name));
+    let ejected: SocketAddr = "10.244.0.11:8080".parse().unwrap();
+    before.balancer.record(ejected, crate::endpoints::Outcome::Status(500));
+    let index = after.balancer.endpoints().iter().position(|e| *e == ejected).unwrap();
+    assert!(after.balancer.is_ejected(index), "ejected on the old table, ejected on the new");
+    for _ in 0..4 {
+        assert_ne!(after.balancer.pick(PickContext::default()).unwrap().0, ejected);
+    }
+    let held = futures::FutureExt::now_or_never(before.limits.acquire()).unwrap().unwrap();
+    let waiting = futures::FutureExt::now_or_never(after.limits.acquire());
+    assert!(waiting.is_none(), "the new table's request waits for the old one's slot (pending 1)");
+    drop(held);
+    assert!(Arc::ptr_eq(&before.mirror_slots, &after.mirror_slots));
+}
+
+#[test]
+fn a_round_robin_cursor_and_in_flight_counts_carry_over() {
+    let policy = POLICY.replace("MAX", "10").replace("consecutive5xxErrors: 1", "consecutive5xxErrors: 5");
+    let (old, new, _states) = compile_pair(&policy, &policy.replace("maxConnections: 10", "maxConnections: 20"));
+    let name = format!("outbound|80||{HOST}");
+    let (first, _in_flight) = cluster(&old, &name).balancer.pick(PickContext::default()).unwrap();
+    let (second, _) = cluster(&new, &name).balancer.pick(PickContext::default()).unwrap();
+    assert_ne!(first, second, "round robin goes on where the old table stopped");
+    let least =
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: my-app}\nspec:\n  host: my-app\n";
+    let (old, new, _states) =
+        compile_pair(least, &format!("{least}  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 5}}}}}}\n"));
+    let (busy, _held) = cluster(&old, &name).balancer.pick(PickContext::default()).unwrap();
+    for _ in 0..20 {
+        assert_ne!(cluster(&new, &name).balancer.pick(PickContext::default()).unwrap().0, busy);
+    }
+}
+
+#[test]
+fn changed_pool_settings_apply_when_the_new_table_serves() {
+    let (old, new, _states) = compile_pair(&POLICY.replace("MAX", "1"), &POLICY.replace("MAX", "2"));
+    let name = format!("outbound|80||{HOST}");
+    let admits = |table: &RouteTable| {
+        futures::FutureExt::now_or_never(cluster(table, &name).limits.acquire()).and_then(Result::ok)
+    };
+    let _held = admits(&old).unwrap();
+    let queued = futures::FutureExt::now_or_never(cluster(&new, &name).limits.acquire());
+    assert!(queued.is_none(), "still the old threshold: the new table does not serve yet");
+    new.apply_limits();
+    let _second = admits(&new).unwrap();
+    assert!(admits(&old).is_none() && admits(&new).is_none(), "two held: full for both tables");
+}
+
+#[test]
+fn state_of_clusters_no_table_uses_is_pruned_after_a_compile() {
+    let subsets = SERVICES.split("---\n").nth(1).unwrap_or_default();
+    let v1 = format!("{subsets}---\n{}", vs("  - route:\n    - destination: {host: my-app, subset: v1}\n"));
+    let v2 = format!("{subsets}---\n{}", vs("  - route:\n    - destination: {host: my-app, subset: v2}\n"));
+    let (old, new, states) = compile_pair(&v1, &v2);
+    let v1_cluster = format!("outbound|80|v1|{HOST}");
+    // A request on the old table holds its cluster.
+    let request = cluster(&old, &v1_cluster).clone();
+    assert!(new.clusters().iter().all(|c| *c.name != *v1_cluster));
+    let before = states.len();
+    drop(old);
+    let mut snapshot = Snapshot::default();
+    snapshot.add_file(Path::new("mesh.yaml"), &format!("{SERVICES}---\n{v2}"), "default", &mut Vec::new());
+    let third = RouteTable::compile_with(&snapshot, &states).unwrap();
+    assert_eq!(states.len(), before, "a request still running on the old table keeps its cluster's state");
+    drop(request);
+    let _fourth = RouteTable::compile_with(&snapshot, &states).unwrap();
+    assert_eq!(states.len(), before - 1, "then it goes");
+    drop((new, third));
 }

@@ -1,0 +1,365 @@
+//! The request pipeline end to end, in process and without root: a fake original-destination
+//! source, the proxy on loopback, endpoints as tokio listeners on 127.0.0.1. Each scenario runs
+//! on both transports: a plain GET (the raw relay takes it when its route allows) and a POST with
+//! a body (always hyper).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use interceptor::config::Snapshot;
+use interceptor::proxy::limits::Limits;
+use interceptor::proxy::metrics::ProxyMetrics;
+use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
+use interceptor::routing::RouteTable;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+const FLAGS: &str = "x-interceptor-flags";
+
+/// Every accepted connection was going to the service's VIP (what the kernel map would say).
+struct ToVip;
+
+impl OriginalDestination for ToVip {
+    fn take(&self, _client: SocketAddr) -> Option<SocketAddrV4> {
+        Some(VIP)
+    }
+}
+
+/// What a loopback endpoint does with each request.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// 200, body "ok".
+    Ok,
+    /// This status, body "busy".
+    Status(u16),
+    /// 200 after this long.
+    Slow(Duration),
+    /// Closes the connection without answering.
+    Hangup,
+}
+
+/// A loopback endpoint; `hits` counts the requests (or connections, for `Hangup`) it got.
+struct Endpoint {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn endpoint(behaviour: Behaviour) -> Endpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let hits = counted.clone();
+            if let Behaviour::Hangup = behaviour {
+                hits.fetch_add(1, Ordering::Relaxed);
+                drop(stream);
+                continue;
+            }
+            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let hits = hits.clone();
+                async move {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    let (status, body) = match behaviour {
+                        Behaviour::Status(code) => (StatusCode::from_u16(code).unwrap(), "busy"),
+                        Behaviour::Slow(wait) => {
+                            tokio::time::sleep(wait).await;
+                            (StatusCode::OK, "ok")
+                        }
+                        Behaviour::Ok | Behaviour::Hangup => (StatusCode::OK, "ok"),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    Endpoint { addr, hits }
+}
+
+/// A loopback port nothing listens on.
+async fn dead_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The proxy on loopback, serving `my-app` (VIP 10.96.0.10:80).
+struct Harness {
+    proxy: SocketAddr,
+    registry: Registry,
+}
+
+/// `my-app`'s endpoints with their `version` label (subset `v1` is `version: v1`; subset `none`
+/// has no endpoint), routed by the VirtualService `http` rules.
+async fn harness(endpoints: &[(SocketAddr, &str)], http: &str) -> Harness {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(addr, version)| {
+            format!(
+                "  - {{address: {}, ports: {{http: {}}}, labels: {{version: {version}}}}}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect();
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: my-app}}
+spec:
+  hosts: [my-app.default.svc.cluster.local]
+  addresses: [10.96.0.10]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: my-app}}
+spec:
+  host: my-app
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: none, labels: {{version: none}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: my-app}}
+spec:
+  hosts: [my-app]
+  http:
+{http}"
+    );
+    let mut snapshot = Snapshot::default();
+    let mut errors = Vec::new();
+    snapshot.add_file(Path::new("pipeline.yaml"), &config, "default", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}\n{config}");
+    let table = RouteTable::compile(&snapshot).unwrap();
+    let mut registry = Registry::default();
+    let inputs = ProxyInputs {
+        routes: Arc::new(ArcSwap::from_pointee(table)),
+        original_destinations: Arc::new(ToVip),
+        namespace: "default".into(),
+        upstream: upstream_client(None),
+        metrics: Arc::new(ProxyMetrics::register(&mut registry)),
+        limits: Limits::default(),
+    };
+    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs).await.unwrap();
+    let addr = proxy.local_addr().unwrap();
+    tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
+    Harness { proxy: addr, registry }
+}
+
+/// The transports: which request shape reaches which.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// A plain GET: the raw relay takes it when the route is relayable.
+    Relay,
+    /// A POST with a body: always hyper.
+    Hyper,
+}
+
+const BOTH: [Transport; 2] = [Transport::Relay, Transport::Hyper];
+
+/// One answer, as the client saw it.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn flags(&self) -> &str {
+        self.headers.get(FLAGS).map_or("-", |v| v.to_str().unwrap())
+    }
+}
+
+impl Harness {
+    /// Sends one request on its own connection.
+    async fn send(&self, transport: Transport, uri: &str) -> Answer {
+        let stream = TcpStream::connect(self.proxy).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let request = Request::builder().uri(uri).header("host", "my-app");
+        let request = match transport {
+            Transport::Relay => request.method("GET").body(Full::new(Bytes::new())),
+            Transport::Hyper => request.method("POST").body(Full::new(Bytes::from_static(b"x"))),
+        };
+        let response = sender.send_request(request.unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+    }
+
+    /// Requests the raw relay carried out so far.
+    fn relayed(&self) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        let line = text.lines().find(|l| l.starts_with("interceptor_relayed_requests_total")).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// Sends on `transport` and checks which transport served it: the relay for a relayable route's GET.
+    async fn send_checked(&self, transport: Transport, uri: &str, relayable: bool) -> Answer {
+        let before = self.relayed();
+        let answer = self.send(transport, uri).await;
+        let relayed = matches!(transport, Transport::Relay) && relayable;
+        assert_eq!(self.relayed() - before, u64::from(relayed), "{transport:?} {uri}: relayed?");
+        answer
+    }
+
+    /// Sends `n` requests on each transport, all of which must be answered 200 by an endpoint.
+    async fn all_ok(&self, n: usize, relayable: bool) {
+        for transport in BOTH {
+            for _ in 0..n {
+                let answer = self.send_checked(transport, "/", relayable).await;
+                assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "ok"), "{transport:?}");
+            }
+        }
+    }
+}
+
+const PLAIN: &str = "  - route: [{destination: {host: my-app, subset: v1}}]\n";
+
+#[tokio::test]
+async fn both_transports_forward_and_only_relayable_requests_are_relayed() {
+    let up = endpoint(Behaviour::Ok).await;
+    let h = harness(&[(up.addr, "v1")], PLAIN).await;
+    for transport in BOTH {
+        let answer = h.send_checked(transport, "/hello", true).await;
+        assert_eq!((answer.status, answer.body.as_str(), answer.flags()), (StatusCode::OK, "ok", "-"), "{transport:?}");
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_failed_connect_is_retried_on_another_endpoint() {
+    let up = endpoint(Behaviour::Ok).await;
+    let dead = dead_port().await;
+    let h = harness(&[(up.addr, "v1"), (dead, "v1")], PLAIN).await;
+    h.all_ok(8, true).await;
+}
+
+#[tokio::test]
+async fn when_every_try_fails_both_transports_give_the_same_local_reply() {
+    let dead = dead_port().await;
+    let hangup = endpoint(Behaviour::Hangup).await;
+    for (addr, flag) in [(dead, "UF"), (hangup.addr, "UC")] {
+        let h = harness(&[(addr, "v1")], PLAIN).await;
+        let answers = on_both(&h, "/").await;
+        for (transport, answer) in BOTH.iter().zip(&answers) {
+            assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, flag), "{transport:?}");
+            assert!(
+                answer.body.starts_with("upstream connect error or disconnect/reset before headers: "),
+                "{transport:?}: {}",
+                answer.body
+            );
+            assert_eq!(answer.headers["content-type"], "text/plain");
+        }
+    }
+    // Istio's default policy retries a reset too (as a refused stream): three tries per request.
+    assert_eq!(hangup.hits.load(Ordering::Relaxed), 6);
+}
+
+/// Both transports, one after the other, each checked for the transport that served it.
+async fn on_both(h: &Harness, uri: &str) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for transport in BOTH {
+        answers.push(h.send_checked(transport, uri, true).await);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn retriable_statuses_are_retried_and_the_last_answer_passed_on() {
+    let busy = endpoint(Behaviour::Status(503)).await;
+    let h = harness(&[(busy.addr, "v1")], PLAIN).await;
+    for transport in BOTH {
+        let before = busy.hits.load(Ordering::Relaxed);
+        let answer = h.send_checked(transport, "/", true).await;
+        // The endpoint's own answer, not a local reply.
+        assert_eq!(
+            (answer.status, answer.body.as_str(), answer.flags()),
+            (StatusCode::SERVICE_UNAVAILABLE, "busy", "-")
+        );
+        assert_eq!(busy.hits.load(Ordering::Relaxed) - before, 3, "{transport:?}: first try and Istio's two retries");
+    }
+}
+
+#[tokio::test]
+async fn no_healthy_upstream_is_answered_by_either_transport() {
+    let up = endpoint(Behaviour::Ok).await;
+    let h = harness(&[(up.addr, "v1")], "  - route: [{destination: {host: my-app, subset: none}}]\n").await;
+    for transport in BOTH {
+        let answer = h.send_checked(transport, "/", true).await;
+        assert_eq!(
+            (answer.status, answer.flags(), answer.body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream"),
+            "{transport:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_timeout_answers_504_ut() {
+    let slow = endpoint(Behaviour::Slow(Duration::from_secs(5))).await;
+    let rules = "  - timeout: 200ms\n    route: [{destination: {host: my-app, subset: v1}}]\n";
+    let h = harness(&[(slow.addr, "v1")], rules).await;
+    for transport in BOTH {
+        let started = Instant::now();
+        // A timeout is not the relay's: hyper serves the GET too.
+        let answer = h.send_checked(transport, "/", false).await;
+        assert_eq!((answer.status, answer.flags()), (StatusCode::GATEWAY_TIMEOUT, "UT"), "{transport:?}");
+        assert_eq!(answer.body, "upstream request timeout");
+        assert!(started.elapsed() < Duration::from_secs(2), "{transport:?}: {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_per_try_timeout_moves_on_to_the_next_endpoint() {
+    let slow = endpoint(Behaviour::Slow(Duration::from_secs(5))).await;
+    let up = endpoint(Behaviour::Ok).await;
+    let rules = "  - retries: {attempts: 2, perTryTimeout: 100ms, retryOn: gateway-error}\n    route: [{destination: {host: my-app, subset: v1}}]\n";
+    let h = harness(&[(slow.addr, "v1"), (up.addr, "v1")], rules).await;
+    h.all_ok(4, false).await;
+}
+
+#[tokio::test]
+async fn rule_replies_and_unmatched_requests_are_local() {
+    let up = endpoint(Behaviour::Ok).await;
+    let rules = "  - match: [{uri: {prefix: /direct}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: my-app, subset: v1}}]
+  - match: [{uri: {prefix: /ok}}]
+    route: [{destination: {host: my-app, subset: v1}}]
+";
+    let h = harness(&[(up.addr, "v1")], rules).await;
+    for transport in BOTH {
+        let direct = h.send_checked(transport, "/direct", false).await;
+        assert_eq!((direct.status, direct.body.as_str(), direct.flags()), (StatusCode::IM_A_TEAPOT, "teapot", "-"));
+        let abort = h.send_checked(transport, "/abort", false).await;
+        assert_eq!(
+            (abort.status, abort.body.as_str(), abort.flags()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "fault filter abort", "FI")
+        );
+        let unmatched = h.send_checked(transport, "/elsewhere", false).await;
+        assert_eq!((unmatched.status, unmatched.flags()), (StatusCode::NOT_FOUND, "NR"), "{transport:?}");
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 0);
+}
