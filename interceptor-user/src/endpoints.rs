@@ -248,10 +248,11 @@ impl Registry {
         for (i, host) in se.spec.hosts.iter().enumerate() {
             let host: Arc<str> = qualify_host(host, namespace).into();
             if self.services.contains_key(&host) {
+                // Istio accepts several entries for one host (it merges them); here the first wins.
                 diagnostics.push(src.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     format!("spec.hosts[{i}]"),
-                    format!("host {host} is already defined by another ServiceEntry"),
+                    format!("host {host} is already defined by another ServiceEntry; this one is ignored for it"),
                 ));
                 continue;
             }

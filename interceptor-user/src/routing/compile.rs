@@ -43,16 +43,22 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         for vip in &service.vips {
             for port in &service.ports {
                 let key = SocketAddrV4::new(*vip, port.number);
-                if let Some((other, _)) = capture.insert(key, (service.host.clone(), id)) {
+                // Istio accepts two services on one address; here the first keeps it.
+                if let Some((other, _)) = capture.get(&key) {
                     cx.diags.push(Diagnostic {
-                        severity: Severity::Error,
+                        severity: Severity::Warning,
                         file: Default::default(),
                         line: 0,
                         resource: format!("service {}", service.host),
                         field: "spec.addresses".into(),
-                        message: format!("{key} is also the address of {other}"),
+                        message: format!(
+                            "{key} is also the address of {other}; {} is not captured there",
+                            service.host
+                        ),
                     });
+                    continue;
                 }
+                capture.insert(key, (service.host.clone(), id));
             }
         }
         let default_rules = service
