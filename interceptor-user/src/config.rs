@@ -5,6 +5,7 @@ mod istio;
 mod limits;
 mod locate;
 mod settings;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,18 @@ impl Snapshot {
             + retain(&mut self.service_entries, names)
             + retain(&mut self.workload_entries, names)
             + retain(&mut self.gateways, names)
+    }
+
+    /// Istio's validation of every resource, each on its own: errors refuse their resource,
+    /// warnings do not. Both sources (files and the cluster) pass here before compiling.
+    pub fn validate(&self) -> Vec<Diagnostic> {
+        let mut findings = Vec::new();
+        findings.extend(self.virtual_services.iter().flat_map(validate::validate));
+        findings.extend(self.destination_rules.iter().flat_map(validate::validate));
+        findings.extend(self.service_entries.iter().flat_map(validate::validate));
+        findings.extend(self.workload_entries.iter().flat_map(validate::validate));
+        findings.extend(self.gateways.iter().flat_map(validate::validate));
+        findings
     }
 
     /// Loads a directory (as [`Snapshot::load_dir`]) or a single YAML file.

@@ -171,10 +171,11 @@ impl Registry {
         for (i, address) in se.spec.addresses.iter().enumerate() {
             match address.parse::<Ipv4Addr>() {
                 Ok(ip) => vips.push(ip),
+                // Istio accepts CIDRs and IPv6 (validation checks the syntax): not captured, not refused.
                 Err(_) => diagnostics.push(src.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     format!("spec.addresses[{i}]"),
-                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet)"),
+                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet); ignored"),
                 )),
             }
         }
@@ -185,8 +186,9 @@ impl Registry {
                 continue;
             };
             let target = match port.target_port {
-                Some(t) => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
-                None => number,
+                // 0 is proto3's "unset".
+                Some(t) if t != 0 => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
+                _ => number,
             };
             if ports.iter().any(|p: &ServicePort| p.number == number) {
                 diagnostics.push(src.diagnostic(
@@ -203,7 +205,12 @@ impl Registry {
             });
         }
         if ports.is_empty() {
-            diagnostics.push(src.diagnostic(Severity::Error, "spec.ports", "a ServiceEntry needs at least one port"));
+            // Istio accepts a ServiceEntry without ports; there is just nothing to capture or route.
+            diagnostics.push(src.diagnostic(
+                Severity::Warning,
+                "spec.ports",
+                "no ports: nothing of this service is captured or routed",
+            ));
         }
         if let Some(resolution) = se.spec.resolution.as_deref() {
             if resolution != "STATIC" {
@@ -241,10 +248,11 @@ impl Registry {
         for (i, host) in se.spec.hosts.iter().enumerate() {
             let host: Arc<str> = qualify_host(host, namespace).into();
             if self.services.contains_key(&host) {
+                // Istio accepts several entries for one host (it merges them); here the first wins.
                 diagnostics.push(src.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     format!("spec.hosts[{i}]"),
-                    format!("host {host} is already defined by another ServiceEntry"),
+                    format!("host {host} is already defined by another ServiceEntry; this one is ignored for it"),
                 ));
                 continue;
             }
@@ -298,10 +306,11 @@ fn endpoint(
     let ip = match spec.address.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => {
+            // Istio accepts DNS names, Unix sockets and network-only entries: left out, not refused.
             diagnostics.push(src.diagnostic(
-                Severity::Error,
+                Severity::Warning,
                 format!("{field}.address"),
-                format!("{:?} is not an IP address (DNS endpoints are not supported yet)", spec.address),
+                format!("{:?} is not an IP address (DNS endpoints are not supported yet); left out", spec.address),
             ));
             return None;
         }
@@ -379,6 +388,7 @@ metadata: {name: legacy}
 spec:
   hosts: [legacy.example.com]
   ports: [{number: 80, name: http}]
+  resolution: STATIC
   endpoints: [{address: 10.0.0.6}]
 ";
         let mut snapshot = Snapshot::default();

@@ -23,7 +23,7 @@ use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, 
 pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
-    Rewrite, TryFailure,
+    Rewrite, TryFailure, GRPC_CODES,
 };
 pub use explain::Explanation;
 pub use gateway::{
@@ -361,6 +361,14 @@ pub struct RouteTable {
 /// The rule label without a VirtualService.
 pub const DEFAULT_RULE: &str = "default";
 
+/// Istio's validation of `snapshot`: the names (`Kind namespace/name`) of the resources it
+/// refuses, and all its findings.
+fn validated(snapshot: &Snapshot) -> (std::collections::HashSet<String>, Vec<Diagnostic>) {
+    let findings = snapshot.validate();
+    let refused = findings.iter().filter(|d| d.severity == Severity::Error).map(|d| d.resource.clone()).collect();
+    (refused, findings)
+}
+
 impl RouteTable {
     /// Compiles and cross-checks a snapshot, with runtime state of its own (`validate`,
     /// `explain`, tests: a table that replaces no other).
@@ -378,10 +386,33 @@ impl RouteTable {
     /// # Errors
     /// As [`RouteTable::compile`].
     pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates) -> Result<Self, ConfigError> {
-        let compiled = compile::compile(snapshot, states);
+        // Istio's validation first, on every resource: the one place both sources pass.
+        let (refused, mut findings) = validated(snapshot);
+        let compiled = if refused.is_empty() {
+            compile::compile(snapshot, states)
+        } else {
+            // The rest is compiled too, so one run reports every error; refused resources are
+            // left out of it so that their errors are not reported twice.
+            let mut rest = snapshot.clone();
+            rest.remove_resources(&refused.iter().map(String::as_str).collect());
+            compile::compile(&rest, states)
+        };
         // What only the table just dropped (or an older one) used goes now.
         states.prune();
-        compiled
+        match compiled {
+            Ok(mut table) if refused.is_empty() => {
+                table.warnings.extend(findings);
+                Ok(table)
+            }
+            Ok(table) => {
+                findings.extend(table.warnings);
+                Err(ConfigError { diagnostics: findings })
+            }
+            Err(mut err) => {
+                findings.append(&mut err.diagnostics);
+                Err(ConfigError { diagnostics: findings })
+            }
+        }
     }
 
     /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
@@ -424,7 +455,7 @@ impl RouteTable {
         &self.clusters
     }
 
-    /// Warnings found while compiling.
+    /// Warnings found while validating and compiling.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }

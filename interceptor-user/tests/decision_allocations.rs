@@ -36,6 +36,7 @@ spec:
   hosts: [my-app.default.svc.cluster.local]
   addresses: [10.96.0.10]
   ports: [{number: 80, name: http}]
+  resolution: STATIC
   endpoints:
   - {address: 10.244.0.11, labels: {version: v1}}
   - {address: 10.244.0.13, labels: {version: v2}}

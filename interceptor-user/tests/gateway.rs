@@ -127,6 +127,7 @@ spec:
   hosts: [my-app.default.svc.cluster.local]
   addresses: [10.96.0.10]
   ports: [{{number: 80, name: http}}]
+  resolution: STATIC
   endpoints:
   - {{address: {}, ports: {{http: {}}}, labels: {{version: v1}}}}
   - {{address: {}, ports: {{http: {}}}, labels: {{version: v2}}}}
@@ -556,7 +557,7 @@ spec:
         (f.resource.as_str(), f.field.as_str()),
         ("Gateway default/edge", "spec.servers[0].tls.serverCertificate")
     );
-    assert_eq!(f.line, 28, "{f}");
+    assert_eq!(f.line, 29, "{f}");
     assert!(f.message.contains("/nonexistent/tls.crt"), "{f}");
     assert_eq!(table.gateways().ports().count(), 0, "the server is not served");
 }

@@ -123,6 +123,7 @@ spec:
   hosts: [my-app.default.svc.cluster.local]
   addresses: [10.96.0.10]
   ports: [{{number: 80, name: http}}]
+  resolution: STATIC
   endpoints:
 {endpoints}---
 apiVersion: networking.istio.io/v1

@@ -44,7 +44,7 @@ pub struct VirtualService {
     pub http: Vec<HttpRoute>,
     /// TLS rules: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Value>,
+    pub tls: Option<Vec<TlsRoute>>,
     /// TCP rules for non-HTTP ports, in order.
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
@@ -61,7 +61,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub name: String,
     /// Match blocks, OR-ed; empty matches everything.
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", deserialize_with = "without_nulls")]
     pub matches: Vec<HttpMatchRequest>,
     /// Weighted destinations.
     #[serde(default)]
@@ -95,6 +95,17 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
 }
 
+/// A list whose `null` entries are dropped: Istio skips a null match block (it matches as if
+/// absent), and one written by a generator must not refuse the resource.
+fn without_nulls<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let entries: Option<Vec<Option<T>>> = Deserialize::deserialize(deserializer)?;
+    Ok(entries.into_iter().flatten().flatten().collect())
+}
+
 /// `redirect`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -111,6 +122,9 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     /// Status code; 301 when absent.
     pub redirect_code: Option<u32>,
+    /// Replaces the matched prefix: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
 }
 
 /// `directResponse`.
@@ -316,6 +330,9 @@ pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
     /// Service port.
     pub port: Option<u32>,
+    /// Client IP subnet: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subnet: Option<String>,
     /// Client labels.
     #[serde(default)]
     pub source_labels: BTreeMap<String, String>,
@@ -325,6 +342,41 @@ pub struct L4MatchAttributes {
     /// Gateways.
     #[serde(default)]
     pub gateways: Vec<String>,
+}
+
+/// One `tls` rule (SNI routing): not supported yet, but parsed so its values are validated.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Match blocks, OR-ed.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// A `tls` match block.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    /// SNI names to match.
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    /// Destination IP subnets.
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    /// Service port.
+    pub port: Option<u32>,
+    /// Client labels.
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    /// Gateways.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Client namespace.
+    #[serde(default)]
+    pub source_namespace: String,
 }
 
 /// A weighted L4 destination.
@@ -441,7 +493,7 @@ pub struct DestinationRule {
     pub export_to: Vec<String>,
     /// Workloads the rule applies to: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<Value>,
+    pub workload_selector: Option<MatchLabelsSelector>,
 }
 
 /// A named group of endpoints.
@@ -468,13 +520,99 @@ pub struct TrafficPolicy {
     /// Ejection of failing endpoints.
     pub outlier_detection: Option<OutlierDetection>,
     /// Upstream TLS: not supported yet.
-    pub tls: Option<Value>,
+    pub tls: Option<ClientTlsSettings>,
     /// Per-port policies: not supported yet.
-    pub port_level_settings: Option<Value>,
+    pub port_level_settings: Option<Vec<PortTrafficPolicy>>,
     /// Tunnelling: not supported yet.
-    pub tunnel: Option<Value>,
+    pub tunnel: Option<TunnelSettings>,
     /// PROXY protocol: not supported yet.
-    pub proxy_protocol: Option<Value>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Retry budget: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `workloadSelector` of a DestinationRule (`matchLabels`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchLabelsSelector {
+    /// Labels a workload must carry.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// `trafficPolicy.tls`: upstream TLS origination.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    pub mode: Option<String>,
+    /// Client certificate file (MUTUAL).
+    pub client_certificate: Option<String>,
+    /// Client key file (MUTUAL).
+    pub private_key: Option<String>,
+    /// CA bundle file.
+    pub ca_certificates: Option<String>,
+    /// Secret holding the certificates.
+    pub credential_name: Option<String>,
+    /// Names the server certificate must carry.
+    pub subject_alt_names: Option<Vec<String>>,
+    /// SNI sent.
+    pub sni: Option<String>,
+    /// Skip server certificate checks.
+    pub insecure_skip_verify: Option<bool>,
+    /// Revocation list file.
+    pub ca_crl: Option<String>,
+}
+
+/// One of `trafficPolicy.portLevelSettings`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicy {
+    /// The port this policy is for.
+    pub port: Option<PortSelector>,
+    /// Endpoint selection.
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Connection limits.
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Ejection of failing endpoints.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Upstream TLS.
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `trafficPolicy.tunnel`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// `CONNECT` (default) or `POST`.
+    pub protocol: Option<String>,
+    /// Host of the tunnel proxy.
+    #[serde(default)]
+    pub target_host: String,
+    /// Port of the tunnel proxy.
+    #[serde(default)]
+    pub target_port: u32,
+}
+
+/// `trafficPolicy.proxyProtocol`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// `V1` or `V2`.
+    pub version: Option<String>,
+}
+
+/// `trafficPolicy.retryBudget`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Share of active requests that may be retries.
+    pub percent: Option<f64>,
+    /// Retries always allowed.
+    pub min_retry_concurrency: Option<u32>,
+    /// Window of the budget.
+    pub budget_interval: Option<String>,
 }
 
 impl TrafficPolicy {
@@ -485,6 +623,7 @@ impl TrafficPolicy {
             ("portLevelSettings", self.port_level_settings.is_some()),
             ("tunnel", self.tunnel.is_some()),
             ("proxyProtocol", self.proxy_protocol.is_some()),
+            ("retryBudget", self.retry_budget.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -511,7 +650,7 @@ pub struct TcpSettings {
     /// Connect timeout (Go duration).
     pub connect_timeout: Option<String>,
     /// Keepalive: not supported yet.
-    pub tcp_keepalive: Option<Value>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// Connection lifetime: not supported yet.
     pub max_connection_duration: Option<String>,
     /// Idle timeout of TCP proxying: not supported yet.
@@ -538,6 +677,31 @@ pub struct HttpSettings {
     pub use_client_protocol: Option<bool>,
     /// HTTP/2 streams per connection: not supported yet.
     pub max_concurrent_streams: Option<i64>,
+    /// HTTP/2 keepalive pings: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<Http2Keepalive>,
+}
+
+/// `connectionPool.tcp.tcpKeepalive`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    pub probes: Option<u32>,
+    /// Idle time before probing.
+    pub time: Option<String>,
+    /// Time between probes.
+    pub interval: Option<String>,
+}
+
+/// `connectionPool.http.http2KeepAlive`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Keepalive {
+    /// Time between pings.
+    pub interval: Option<String>,
+    /// Time to wait for a ping's answer.
+    pub timeout: Option<String>,
 }
 
 /// `outlierDetection`.
@@ -562,6 +726,9 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i64>,
     /// Below this healthy share ejection is ignored; 0 by default.
     pub min_health_percent: Option<i64>,
+    /// Status codes counted as errors: not supported yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// `loadBalancer`.
@@ -574,10 +741,85 @@ pub struct LoadBalancerSettings {
     pub consistent_hash: Option<ConsistentHashLb>,
     /// Locality settings: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Zone-aware settings: not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
+    /// Warm-up (deprecated form): not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_secs: Option<String>,
     /// Warm-up: not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_duration_secs: Option<Value>,
+    pub warmup: Option<Warmup>,
+}
+
+/// `loadBalancer.localityLbSetting`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Weighted spreading by locality.
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region failover order.
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels that order failover.
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    /// On or off.
+    pub enabled: Option<bool>,
+}
+
+/// One of `localityLbSetting.distribute`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityDistribute {
+    /// Origin locality.
+    #[serde(default)]
+    pub from: String,
+    /// Destination localities and their weights.
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// One of `failover`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// Origin region.
+    #[serde(default)]
+    pub from: String,
+    /// Region to fail over to.
+    #[serde(default)]
+    pub to: String,
+}
+
+/// `loadBalancer.zoneAwareLbSetting`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneAwareLbSetting {
+    /// On or off.
+    pub enabled: Option<bool>,
+    /// Region failover order.
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels that order failover.
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    /// Smallest cluster zone awareness applies to.
+    pub min_cluster_size: Option<u64>,
+}
+
+/// `loadBalancer.warmup`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Warmup {
+    /// How long a new endpoint warms up.
+    pub duration: Option<String>,
+    /// Starting share of traffic, in percent.
+    pub minimum_percent: Option<f64>,
+    /// Curve of the ramp.
+    pub aggression: Option<f64>,
 }
 
 /// `loadBalancer.consistentHash`.
@@ -611,7 +853,19 @@ pub struct HttpCookie {
     /// Lifetime of a generated cookie.
     pub ttl: Option<String>,
     /// Extra attributes: not supported yet.
-    pub attributes: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// One of `httpCookie.attributes`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    /// Attribute name.
+    #[serde(default)]
+    pub name: String,
+    /// Attribute value.
+    pub value: Option<String>,
 }
 
 /// `consistentHash.ringHash`.

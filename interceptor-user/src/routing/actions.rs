@@ -62,7 +62,9 @@ impl HeaderOps {
         let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
             let mut out = Vec::new();
             for (k, v) in map {
-                match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v)) {
+                // Setting `:authority` sets the Host header (Istio's authority rewrite).
+                let key = if k == ":authority" { "host".to_owned() } else { k.to_ascii_lowercase() };
+                match (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(v)) {
                     (Ok(name), Ok(value)) => out.push((name, value)),
                     _ => errors.push((format!("{field}.{k}"), format!("{k}: {v:?} is not a valid header"))),
                 }
@@ -203,11 +205,12 @@ impl Redirect {
     /// `(field, message)` for a bad code, port or derivePort.
     pub fn compile(r: &config::HttpRedirect) -> Result<Self, (String, String)> {
         let code = r.redirect_code.unwrap_or(301);
-        if !matches!(code, 301 | 302 | 303 | 307 | 308) {
-            return Err(("redirectCode".into(), format!("{code} is not a redirect code (301, 302, 303, 307, 308)")));
+        if !(300..=399).contains(&code) {
+            return Err(("redirectCode".into(), format!("{code} is not a valid redirect code, must be 3xx")));
         }
         let port = match r.port {
             None => None,
+            Some(0) => None, // proto3's "unset"
             Some(p) => Some(
                 u16::try_from(p).ok().filter(|p| *p > 0).ok_or(("port".to_owned(), format!("{p} is not a port")))?,
             ),
@@ -295,8 +298,8 @@ impl DirectResponse {
         use base64::Engine as _;
         let status = u16::try_from(d.status)
             .ok()
-            .filter(|s| (200..=599).contains(s))
-            .ok_or(("status".to_owned(), format!("{} is not an HTTP status (200-599)", d.status)))?;
+            .filter(|s| (200..=600).contains(s))
+            .ok_or(("status".to_owned(), format!("{} is not an HTTP status (200-600, as Istio)", d.status)))?;
         let body = match &d.body {
             None => Bytes::new(),
             Some(config::HttpBody { string: Some(_), bytes: Some(_) }) => {
@@ -482,7 +485,7 @@ pub struct Abort {
 }
 
 /// gRPC status codes by name.
-const GRPC_CODES: [&str; 17] = [
+pub const GRPC_CODES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
@@ -530,12 +533,14 @@ impl Fault {
                         "not supported (Istio does not support it either)".into(),
                     ));
                 }
-                let fixed = d
-                    .fixed_delay
-                    .as_deref()
-                    .ok_or(("delay.fixedDelay".to_owned(), "a delay needs fixedDelay".to_owned()))?;
-                let duration = parse_duration(fixed).map_err(|e| ("delay.fixedDelay".to_owned(), e))?;
-                Some((duration, share("delay", &d.percentage, d.percent, &mut warnings)?))
+                // Istio accepts a delay without fixedDelay: it delays nothing.
+                match d.fixed_delay.as_deref() {
+                    None => None,
+                    Some(fixed) => {
+                        let duration = parse_duration(fixed).map_err(|e| ("delay.fixedDelay".to_owned(), e))?;
+                        Some((duration, share("delay", &d.percentage, d.percent, &mut warnings)?))
+                    }
+                }
             }
         };
         let abort =
@@ -555,12 +560,13 @@ impl Fault {
                             ))?),
                         };
                     let status = match (a.http_status, grpc_status) {
-                        (Some(s), _) => u16::try_from(s)
-                            .ok()
-                            .filter(|s| (200..=599).contains(s))
-                            .ok_or(("abort.httpStatus".to_owned(), format!("{s} is not an HTTP status (200-599)")))?,
+                        (Some(s), _) => u16::try_from(s).ok().filter(|s| (200..=600).contains(s)).ok_or((
+                            "abort.httpStatus".to_owned(),
+                            format!("{s} is not an HTTP status (200-600, as Istio)"),
+                        ))?,
                         (None, Some(_)) => 200,
-                        (None, None) => return Err(("abort".into(), "set httpStatus or grpcStatus".into())),
+                        // Istio only warns about an abort without an error type: it aborts nothing.
+                        (None, None) => return Ok((Self { delay, abort: None }, warnings)),
                     };
                     Some(Abort { status, grpc_status, probability })
                 }

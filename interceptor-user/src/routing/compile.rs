@@ -44,16 +44,22 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         for vip in &service.vips {
             for port in &service.ports {
                 let key = SocketAddrV4::new(*vip, port.number);
-                if let Some((other, _)) = capture.insert(key, (service.host.clone(), id)) {
+                // Istio accepts two services on one address; here the first keeps it.
+                if let Some((other, _)) = capture.get(&key) {
                     cx.diags.push(Diagnostic {
-                        severity: Severity::Error,
+                        severity: Severity::Warning,
                         file: Default::default(),
                         line: 0,
                         resource: format!("service {}", service.host),
                         field: "spec.addresses".into(),
-                        message: format!("{key} is also the address of {other}"),
+                        message: format!(
+                            "{key} is also the address of {other}; {} is not captured there",
+                            service.host
+                        ),
                     });
+                    continue;
                 }
+                capture.insert(key, (service.host.clone(), id));
             }
         }
         let default_rules = service
@@ -76,10 +82,11 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         let key = (vs.meta.namespace.clone(), vs.meta.name.clone());
         if vs.spec.hosts.is_empty() {
             if !delegated.contains(&key) {
+                // Istio accepts it (a delegate); unused, it only routes nothing.
                 cx.diags.push(vs.source.diagnostic(
-                    Severity::Error,
+                    Severity::Warning,
                     "spec.hosts",
-                    "a VirtualService needs at least one host (only delegates may have none)",
+                    "no hosts: a delegate, but no rule delegates to it; it routes nothing",
                 ));
             }
             continue;

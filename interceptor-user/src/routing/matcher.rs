@@ -167,13 +167,16 @@ impl MatchBlock {
             let mut out = Vec::new();
             for (name, sm) in map {
                 let at = format!("{field}.{name}");
-                let header = match http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                let header = match http::HeaderName::from_bytes(header_key(name).as_bytes()) {
                     Ok(h) => h,
                     Err(_) => {
                         errors.push((at, format!("{name:?} is not a valid header name")));
                         continue;
                     }
                 };
+                // `regex: "*"` is Istio's "present", not a regex.
+                let present = StringMatch::default();
+                let sm = if sm.regex.as_deref() == Some("*") { &present } else { sm };
                 match Matcher::compile(sm, false) {
                     Ok(matcher) => out.push((header, matcher)),
                     Err(e) => errors.push((at, e)),
@@ -191,7 +194,8 @@ impl MatchBlock {
             }
         }
         let port = match m.port.map(u16::try_from) {
-            None => None,
+            // 0 is proto3's "unset".
+            None | Some(Ok(0)) => None,
             Some(Ok(p)) if p > 0 => Some(p),
             Some(_) => {
                 errors.push(("port".into(), format!("{} is not a port (1-65535)", m.port.unwrap_or(0))));
@@ -477,6 +481,18 @@ impl std::fmt::Display for Matcher {
                 write!(f, "regex {inner:?}")
             }
         }
+    }
+}
+
+/// The request header a `headers` / `withoutHeaders` key reads. `:authority` is the Host header
+/// here; other pseudo-headers and JWT claims (`@request.auth.claims.…`, gateways only) are not
+/// request headers the agent sees, so they read a name no request carries (validation warns).
+fn header_key(name: &str) -> String {
+    const NEVER_SENT: &str = "x-interceptor-unseen-pseudo-header";
+    match name {
+        ":authority" => "host".into(),
+        _ if name.starts_with(':') || name.starts_with('@') => NEVER_SENT.into(),
+        _ => name.to_ascii_lowercase(),
     }
 }
 

@@ -45,18 +45,19 @@ impl Compiler<'_> {
         let Some(target) =
             snapshot.virtual_services.iter().find(|v| v.meta.namespace == ns && v.meta.name == delegate.name)
         else {
+            // Istio accepts a delegation it cannot follow, and ignores it.
             self.diags.push(src.diagnostic(
-                Severity::Error,
+                Severity::Warning,
                 format!("{at}.delegate"),
-                format!("no VirtualService {ns}/{} to delegate to", delegate.name),
+                format!("no VirtualService {ns}/{} to delegate to; this rule routes nothing", delegate.name),
             ));
             return Vec::new();
         };
         if !target.spec.hosts.is_empty() {
             self.diags.push(target.source.diagnostic(
-                Severity::Error,
+                Severity::Warning,
                 "spec.hosts",
-                format!("a delegate (of {root_label}) must not set hosts"),
+                format!("a delegate (of {root_label}) must not set hosts; the delegation is ignored"),
             ));
             return Vec::new();
         }

@@ -16,6 +16,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Istio's default for `connectionPool.tcp.idleTimeout`: a forwarded TCP connection with no byte
 /// either way for an hour is closed.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `idleTimeout: 0s` turns the timeout off (Istio): a century stands in for "never".
+const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct PolicySettings {
@@ -118,7 +120,8 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
         let positive = |v: Option<i64>, field: &str, err: &mut dyn FnMut(String, String)| -> Option<usize> {
             let v = v?;
             match usize::try_from(v) {
-                Ok(n) if n > 0 => Some(n),
+                Ok(0) => None, // proto3's "unset"; Istio refuses only negatives
+                Ok(n) => Some(n),
                 _ => {
                     err(field.into(), format!("must be > 0, got {v}"));
                     None
@@ -137,7 +140,7 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
             if let Some(t) = &tcp.idle_timeout {
                 match parse_duration(t) {
                     Ok(d) if d > Duration::ZERO => out.tcp_idle_timeout = Some(d),
-                    Ok(_) => err("connectionPool.tcp.idleTimeout".into(), "must be > 0".into()),
+                    Ok(_) => out.tcp_idle_timeout = Some(NO_IDLE_TIMEOUT),
                     Err(e) => err("connectionPool.tcp.idleTimeout".into(), e),
                 }
             }
@@ -255,10 +258,10 @@ fn consistent_hash(ch: &config::ConsistentHashLb) -> Result<(Policy, Option<Hash
         ch.use_source_ip == Some(true),
         ch.http_query_parameter_name.is_some(),
     ];
-    if keys.iter().filter(|k| **k).count() != 1 {
+    if keys.iter().filter(|k| **k).count() > 1 {
         return Err((
             String::new(),
-            "set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
+            "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
         ));
     }
     let key = if let Some(h) = &ch.http_header_name {
@@ -271,8 +274,10 @@ fn consistent_hash(ch: &config::ConsistentHashLb) -> Result<(Policy, Option<Hash
         HashKey::Cookie { name: c.name.clone(), path: c.path.clone(), ttl: ttl.filter(|d| !d.is_zero()) }
     } else if let Some(q) = &ch.http_query_parameter_name {
         HashKey::QueryParam(q.clone())
-    } else {
+    } else if ch.use_source_ip == Some(true) {
         HashKey::SourceIp
+    } else {
+        return Ok((Policy::LeastRequest, None)); // no key: Istio hashes nothing, so plain balancing
     };
     let policy = match (&ch.ring_hash, &ch.maglev) {
         (Some(_), Some(_)) => return Err((String::new(), "set either ringHash or maglev, not both".into())),

@@ -1,12 +1,14 @@
-//! Gateways: each server's port, protocol, hosts and TLS settings checked as Istio's validation
-//! does, grouped by port; then the VirtualServices bound to each gateway, host by host, as
-//! Istio's gateway code picks them (namespace, then wildcard-aware host intersection).
+//! Gateways: each server's port, protocol, hosts and TLS settings (validated already, by
+//! `config::validate`), grouped by port, with warnings for what the agent does not serve; then the
+//! VirtualServices bound to each gateway, host by host, as Istio's gateway code picks them
+//! (namespace, then wildcard-aware host intersection).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::Compiler;
-use crate::config::{Gateway, Resource, Server, Severity, TlsMode, TlsProtocolVersion, VirtualService};
+use crate::config::{
+    Gateway, Resource, Server, ServerTlsSettings, Severity, Source, TlsMode, TlsProtocolVersion, VirtualService,
+};
 use crate::endpoints::qualify_host;
 use crate::routing::gateway::{
     hosts_intersect, resolve_gateway_name, GatewayServer, GatewaySummary, GatewayTable, ServerHost, ServerId,
@@ -14,25 +16,6 @@ use crate::routing::gateway::{
 };
 use crate::routing::index::RuleIndex;
 use crate::routing::Rule;
-
-/// Cipher suites Envoy (BoringSSL) accepts by name, for Istio's "ignoring invalid cipher suites".
-pub(crate) const ENVOY_CIPHER_SUITES: &[&str] = &[
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-CHACHA20-POLY1305",
-    "ECDHE-ECDSA-AES128-SHA",
-    "ECDHE-RSA-AES128-SHA",
-    "ECDHE-ECDSA-AES256-SHA",
-    "ECDHE-RSA-AES256-SHA",
-    "AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-SHA",
-    "AES256-SHA",
-    "DES-CBC3-SHA",
-];
 
 fn creation_timestamp<T>(resource: &Resource<T>) -> &str {
     resource.meta.other.get("creationTimestamp").and_then(|v| v.as_str()).unwrap_or("~")
@@ -47,44 +30,11 @@ impl Compiler<'_> {
         ordered.sort_by_key(|g| creation_timestamp(g).to_owned());
         for gw in ordered {
             let name: Arc<str> = format!("{}/{}", gw.meta.namespace, gw.meta.name).into();
-            let before = self.error_count();
-            if gw.spec.servers.is_empty() {
-                self.diags.push(gw.source.diagnostic(
-                    Severity::Error,
-                    "spec.servers",
-                    "gateway must have at least one server",
-                ));
-            }
-            let mut port_names = HashSet::new();
-            let mut servers = Vec::new();
+            table
+                .gateways
+                .insert(name.clone(), GatewaySummary { name: name.clone(), selector: gw.spec.selector.clone() });
             for (i, server) in gw.spec.servers.iter().enumerate() {
-                if let Some(port) = &server.port {
-                    if !port_names.insert(port.name.as_str()) {
-                        self.diags.push(gw.source.diagnostic(
-                            Severity::Error,
-                            format!("spec.servers[{i}].port.name"),
-                            format!("port names in servers must be unique: duplicate name {}", port.name),
-                        ));
-                    }
-                }
-                if let Some(compiled) = self.server(gw, &name, i, server) {
-                    servers.push(compiled);
-                }
-            }
-            for (k, v) in &gw.spec.selector {
-                if k.is_empty() || k.contains('*') || v.contains('*') {
-                    self.diags.push(gw.source.diagnostic(
-                        Severity::Error,
-                        format!("spec.selector.{k}"),
-                        format!("{k:?}={v:?} is not a label selector (no empty keys, no wildcards)"),
-                    ));
-                }
-            }
-            if self.error_count() != before {
-                continue;
-            }
-            table.gateways.insert(name.clone(), GatewaySummary { name, selector: gw.spec.selector.clone() });
-            for server in servers {
+                let Some(server) = self.server(gw, &name, i, server) else { continue };
                 let on_port = table.ports.entry(server.port).or_default();
                 if let Some(first) = on_port.iter().find(|s| s.protocol != server.protocol) {
                     self.diags.push(server.source.diagnostic(
@@ -103,128 +53,32 @@ impl Compiler<'_> {
         table
     }
 
-    /// Server `i` of `gw`; `None` when it has errors (reported) or is of a kind the agent does
-    /// not serve yet (warned).
+    /// Server `i` of `gw` (validated); `None` for a kind the agent does not serve yet (warned).
     fn server(&mut self, gw: &Resource<Gateway>, name: &Arc<str>, i: usize, server: &Server) -> Option<GatewayServer> {
         let (src, at) = (&gw.source, format!("spec.servers[{i}]"));
-        let before = self.error_count();
-        let error = |cx: &mut Self, field: String, message: String| {
-            cx.diags.push(src.diagnostic(Severity::Error, field, message));
+        let port = server.port.as_ref()?;
+        let number = u16::try_from(port.number).ok().filter(|n| *n > 0)?;
+        let hosts = server.hosts.iter().map(|h| server_host(h, &gw.meta.namespace)).collect();
+        let warn = |cx: &mut Self, field: &str, message: &str| {
+            cx.diags.push(src.diagnostic(Severity::Warning, format!("{at}.{field}"), message));
         };
-        let mut hosts = Vec::new();
-        if server.hosts.is_empty() {
-            error(self, format!("{at}.hosts"), "server config must contain at least one host".into());
-        }
-        for (j, host) in server.hosts.iter().enumerate() {
-            match server_host(host, &gw.meta.namespace) {
-                Ok(host) => hosts.push(host),
-                Err(message) => error(self, format!("{at}.hosts[{j}]"), message),
-            }
-        }
-        let Some(port) = &server.port else {
-            error(self, format!("{at}.port"), "port is required".into());
-            return None;
-        };
-        let number = match u16::try_from(port.number) {
-            Ok(n) if n > 0 => n,
-            _ => {
-                error(
-                    self,
-                    format!("{at}.port.number"),
-                    format!("port number {} must be in the range 1..65535", port.number),
-                );
-                0
-            }
-        };
-        if port.name.is_empty() {
-            error(self, format!("{at}.port.name"), "port name must be set".into());
-        }
-        if port.target_port.is_some_and(|p| p > 0) {
-            self.diags.push(src.diagnostic(
-                Severity::Warning,
-                format!("{at}.port.targetPort"),
-                "targetPort has no impact on Gateways",
-            ));
-        }
         if server.bind.as_deref().is_some_and(|b| !b.is_empty()) {
-            self.diags.push(src.diagnostic(
-                Severity::Warning,
-                format!("{at}.bind"),
-                "not supported yet; the agent's gatewayAddress is used",
-            ));
+            warn(self, "bind", "not supported yet; the agent's gatewayAddress is used");
         }
         if server.default_endpoint.is_some() {
-            self.diags.push(src.diagnostic(
-                Severity::Warning,
-                format!("{at}.defaultEndpoint"),
-                "not supported yet; ignored",
-            ));
+            warn(self, "defaultEndpoint", "not supported yet; ignored");
         }
         let protocol = port.protocol.to_ascii_uppercase();
-        let (is_http, is_tls) = match protocol.as_str() {
-            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => (true, false),
-            "HTTPS" | "TLS" => (false, true),
-            "TCP" | "MONGO" | "REDIS" | "MYSQL" => (false, false),
+        let (protocol, tls, https_redirect) = match (protocol.as_str(), &server.tls) {
+            ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", tls) => {
+                (ServerProtocol::Http, None, tls.as_ref().is_some_and(|t| t.https_redirect))
+            }
+            ("HTTPS" | "TLS", Some(t)) => {
+                (ServerProtocol::Https, Some(self.server_tls(t, src, &format!("{at}.tls"))?), false)
+            }
             _ => {
-                error(
-                    self,
-                    format!("{at}.port.protocol"),
-                    format!(
-                        "invalid protocol {:?}, supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
-                        port.protocol
-                    ),
-                );
-                (false, false)
-            }
-        };
-        let mut https_redirect = false;
-        let mut tls = None;
-        match (&server.tls, is_tls) {
-            (None, true) => {
-                error(self, format!("{at}.tls"), "server must have TLS settings for HTTPS/TLS protocols".into());
-            }
-            (Some(t), false) => {
-                let passthrough = matches!(t.mode.unwrap_or_default(), TlsMode::Passthrough | TlsMode::AutoPassthrough);
-                let has_material =
-                    t.ca_certificates.is_some() || t.private_key.is_some() || t.server_certificate.is_some();
-                if is_http && passthrough && !has_material {
-                    https_redirect = t.https_redirect;
-                } else if is_http {
-                    error(
-                        self,
-                        format!("{at}.tls"),
-                        "server cannot have TLS settings for plain text HTTP ports".into(),
-                    );
-                } else {
-                    error(self, format!("{at}.tls"), "server cannot have TLS settings for non HTTPS/TLS ports".into());
-                }
-            }
-            (Some(t), true) => {
-                if t.https_redirect {
-                    self.diags.push(src.diagnostic(
-                        Severity::Warning,
-                        format!("{at}.tls.httpsRedirect"),
-                        "tls.httpsRedirect should only be used with http servers",
-                    ));
-                }
-                tls = self.server_tls(t, src, &format!("{at}.tls"));
-            }
-            (None, false) => {}
-        }
-        if self.error_count() != before {
-            return None;
-        }
-        let protocol = match (is_http, &tls) {
-            (true, _) => ServerProtocol::Http,
-            (false, Some(_)) => ServerProtocol::Https,
-            // A TLS server whose mode is not served here was warned about with its mode.
-            (false, None) if is_tls => return None,
-            (false, None) => {
-                self.diags.push(src.diagnostic(
-                    Severity::Warning,
-                    format!("{at}.port.protocol"),
-                    format!("{} servers are not supported yet; this server is not served", port.protocol),
-                ));
+                let message = format!("{} servers are not supported yet; this server is not served", port.protocol);
+                warn(self, "port.protocol", &message);
                 return None;
             }
         };
@@ -243,84 +97,34 @@ impl Compiler<'_> {
         })
     }
 
-    /// The TLS settings of an HTTPS/TLS server; `None` when the mode terminates nothing here
-    /// (warned) or they have errors (reported).
-    fn server_tls(
-        &mut self,
-        t: &crate::config::ServerTlsSettings,
-        src: &crate::config::Source,
-        at: &str,
-    ) -> Option<ServerTls> {
+    /// The TLS settings of an HTTPS/TLS server; `None` when its mode terminates nothing here
+    /// (warned).
+    fn server_tls(&mut self, t: &ServerTlsSettings, src: &Source, at: &str) -> Option<ServerTls> {
         let mode = t.mode.unwrap_or_default();
-        let error = |cx: &mut Self, field: &str, message: String| {
-            cx.diags.push(src.diagnostic(Severity::Error, format!("{at}{field}"), message));
-        };
         let warn = |cx: &mut Self, field: &str, message: String| {
-            cx.diags.push(src.diagnostic(Severity::Warning, format!("{at}{field}"), message));
+            cx.diags.push(src.diagnostic(Severity::Warning, format!("{at}.{field}"), message));
         };
         for field in t.unsupported_fields() {
-            warn(self, &format!(".{field}"), "not supported yet; ignored".into());
-        }
-        let mut seen = HashSet::new();
-        for (k, suite) in t.cipher_suites.iter().enumerate() {
-            if !ENVOY_CIPHER_SUITES.contains(&suite.as_str()) {
-                warn(self, &format!(".cipherSuites[{k}]"), format!("ignoring invalid cipher suite {suite}"));
-            } else if !seen.insert(suite) {
-                warn(self, &format!(".cipherSuites[{k}]"), format!("ignoring duplicate cipher suite {suite}"));
-            }
-        }
-        let (min, max) = (t.min_protocol_version.unwrap_or_default(), t.max_protocol_version.unwrap_or_default());
-        if min != TlsProtocolVersion::Auto && max != TlsProtocolVersion::Auto && max < min {
-            error(self, ".maxProtocolVersion", "maxProtocolVersion must not be below minProtocolVersion".into());
-        }
-        if matches!(min, TlsProtocolVersion::V1_0 | TlsProtocolVersion::V1_1) {
-            warn(self, ".minProtocolVersion", "TLS below 1.2 is not offered (rustls); 1.2 is the lowest".into());
+            warn(self, field, "not supported yet; ignored".into());
         }
         match mode {
             TlsMode::IstioMutual => {
-                for (field, set) in [
-                    ("serverCertificate", t.server_certificate.is_some()),
-                    ("privateKey", t.private_key.is_some()),
-                    ("caCertificates", t.ca_certificates.is_some()),
-                    ("credentialName", t.credential_name.is_some()),
-                ] {
-                    if set {
-                        error(self, &format!(".{field}"), format!("ISTIO_MUTUAL TLS cannot have associated {field}"));
-                    }
-                }
                 warn(
                     self,
-                    ".mode",
+                    "mode",
                     "ISTIO_MUTUAL needs Istio's CA, which the agent does not have; server not served".into(),
                 );
                 return None;
             }
             TlsMode::Passthrough | TlsMode::AutoPassthrough => {
-                warn(self, ".mode", format!("{mode:?} is not supported yet; server not served"));
+                warn(self, "mode", format!("{mode:?} is not supported yet; server not served"));
                 return None;
             }
             TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual => {}
         }
-        let pair = t.server_certificate.is_some() && t.private_key.is_some();
-        if pair && t.credential_name.is_some() {
-            error(
-                self,
-                "",
-                "only one of credential_name, credential_names, server_certificate/private_key, tls_certificates should be specified"
-                    .into(),
-            );
-        }
-        let prefix = if mode == TlsMode::Simple { "SIMPLE TLS" } else { "MUTUAL TLS" };
-        if t.credential_name.is_none() {
-            if mode != TlsMode::Simple && t.ca_certificates.is_none() {
-                error(self, ".caCertificates", format!("{prefix} requires a client CA bundle"));
-            }
-            if t.server_certificate.is_none() {
-                error(self, ".serverCertificate", format!("{prefix} requires a server certificate"));
-            }
-            if t.private_key.is_none() {
-                error(self, ".privateKey", format!("{prefix} requires a private key"));
-            }
+        let min = t.min_protocol_version.unwrap_or_default();
+        if matches!(min, TlsProtocolVersion::V1_0 | TlsProtocolVersion::V1_1) {
+            warn(self, "minProtocolVersion", "TLS below 1.2 is not offered (rustls); 1.2 is the lowest".into());
         }
         Some(ServerTls {
             mode,
@@ -329,7 +133,7 @@ impl Compiler<'_> {
             ca_certificates: t.ca_certificates.clone(),
             credential_name: t.credential_name.clone(),
             min_version: min,
-            max_version: max,
+            max_version: t.max_protocol_version.unwrap_or_default(),
             cipher_suites: t.cipher_suites.clone(),
         })
     }
@@ -401,49 +205,16 @@ impl Compiler<'_> {
     }
 }
 
-/// A server host as Istio reads it: `ns/host`, `./host` (the Gateway's namespace), `*/host` or a
-/// bare `host` (any namespace).
-fn server_host(written: &str, gateway_namespace: &str) -> Result<ServerHost, String> {
+/// A server host as Istio reads it (validated): `ns/host`, `./host` (the Gateway's namespace),
+/// `*/host` or a bare `host` (any namespace).
+fn server_host(written: &str, gateway_namespace: &str) -> ServerHost {
     let (namespace, host) = match written.split_once('/') {
-        None | Some(("*", _)) => (None, written.rsplit('/').next().unwrap_or(written)),
+        None => (None, written),
+        Some(("*", host)) => (None, host),
         Some((".", host)) => (Some(gateway_namespace.to_owned()), host),
-        Some(("~", _)) => return Err(format!("{written:?}: the `~` namespace is not supported")),
-        Some((ns, host)) => {
-            if !is_dns1123_label(ns) {
-                return Err(format!("invalid namespace {ns:?} in host {written:?}"));
-            }
-            (Some(ns.to_owned()), host)
-        }
+        Some((namespace, host)) => (Some(namespace.to_owned()), host),
     };
-    if !is_wildcard_dns_name(host) {
-        return Err(format!("invalid host {host:?}: a DNS name, optionally starting with `*` or `*.`"));
-    }
-    Ok(ServerHost { namespace, host: host.to_ascii_lowercase() })
-}
-
-fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// `*`, `*.example.com` or `example.com`: labels of letters, digits and `-`.
-fn is_wildcard_dns_name(s: &str) -> bool {
-    if s == "*" {
-        return true;
-    }
-    let rest = s.strip_prefix("*.").unwrap_or(s);
-    !rest.is_empty()
-        && rest.len() <= 253
-        && rest.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    ServerHost { namespace, host: host.to_ascii_lowercase() }
 }
 
 #[cfg(test)]
@@ -592,23 +363,19 @@ spec:
         assert!(has("spec.servers[1].tls", "plain text HTTP ports"), "{errors:?}");
         assert!(has("spec.servers[2].tls.caCertificates", "requires a client CA bundle"), "{errors:?}");
         assert!(has("spec.servers[3].port.protocol", "invalid protocol"), "{errors:?}");
-        assert!(has("spec.servers[3].hosts[0]", "invalid host"), "{errors:?}");
+        assert!(has("spec.servers[3].hosts[0]", "invalid"), "{errors:?}");
     }
 
     #[test]
     fn server_hosts_read_as_istio() {
+        let any = |host: &str| ServerHost { namespace: None, host: host.into() };
+        assert_eq!(server_host("*/a.example.com", "gw"), any("a.example.com"));
+        assert_eq!(server_host("a.example.com", "gw"), any("a.example.com"));
         assert_eq!(
-            server_host("*/a.example.com", "gw").unwrap(),
-            ServerHost { namespace: None, host: "a.example.com".into() }
-        );
-        assert_eq!(server_host("a.example.com", "gw").unwrap().namespace, None);
-        assert_eq!(
-            server_host("./A.example.com", "gw").unwrap(),
+            server_host("./A.example.com", "gw"),
             ServerHost { namespace: Some("gw".into()), host: "a.example.com".into() }
         );
-        assert_eq!(server_host("shop/*.example.com", "gw").unwrap().namespace.as_deref(), Some("shop"));
-        assert_eq!(server_host("*", "gw").unwrap().host, "*");
-        assert!(server_host("shop/a.*.com", "gw").is_err());
-        assert!(server_host("Bad_NS/a.com", "gw").is_err());
+        assert_eq!(server_host("shop/*.example.com", "gw").namespace.as_deref(), Some("shop"));
+        assert_eq!(server_host("*", "gw"), any("*"));
     }
 }

@@ -277,7 +277,7 @@ impl Compiler<'_> {
     /// a weight takes all traffic; among several, an absent weight is 0.
     pub(super) fn weight(&mut self, weight: Option<i64>, single: bool, src: &Source, at: &str) -> Option<u64> {
         match weight {
-            None if single => Some(100),
+            None | Some(0) if single => Some(100),
             None => Some(0),
             Some(w) if w < 0 => {
                 self.diags.push(src.diagnostic(

@@ -16,6 +16,7 @@ spec:
   hosts: [sticky.default.svc.cluster.local]
   addresses: [10.96.0.20]
   ports: [{number: 80, name: http}]
+  resolution: STATIC
   endpoints: [{address: 10.244.0.21}]
 ---
 apiVersion: networking.istio.io/v1
