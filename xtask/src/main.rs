@@ -35,6 +35,10 @@ enum Task {
         /// Take the config from a real kube-apiserver (built by setup) instead of config/.
         #[arg(long)]
         kubernetes: bool,
+        /// The seed at an ingress gateway: config/gateway served on the node's address over
+        /// HTTPS, called by curl from outside the mesh.
+        #[arg(long)]
+        gateway: bool,
     },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
@@ -71,8 +75,8 @@ fn main() {
     let result = match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Build => build(),
-        Task::Demo { mode, kubernetes } => {
-            setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode, kubernetes))
+        Task::Demo { mode, kubernetes, gateway } => {
+            setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode, kubernetes, gateway))
         }
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),

@@ -367,6 +367,38 @@ spec:
     }
 
     #[test]
+    fn the_gateway_example_routes_the_seed_at_the_gateway() {
+        let mut snapshot = crate::config::Snapshot::default();
+        let mut errors = Vec::new();
+        let mesh = include_str!("../../../../config/mesh/my-app.yaml");
+        let gateway = include_str!("../../../../config/gateway/my-app-gateway.yaml");
+        snapshot.add_file(std::path::Path::new("my-app.yaml"), mesh, "default", &mut errors);
+        snapshot.add_file(std::path::Path::new("my-app-gateway.yaml"), gateway, "default", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let table = RouteTable::compile(&snapshot).unwrap();
+        assert!(table.warnings().is_empty(), "{:?}", table.warnings());
+        assert_eq!(at_server(&table, None, "my-app.example.com", "/"), "NR", "nothing on port 80");
+        let https = ServerId { gateway: "default/my-app-gateway".into(), index: 0 };
+        let headers = http::HeaderMap::new();
+        let req = RequestView {
+            method: "GET",
+            path: "/",
+            query: None,
+            authority: "my-app.example.com:8443",
+            scheme: "https",
+            headers: &headers,
+            port: 8443,
+            source: None,
+        };
+        let decided = table.route_gateway(&GatewayEntry { port: 8443, server: Some(&https) }, &req);
+        let rule = decided.decision.and_then(|d| d.rule).map(|r| r.label.to_string());
+        assert_eq!(rule.as_deref(), Some("default/my-app-edge#1"));
+        let redirect =
+            table.route_gateway(&GatewayEntry { port: 8080, server: None }, &RequestView { port: 8080, ..req });
+        assert!(redirect.https_redirect);
+    }
+
+    #[test]
     fn server_hosts_read_as_istio() {
         let any = |host: &str| ServerHost { namespace: None, host: host.into() };
         assert_eq!(server_host("*/a.example.com", "gw"), any("a.example.com"));
