@@ -205,6 +205,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         Resources::Files(dir) => Some(watch_dir(dir, reload_tx.clone())?),
         Resources::Cluster(_) => None,
     };
+    // A rotated credential (`credentialName`) is a config change: its server's TLS is built again.
+    let credentials = settings.gateway_address.map(|_| settings.credentials.as_path()).filter(|dir| dir.is_dir());
+    let _credentials_watcher = credentials.map(|dir| watch_dir(dir, reload_tx.clone())).transpose()?;
     let watch_err =
         |what: &str, source: std::io::Error| AgentError::Watch { what: what.into(), source: Box::new(source) };
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| watch_err("SIGHUP", e))?;

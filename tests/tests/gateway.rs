@@ -2,8 +2,9 @@
 //! client pod's namespace, not in the captured cgroup) calls the node's gateway port with curl
 //! over HTTPS with SNI `my-app.example.com`, and a Gateway + VirtualService route it like the
 //! seed (beta testers to v2, the rest 90/10); a Gateway removed on reload closes its port while
-//! captured traffic flows without a failure; a Gateway from the Kubernetes API server (with the
-//! DaemonSet's RBAC) is served and its deletion closes its port.
+//! captured traffic flows without a failure; a certificate rotated on disk is served without a
+//! restart; a Gateway from the Kubernetes API server (with the DaemonSet's RBAC) is served and
+//! its deletion closes its port.
 
 mod common;
 
@@ -225,6 +226,56 @@ spec:
     assert_eq!(during.failures, 0, "{during:?}");
     assert_eq!(during.status(200), during.requests, "{during:?}");
     assert!(during.count("v1") > 0 && during.count("v2") > 0, "{during:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
+    let node = node().unwrap();
+    let dir = scratch("rotate");
+    let credentials = dir.join("credentials");
+    // Two certificates from two CAs; the credential is a link swapped in one step, as Kubernetes
+    // swaps a mounted Secret's files.
+    certificates(&credentials.join("first"), "my-app.example.com");
+    certificates(&credentials.join("second"), "my-app.example.com");
+    std::os::unix::fs::symlink("first", credentials.join("my-app-cert")).unwrap();
+    let gw = gateway(
+        "public",
+        &format!(
+            "  - port: {{number: {HTTPS_PORT}, name: https, protocol: HTTPS}}
+    hosts: [my-app.example.com]
+    tls: {{mode: SIMPLE, credentialName: my-app-cert}}
+"
+        ),
+    );
+    let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: [my-app.example.com]
+  gateways: [public]
+  http:
+  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
+";
+    let mut agent =
+        agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &credentials);
+    let resolve = format!("my-app.example.com:{HTTPS_PORT}:{GATEWAY}");
+    let url = format!("https://my-app.example.com:{HTTPS_PORT}/");
+    let get = |ca: &str| {
+        let ca = credentials.join(ca).join("ca.pem").display().to_string();
+        curl(&node, &["-sS", "--max-time", "5", "--cacert", &ca, "--resolve", &resolve, &url])
+    };
+    assert_eq!(get("first").unwrap(), "v1");
+    assert!(get("second").is_err(), "the second CA is not trusted for the first certificate");
+
+    let applied = agent.log().matches("config applied").count();
+    std::os::unix::fs::symlink("second", credentials.join("next")).unwrap();
+    std::fs::rename(credentials.join("next"), credentials.join("my-app-cert")).unwrap();
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(10)).unwrap();
+    poll_until("the rotated certificate to be served", Duration::from_secs(5), || Ok(get("second").is_ok()))
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", get("second"), agent.log()));
+    assert_eq!(get("second").unwrap(), "v1");
+    assert!(get("first").is_err(), "the old certificate is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
