@@ -17,6 +17,8 @@ pub enum Expect {
     Refused(u16),
     /// Forward it: an endpoint's 200.
     Served,
+    /// Forward every one of this many pipelined requests, answering each 200 in order.
+    ServedEach(usize),
 }
 
 /// One hostile request.
@@ -90,9 +92,16 @@ fn get(headers: &str) -> Vec<u8> {
     format!("GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n{headers}\r\n").into_bytes()
 }
 
+/// `n` GETs to my-app in one write, the last one closing the connection.
+fn pipelined(n: usize) -> Vec<u8> {
+    let mut bytes = b"GET / HTTP/1.1\r\nHost: my-app\r\n\r\n".repeat(n.saturating_sub(1));
+    bytes.extend_from_slice(&get(""));
+    bytes
+}
+
 /// The catalogue.
 pub fn catalogue() -> Vec<Case> {
-    use Expect::{Refused, Served};
+    use Expect::{Refused, Served, ServedEach};
     const TE: &str = "Transfer-Encoding: chunked\r\n";
     vec![
         // Request smuggling.
@@ -140,6 +149,13 @@ pub fn catalogue() -> Vec<Case> {
         ),
         case("bare LF line ends", b"GET / HTTP/1.1\nHost: my-app\nConnection: close\n\n".to_vec(), Served, "200"),
         case("comma-joined equal Content-Lengths", post("Content-Length: 4, 4\r\n", "abcd"), Refused(400), "400 DPE"),
+        case(
+            "bare CR in a header value",
+            get("X-A: a\rb\r\n"),
+            Refused(400),
+            "200; we: 400, RFC 9112 §2.2 allows either",
+        ),
+        case("control byte in a header name", get("X\x01A: 1\r\n"), Refused(400), "400"),
         case("NUL in a header value", get("X-A: a\0b\r\n"), Refused(400), "400 DPE"),
         // Chunked framing.
         case("negative chunk size", post(TE, "-5\r\nhello\r\n0\r\n\r\n"), Refused(400), "400 DPE"),
@@ -176,6 +192,8 @@ pub fn catalogue() -> Vec<Case> {
             Served,
             "200",
         ),
+        // Pipelining.
+        case("100 pipelined requests", pipelined(100), ServedEach(100), "100 × 200"),
         // Size.
         case(
             "1 MB header",
@@ -216,9 +234,10 @@ pub fn run(node: &Node, agent: &Agent, scratch: &Path) -> Result<Report> {
         let ok = match case.expect {
             Expect::Refused(code) => status == Some(code) && report.closed && answers == 1,
             Expect::Served => status == Some(200) && report.response.ends_with("v1"),
+            Expect::ServedEach(n) => report.response.matches(" 200 OK\r\n").count() == n && answers == n,
         };
         let closed = if report.closed { "closed" } else { "open" };
-        let got = format!("{status_line} ({closed})");
+        let got = format!("{status_line} ({answers} answers, {closed})");
         verdicts.push(Verdict { name: case.name, expect: case.expect, envoy: case.envoy, got, ok });
     }
     let after = load(node, 20, &[]);

@@ -13,6 +13,7 @@
 //! many headers, an upgrade or CONNECT after which bytes are no longer HTTP — it stops watching
 //! rather than risk refusing a valid request.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -27,8 +28,6 @@ pub mod response;
 
 /// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
 const MAX_HEADERS: usize = 128;
-/// Requests whose end the watcher remembers (more are in flight only with deep pipelining).
-const REMEMBERED: usize = 8;
 
 /// Where a request ended in the byte stream, and whether its client wants the connection kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,8 +139,9 @@ pub struct RequestFraming {
     keep_alive: bool,
     /// A head was read and its request has not ended yet.
     awaiting_end: bool,
-    /// Ends of the latest requests, by request number modulo [`REMEMBERED`].
-    ends: [RequestEnd; REMEMBERED],
+    /// Ends of the requests read but not yet served, oldest first, consecutive: as many as the
+    /// client pipelined into what was read (none allocated without pipelining).
+    ends: VecDeque<RequestEnd>,
     /// Longest head the watcher buffers (hyper refuses longer ones with 431).
     max_head_bytes: usize,
     verdicts: Arc<Verdicts>,
@@ -166,7 +166,7 @@ impl RequestFraming {
             consumed: 0,
             keep_alive: false,
             awaiting_end: false,
-            ends: [RequestEnd::default(); REMEMBERED],
+            ends: VecDeque::new(),
             max_head_bytes,
             verdicts: Arc::new(Verdicts::default()),
         }
@@ -177,10 +177,24 @@ impl RequestFraming {
         self.verdicts.clone()
     }
 
-    /// Where request `n` (1-based) ended, if it has and the watcher still remembers.
+    /// Where request `n` (1-based) ended, if it has and has not been served before the last
+    /// bytes were fed.
     pub fn request_end(&self, n: u64) -> Option<RequestEnd> {
-        let end = self.ends[(n % REMEMBERED as u64) as usize];
-        (n > 0 && end.request == n).then_some(end)
+        let first = self.ends.front()?.request;
+        let end = *self.ends.get(usize::try_from(n.checked_sub(first)?).ok()?)?;
+        (end.request == n).then_some(end)
+    }
+
+    /// Forgets the ends of requests served before the one in progress (they are never asked
+    /// about again), and the room a burst of pipelined requests took.
+    fn forget_served(&mut self) {
+        let served = self.verdicts.served();
+        while self.ends.front().is_some_and(|end| end.request < served) {
+            self.ends.pop_front();
+        }
+        if self.ends.is_empty() && self.ends.capacity() > 4 {
+            self.ends = VecDeque::new();
+        }
     }
 
     /// Follows the next bytes the client sent.
@@ -188,6 +202,7 @@ impl RequestFraming {
         if self.state == State::Stopped || input.is_empty() {
             return;
         }
+        self.forget_served();
         if self.partial.is_empty() {
             self.consume(input);
         } else {
@@ -207,7 +222,7 @@ impl RequestFraming {
                         self.awaiting_end = false;
                         let end =
                             RequestEnd { request: self.heads, offset: self.consumed, keep_alive: self.keep_alive };
-                        self.ends[(self.heads % REMEMBERED as u64) as usize] = end;
+                        self.ends.push_back(end);
                     }
                 }
                 Step::NeedMore if bytes.len() <= self.max_head_bytes => {
@@ -625,6 +640,22 @@ mod tests {
         let mut framing = RequestFraming::new(32);
         framing.feed(b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaa");
         assert_eq!((framing.state, framing.partial.len()), (State::Stopped, 0));
+    }
+
+    #[test]
+    fn the_end_of_every_pipelined_request_is_kept_until_it_is_served() {
+        let one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut framing = RequestFraming::new(1024);
+        framing.feed(&one.repeat(100));
+        let verdicts = framing.verdicts();
+        for n in 1..=100u64 {
+            assert_eq!(framing.request_end(n).map(|e| e.offset), Some(n * one.len() as u64), "request {n}");
+            assert!(verdicts.next_refusal().is_none());
+        }
+        // The served ones are forgotten when the next bytes come.
+        framing.feed(b"\r\n");
+        assert_eq!((framing.request_end(1), framing.ends.len()), (None, 1));
+        assert!(framing.request_end(100).is_some());
     }
 
     #[test]
