@@ -310,7 +310,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
 ///
 /// # Errors
 /// A capability set cannot be lowered.
-pub fn drop_privileges(mode: CaptureMode) -> Result<(), AgentError> {
+fn drop_privileges(mode: CaptureMode) -> Result<(), AgentError> {
     let restricted = crate::privileges::restrict_thread(&crate::privileges::needed_after_start(mode))?;
     let kept: Vec<String> = restricted.kept.iter().map(ToString::to_string).collect();
     if restricted.bounding_lowered {

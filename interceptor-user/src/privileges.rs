@@ -78,8 +78,9 @@ pub fn needed_after_start(mode: CaptureMode) -> CapsHashSet {
 pub struct Restricted {
     /// The permitted (and effective) set left.
     pub kept: Vec<Capability>,
-    /// The bounding set was lowered to `kept` too; false when the thread lacked `CAP_SETPCAP`,
-    /// so that an `execve` could still regain what its bounding set holds.
+    /// The bounding set was lowered to `keep` too; false when the thread lacked `CAP_SETPCAP`:
+    /// its bounding set is then as it was (as inherited), and an `execve` could regain what it
+    /// holds.
     pub bounding_lowered: bool,
 }
 
