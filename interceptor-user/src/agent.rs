@@ -49,6 +49,9 @@ pub enum AgentError {
     /// Loading, attaching or syncing the kernel programs failed.
     #[error(transparent)]
     Bpf(#[from] BpfError),
+    /// The capabilities not needed after start-up could not be dropped.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// Watching the config directory or installing signal handlers failed.
     #[error("cannot watch {what}: {source}")]
     Watch {
@@ -173,7 +176,12 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         routes: routes.clone(),
         original_destinations: Arc::new(capture.original_destinations()?),
         namespace: settings.namespace.clone().into(),
-        upstream: upstream_client(Some(interceptor_common::capture::PROXY_SOCKET_MARK)),
+        // The mark keeps the connect hook off the proxy's own connections; packet mode has no
+        // such hook, and not marking spares it CAP_NET_ADMIN (see `privileges`).
+        upstream: upstream_client(match settings.mode {
+            CaptureMode::Socket => Some(interceptor_common::capture::PROXY_SOCKET_MARK),
+            CaptureMode::Packet => None,
+        }),
         metrics: proxy_metrics,
         limits: settings.limits,
     };
@@ -181,6 +189,10 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
     gateways.reconcile(&routes.load_full()).await;
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
+    // Loaded, attached, bound: from here on only what `needed_after_start` names. The runtime's
+    // threads dropped the rest as they started (`on_thread_start`); this is the last one, and
+    // threads started from here on (the file watcher's) inherit the lowered sets.
+    drop_privileges(settings.mode)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = tokio::spawn(proxy.run(
@@ -304,6 +316,22 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     drop(capture);
     admin_task.abort();
     info!("stopped");
+    Ok(())
+}
+
+/// Lowers the calling thread's capabilities to what `mode` needs after start-up (see
+/// [`crate::privileges::needed_after_start`]) and logs what is kept.
+///
+/// # Errors
+/// A capability set cannot be lowered.
+fn drop_privileges(mode: CaptureMode) -> Result<(), AgentError> {
+    let restricted = crate::privileges::restrict_thread(&crate::privileges::needed_after_start(mode))?;
+    let kept: Vec<String> = restricted.kept.iter().map(ToString::to_string).collect();
+    if restricted.bounding_lowered {
+        info!(kept = ?kept, "capabilities dropped");
+    } else {
+        warn!(kept = ?kept, "capabilities dropped, but not from the bounding set (no CAP_SETPCAP)");
+    }
     Ok(())
 }
 

@@ -241,6 +241,39 @@ pub enum BpfError {
     },
 }
 
+/// What a process needs to use maps through descriptors it already holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapAccess {
+    /// Nothing: the descriptor is enough (kernel 6.5 and later, or unprivileged BPF allowed).
+    ByDescriptor,
+    /// `CAP_BPF`: before 6.5, `kernel.unprivileged_bpf_disabled` turns every `bpf()` command away
+    /// from a process without it.
+    NeedsCapBpf,
+    /// `CAP_SYS_ADMIN`: as above, on 5.7, before `CAP_BPF` existed.
+    NeedsCapSysAdmin,
+}
+
+/// What this kernel asks of a process to read and write maps through open descriptors. Since
+/// 6.5, `kernel.unprivileged_bpf_disabled` only guards creating maps and loading programs.
+/// When the kernel version or the sysctl cannot be read, the answer is the cautious one.
+pub fn map_access() -> MapAccess {
+    use aya::util::KernelVersion;
+
+    let version = KernelVersion::current().ok();
+    if version.is_some_and(|v| v >= KernelVersion::new(6, 5, 0)) {
+        return MapAccess::ByDescriptor;
+    }
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled");
+    if disabled.is_ok_and(|value| value.trim() == "0") {
+        return MapAccess::ByDescriptor;
+    }
+    if version.is_some_and(|v| v < KernelVersion::new(5, 8, 0)) {
+        MapAccess::NeedsCapSysAdmin
+    } else {
+        MapAccess::NeedsCapBpf
+    }
+}
+
 /// Counters of the kernel programs, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureStats {

@@ -7,5 +7,6 @@ pub mod bpf;
 pub mod cluster;
 pub mod config;
 pub mod endpoints;
+pub mod privileges;
 pub mod proxy;
 pub mod routing;

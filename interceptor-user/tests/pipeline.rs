@@ -45,6 +45,8 @@ enum Behaviour {
     Slow(Duration),
     /// Closes the connection without answering.
     Hangup,
+    /// 200 once the whole request body has arrived.
+    ReadBody,
 }
 
 /// A loopback endpoint; `hits` counts the requests (or connections, for `Hangup`) it got.
@@ -67,11 +69,15 @@ async fn endpoint(behaviour: Behaviour) -> Endpoint {
                 drop(stream);
                 continue;
             }
-            let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let hits = hits.clone();
                 async move {
                     hits.fetch_add(1, Ordering::Relaxed);
                     let (status, body) = match behaviour {
+                        Behaviour::ReadBody => match req.into_body().collect().await {
+                            Ok(_) => (StatusCode::OK, "ok"),
+                            Err(_) => (StatusCode::BAD_REQUEST, "body failed"),
+                        },
                         Behaviour::Status(code) => (StatusCode::from_u16(code).unwrap(), "busy"),
                         Behaviour::Slow(wait) => {
                             tokio::time::sleep(wait).await;
@@ -205,12 +211,40 @@ impl Harness {
         Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
     }
 
-    /// Requests the raw relay carried out so far.
-    fn relayed(&self) -> u64 {
+    /// Sends `first`, then (once `sent_on` holds, if given) `then`, on one connection, as raw
+    /// bytes; returns everything the proxy sent until it closed (bounded: 5 s).
+    async fn send_raw(&self, first: &[u8], then: Option<(&[u8], &dyn Fn() -> bool)>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut stream = TcpStream::connect(self.proxy).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        if let Some((rest, sent_on)) = then {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !sent_on() {
+                assert!(Instant::now() < deadline, "the condition for sending the rest never held");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stream.write_all(rest).await.unwrap();
+        }
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the proxy did not close the connection: {}", String::from_utf8_lossy(&out));
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The sum of the samples of `metric` whose labels contain every one of `labels`.
+    fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-        let line = text.lines().find(|l| l.starts_with("interceptor_relayed_requests_total")).unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        text.lines()
+            .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    /// Requests the raw relay carried out so far.
+    fn relayed(&self) -> u64 {
+        self.metric("interceptor_relayed_requests_total", &[]) as u64
     }
 
     /// Sends on `transport` and checks which transport served it: the relay for a relayable route's GET.
@@ -362,4 +396,88 @@ async fn rule_replies_and_unmatched_requests_are_local() {
         assert_eq!((unmatched.status, unmatched.flags()), (StatusCode::NOT_FOUND, "NR"), "{transport:?}");
     }
     assert_eq!(up.hits.load(Ordering::Relaxed), 0);
+}
+
+/// A chunked POST to `my-app` whose first chunk-size line is `size`, in one piece, on a connection
+/// the client closes after the answer.
+fn chunked_post(size: &str) -> Vec<u8> {
+    let head = "POST / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+    format!("{head}{size}\r\nhello\r\n0\r\n\r\n").into_bytes()
+}
+
+/// The answer is a refusal as Envoy makes it: 400 with `flag` (`-`: none), and the connection closed.
+fn assert_refused(answer: &str, why: &str, flag: &str) {
+    assert_eq!(status_line(answer).split_once(' ').map(|(_, s)| s), Some("400 Bad Request"), "{why}: {answer}");
+    let flags = answer.lines().find_map(|l| l.strip_prefix("x-interceptor-flags: ")).unwrap_or("-");
+    assert_eq!(flags, flag, "{why}: {answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{why}: {answer}");
+    assert_eq!(answer.matches("HTTP/1.").count(), 1, "{why}: one answer, then the close: {answer}");
+}
+
+/// The first line of an answer (HTTP/1.0 clients get an HTTP/1.0 one).
+fn status_line(answer: &str) -> &str {
+    answer.split_once("\r\n").map_or(answer, |(line, _)| line)
+}
+
+#[tokio::test]
+async fn an_invalid_chunk_size_is_a_downstream_protocol_error_and_never_reaches_the_endpoint() {
+    let up = endpoint(Behaviour::ReadBody).await;
+    let h = harness(&[(up.addr, "v1")], PLAIN).await;
+    // Negative; more hex digits than fit in 64 bits; no digit at all; a digit after a space.
+    for size in ["-5", "10000000000000000", "", "5 5", "5;ext\nx"] {
+        let answer = h.send_raw(&chunked_post(size), None).await;
+        assert_refused(&answer, size, "DPE");
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 0, "the endpoint saw a refused request");
+    let refused = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(h.metric("istio_requests_total", &refused), 5.0);
+    assert_eq!(h.metric("interceptor_downstream_connections_rejected_total", &["malformed_body"]), 5.0);
+    // Leading zeros do not count against the 64 bits (hyper's reading, and RFC 9112's).
+    let answer = h.send_raw(&chunked_post("00000000000000000005"), None).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_invalid_chunk_size_after_the_request_went_upstream_is_still_a_400_not_an_upstream_failure() {
+    let up = endpoint(Behaviour::ReadBody).await;
+    let h = harness(&[(up.addr, "v1")], PLAIN).await;
+    let head = b"POST / HTTP/1.1\r\nHost: my-app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let hits = up.hits.clone();
+    let forwarded = move || hits.load(Ordering::Relaxed) == 1;
+    let answer = h.send_raw(head, Some((b"-5\r\nhello\r\n0\r\n\r\n", &forwarded))).await;
+    assert_refused(&answer, "late", "DPE");
+    let refused = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(h.metric("istio_requests_total", &refused), 1.0);
+    assert_eq!(h.metric("istio_requests_total", &["response_code=\"503\""]), 0.0);
+    // The endpoint is not blamed: the next request goes to it as usual.
+    h.all_ok(1, true).await;
+}
+
+#[tokio::test]
+async fn host_lines_are_required_once_in_http_1_1_and_never_twice() {
+    let up = endpoint(Behaviour::Ok).await;
+    let h = harness(&[(up.addr, "v1")], PLAIN).await;
+    for (request, why, flag) in [
+        ("GET / HTTP/1.1\r\nHost: my-app\r\nHost: other\r\n\r\n", "two hosts", "DPE"),
+        ("GET / HTTP/1.1\r\nHost: my-app\r\nHost: my-app\r\n\r\n", "the same host twice", "DPE"),
+        ("GET / HTTP/1.0\r\nHost: my-app\r\nHost: other\r\n\r\n", "two hosts in HTTP/1.0", "DPE"),
+        // Envoy's answer to a missing Host carries no flag.
+        ("GET / HTTP/1.1\r\n\r\n", "no host in HTTP/1.1", "-"),
+        ("POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", "no host, with a body", "-"),
+    ] {
+        assert_refused(&h.send_raw(request.as_bytes(), None).await, why, flag);
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 0, "the endpoint saw a refused request");
+    assert_eq!(h.metric("interceptor_downstream_connections_rejected_total", &["duplicate_host"]), 3.0);
+    assert_eq!(h.metric("interceptor_downstream_connections_rejected_total", &["missing_host"]), 2.0);
+    let refused = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(h.metric("istio_requests_total", &refused), 3.0);
+    let refused = ["response_code=\"400\"", "response_flags=\"-\""];
+    assert_eq!(h.metric("istio_requests_total", &refused), 2.0);
+    // HTTP/1.0 needs no Host, and an absolute-form target names the authority itself: both routed.
+    for request in ["GET / HTTP/1.0\r\n\r\n", "GET http://my-app/ HTTP/1.1\r\nConnection: close\r\n\r\n"] {
+        let answer = h.send_raw(request.as_bytes(), None).await;
+        assert!(status_line(&answer).ends_with(" 200 OK") && answer.ends_with("ok"), "{request}: {answer}");
+    }
+    assert_eq!(up.hits.load(Ordering::Relaxed), 2);
 }

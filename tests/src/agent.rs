@@ -70,12 +70,40 @@ impl Agent {
         Self::start_with(node, files, &flags, in_captured_cgroup)
     }
 
+    /// Like [`Agent::start_in`] (failure policy `open`), started as a container runtime starts
+    /// it from a pod's `securityContext.capabilities.add`: uid 0 with a bounding set (and so
+    /// permitted and effective sets) of only `capabilities`, named as in the pod spec (`BPF`,
+    /// `NET_ADMIN`, …).
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub fn start_confined(node: &Node, files: &[(&str, &str)], mode: Mode, capabilities: &[&str]) -> Result<Agent> {
+        let redirect = format!("{GATEWAY}:15001");
+        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        flags.extend_from_slice(mode.flags());
+        let bounding: Vec<String> = capabilities.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
+        let bounding = format!("-all,{}", bounding.join(","));
+        Self::start_wrapped(node, files, &flags, false, &["setpriv", "--bounding-set", &bounding, "--"])
+    }
+
     /// Like [`Agent::start`], with extra agent flags (e.g. `--settings FILE`) instead of the
     /// default listener and redirect.
     ///
     /// # Errors
     /// As [`Agent::start`].
     pub fn start_with(node: &Node, files: &[(&str, &str)], flags: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
+        Self::start_wrapped(node, files, flags, in_captured_cgroup, &[])
+    }
+
+    /// Like [`Agent::start_with`], the agent run by `wrapper` (a command line that ends by
+    /// executing its arguments, so the agent keeps its process id), when not empty.
+    fn start_wrapped(
+        node: &Node,
+        files: &[(&str, &str)],
+        flags: &[&str],
+        in_captured_cgroup: bool,
+        wrapper: &[&str],
+    ) -> Result<Agent> {
         let dir = agent_dir(node);
         let config = dir.join("config");
         std::fs::create_dir_all(&config)?;
@@ -86,7 +114,7 @@ impl Agent {
         let (cgroup, bpffs) = (node.cgroup().display().to_string(), node.bpffs().display().to_string());
         let mut args = vec!["--config", config_arg.as_str(), "--cgroup", &cgroup, "--bpffs", &bpffs];
         args.extend_from_slice(flags);
-        let mut agent = Self::launch(node, dir, &args, in_captured_cgroup)?;
+        let mut agent = Self::launch(node, dir, &args, in_captured_cgroup, wrapper)?;
         agent.wait_for_log("agent ready", READY_TIMEOUT)?;
         Ok(agent)
     }
@@ -123,19 +151,25 @@ impl Agent {
         let kubeconfig = kubeconfig.display().to_string();
         let mut args = vec!["--cgroup", &cgroup, "--bpffs", &bpffs, "--kubernetes", "--kubeconfig", &kubeconfig];
         args.extend_from_slice(flags);
-        let mut agent = Self::launch(node, dir, &args, false)?;
+        let mut agent = Self::launch(node, dir, &args, false, &[])?;
         agent.wait_for_log("agent started", READY_TIMEOUT)?;
         Ok(agent)
     }
 
-    /// Spawns `interceptor run` with `args` in the node namespace, logging to `dir`.
-    fn launch(node: &Node, dir: PathBuf, args: &[&str], in_captured_cgroup: bool) -> Result<Agent> {
+    /// Spawns `interceptor run` with `args` in the node namespace (through `wrapper`, when not
+    /// empty), logging to `dir`.
+    fn launch(node: &Node, dir: PathBuf, args: &[&str], in_captured_cgroup: bool, wrapper: &[&str]) -> Result<Agent> {
         let log = dir.join("agent.log");
         let log_file = std::fs::File::create(&log)?;
-        let mut all = vec!["run"];
+        let binary = crate::workspace_binary("interceptor");
+        let binary_arg = binary.display().to_string();
+        let (program, mut all) = match wrapper.split_first() {
+            Some((program, wrapper_args)) => (PathBuf::from(program), [wrapper_args, &[binary_arg.as_str()]].concat()),
+            None => (binary, Vec::new()),
+        };
+        all.push("run");
         all.extend_from_slice(args);
-        let mut cmd =
-            node.command_in(&node.node_netns(), in_captured_cgroup, &crate::workspace_binary("interceptor"), &all);
+        let mut cmd = node.command_in(&node.node_netns(), in_captured_cgroup, &program, &all);
         cmd.env("RUST_LOG", "info,access=info").stdout(Stdio::null()).stderr(log_file);
         let child = cmd.spawn().context("starting the interceptor agent")?;
         Ok(Agent { child: Some(child), dir, log })

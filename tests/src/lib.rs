@@ -2,6 +2,7 @@
 //! joined to it by veth pairs, a child cgroup for captured pods, a private bpffs directory, and the
 //! processes running there. Everything is removed on drop, also when a test fails.
 
+pub mod abuse;
 mod agent;
 pub mod bench;
 pub mod cluster;

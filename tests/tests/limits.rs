@@ -1,6 +1,7 @@
 //! End-to-end: bad and excessive traffic, written as raw bytes by a captured client through the
-//! real capture path — oversized heads (431), slowloris (408 and close), smuggling attempts (400
-//! and close), and a connection cap (503, then recovery).
+//! real capture path — oversized heads (431), slowloris (408 and close), smuggling attempts,
+//! malformed chunk sizes and `Host` lines (400 and close), and a connection cap (503, then
+//! recovery).
 
 mod common;
 
@@ -116,6 +117,48 @@ fn smuggling_attempts_are_refused_or_cannot_smuggle() {
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("/smuggled"), "the smuggled request was served: {log}");
+}
+
+#[test]
+fn malformed_chunk_sizes_and_host_lines_get_400_and_never_reach_an_endpoint() {
+    let node = node().unwrap();
+    let mut agent = agent_with_limits(&node, "  maxConnections: 100\n");
+    let chunked = |size: &str| {
+        format!("POST / HTTP/1.1\\r\\nHost: my-app\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n{size}\\r\\nhello\\r\\n0\\r\\n\\r\\n")
+    };
+    // As Envoy: 400 DPE for a body its codec cannot read, 400 without a flag for a missing Host.
+    // Two Host lines Envoy joins and routes; RFC 9112 asks for a 400, a protocol error (DPE).
+    for (send, why, flagged) in [
+        (chunked("-5"), "a negative chunk size", true),
+        (chunked("10000000000000000"), "a chunk size past 64 bits", true),
+        ("GET / HTTP/1.1\\r\\nHost: my-app\\r\\nHost: other\\r\\n\\r\\n".to_owned(), "two Host lines", true),
+        ("GET / HTTP/1.1\\r\\n\\r\\n".to_owned(), "HTTP/1.1 without Host", false),
+    ] {
+        let report = raw(&node, &send);
+        assert!(report.response.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{why}: {report:?}");
+        assert_eq!(report.response.contains("x-interceptor-flags: DPE"), flagged, "{why}: {report:?}");
+        assert!(report.closed, "{why}: {report:?}");
+        assert_eq!(status_lines(&report), 1, "{why}: {report:?}");
+    }
+    // HTTP/1.0 needs no Host: it is routed by the address the client connected to.
+    let report = raw(&node, "GET / HTTP/1.0\\r\\n\\r\\n");
+    assert!(report.response.contains(" 200 OK\r\n") && report.response.ends_with("v1"), "{report:?}");
+
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    let rejected = "interceptor_downstream_connections_rejected_total";
+    for (reason, count) in [("malformed_body", 2.0), ("duplicate_host", 1.0), ("missing_host", 1.0)] {
+        assert_eq!(sample(&text, rejected, &[&format!("reason=\"{reason}\"")]), Some(count), "{reason}: {text}");
+    }
+    let dpe = ["response_code=\"400\"", "response_flags=\"DPE\""];
+    assert_eq!(sample(&text, "istio_requests_total", &dpe), Some(3.0), "{text}");
+    let unflagged = ["response_code=\"400\"", "response_flags=\"-\""];
+    assert_eq!(sample(&text, "istio_requests_total", &unflagged), Some(1.0), "{text}");
+    // Only the HTTP/1.0 request reached an endpoint.
+    assert_eq!(sample(&text, "istio_requests_total", &["response_code=\"200\""]), Some(1.0), "{text}");
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log.matches(" HTTP/1.1\" 400 DPE ").count(), 3, "each refusal is in the access log: {log}");
+    assert_eq!(log.matches(" HTTP/1.1\" 400 - ").count(), 1, "each refusal is in the access log: {log}");
 }
 
 #[test]

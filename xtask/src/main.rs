@@ -1,6 +1,7 @@
 //! Project tasks: `setup` installs what a fresh machine lacks, `demo` runs the seed example on a
 //! test node, `test` runs every check CI runs.
 
+mod abuse;
 mod bench;
 mod cluster_bench;
 mod controlplane;
@@ -42,6 +43,9 @@ enum Task {
     },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
+    /// Set up, build, and send the catalogue of hostile HTTP/1 requests through the real capture
+    /// path: one line per case (with Envoy's answer), then `ABUSE cases=<n> ok=<k>`.
+    Abuse,
     /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.
     Overhead,
     /// The agent on a synthetic cluster written to a real API server, in steps up to the full
@@ -79,6 +83,7 @@ fn main() {
             setup::run().and_then(|()| build()).and_then(|()| demo::run(&mode, kubernetes, gateway))
         }
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
+        Task::Abuse => setup::run().and_then(|()| build()).and_then(|()| abuse::run()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
         Task::BenchCluster { services, endpoints_per_service, virtual_services, changes, steps } => {
             let size = cluster_bench::Size { services, endpoints_per_service, virtual_services, changes };

@@ -29,6 +29,7 @@ impl LinkPins {
         let dir = bpffs.join("links");
         let pin_err = |source| BpfError::PinDir { path: dir.clone(), source };
         fs::create_dir_all(&dir).map_err(pin_err)?;
+        super::pins::owner_only(&dir)?;
         for entry in fs::read_dir(&dir).map_err(pin_err)? {
             let path = entry.map_err(pin_err)?.path();
             fs::remove_file(&path).map_err(|source| BpfError::StalePin { path: path.clone(), source })?;

@@ -63,6 +63,7 @@ impl PinDir {
         if !is_bpffs(dir).map_err(|source| BpfError::PinDir { path: dir.into(), source })? {
             return Err(BpfError::NotBpffs { path: dir.into() });
         }
+        owner_only(dir)?;
         for spec in specs {
             let path = pins.path(spec.name);
             if !path.exists() {
@@ -102,6 +103,25 @@ impl Drop for PinDir {
         // Fails, harmlessly, while other files are there (or when it is the bpffs mount itself).
         let _ = fs::remove_dir(&self.dir);
     }
+}
+
+/// Makes `dir` reachable by its owner only (0700), unless it is the root of a bpffs mount that
+/// other programs share (their pins must stay reachable to them). Pin files themselves are made
+/// by the kernel readable and writable by their owner only (0600, less the umask): with the
+/// directory closed too, nobody else can open a map or link, nor learn the pins' names.
+pub(crate) fn owner_only(dir: &Path) -> Result<(), BpfError> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let shared_root = match dir.parent() {
+        Some(parent) => !is_bpffs(parent).map_err(|source| BpfError::PinDir { path: parent.into(), source })?,
+        None => true,
+    };
+    if shared_root {
+        tracing::warn!(dir = %dir.display(), "pin directory is a bpffs mount root: its mode is left as it is");
+        return Ok(());
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|source| BpfError::PinDir { path: dir.into(), source })
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {

@@ -4,26 +4,30 @@
 //! The watcher follows request framing on the raw downstream bytes, to catch the one smuggling
 //! vector hyper normalises away before we see the request: a head with both `Content-Length` and
 //! `Transfer-Encoding`. hyper drops the length, reads chunked and closes afterwards (RFC 9112
-//! §6.1); Envoy, and we, refuse such a request with 400 instead of guessing.
+//! §6.1); Envoy, and we, refuse such a request with 400 instead of guessing. It also refuses a
+//! chunked body hyper's decoder would fail on, when it sees the bad bytes before the request is
+//! routed: as in Envoy, the endpoint then never hears of it.
 //!
-//! The watcher only reads (httparse does the parsing); hyper stays the one that frames requests.
-//! Whenever the watcher is unsure — a parse error, too many headers, an upgrade or CONNECT after
-//! which bytes are no longer HTTP — it stops watching rather than risk refusing a valid request.
+//! The watcher only reads (httparse parses heads; chunk-size lines are read by hyper's rules);
+//! hyper stays the one that frames requests. Whenever the watcher is unsure — a parse error, too
+//! many headers, an upgrade or CONNECT after which bytes are no longer HTTP — it stops watching
+//! rather than risk refusing a valid request.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::limits::Refusal;
+
 pub mod response;
 
 /// Header lines a head may have for the watcher to judge it; hyper refuses more (431) anyway.
 const MAX_HEADERS: usize = 128;
-/// Requests whose end the watcher remembers (more are in flight only with deep pipelining).
-const REMEMBERED: usize = 8;
 
 /// Where a request ended in the byte stream, and whether its client wants the connection kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,8 +43,10 @@ pub struct RequestEnd {
 /// What the watcher found, shared with the connection's service.
 #[derive(Debug, Default)]
 pub struct Verdicts {
-    /// 1-based number of the first request head carrying both lengths; 0 while none.
-    ambiguous: AtomicU64,
+    /// 1-based number of the request the watcher refused; 0 while none (it stops after one).
+    refused: AtomicU64,
+    /// Why, as [`Refusal`] `as u8`.
+    refusal: AtomicU8,
     /// Requests the service has been handed so far.
     served: AtomicU64,
     /// Requests the service has answered so far.
@@ -52,12 +58,22 @@ pub struct Verdicts {
 }
 
 impl Verdicts {
-    /// Called once per request the service receives, in order: does this one carry both lengths?
-    pub fn next_is_ambiguous(&self) -> bool {
-        // The watcher saw the head before hyper parsed it, in the same task: no ordering needed
-        // beyond what the task's own polling gives.
+    /// Called once per request the service receives, in order: is this one refused, and why?
+    pub fn next_refusal(&self) -> Option<Refusal> {
+        // The watcher saw the bytes before hyper parsed them, in the same task: no ordering
+        // needed beyond what the task's own polling gives.
         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
-        n == self.ambiguous.load(Ordering::Relaxed)
+        if n != self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        Refusal::from_code(self.refusal.load(Ordering::Relaxed))
+    }
+
+    /// Records that request `n` is refused (the first refusal only: the watcher stops after it).
+    fn refuse(&self, n: u64, why: Refusal) {
+        if self.refused.compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.refusal.store(why as u8, Ordering::Relaxed);
+        }
     }
 
     /// Requests the service has been handed so far.
@@ -123,8 +139,9 @@ pub struct RequestFraming {
     keep_alive: bool,
     /// A head was read and its request has not ended yet.
     awaiting_end: bool,
-    /// Ends of the latest requests, by request number modulo [`REMEMBERED`].
-    ends: [RequestEnd; REMEMBERED],
+    /// Ends of the requests read but not yet served, oldest first, consecutive: as many as the
+    /// client pipelined into what was read (none allocated without pipelining).
+    ends: VecDeque<RequestEnd>,
     /// Longest head the watcher buffers (hyper refuses longer ones with 431).
     max_head_bytes: usize,
     verdicts: Arc<Verdicts>,
@@ -149,7 +166,7 @@ impl RequestFraming {
             consumed: 0,
             keep_alive: false,
             awaiting_end: false,
-            ends: [RequestEnd::default(); REMEMBERED],
+            ends: VecDeque::new(),
             max_head_bytes,
             verdicts: Arc::new(Verdicts::default()),
         }
@@ -160,10 +177,24 @@ impl RequestFraming {
         self.verdicts.clone()
     }
 
-    /// Where request `n` (1-based) ended, if it has and the watcher still remembers.
+    /// Where request `n` (1-based) ended, if it has and has not been served before the last
+    /// bytes were fed.
     pub fn request_end(&self, n: u64) -> Option<RequestEnd> {
-        let end = self.ends[(n % REMEMBERED as u64) as usize];
-        (n > 0 && end.request == n).then_some(end)
+        let first = self.ends.front()?.request;
+        let end = *self.ends.get(usize::try_from(n.checked_sub(first)?).ok()?)?;
+        (end.request == n).then_some(end)
+    }
+
+    /// Forgets the ends of requests served before the one in progress (they are never asked
+    /// about again), and the room a burst of pipelined requests took.
+    fn forget_served(&mut self) {
+        let served = self.verdicts.served();
+        while self.ends.front().is_some_and(|end| end.request < served) {
+            self.ends.pop_front();
+        }
+        if self.ends.is_empty() && self.ends.capacity() > 4 {
+            self.ends = VecDeque::new();
+        }
     }
 
     /// Follows the next bytes the client sent.
@@ -171,6 +202,7 @@ impl RequestFraming {
         if self.state == State::Stopped || input.is_empty() {
             return;
         }
+        self.forget_served();
         if self.partial.is_empty() {
             self.consume(input);
         } else {
@@ -190,7 +222,7 @@ impl RequestFraming {
                         self.awaiting_end = false;
                         let end =
                             RequestEnd { request: self.heads, offset: self.consumed, keep_alive: self.keep_alive };
-                        self.ends[(self.heads % REMEMBERED as u64) as usize] = end;
+                        self.ends.push_back(end);
                     }
                 }
                 Step::NeedMore if bytes.len() <= self.max_head_bytes => {
@@ -220,7 +252,12 @@ impl RequestFraming {
                 match step {
                     ChunkStep::Consumed { bytes, .. } => Step::Consumed(bytes),
                     ChunkStep::NeedMore => Step::NeedMore,
-                    ChunkStep::Invalid => Step::Stop,
+                    ChunkStep::Invalid => {
+                        // hyper's decoder fails on the same bytes: whatever hyper does with the
+                        // request, it cannot be forwarded whole. Refused when not routed yet.
+                        self.verdicts.refuse(self.heads, Refusal::MalformedBody);
+                        Step::Stop
+                    }
                 }
             }
             State::Stopped => Step::Stop,
@@ -246,7 +283,7 @@ impl RequestFraming {
         // HTTP/1.0 is not kept: hyper would end a response of unknown length by closing.
         self.keep_alive = req.version == Some(1) && !framing.close;
         if framing.content_length.is_some() && framing.transfer_encoding {
-            let _ = self.verdicts.ambiguous.compare_exchange(0, self.heads, Ordering::Relaxed, Ordering::Relaxed);
+            self.verdicts.refuse(self.heads, Refusal::AmbiguousLength);
             // hyper closes the connection after this request: nothing later needs judging.
             return Step::Stop;
         }
@@ -266,8 +303,9 @@ impl RequestFraming {
 }
 
 /// Where a chunked body is (RFC 9112 §7.1): the one decoder the request watcher and the
-/// response relay share. The trailer states follow hyper's chunked decoder byte for byte, so that
-/// neither places a body's end before hyper's (a bare LF is part of a trailer line there).
+/// response relay share. The chunk-size line and trailer states follow hyper's chunked decoder
+/// byte for byte, so that neither places a body's end before hyper's (a bare LF is part of a
+/// trailer line there), and the watcher refuses only what hyper fails on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chunked {
     /// Expecting a chunk-size line.
@@ -305,13 +343,13 @@ impl Chunked {
         let consumed = |bytes| ChunkStep::Consumed { bytes, data: 0 };
         let Some(&first) = bytes.first() else { return ChunkStep::NeedMore };
         match *self {
-            Chunked::Size => match httparse::parse_chunk_size(bytes) {
-                Ok(httparse::Status::Complete((n, size))) => {
+            Chunked::Size => match chunk_size_line(bytes) {
+                Ok(Some((n, size))) => {
                     *self = if size == 0 { Chunked::TrailerStart } else { Chunked::Data(size) };
                     consumed(n)
                 }
-                Ok(httparse::Status::Partial) => ChunkStep::NeedMore,
-                Err(_) => ChunkStep::Invalid,
+                Ok(None) => ChunkStep::NeedMore,
+                Err(InvalidChunkSize) => ChunkStep::Invalid,
             },
             Chunked::Data(left) => {
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
@@ -349,6 +387,52 @@ impl Chunked {
             Chunked::Done => consumed(0),
         }
     }
+}
+
+/// A chunk-size line hyper's decoder refuses.
+#[derive(Debug, PartialEq, Eq)]
+struct InvalidChunkSize;
+
+/// Where in a chunk-size line the reader is.
+#[derive(Clone, Copy)]
+enum SizeLine {
+    /// Before the first hex digit.
+    Start,
+    /// Among the hex digits.
+    Digits,
+    /// Spaces or tabs after the digits.
+    Space,
+    /// After `;`: an extension, ignored up to the CR.
+    Extension,
+    /// After the CR.
+    Lf,
+}
+
+/// Reads a chunk-size line (RFC 9112 §7.1) at the front of `bytes` by hyper's rules: at least one
+/// hex digit, a size that fits in 64 bits (leading zeros do not count against it), then optional
+/// spaces or tabs, an optional extension after `;` (any bytes but LF), and CRLF. Returns the
+/// line's length and the size, or `None` while the line is incomplete. (httparse's reader differs:
+/// it refuses a 17th digit even when it is a leading zero, and takes an empty line as size 0.)
+fn chunk_size_line(bytes: &[u8]) -> Result<Option<(usize, u64)>, InvalidChunkSize> {
+    let mut size: u64 = 0;
+    let mut at = SizeLine::Start;
+    for (i, &byte) in bytes.iter().enumerate() {
+        at = match (at, byte) {
+            (SizeLine::Start | SizeLine::Digits, _) if byte.is_ascii_hexdigit() => {
+                let digit = u64::from(char::from(byte).to_digit(16).unwrap_or_default());
+                size = size.checked_mul(16).and_then(|s| s.checked_add(digit)).ok_or(InvalidChunkSize)?;
+                SizeLine::Digits
+            }
+            (SizeLine::Digits | SizeLine::Space, b' ' | b'\t') => SizeLine::Space,
+            (SizeLine::Digits | SizeLine::Space, b';') => SizeLine::Extension,
+            (SizeLine::Digits | SizeLine::Space | SizeLine::Extension, b'\r') => SizeLine::Lf,
+            (SizeLine::Extension, b'\n') => return Err(InvalidChunkSize),
+            (SizeLine::Extension, _) => SizeLine::Extension,
+            (SizeLine::Lf, b'\n') => return Ok(Some((i + 1, size))),
+            _ => return Err(InvalidChunkSize),
+        };
+    }
+    Ok(None)
 }
 
 /// Appends one `name: value` header line.
@@ -451,7 +535,8 @@ mod tests {
             framing.feed(piece);
         }
         let verdicts = framing.verdicts();
-        ((0..requests).map(|_| verdicts.next_is_ambiguous()).collect(), framing.state)
+        let ambiguous = |_| verdicts.next_refusal() == Some(Refusal::AmbiguousLength);
+        ((0..requests).map(ambiguous).collect(), framing.state)
     }
 
     #[test]
@@ -506,6 +591,46 @@ mod tests {
     }
 
     #[test]
+    fn chunk_size_lines_are_read_by_hypers_rules() {
+        for (line, size) in [
+            ("5\r\n", 5),
+            ("A;ext=1\r\n", 10),
+            ("a \t;x=\"y\"\r\n", 10),
+            ("00000000000000000005\r\n", 5),
+            ("ffffffffffffffff\r\n", u64::MAX),
+            ("0\r\n", 0),
+        ] {
+            assert_eq!(chunk_size_line(line.as_bytes()), Ok(Some((line.len(), size))), "{line:?}");
+        }
+        for line in ["-5\r\n", "10000000000000000\r\n", "\r\n", "5 5\r\n", "5;a\nb\r\n", "5\rx", "x\r\n", " 5\r\n"] {
+            assert_eq!(chunk_size_line(line.as_bytes()), Err(InvalidChunkSize), "{line:?}");
+        }
+        assert_eq!(chunk_size_line(b"5;ext"), Ok(None));
+        assert_eq!(chunk_size_line(b"fffff"), Ok(None));
+        assert_eq!(chunk_size_line(b"5\r"), Ok(None));
+    }
+
+    #[test]
+    fn a_body_hypers_decoder_fails_on_is_refused_in_any_split() {
+        for size in ["-5", "10000000000000000", "5\r\nhelloXY"] {
+            let stream = format!(
+                "GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+                 POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nhello\r\n0\r\n\r\n"
+            );
+            for chunk in [1, 5, stream.len()] {
+                let mut framing = RequestFraming::new(1024);
+                for piece in stream.as_bytes().chunks(chunk) {
+                    framing.feed(piece);
+                }
+                let verdicts = framing.verdicts();
+                let judged = (verdicts.next_refusal(), verdicts.next_refusal());
+                assert_eq!(judged, (None, Some(Refusal::MalformedBody)), "{size:?} in pieces of {chunk}");
+                assert_eq!(framing.state, State::Stopped);
+            }
+        }
+    }
+
+    #[test]
     fn the_watcher_stops_when_unsure() {
         // After an upgrade, bytes are whatever the new protocol says.
         let upgrade = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -515,6 +640,22 @@ mod tests {
         let mut framing = RequestFraming::new(32);
         framing.feed(b"GET / HTTP/1.1\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaa");
         assert_eq!((framing.state, framing.partial.len()), (State::Stopped, 0));
+    }
+
+    #[test]
+    fn the_end_of_every_pipelined_request_is_kept_until_it_is_served() {
+        let one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut framing = RequestFraming::new(1024);
+        framing.feed(&one.repeat(100));
+        let verdicts = framing.verdicts();
+        for n in 1..=100u64 {
+            assert_eq!(framing.request_end(n).map(|e| e.offset), Some(n * one.len() as u64), "request {n}");
+            assert!(verdicts.next_refusal().is_none());
+        }
+        // The served ones are forgotten when the next bytes come.
+        framing.feed(b"\r\n");
+        assert_eq!((framing.request_end(1), framing.ends.len()), (None, 1));
+        assert!(framing.request_end(100).is_some());
     }
 
     #[test]
@@ -561,7 +702,7 @@ mod tests {
             proptest::prop_assert_eq!(framing.heads, requests.len() as u64);
             proptest::prop_assert!(framing.partial.is_empty());
             let verdicts = framing.verdicts();
-            proptest::prop_assert!((0..requests.len()).all(|_| !verdicts.next_is_ambiguous()));
+            proptest::prop_assert!((0..requests.len()).all(|_| verdicts.next_refusal().is_none()));
         }
     }
 }

@@ -26,10 +26,10 @@ use tracing::debug;
 
 use super::drain::Watch;
 use super::framing::{RequestFraming, Verdicts, Watched};
+use super::limits::{self, Refusal};
 use super::outbound::{ProxyBody, Relayed};
 use super::shared_io::SharedStream;
-use super::{h2c, limits, metrics, Outbound, ProxyInputs, Slot};
-use crate::routing::ResponseFlag;
+use super::{h2c, metrics, Outbound, ProxyInputs, Slot};
 
 /// Serves HTTP/1 on `stream` until the client leaves, asks to close, idles past the header read
 /// timeout (408), or the drain ends it.
@@ -160,7 +160,8 @@ async fn park(io: &mut RequestIo, spare: &TcpStream, watch: &mut Watch, idle_tim
 /// What the per-request service's future is: boxed, since hyper keeps room for it.
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-/// The per-request service: refuses what the framing watcher judged ambiguous, routes the rest.
+/// The per-request service: refuses what the framing watcher judged unframeable and requests
+/// without exactly one `Host` where one is required, routes the rest.
 fn service(
     outbound: Arc<Outbound>,
     h2c: Arc<h2c::Switch>,
@@ -169,14 +170,15 @@ fn service(
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future = ServiceFuture> + Send
 {
     hyper::service::service_fn(move |req| {
-        let ambiguous = verdicts.next_is_ambiguous();
+        let refusal = verdicts.next_refusal().or_else(|| Refusal::of_host(&req));
         let (outbound, h2c, verdicts, metrics) = (outbound.clone(), h2c.clone(), verdicts.clone(), metrics.clone());
         Box::pin(async move {
-            if ambiguous {
-                debug!("request with both Content-Length and Transfer-Encoding; answering 400");
-                metrics.rejected(metrics::REJECT_AMBIGUOUS_LENGTH);
+            if let Some(refusal) = refusal {
+                debug!(?refusal, "request refused; answering 400");
+                metrics.rejected(refusal.reason());
+                verdicts.close_after();
                 verdicts.responded();
-                return Ok(outbound.refuse(&req, ResponseFlag::DPE, limits::ambiguous_length()));
+                return Ok(outbound.refuse(&req, refusal.reply()));
             }
             let response = h2c.serve(req, outbound).await?;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -282,8 +284,8 @@ impl RequestIo {
 
     /// Records that the fast path answered this connection's request.
     fn relayed(&mut self) {
-        let ambiguous = self.verdicts.next_is_ambiguous();
-        debug_assert!(!ambiguous, "the fast path takes no request with a body");
+        let refusal = self.verdicts.next_refusal();
+        debug_assert!(refusal.is_none(), "the fast path takes no request with a body");
         self.verdicts.responded();
         self.delivered += self.pipelined.len() as u64;
         self.pipelined = Bytes::new();

@@ -1,12 +1,16 @@
 //! Enforces the limits on downstream connections (settings in [`crate::config::Limits`]): header
 //! size and count (431), header read time (slowloris: 408 and close), a cap on open connections
-//! (503 and close), and the HTTP/1 parser settings and answers that keep request smuggling out.
+//! (503 and close), and the HTTP/1 parser settings and refusals (400) that keep request smuggling
+//! and host confusion out.
 
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 pub use crate::config::Limits;
+
+use super::local_reply::LocalReply;
+use crate::routing::ResponseFlag;
 
 /// The answer to a client that was too slow to send its request head.
 const REQUEST_TIMEOUT: &[u8] =
@@ -20,7 +24,7 @@ impl Limits {
     /// Smuggling: hyper refuses (400) differing duplicate `Content-Length`s, a `Transfer-Encoding`
     /// whose last coding is not `chunked`, and `Transfer-Encoding` in HTTP/1.0. A head with both
     /// `Transfer-Encoding` and `Content-Length` hyper would read as chunked; `proxy::framing`
-    /// catches it first and the proxy answers 400 ([`ambiguous_length`]).
+    /// catches it first and the proxy answers 400 ([`Refusal::AmbiguousLength`]).
     pub fn http1(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -42,13 +46,77 @@ impl Limits {
     }
 }
 
-/// The answer to a request with both `Content-Length` and `Transfer-Encoding` (Envoy's default:
-/// 400 with the `DPE` downstream-protocol-error flag); hyper closes the connection after it.
-pub fn ambiguous_length() -> http::Response<super::outbound::ProxyBody> {
-    let flag = crate::routing::ResponseFlag::DPE;
-    let mut reply = super::local_reply::LocalReply::flagged(flag, "content-length and transfer-encoding together\n");
-    reply.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    reply.into_response()
+/// Why an HTTP/1 request is refused before routing: 400, and the connection closed after the
+/// answer (what follows cannot be trusted to start where the client meant its next request to).
+/// What Envoy 1.40 does with the same bytes is said for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Both `Content-Length` and `Transfer-Encoding`: the framing watcher's verdict. Envoy: 400
+    /// `DPE` (`http1.content_length_and_chunked_not_allowed`).
+    AmbiguousLength = 1,
+    /// A chunked body hyper's decoder refuses — a chunk size that is negative, has more hex
+    /// digits than fit in 64 bits, or misses its CRLF: the watcher's verdict when it saw the
+    /// bytes before routing, the failed body's when they came later. Envoy: 400 `DPE`
+    /// (`http1.codec_error`), the upstream request reset.
+    MalformedBody = 2,
+    /// HTTP/1.1 in origin form without `Host` (RFC 9112 §3.2; HTTP/1.0 clients need not send
+    /// one, and an absolute-form target names the authority itself). Envoy: 400 with no flag
+    /// (`missing_host_header`).
+    MissingHost = 3,
+    /// More than one `Host` line, in any version (RFC 9112 §3.2): which one names the service
+    /// would be anybody's guess. Envoy joins them (`a,b`) and routes that, which matches no
+    /// domain or, worse, a wildcard one; we refuse, as the RFC asks, with `DPE` as for the other
+    /// protocol errors.
+    DuplicateHost = 4,
+}
+
+impl Refusal {
+    /// The refusal a verdict code stands for ([`Refusal`] `as u8`).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [Self::AmbiguousLength, Self::MalformedBody, Self::MissingHost, Self::DuplicateHost]
+            .into_iter()
+            .find(|r| *r as u8 == code)
+    }
+
+    /// The request's `Host` lines, judged: one is required in HTTP/1.1 unless the target names
+    /// the authority, two are never allowed.
+    pub fn of_host<B>(req: &http::Request<B>) -> Option<Self> {
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => Some(Self::DuplicateHost),
+            (None, _) if req.version() == http::Version::HTTP_11 && req.uri().authority().is_none() => {
+                Some(Self::MissingHost)
+            }
+            _ => None,
+        }
+    }
+
+    /// The `reason` label of `interceptor_downstream_connections_rejected_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::AmbiguousLength => super::metrics::REJECT_AMBIGUOUS_LENGTH,
+            Self::MalformedBody => super::metrics::REJECT_MALFORMED_BODY,
+            Self::MissingHost => super::metrics::REJECT_MISSING_HOST,
+            Self::DuplicateHost => super::metrics::REJECT_DUPLICATE_HOST,
+        }
+    }
+
+    /// The answer: 400, Envoy's flag for it (`DPE`, but none for a missing `Host`), a line
+    /// saying why, `Connection: close`.
+    pub fn reply(self) -> LocalReply {
+        let why = match self {
+            Self::AmbiguousLength => "content-length and transfer-encoding together\n",
+            Self::MalformedBody => "malformed chunked request body\n",
+            Self::MissingHost => "missing host header\n",
+            Self::DuplicateHost => "more than one host header\n",
+        };
+        let mut reply = match self {
+            Self::MissingHost => LocalReply::text(http::StatusCode::BAD_REQUEST, why),
+            _ => LocalReply::flagged(ResponseFlag::DPE, why),
+        };
+        reply.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        reply
+    }
 }
 
 /// Answers 408 on the proxy's end of a connection hyper gave up on, and closes it.

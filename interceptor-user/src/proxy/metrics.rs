@@ -224,7 +224,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "interceptor_downstream_connections_rejected",
-            "Downstream connections turned away: overload (503), header_timeout (408)",
+            "Downstream connections turned away: overload (503), header_timeout (408), a refused request (400)",
             this.rejected.clone(),
         );
         registry.register(
@@ -238,7 +238,14 @@ impl ProxyMetrics {
             "Bytes received from upstream on TCP connections",
             this.tcp_received.clone(),
         );
-        for reason in [REJECT_OVERLOAD, REJECT_HEADER_TIMEOUT, REJECT_AMBIGUOUS_LENGTH] {
+        for reason in [
+            REJECT_OVERLOAD,
+            REJECT_HEADER_TIMEOUT,
+            REJECT_AMBIGUOUS_LENGTH,
+            REJECT_MALFORMED_BODY,
+            REJECT_MISSING_HOST,
+            REJECT_DUPLICATE_HOST,
+        ] {
             let _ = this.rejected.get_or_create(&RejectLabels { reason });
         }
         this
@@ -316,6 +323,12 @@ pub const REJECT_OVERLOAD: &str = "overload";
 pub const REJECT_HEADER_TIMEOUT: &str = "header_timeout";
 /// Reason label: a request head with both `Content-Length` and `Transfer-Encoding` (400).
 pub const REJECT_AMBIGUOUS_LENGTH: &str = "ambiguous_length";
+/// Reason label: a chunked request body that does not parse (400).
+pub const REJECT_MALFORMED_BODY: &str = "malformed_body";
+/// Reason label: an HTTP/1.1 request without `Host` (400).
+pub const REJECT_MISSING_HOST: &str = "missing_host";
+/// Reason label: a request with more than one `Host` line (400).
+pub const REJECT_DUPLICATE_HOST: &str = "duplicate_host";
 
 /// Keeps `interceptor_downstream_connections` up by one while alive.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use super::access_log::RequestInfo;
 use super::body_count::{Counted, Ended, Tally};
 use super::gateway::GatewayConnection;
 use super::hop_by_hop;
+use super::limits::Refusal;
 use super::local_reply::LocalReply;
 use super::metrics::SourceWorkload;
 use super::upstream::UpstreamBody;
@@ -127,7 +128,12 @@ impl Served {
 /// The request body, replayable when small.
 enum RequestBody {
     Buffered(Bytes),
-    Stream(Option<Counted<Incoming, Arc<AtomicU64>>>),
+    Stream {
+        /// Taken by the one try.
+        body: Option<UpstreamBody>,
+        /// Set when the client's bytes broke the body's framing (not when the client left).
+        malformed: Arc<AtomicBool>,
+    },
 }
 
 impl RequestBody {
@@ -142,9 +148,22 @@ impl RequestBody {
             _ => {
                 let count = Arc::new(AtomicU64::new(0));
                 served.received = Received::Streaming(count.clone());
-                Ok(RequestBody::Stream(Some(Counted::new(body, count))))
+                let malformed = Arc::new(AtomicBool::new(false));
+                let noted = malformed.clone();
+                let body = body.map_err(move |err| {
+                    if undecodable(&err) {
+                        noted.store(true, Ordering::Relaxed);
+                    }
+                    err
+                });
+                Ok(RequestBody::Stream { body: Some(Counted::new(body, count).boxed()), malformed })
             }
         }
+    }
+
+    /// Whether the client sent bytes that broke the body's framing (hyper's decoder failed).
+    fn malformed(&self) -> bool {
+        matches!(self, RequestBody::Stream { malformed, .. } if malformed.load(Ordering::Relaxed))
     }
 
     fn replayable(&self) -> bool {
@@ -155,7 +174,7 @@ impl RequestBody {
     fn take(&mut self) -> Option<UpstreamBody> {
         match self {
             RequestBody::Buffered(bytes) => Some(Full::new(bytes.clone()).map_err(|never| match never {}).boxed()),
-            RequestBody::Stream(stream) => stream.take().map(|b| b.boxed()),
+            RequestBody::Stream { body, .. } => body.take(),
         }
     }
 }
@@ -209,16 +228,12 @@ impl Outbound {
         Ok(response.map(|body| Counted::new(body, finish).boxed()))
     }
 
-    /// Answers `req` with `response`, made before routing because the request itself was refused
-    /// (`flag` says why); observed like any other request.
-    pub fn refuse<B>(
-        self: Arc<Self>,
-        req: &Request<B>,
-        flag: ResponseFlag,
-        response: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
+    /// Answers `req` with `reply`, made before routing because the request itself was refused
+    /// (its flag, if any, says why); observed like any other request.
+    pub fn refuse<B>(self: Arc<Self>, req: &Request<B>, reply: LocalReply) -> Response<ProxyBody> {
         let mut served = Served::default();
-        served.flags.push(flag);
+        served.flags.extend(reply.flag);
+        let response = reply.into_response();
         let finish = Finish {
             status: Some(response.status()),
             outbound: self,
@@ -342,7 +357,7 @@ impl Outbound {
             original: self.original,
         };
         let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
-        let mut exchange = HyperExchange { client, head: &head, body: &mut body };
+        let mut exchange = HyperExchange { client, head: &head, body: &mut body, metrics: &self.inputs.metrics };
         let tried = tries::run(&mut exchange, tries, served);
         let tried = match route.timeout {
             None => tried.await,
@@ -470,6 +485,14 @@ fn build_request(head: &Head, endpoint: SocketAddr, body: UpstreamBody) -> Resul
     Ok(request)
 }
 
+/// Whether a downstream body failed because its bytes did not parse: hyper's HTTP/1 decoder
+/// reports that as an I/O error of kind `InvalidInput` or `InvalidData` (a client that left
+/// mid-body is `UnexpectedEof`; an HTTP/2 stream reset is no I/O error at all).
+fn undecodable(err: &hyper::Error) -> bool {
+    let cause = std::error::Error::source(err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    cause.is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData))
+}
+
 fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
     match path_and_query.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -497,6 +520,7 @@ struct HyperExchange<'a> {
     client: super::upstream::Client,
     head: &'a Head,
     body: &'a mut RequestBody,
+    metrics: &'a super::metrics::ProxyMetrics,
 }
 
 impl tries::Exchange for HyperExchange<'_> {
@@ -511,6 +535,13 @@ impl tries::Exchange for HyperExchange<'_> {
             TryError::Refused(LocalReply::text(StatusCode::BAD_REQUEST, format!("bad request target: {err}")))
         })?;
         self.client.request(request).await.map_err(|err| {
+            // The client's fault, not the endpoint's: no retry, no outlier failure, and Envoy's
+            // answer to a codec error (a later chunk of the body did not parse).
+            if self.body.malformed() {
+                debug!(%endpoint, "request body malformed while streaming upstream; answering 400");
+                self.metrics.rejected(Refusal::MalformedBody.reason());
+                return TryError::Refused(Refusal::MalformedBody.reply());
+            }
             if err.is_connect() {
                 TryError::Connect(Chain(err))
             } else {
