@@ -192,7 +192,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     // Loaded, attached, bound: from here on only what `needed_after_start` names. The runtime's
     // threads dropped the rest as they started (`on_thread_start`); this is the last one, and
     // threads started from here on (the file watcher's) inherit the lowered sets.
-    drop_privileges(settings.mode)?;
+    drop_privileges(&settings)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = tokio::spawn(proxy.run(
@@ -319,13 +319,13 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     Ok(())
 }
 
-/// Lowers the calling thread's capabilities to what `mode` needs after start-up (see
-/// [`crate::privileges::needed_after_start`]) and logs what is kept.
+/// Lowers the calling thread's capabilities to what the agent needs after start-up (see
+/// [`crate::privileges::needed_by`]) and logs what is kept.
 ///
 /// # Errors
 /// A capability set cannot be lowered.
-fn drop_privileges(mode: CaptureMode) -> Result<(), AgentError> {
-    let restricted = crate::privileges::restrict_thread(&crate::privileges::needed_after_start(mode))?;
+fn drop_privileges(settings: &Settings) -> Result<(), AgentError> {
+    let restricted = crate::privileges::restrict_thread(&crate::privileges::needed_by(settings))?;
     let kept: Vec<String> = restricted.kept.iter().map(ToString::to_string).collect();
     if restricted.bounding_lowered {
         info!(kept = ?kept, "capabilities dropped");

@@ -234,7 +234,7 @@ fn run(config: Option<PathBuf>, kubernetes: bool, settings: SettingsArgs) -> Exi
     // Capabilities belong to threads: each runtime thread drops what the agent does not need
     // after start-up as it starts; the privileged start-up (load, attach, bind) runs on this
     // one, which drops them once it is over (`agent::run`).
-    let keep = interceptor::privileges::needed_after_start(settings.mode);
+    let keep = interceptor::privileges::needed_by(&settings);
     builder.on_thread_start(move || {
         if let Err(err) = interceptor::privileges::restrict_thread(&keep) {
             tracing::error!(error = %err, "a runtime thread could not drop its capabilities");

@@ -73,6 +73,17 @@ pub fn needed_after_start(mode: CaptureMode) -> CapsHashSet {
     keep
 }
 
+/// What an agent with `settings` needs after start-up: [`needed_after_start`] for its mode, and
+/// `CAP_NET_BIND_SERVICE` when it serves gateways, whose listeners open on reload and may use
+/// ports below 1024 (443, 80).
+pub fn needed_by(settings: &crate::config::Settings) -> CapsHashSet {
+    let mut keep = needed_after_start(settings.mode);
+    if settings.gateway_address.is_some() {
+        keep.insert(Capability::CAP_NET_BIND_SERVICE);
+    }
+    keep
+}
+
 /// What [`restrict_thread`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restricted {
@@ -124,6 +135,23 @@ pub fn restrict_thread(keep: &CapsHashSet) -> Result<Restricted, PrivilegeError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_agent_keeps_binding_low_ports() {
+        let settings = |gateway: Option<std::net::IpAddr>| {
+            crate::config::SettingsFile {
+                redirect: Some("10.0.0.1:15001".parse().unwrap()),
+                gateway_address: gateway,
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap()
+        };
+        assert!(!needed_by(&settings(None)).contains(&Capability::CAP_NET_BIND_SERVICE));
+        let gateway = needed_by(&settings(Some("10.0.0.1".parse().unwrap())));
+        assert!(gateway.contains(&Capability::CAP_NET_BIND_SERVICE));
+        assert!(needed_after_start(CaptureMode::Socket).is_subset(&gateway));
+    }
 
     #[test]
     fn packet_mode_keeps_nothing_more_than_socket_mode() {

@@ -168,7 +168,7 @@ kind: VirtualService
 metadata: {name: edge}
 spec:
   hosts: [my-app.example.com]
-  gateways: [public]
+  gateways: [public, low]
   http:
   - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
 ";
@@ -226,6 +226,16 @@ spec:
     assert_eq!(during.failures, 0, "{during:?}");
     assert_eq!(during.status(200), during.requests, "{during:?}");
     assert!(during.count("v1") > 0 && during.count("v2") > 0, "{during:?}");
+
+    // A Gateway added later on port 80: the agent, its capabilities dropped since start-up, still
+    // binds a port below 1024 (it keeps CAP_NET_BIND_SERVICE when it serves gateways).
+    let low = gateway("low", "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n");
+    let applied = agent.log().matches("config applied").count();
+    std::fs::write(agent.config_dir().join("low.yaml"), low).unwrap();
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(10)).unwrap();
+    let low_url = format!("http://{GATEWAY}:80/");
+    let via_low = curl(&node, &["-sS", "--max-time", "5", "-H", "host: my-app.example.com", &low_url]);
+    assert_eq!(via_low.as_deref(), Ok("v1"), "{}", agent.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
