@@ -76,6 +76,21 @@ fn agent(node: &Node, files: &[(&str, &str)], credentials: &Path) -> Agent {
     Agent::start_with(node, files, &flags, false).unwrap()
 }
 
+/// The VirtualService `default/edge` for my-app.example.com, bound to `gateways`, routing all to `subset`.
+fn edge(gateways: &str, subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge, namespace: default}}
+spec:
+  hosts: [my-app.example.com]
+  gateways: {gateways}
+  http:
+  - route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: {subset}}}}}]
+"
+    )
+}
+
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("interceptor-e2e-gw-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -163,15 +178,7 @@ fn a_gateway_removed_on_reload_closes_its_port_while_captured_traffic_flows() {
         "public",
         &format!("  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"),
     );
-    let vs = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: edge}
-spec:
-  hosts: [my-app.example.com]
-  gateways: [public, low]
-  http:
-  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
-";
+    let vs = &edge("[public, low]", "v1");
     let mut agent = agent(
         &node,
         &[
@@ -258,15 +265,7 @@ fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
 "
         ),
     );
-    let vs = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: edge}
-spec:
-  hosts: [my-app.example.com]
-  gateways: [public]
-  http:
-  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
-";
+    let vs = &edge("[public]", "v1");
     let mut agent =
         agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &credentials);
     let resolve = format!("my-app.example.com:{HTTPS_PORT}:{GATEWAY}");
@@ -295,15 +294,7 @@ fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
         "public",
         &format!("  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"),
     );
-    let vs = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: edge, namespace: default}
-spec:
-  hosts: [my-app.example.com]
-  gateways: [public]
-  http:
-  - route: [{destination: {host: my-app.default.svc.cluster.local, subset: v2}}]
-";
+    let vs = &edge("[public]", "v2");
     let node = node().unwrap();
     let plane = seed_plane(&[SUBSETS, &gw, vs]).unwrap();
     let bridge = LoopbackBridge::open(&node.node_netns(), plane.address()).unwrap();
