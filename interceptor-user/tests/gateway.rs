@@ -182,6 +182,10 @@ struct Harness {
 }
 
 async fn harness(table: RouteTable) -> Harness {
+    harness_with(table, Limits::default()).await
+}
+
+async fn harness_with(table: RouteTable, limits: Limits) -> Harness {
     let mut registry = prometheus_client::registry::Registry::default();
     let routes = Arc::new(ArcSwap::from_pointee(table));
     let inputs = ProxyInputs {
@@ -190,7 +194,7 @@ async fn harness(table: RouteTable) -> Harness {
         namespace: "default".into(),
         upstream: upstream_client(None),
         metrics: Arc::new(ProxyMetrics::register(&mut registry)),
-        limits: Limits::default(),
+        limits,
     };
     let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs.clone()).await.unwrap();
     let mesh = proxy.local_addr().unwrap();
@@ -405,6 +409,50 @@ spec:
     assert_eq!(headers["location"], "https://app.example.com/some/path?q=1");
     assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 2);
     drop(h);
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_a_plain_gateway_connection_gets_503_om() {
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, _, _) = Pki::new("cap");
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+---
+{vs}",
+        vs = virtual_service("[edge]", "[app.example.com]"),
+    );
+    let limits = Limits { max_connections: 1, ..Limits::default() };
+    let _h = harness_with(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir)), limits).await;
+    let addr = SocketAddr::new(LOOPBACK, port);
+    let held = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(held)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = || Request::get("/").header("host", "app.example.com").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(request()).await.unwrap().status(), StatusCode::OK);
+
+    let (status, headers, _) = http_get(addr, "app.example.com", "/").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "over the cap");
+    assert_eq!(headers["x-interceptor-flags"], "OM");
+
+    // The held connection goes: its place is free again.
+    drop(sender);
+    conn.await.unwrap().unwrap();
+    let freed = async {
+        loop {
+            if let Ok((StatusCode::OK, _, _)) = http_get(addr, "app.example.com", "/").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), freed).await.expect("a place under the cap again");
 }
 
 #[tokio::test]

@@ -16,11 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::{drain, Outbound, ProxyInputs};
+use super::{drain, limits, metrics, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, RouteTable, ServerId, ServerProtocol};
 
@@ -77,12 +77,15 @@ pub struct GatewayListeners {
     address: Option<IpAddr>,
     open: BTreeMap<u16, Listening>,
     drain: Duration,
+    /// `limits.maxConnections` over all gateway listeners together.
+    permits: Arc<Semaphore>,
 }
 
 impl GatewayListeners {
     /// No listener yet; `address` `None` means this agent serves no gateway.
     pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration) -> Self {
-        Self { inputs, address, open: BTreeMap::new(), drain }
+        let permits = Arc::new(Semaphore::new(inputs.limits.max_connections));
+        Self { inputs, address, open: BTreeMap::new(), drain, permits }
     }
 
     /// The ports listened on, with their bound addresses.
@@ -112,8 +115,8 @@ impl GatewayListeners {
                 Ok(listener) => {
                     let (stop, stopped) = oneshot::channel();
                     let span = tracing::info_span!("gateway", port);
-                    let task =
-                        tokio::spawn(listen(listener, port, self.inputs.clone(), stopped, self.drain).instrument(span));
+                    let accepting = Accepting { port, inputs: self.inputs.clone(), permits: self.permits.clone() };
+                    let task = tokio::spawn(listen(listener, accepting, stopped, self.drain).instrument(span));
                     self.open.insert(port, Listening { stop, task });
                     info!(%addr, "gateway listener open");
                 }
@@ -136,14 +139,17 @@ impl GatewayListeners {
     }
 }
 
-/// Accepts on one gateway port until told to stop, then drains its connections.
-async fn listen(
-    listener: TcpListener,
+/// What one gateway listener hands its connections.
+struct Accepting {
     port: u16,
     inputs: ProxyInputs,
-    stop: oneshot::Receiver<()>,
-    deadline: Duration,
-) {
+    permits: Arc<Semaphore>,
+}
+
+/// Accepts on one gateway port until told to stop, then drains its connections. Over the
+/// connection cap a plain HTTP connection is answered 503 `OM` and a TLS one closed.
+async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Receiver<()>, deadline: Duration) {
+    let Accepting { port, inputs, permits } = accepting;
     let connections = drain::Drain::new();
     let stopped = async {
         let _ = stop.await;
@@ -151,9 +157,25 @@ async fn listen(
     tokio::pin!(stopped);
     while let Some((stream, client)) = super::accept(&listener, stopped.as_mut()).await {
         let inputs = inputs.clone();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(%client, max = inputs.limits.max_connections, "gateway connection cap reached");
+            inputs.metrics.rejected(metrics::REJECT_OVERLOAD);
+            let plain =
+                inputs.routes.load().gateways().servers(port).first().map(|s| s.protocol) == Some(ServerProtocol::Http);
+            if plain {
+                tokio::spawn(limits::overloaded(stream));
+            }
+            continue;
+        };
         let watch = connections.watch();
         let span = tracing::debug_span!("conn", %client);
-        tokio::spawn(connection(inputs, port, stream, client, watch).instrument(span));
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                connection(inputs, port, stream, client, watch).await;
+            }
+            .instrument(span),
+        );
     }
     drop(listener);
     tokio::select! {
