@@ -55,7 +55,7 @@ pub(super) fn explain<'t>(table: &'t RouteTable, service: &'t str, req: &Request
 }
 
 pub(super) fn explain_gateway<'t>(table: &'t RouteTable, gateway: &'t str, req: &RequestView<'t>) -> Explanation<'t> {
-    let found = table.gateways.virtual_host_of(gateway, req.authority);
+    let found = table.gateways.virtual_host_of(gateway, req.authority, req.port);
     let mut out = Explanation {
         service: found.map_or(req.authority, |(vh, _)| &*vh.domain),
         virtual_service: found.map(|(vh, _)| &*vh.virtual_service),

@@ -289,11 +289,19 @@ impl GatewayTable {
         }
     }
 
-    /// The virtual host serving `host` on any server of `gateway` (for `explain`), with its server.
-    pub(super) fn virtual_host_of(&self, gateway: &str, host: &str) -> Option<(&VirtualHost, &GatewayServer)> {
+    /// The virtual host serving `host` on a server of `gateway` (for `explain`), with its server:
+    /// among the servers on `port` when the gateway has any there, else among all of them.
+    pub(super) fn virtual_host_of(
+        &self,
+        gateway: &str,
+        host: &str,
+        port: u16,
+    ) -> Option<(&VirtualHost, &GatewayServer)> {
         let host = request_host(host);
+        let servers = || self.ports.values().flatten().filter(|s| &*s.id.gateway == gateway);
+        let on_port = servers().any(|s| s.port == port);
         let mut best: Option<(usize, &VirtualHost, &GatewayServer)> = None;
-        for server in self.ports.values().flatten().filter(|s| &*s.id.gateway == gateway) {
+        for server in servers().filter(|s| !on_port || s.port == port) {
             for vh in &server.virtual_hosts {
                 if let Some(rank) = domain_rank(&vh.domain, &host) {
                     if best.is_none_or(|(b, ..)| rank > b) {

@@ -396,6 +396,12 @@ spec:
         let redirect =
             table.route_gateway(&GatewayEntry { port: 8080, server: None }, &RequestView { port: 8080, ..req });
         assert!(redirect.https_redirect);
+        let mut beta = http::HeaderMap::new();
+        beta.insert("user-agent", "Mozilla beta-tester".parse().unwrap());
+        let explained =
+            table.explain_gateway("default/my-app-gateway", &RequestView { headers: &beta, ..req }).to_string();
+        assert!(explained.contains("server: default/my-app-gateway#0 (port 8443, TLS terminated)"), "{explained}");
+        assert!(explained.contains("✔ default/my-app-edge#0"), "{explained}");
     }
 
     #[test]
