@@ -88,7 +88,7 @@ impl GatewayListeners {
         Self { inputs, address, open: BTreeMap::new(), drain, permits }
     }
 
-    /// The ports listened on, with their bound addresses.
+    /// The ports listened on.
     pub fn ports(&self) -> BTreeSet<u16> {
         self.open.keys().copied().collect()
     }
