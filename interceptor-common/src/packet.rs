@@ -25,9 +25,94 @@ pub struct Conntrack {
     pub orig: SockAddr4,
     /// The proxy address the flow was rewritten to.
     pub proxy: SockAddr4,
+    /// How far the flow has closed, each side's part written only by the program that sees that
+    /// side's packets (XDP the client's, TC the proxy's).
+    pub close: [HalfClose; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<Conntrack>() == 16);
+const _: () = assert!(core::mem::size_of::<Conntrack>() == 32);
+
+/// The sender of a packet of a flow: index into [`Conntrack::close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The pod that connected (packets XDP sees).
+    Client = 0,
+    /// The proxy answering for the VIP (packets TC sees).
+    Proxy = 1,
+}
+
+impl Side {
+    #[inline(always)]
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Proxy,
+            Side::Proxy => Side::Client,
+        }
+    }
+}
+
+/// One direction's close: whether its sender sent FIN, and whether the other side acknowledged it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfClose {
+    /// The acknowledgement number that covers this side's FIN (its sequence number + 1); valid
+    /// once `fin` is set.
+    pub fin_ack: u32,
+    /// 1 once this side sent FIN.
+    pub fin: u8,
+    /// 1 once the other side acknowledged that FIN.
+    pub acked: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// The TCP header fields close tracking reads, host order.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    /// Flag byte (byte 13 of the header).
+    pub flags: u8,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack: u32,
+    /// Payload bytes.
+    pub len: u32,
+}
+
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+impl Conntrack {
+    /// Records one segment `side` sent; true when the flow is over — reset, or both FINs
+    /// acknowledged — so its entry can go now instead of waiting for LRU eviction.
+    ///
+    /// Only `side`'s FIN and the other side's `acked` change, so the two programs never write the
+    /// same field.
+    #[inline(always)]
+    pub fn track(&mut self, side: Side, segment: Segment) -> bool {
+        if segment.flags & TCP_RST != 0 {
+            return true;
+        }
+        if segment.flags & TCP_FIN != 0 {
+            let own = &mut self.close[side as usize];
+            // FIN takes one sequence number after the segment's payload.
+            own.fin_ack = segment.seq.wrapping_add(segment.len).wrapping_add(1);
+            own.fin = 1;
+        }
+        let other = &mut self.close[side.other() as usize];
+        // Sequence numbers wrap: "at or past" is a non-negative signed distance.
+        if segment.flags & TCP_ACK != 0 && other.fin == 1 && segment.ack.wrapping_sub(other.fin_ack) as i32 >= 0 {
+            other.acked = 1;
+        }
+        self.close.iter().all(|half| half.acked == 1)
+    }
+}
 
 /// Packet counters.
 #[repr(C)]
@@ -51,3 +136,52 @@ unsafe impl aya::Pod for Conntrack {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, no padding, every bit pattern valid.
 unsafe impl aya::Pod for PacketStats {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYN_ACK_DONE: Segment = Segment { flags: TCP_ACK, seq: 1, ack: 1, len: 0 };
+
+    fn seg(flags: u8, seq: u32, ack: u32, len: u32) -> Segment {
+        Segment { flags, seq, ack, len }
+    }
+
+    #[test]
+    fn a_flow_is_over_once_both_fins_are_acknowledged_whoever_closes_first() {
+        // Client closes first: FIN, the proxy acks it with its own FIN, the client acks that.
+        let mut flow = Conntrack::default();
+        assert!(!flow.track(Side::Client, SYN_ACK_DONE));
+        assert!(!flow.track(Side::Client, seg(TCP_FIN | TCP_ACK, 100, 500, 0)));
+        assert!(!flow.track(Side::Proxy, seg(TCP_FIN | TCP_ACK, 500, 101, 0)));
+        assert!(flow.track(Side::Client, seg(TCP_ACK, 101, 501, 0)));
+
+        // Proxy closes first with its last data on the FIN; the client's ack of earlier data
+        // does not count, only the one past the FIN.
+        let mut flow = Conntrack::default();
+        assert!(!flow.track(Side::Proxy, seg(TCP_FIN | TCP_ACK, 1000, 50, 200)));
+        assert!(!flow.track(Side::Client, seg(TCP_ACK, 50, 1100, 0)));
+        assert!(!flow.track(Side::Client, seg(TCP_ACK, 50, 1201, 0)));
+        assert!(!flow.track(Side::Client, seg(TCP_FIN | TCP_ACK, 50, 1201, 0)));
+        assert!(flow.track(Side::Proxy, seg(TCP_ACK, 1201, 51, 0)));
+    }
+
+    #[test]
+    fn a_half_closed_flow_stays_and_a_reset_ends_any_flow() {
+        let mut flow = Conntrack::default();
+        assert!(!flow.track(Side::Client, seg(TCP_FIN | TCP_ACK, 7, 9, 0)));
+        assert!(!flow.track(Side::Proxy, seg(TCP_ACK, 9, 8, 1000)), "the proxy still sends after the client's FIN");
+        assert!(flow.track(Side::Proxy, seg(TCP_RST, 1009, 0, 0)));
+        assert!(Conntrack::default().track(Side::Client, seg(TCP_RST | TCP_ACK, 1, 1, 0)));
+    }
+
+    #[test]
+    fn acknowledgements_compare_across_the_sequence_wrap() {
+        let mut flow = Conntrack::default();
+        assert!(!flow.track(Side::Client, seg(TCP_FIN | TCP_ACK, u32::MAX, 0, 0)));
+        assert_eq!(flow.close[0].fin_ack, 0);
+        assert!(!flow.track(Side::Proxy, seg(TCP_FIN | TCP_ACK, 10, u32::MAX, 0)), "one short of the FIN");
+        assert!(!flow.track(Side::Proxy, seg(TCP_ACK, 11, 0, 0)));
+        assert!(flow.track(Side::Client, seg(TCP_ACK, 0, 11, 0)));
+    }
+}

@@ -2,6 +2,7 @@
 //! accessor and the header layouts (IPv4 without options, TCP).
 
 use aya_ebpf::programs::XdpContext;
+use interceptor_common::packet::Segment;
 
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
@@ -21,10 +22,7 @@ pub const TCP_OFF: usize = ETH_LEN + IP_LEN;
 pub const TCP_SPORT_OFF: usize = TCP_OFF;
 /// Offset of the TCP checksum.
 pub const TCP_CSUM_OFF: usize = TCP_OFF + 16;
-/// TCP flag bits (byte 13 of the header).
-pub const TCP_SYN: u8 = 0x02;
-/// ACK flag.
-pub const TCP_ACK: u8 = 0x10;
+pub use interceptor_common::packet::{TCP_ACK, TCP_SYN};
 
 /// The IPv4 header fields we read. `repr(C)` in wire layout; multi-byte fields in network order.
 #[repr(C)]
@@ -68,6 +66,16 @@ pub struct TcpHead {
     pub doff: u8,
     /// Flags.
     pub flags: u8,
+}
+
+impl TcpHead {
+    /// What close tracking needs of this segment, `ip` being its IPv4 header (without options).
+    #[inline(always)]
+    pub fn segment(&self, ip: &Ipv4Hdr) -> Segment {
+        let header = u32::from(self.doff >> 4) * 4;
+        let len = u32::from(u16::from_be(ip.tot_len)).saturating_sub(IP_LEN as u32 + header);
+        Segment { flags: self.flags, seq: u32::from_be(self.seq), ack: u32::from_be(self.ack_seq), len }
+    }
 }
 
 /// Whether an IPv4 header is one we rewrite: no options, TCP, not a later fragment.

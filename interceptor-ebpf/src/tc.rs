@@ -1,8 +1,9 @@
 //! `tc` egress on the host side of pod veths (packet mode): replies the proxy sends on a flow XDP
-//! rewrote get the VIP:port back as their source, so the client sees the peer it connected to.
+//! rewrote get the VIP:port back as their source, so the client sees the peer it connected to;
+//! the proxy's FIN, ACK and RST go into the flow's close tracking.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use interceptor_common::{stats::Program, SockAddr4};
+use interceptor_common::{packet::Side, stats::Program, SockAddr4};
 
 use crate::{
     maps::CONNTRACK,
@@ -34,15 +35,18 @@ fn try_tc(ctx: &TcContext) -> Result<Outcome, i64> {
     }
     let tcp: TcpHead = ctx.load(TCP_OFF)?;
     let client = SockAddr4::new(ip.daddr, u16::from_be(tcp.dest));
-    let Some(flow) = CONNTRACK.get_ptr(client) else {
+    let Some(entry) = CONNTRACK.get_ptr_mut(client) else {
         return Ok(Outcome::Ignored);
     };
     // SAFETY: copied out at once; LRU slots may be recycled later.
-    let flow = unsafe { *flow };
+    let flow = unsafe { *entry };
     if flow.proxy != SockAddr4::new(ip.saddr, u16::from_be(tcp.source)) {
         // The client talks to someone else from the same port: not our flow.
         return Ok(Outcome::Ignored);
     }
+    // SAFETY: updated in place, only the proxy's half-close fields and the client's `acked` (XDP
+    // writes the others).
+    let over = unsafe { (*entry).track(Side::Proxy, tcp.segment(&ip)) };
     let (old_ip, new_ip) = (u32::from_ne_bytes(ip.saddr), u32::from_ne_bytes(flow.orig.addr));
     let (old_port, new_port) = (tcp.source, flow.orig.port.to_be());
     // The helpers know whether the skb carries a partial (offloaded) checksum and update it right.
@@ -54,5 +58,9 @@ fn try_tc(ctx: &TcContext) -> Result<Outcome, i64> {
     // SAFETY: the context's skb pointer; `ifindex` is a readable `__sk_buff` field.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     count_packet(ifindex, &flow.orig, PacketEvent::Rewritten(u64::from(u16::from_be(ip.tot_len))));
+    if over {
+        // Reset, or the proxy's last ACK of a closed flow.
+        let _ = CONNTRACK.remove(client);
+    }
     Ok(Outcome::Captured)
 }

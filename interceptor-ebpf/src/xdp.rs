@@ -3,10 +3,15 @@
 //! in `CONNTRACK`, keyed by the client's address — which is what the proxy sees as its peer.
 //!
 //! A SYN opens a flow only while the proxy captures (ready and heartbeat fresh, or fail-closed);
-//! later packets follow the flow they belong to. Everything else passes untouched.
+//! later packets follow the flow they belong to, and the entry goes once the flow is over (a
+//! reset, or both FINs acknowledged; TC sees the proxy's half). Everything else passes untouched.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
-use interceptor_common::{packet::Conntrack, stats::Program, SockAddr4};
+use interceptor_common::{
+    packet::{Conntrack, Side},
+    stats::Program,
+    SockAddr4,
+};
 
 use crate::{
     maps::{CAPTURE, CONNTRACK, PROXY_TARGET},
@@ -49,7 +54,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<Outcome, ()> {
     let bytes = u64::from(u16::from_be(hdr.tot_len));
     let ifindex = ctx.ingress_ifindex() as u32;
 
-    let flow = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    let (flow, over) = if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         let target = PROXY_TARGET.get(0).ok_or(())?;
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -59,16 +64,21 @@ fn try_xdp(ctx: &XdpContext) -> Result<Outcome, ()> {
             let _ = CONNTRACK.remove(client);
             return Ok(Outcome::Bypassed);
         }
-        let flow = Conntrack { orig: dst, proxy: target.addr };
+        let flow = Conntrack { orig: dst, proxy: target.addr, ..Conntrack::default() };
         if CONNTRACK.insert(client, flow, 0).is_err() {
             return Err(());
         }
         count_packet(ifindex, &dst, PacketEvent::NewFlow);
-        flow
+        (flow, false)
     } else {
-        match CONNTRACK.get_ptr(client) {
-            // SAFETY: copied out at once; LRU slots may be recycled later.
-            Some(flow) if unsafe { (*flow).orig } == dst => unsafe { *flow },
+        match CONNTRACK.get_ptr_mut(client) {
+            // SAFETY: the entry is updated in place (only the client's half-close fields and the
+            // proxy's `acked`; TC writes the others) and copied out at once: LRU slots may be
+            // recycled later.
+            Some(flow) if unsafe { (*flow).orig } == dst => unsafe {
+                let over = (*flow).track(Side::Client, (*tcp).segment(&hdr));
+                (*flow, over)
+            },
             _ => {
                 // A flow from before capture began, or one the proxy was not ready for.
                 count_packet(ifindex, &dst, PacketEvent::Miss);
@@ -89,5 +99,9 @@ fn try_xdp(ctx: &XdpContext) -> Result<Outcome, ()> {
         (*tcp).dest = new_port;
     }
     count_packet(ifindex, &dst, PacketEvent::Rewritten(bytes));
+    if over {
+        // Reset, or the client's last ACK of a closed flow: nothing more will follow this way.
+        let _ = CONNTRACK.remove(client);
+    }
     Ok(Outcome::Captured)
 }

@@ -264,11 +264,12 @@ impl Node {
         Ok(pid)
     }
 
-    /// Starts `pod serve` in pod `pod`, answering with `name` on port 8080.
+    /// Starts `pod serve` in pod `pod`, answering with `name` on port 8080; returns its PID (for
+    /// [`Node::kill`]).
     ///
     /// # Errors
     /// The pod is unknown or the process cannot start.
-    pub fn serve(&mut self, pod: &str, name: &str) -> Result<()> {
+    pub fn serve(&mut self, pod: &str, name: &str) -> Result<u32> {
         self.serve_with(pod, name, &[])
     }
 
@@ -276,15 +277,16 @@ impl Node {
     ///
     /// # Errors
     /// As [`Node::serve`].
-    pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<()> {
+    pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<u32> {
         let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
         let listen = format!("{}:8080", spec.ip);
         let mut args = vec!["serve", "--listen", &listen, "--name", name];
         args.extend_from_slice(extra);
         let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        self.spawn(cmd)?;
-        wait_for_listener(&self.pod_netns(pod), &listen, Duration::from_secs(5))
+        let pid = self.spawn(cmd)?;
+        wait_for_listener(&self.pod_netns(pod), &listen, Duration::from_secs(5))?;
+        Ok(pid)
     }
 
     /// Starts `pod echo` in pod `pod` on `port`: a TCP server that sends `banner`, then echoes.

@@ -302,11 +302,16 @@ fn kill_the_proxy(mode: Mode, policy: &str) {
         assert!(first.contains("refused"), "{first}");
     }
     drop(agent);
+    // SIGKILL ran no code: the pinned counters hold every connection captured before it.
+    let counted = pinned_connections(&node, mode, 8080);
+    assert!(counted >= 20 + during.count("v1") as u64, "{counted} pinned, {during:?}");
 
-    // A new agent takes over the stale pins and capture resumes.
-    let _agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
+    // A new agent takes over the stale pins and capture resumes; the counters go on from there.
+    let agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
+    assert!(agent.log().contains("re-adopting pinned map"), "{}", agent.log());
     let resumed = load_direct(&node, 20);
     assert_eq!(resumed.count("v1"), 20, "captured after the restart: {resumed:?}");
+    assert_eq!(pinned_connections(&node, mode, 8080), counted + 20);
 }
 
 fn killing_the_proxy_fails_open(mode: Mode) {
@@ -340,6 +345,36 @@ in_both_modes!(
     killing_the_proxy_fails_open,
     killing_the_proxy_fails_closed,
 );
+
+#[test]
+fn packet_mode_forgets_a_flow_once_both_sides_closed_it() {
+    let node = node().unwrap();
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))];
+    let _agent = Agent::start_in(&node, &files, false, Mode::Packet, "open").unwrap();
+    let flows = || node.bpftool_dump("CONNTRACK").map(|d| d.as_array().map_or(0, Vec::len));
+
+    // The client closes first: a connection per request, dropped after its answer.
+    let r = load(&node, 10, &["--new-connections"]);
+    assert_eq!(r.status(200), 10, "{r:?}");
+    // The proxy closes first: `Connection: close`.
+    let send = "GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n\r\n";
+    let raw = node.raw(CLIENT, &["--target", VIP, "--send", send]).unwrap();
+    assert!(raw.response.starts_with("HTTP/1.1 200 ") && raw.closed, "{raw:?}");
+    // Each entry goes with the last ACK of its flow, not at LRU eviction.
+    testbed::poll_until("every closed flow to leave CONNTRACK", Duration::from_secs(2), || Ok(flows()? == 0))
+        .unwrap_or_else(|e| panic!("{e}: {:#}", node.bpftool_dump("CONNTRACK").unwrap()));
+
+    // A flow still open keeps its entry.
+    let mut idle = node
+        .raw_in_background(
+            CLIENT,
+            &["--target", VIP, "--send", "GET / HTTP/1.1\r\nHost: my-app\r\n\r\n", "--read-ms", "1500"],
+        )
+        .unwrap();
+    testbed::poll_until("the open flow's entry", Duration::from_secs(2), || Ok(flows()? == 1)).unwrap();
+    let report = read_stdout(&mut idle).unwrap();
+    assert!(report.contains("HTTP/1.1 200"), "{report}");
+}
 
 #[test]
 fn packet_mode_checksums_hold_with_veth_offload_on_and_off() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{load, node, node_with_pods, split, virtual_service, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::{poll_until, read_stdout, Agent, LoadReport, Node, ADMIN};
 
-const RELOADS: usize = 50;
+const RELOADS: usize = 100;
 const OTHER_VIP: &str = "10.96.0.20:80";
 
 /// Replaces `dir/name` in one step (write aside, then rename), as Kubernetes swaps ConfigMap
@@ -127,7 +127,7 @@ fn a_pool_limit_holds_while_the_old_and_the_new_config_serve_together() {
 }
 
 #[test]
-fn fifty_reloads_during_load_fail_no_request_and_each_new_split_serves() {
+fn a_hundred_reloads_during_load_fail_no_request_and_each_new_split_serves() {
     let node = node().unwrap();
     let agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))], false)
         .unwrap();

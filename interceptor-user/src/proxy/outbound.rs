@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::access_log::RequestInfo;
 use super::body_count::{Counted, Ended, Tally};
+use super::deadline::Deadline;
 use super::gateway::GatewayConnection;
 use super::hop_by_hop;
 use super::limits::Refusal;
@@ -37,7 +38,7 @@ mod tries;
 pub use relay::Relayed;
 
 /// Body of every response the proxy sends downstream.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, super::deadline::BoxError>;
 
 /// Request bodies up to this size are buffered so retries and mirrors can replay them (Envoy
 /// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
@@ -69,6 +70,8 @@ pub struct Served {
     pub flags: Vec<ResponseFlag>,
     /// Time the endpoint took to answer the last try with headers.
     pub upstream_time: Option<Duration>,
+    /// When the route's timeout ends the response, body included.
+    deadline: Option<tokio::time::Instant>,
     /// Request body bytes read so far.
     received: Received,
 }
@@ -358,10 +361,12 @@ impl Outbound {
         };
         let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
         let mut exchange = HyperExchange { client, head: &head, body: &mut body, metrics: &self.inputs.metrics };
+        let deadline = route.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+        served.deadline = deadline;
         let tried = tries::run(&mut exchange, tries, served);
-        let tried = match route.timeout {
+        let tried = match deadline {
             None => tried.await,
-            Some(timeout) => match tokio::time::timeout(timeout, tried).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, tried).await {
                 Ok(tried) => tried,
                 Err(_) => {
                     served.flags.push(ResponseFlag::UT);
@@ -375,7 +380,10 @@ impl Outbound {
                 if let Some(cookie) = &set_cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                 }
-                response.map(|b| b.boxed())
+                match deadline {
+                    Some(deadline) => response.map(|b| Deadline::new(b, deadline).boxed()),
+                    None => response.map(|b| b.map_err(Into::into).boxed()),
+                }
             }
             Err(reply) => reply.into_response(),
         };
@@ -624,8 +632,10 @@ impl Tally for Finish {
             self.served.flags.push(ResponseFlag::DC);
         }
         if ended == Ended::Failed {
-            // The upstream broke off mid-body; the client got the status and part of the body.
-            self.served.flags.push(ResponseFlag::UC);
+            // The client got the status and part of the body: the route's deadline cut the rest
+            // off, or the upstream broke off.
+            let timed_out = self.served.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            self.served.flags.push(if timed_out { ResponseFlag::UT } else { ResponseFlag::UC });
         }
         let took = self.started.elapsed();
         let served = &self.served;
