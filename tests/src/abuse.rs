@@ -1,5 +1,5 @@
-//! A catalogue of hostile HTTP/1 requests, sent as raw bytes by a captured client through the
-//! real capture path (`cargo xtask abuse`, and the `abuse` end-to-end test). Each case says what
+//! A catalogue of hostile HTTP/1 requests and HTTP/2 connections, sent as raw bytes by a captured
+//! client through the real capture path (`cargo xtask abuse`, and the `abuse` end-to-end test). Each case says what
 //! the agent must answer and what Envoy 1.40 with its default settings answers to the same bytes
 //! (seen by sending them to it); where the two differ, the case says why.
 
@@ -19,6 +19,17 @@ pub enum Expect {
     Served,
     /// Forward every one of this many pipelined requests, answering each 200 in order.
     ServedEach(usize),
+    /// HTTP/2 with prior knowledge: the connection ends with a GOAWAY carrying this error code.
+    GoAway(u32),
+    /// HTTP/2 with prior knowledge: the request on the last stream is forwarded (its DATA is the
+    /// endpoint's body).
+    ServedH2,
+}
+
+impl Expect {
+    fn h2(self) -> bool {
+        matches!(self, Expect::GoAway(_) | Expect::ServedH2)
+    }
 }
 
 /// One hostile request.
@@ -99,9 +110,88 @@ fn pipelined(n: usize) -> Vec<u8> {
     bytes
 }
 
+/// HTTP/2 error codes (RFC 9113 §7).
+const PROTOCOL_ERROR: u32 = 0x1;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// HTTP/2 frame types and flags.
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut bytes = vec![len[1], len[2], len[3], kind, flags];
+    bytes.extend_from_slice(&stream.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The client connection preface and an empty SETTINGS frame.
+fn h2_start() -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    bytes
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `first` (RFC 7541 §5.1).
+fn hpack_int(first: u8, n: u32, mut value: usize) -> Vec<u8> {
+    let max = (1usize << n) - 1;
+    if value < max {
+        return vec![first | value as u8];
+    }
+    let mut bytes = vec![first | max as u8];
+    value -= max;
+    while value >= 128 {
+        bytes.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    bytes.push(value as u8);
+    bytes
+}
+
+/// HPACK: a header literal without indexing, new name, no Huffman coding.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut bytes = vec![0x00];
+    bytes.extend(hpack_int(0, 7, name.len()));
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend(hpack_int(0, 7, value.len()));
+    bytes.extend_from_slice(value.as_bytes());
+    bytes
+}
+
+/// HPACK block of a request to my-app: `:method` (static index 2 GET, 3 POST), `:scheme http`
+/// (6), `:path /` (4), `:authority` as a literal on static name 1.
+fn request_block(post: bool) -> Vec<u8> {
+    let mut bytes = vec![if post { 0x83 } else { 0x82 }, 0x86, 0x84];
+    bytes.extend(hpack_int(0, 4, 1));
+    bytes.extend(hpack_int(0, 7, 6));
+    bytes.extend_from_slice(b"my-app");
+    bytes
+}
+
+/// A whole GET on `stream`.
+fn h2_get(stream: u32) -> Vec<u8> {
+    frame(HEADERS, END_STREAM | END_HEADERS, stream, &request_block(false))
+}
+
+/// An HTTP/2 connection: the preface, `middle`, then a GET on stream `last`.
+fn h2_then_get(middle: impl IntoIterator<Item = Vec<u8>>, last: u32) -> Vec<u8> {
+    let mut bytes = h2_start();
+    bytes.extend(middle.into_iter().flatten());
+    bytes.extend(h2_get(last));
+    bytes
+}
+
 /// The catalogue.
 pub fn catalogue() -> Vec<Case> {
-    use Expect::{Refused, Served, ServedEach};
+    use Expect::{GoAway, Refused, Served, ServedEach, ServedH2};
     const TE: &str = "Transfer-Encoding: chunked\r\n";
     vec![
         // Request smuggling.
@@ -207,6 +297,70 @@ pub fn catalogue() -> Vec<Case> {
             Refused(431),
             "431",
         ),
+        // HTTP/2 with prior knowledge.
+        case("HTTP/2 GET", h2_then_get([], 1), ServedH2, "200"),
+        case(
+            "rapid reset, 1,000 streams",
+            h2_then_get(
+                (0..1000u32).map(|i| {
+                    let mut pair = h2_get(2 * i + 1);
+                    pair.extend(frame(RST_STREAM, 0, 2 * i + 1, &8u32.to_be_bytes()));
+                    pair
+                }),
+                2001,
+            ),
+            GoAway(ENHANCE_YOUR_CALM),
+            "closes the connection (premature-reset guard); the close, with bytes unread, reaches the client as a TCP reset, so any GOAWAY is lost; we: GOAWAY ENHANCE_YOUR_CALM from h2's limit on streams reset before they are served",
+        ),
+        case(
+            "CONTINUATION flood, 4 MB of headers",
+            {
+                let mut bytes = h2_start();
+                bytes.extend(frame(HEADERS, END_STREAM, 1, &request_block(false)));
+                let junk = hpack_literal("x-a", &"a".repeat(1000));
+                bytes.extend((0..4000).flat_map(|_| frame(CONTINUATION, 0, 1, &junk)));
+                bytes
+            },
+            GoAway(ENHANCE_YOUR_CALM),
+            "closes the connection (seen as a TCP reset); we: GOAWAY ENHANCE_YOUR_CALM once the header block passes the head limit",
+        ),
+        case(
+            "PING flood, 10,000",
+            h2_then_get((0..10_000u64).map(|i| frame(PING, 0, 0, &i.to_be_bytes())), 1),
+            ServedH2,
+            "closes the connection: its outbound flood guard (10,000 queued frames) trips on the PING ACKs; we answer every PING and serve the request, memory back at its baseline (checked after the catalogue)",
+        ),
+        case(
+            "SETTINGS flood, 10,000",
+            h2_then_get((0..10_000).map(|_| frame(SETTINGS, 0, 0, &[])), 1),
+            ServedH2,
+            "closes the connection, as for the PING flood (SETTINGS ACKs); we: as for the PING flood",
+        ),
+        case(
+            "HPACK table size update past the limit",
+            {
+                let mut block = hpack_int(0x20, 5, 1 << 20);
+                block.extend(request_block(false));
+                let mut bytes = h2_start();
+                bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
+                bytes
+            },
+            GoAway(PROTOCOL_ERROR),
+            "GOAWAY COMPRESSION_ERROR; we: GOAWAY PROTOCOL_ERROR (h2's code for it), the connection closed either way",
+        ),
+        case("HEADERS on an even stream", h2_then_get([h2_get(2)], 1), GoAway(PROTOCOL_ERROR), "closes the connection (seen as a TCP reset)"),
+        case(
+            "DATA past the flow-control window",
+            {
+                let mut bytes = h2_start();
+                bytes.extend(frame(HEADERS, END_HEADERS, 1, &request_block(true)));
+                let chunk = vec![b'x'; 16384];
+                bytes.extend((0..256).flat_map(|_| frame(DATA, 0, 1, &chunk)));
+                bytes
+            },
+            GoAway(FLOW_CONTROL_ERROR),
+            "RST_STREAM FLOW_CONTROL_ERROR, connection kept (its connection window is 256 MiB); we: GOAWAY FLOW_CONTROL_ERROR, the 4 MB overrun hyper's 1 MiB connection window too",
+        ),
     ]
 }
 
@@ -225,25 +379,50 @@ pub fn run(node: &Node, agent: &Agent, scratch: &Path) -> Result<Report> {
         let file = scratch.join(format!("abuse-{i}.http"));
         std::fs::write(&file, &case.bytes).with_context(|| format!("writing {}", file.display()))?;
         let path = file.display().to_string();
-        let report = node.raw(CLIENT, &["--target", VIP, "--send-file", &path, "--read-ms", "3000"]);
+        let mut args = vec!["--target", VIP, "--send-file", &path, "--read-ms", "3000"];
+        if case.expect.h2() {
+            args.push("--h2");
+        }
+        let report = node.raw(CLIENT, &args);
         let _ = std::fs::remove_file(&file);
         let report = report?;
-        let status_line = report.response.lines().next().unwrap_or("").to_owned();
-        let status = status_line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
-        let answers = report.response.matches("HTTP/1.").count();
-        let ok = match case.expect {
-            Expect::Refused(code) => status == Some(code) && report.closed && answers == 1,
-            Expect::Served => status == Some(200) && report.response.ends_with("v1"),
-            Expect::ServedEach(n) => report.response.matches(" 200 OK\r\n").count() == n && answers == n,
-        };
         let closed = if report.closed { "closed" } else { "open" };
-        let got = format!("{status_line} ({answers} answers, {closed})");
+        let (ok, got) = if case.expect.h2() {
+            judge_h2(case.expect, &report)
+        } else {
+            let status_line = report.response.lines().next().unwrap_or("").to_owned();
+            let status = status_line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
+            let answers = report.response.matches("HTTP/1.").count();
+            let ok = match case.expect {
+                Expect::Refused(code) => status == Some(code) && report.closed && answers == 1,
+                Expect::Served => status == Some(200) && report.response.ends_with("v1"),
+                Expect::ServedEach(n) => report.response.matches(" 200 OK\r\n").count() == n && answers == n,
+                Expect::GoAway(_) | Expect::ServedH2 => false,
+            };
+            (ok, format!("{status_line} ({answers} answers, {closed})"))
+        };
         verdicts.push(Verdict { name: case.name, expect: case.expect, envoy: case.envoy, got, ok });
     }
     let after = load(node, 20, &[]);
     let ready = node.node_get(ADMIN, "/ready").map(|(status, _)| status == 200).unwrap_or(false);
     let alive = warm.count("v1") == 20 && after.count("v1") == 20 && ready;
     Ok(Report { verdicts, rss_before_kib, rss_after_kib: rss_kib(pid)?, alive })
+}
+
+/// Judges an HTTP/2 answer: whether it is as `expect`ed, and a summary of it.
+fn judge_h2(expect: Expect, report: &crate::RawReport) -> (bool, String) {
+    let goaway = report.frames.iter().rev().find(|f| f.kind == 7).and_then(|f| f.error);
+    let served = report.frames.iter().any(|f| f.data.as_deref() == Some("v1"));
+    let resets = report.frames.iter().filter(|f| f.kind == RST_STREAM).count();
+    let ok = match expect {
+        Expect::GoAway(code) => goaway == Some(code) && report.closed,
+        Expect::ServedH2 => served,
+        _ => false,
+    };
+    let closed = if report.closed { "closed" } else { "open" };
+    let goaway = goaway.map_or("no GOAWAY".to_owned(), |code| format!("GOAWAY {code:#x}"));
+    let frames = report.frames.len();
+    (ok, format!("{goaway}, {frames} frames, {resets} RST_STREAM, served={served}, {closed}"))
 }
 
 /// Resident memory of process `pid`, KiB.

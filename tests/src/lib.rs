@@ -12,7 +12,7 @@ pub mod seed_cluster;
 
 pub use agent::{read_stdout, run_agent_command, Agent, Mode, ADMIN};
 pub use cluster::{controlplane_bin_dir, poll_until, ControlPlane, LoopbackBridge};
-pub use node::{wait_for_listener, LoadReport, Node, PodSpec, RawReport, GATEWAY};
+pub use node::{wait_for_listener, H2Frame, LoadReport, Node, PodSpec, RawReport, GATEWAY};
 
 /// The binary of the workspace target directory named `name` (built by `cargo xtask`), next to
 /// the running test or xtask executable.

@@ -81,6 +81,23 @@ pub struct RawReport {
     pub closed: bool,
     /// Milliseconds from the end of sending to the close (or the end of the read time).
     pub elapsed_ms: u64,
+    /// With `--h2`: the HTTP/2 frames read, in order.
+    pub frames: Vec<H2Frame>,
+}
+
+/// One HTTP/2 frame `pod raw --h2` read.
+#[derive(Debug, Deserialize)]
+pub struct H2Frame {
+    /// Frame type (0 DATA, 1 HEADERS, 3 RST_STREAM, 4 SETTINGS, 6 PING, 7 GOAWAY, …).
+    pub kind: u8,
+    /// Flags.
+    pub flags: u8,
+    /// Stream identifier.
+    pub stream: u32,
+    /// RST_STREAM's or GOAWAY's error code.
+    pub error: Option<u32>,
+    /// DATA's payload, as lossy UTF-8.
+    pub data: Option<String>,
 }
 
 /// One test node. Dropping it kills its processes and removes namespaces, cgroup and pins.

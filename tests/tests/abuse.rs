@@ -1,4 +1,4 @@
-//! End-to-end: the catalogue of hostile HTTP/1 requests (`testbed::abuse`, also `cargo xtask
+//! End-to-end: the catalogue of hostile HTTP/1 requests and HTTP/2 connections (`testbed::abuse`, also `cargo xtask
 //! abuse`) through the real capture path: each answered as specified, and the agent alive with
 //! its memory back near its baseline afterwards.
 

@@ -1,4 +1,4 @@
-//! `cargo xtask abuse`: the catalogue of hostile HTTP/1 requests (`testbed::abuse`) through the
+//! `cargo xtask abuse`: the catalogue of hostile HTTP/1 requests and HTTP/2 connections (`testbed::abuse`) through the
 //! real capture path on a test node; one line per case, then `ABUSE cases=<n> ok=<k>`.
 
 use anyhow::Result;

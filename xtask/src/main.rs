@@ -43,7 +43,7 @@ enum Task {
     },
     /// Set up, build, then fmt, clippy, unit and end-to-end tests, then the quick bench.
     Test,
-    /// Set up, build, and send the catalogue of hostile HTTP/1 requests through the real capture
+    /// Set up, build, and send the catalogue of hostile HTTP/1 requests and HTTP/2 connections through the real capture
     /// path: one line per case (with Envoy's answer), then `ABUSE cases=<n> ok=<k>`.
     Abuse,
     /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.

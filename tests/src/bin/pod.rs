@@ -114,6 +114,9 @@ enum Command {
         /// Read for at most this long (stops earlier when the server closes).
         #[arg(long, default_value_t = 5000)]
         read_ms: u64,
+        /// The answer is HTTP/2: also report it frame by frame.
+        #[arg(long)]
+        h2: bool,
     },
     /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
     /// the body.
@@ -168,9 +171,45 @@ struct RawReport {
     closed: bool,
     /// Milliseconds from the end of sending to the close, or to the end of the read time.
     elapsed_ms: u64,
+    /// With `--h2`: the frames read, in order.
+    frames: Vec<H2Frame>,
 }
 
-async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration) -> Result<RawReport> {
+/// One HTTP/2 frame as read (RFC 9113 §4.1), summarised.
+#[derive(Serialize)]
+struct H2Frame {
+    /// Frame type: 0 DATA, 1 HEADERS, 3 RST_STREAM, 4 SETTINGS, 6 PING, 7 GOAWAY, …
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    /// RST_STREAM's and GOAWAY's error code.
+    error: Option<u32>,
+    /// DATA's payload, as lossy UTF-8.
+    data: Option<String>,
+}
+
+/// Splits `bytes` into frames; a truncated last frame is left out.
+fn h2_frames(mut bytes: &[u8]) -> Vec<H2Frame> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let Some(payload) = bytes.get(9..9 + len) else { break };
+        let (kind, flags) = (bytes[3], bytes[4]);
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        let word = |at: usize| payload.get(at..at + 4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let error = match kind {
+            3 => word(0),
+            7 => word(4),
+            _ => None,
+        };
+        let data = (kind == 0).then(|| String::from_utf8_lossy(payload).into_owned());
+        frames.push(H2Frame { kind, flags, stream, error, data });
+        bytes = &bytes[9 + len..];
+    }
+    frames
+}
+
+async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration, h2: bool) -> Result<RawReport> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
@@ -192,6 +231,7 @@ async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration) -> Result
         response: String::from_utf8_lossy(&response).into_owned(),
         closed,
         elapsed_ms: start.elapsed().as_millis() as u64,
+        frames: if h2 { h2_frames(&response) } else { Vec::new() },
     })
 }
 
@@ -255,12 +295,12 @@ async fn main() -> Result<()> {
             serve(listen, name, options).await
         }
         Command::Echo { listen, banner } => echo(listen, banner).await,
-        Command::Raw { target, send, send_file, read_ms } => {
+        Command::Raw { target, send, send_file, read_ms, h2 } => {
             let payload = match send_file {
                 Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
             };
-            let report = raw(target, payload, Duration::from_millis(read_ms)).await?;
+            let report = raw(target, payload, Duration::from_millis(read_ms), h2).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
