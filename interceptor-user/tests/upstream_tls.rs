@@ -96,9 +96,19 @@ struct Seen {
     client_certificate: bool,
 }
 
-/// A loopback TLS endpoint answering 200 with its name and the request's scheme (seen in
-/// HTTP/2 only) (HTTP/1.1 or, by ALPN, HTTP/2), or echoing bytes (`echo`); counts TCP
-/// connections and requests, keeps what each handshake showed.
+/// What a TLS endpoint does on each connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// HTTP/1.1 or, by ALPN, HTTP/2: 200 with its name and the request's scheme (HTTP/2 only).
+    Http,
+    /// Echoes bytes.
+    Echo,
+    /// One HTTP/1.0 answer whose body ends with the connection (as `openssl s_server -WWW`).
+    Http10,
+}
+
+/// A loopback TLS endpoint serving as `serve` says; counts TCP connections and requests, keeps
+/// what each handshake showed.
 struct TlsEndpoint {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -117,7 +127,7 @@ async fn tls_endpoint(
     name: &'static str,
     cert: &Path,
     client_ca: Option<CertificateDer<'static>>,
-    echo: bool,
+    serve: Serve,
 ) -> TlsEndpoint {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(cert.with_extension("crt")).unwrap().map(Result::unwrap).collect();
@@ -158,7 +168,17 @@ async fn tls_endpoint(
                 };
                 let h2 = shown.alpn.as_deref() == Some(b"h2");
                 seen.lock().unwrap().push(shown);
-                if echo {
+                if serve == Serve::Http10 {
+                    let mut buf = [0u8; 4096];
+                    if tls.read(&mut buf).await.is_ok() {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        let head = "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n";
+                        let _ = tls.write_all(format!("{head}{name}").as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                    return;
+                }
+                if serve == Serve::Echo {
                     let mut buf = [0u8; 1024];
                     while let Ok(n @ 1..) = tls.read(&mut buf).await {
                         requests.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +365,7 @@ fn no_credentials() -> &'static Path {
 async fn simple_with_ca_certificates_verifies_the_endpoint_and_the_relay_declines() {
     let pki = Pki::new("simple");
     let server = pki.leaf("server", &[HOST], false);
-    let v1 = tls_endpoint("v1", &server, None, false).await;
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
     let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
     for post in [false, true] {
@@ -374,7 +394,7 @@ async fn simple_with_ca_certificates_verifies_the_endpoint_and_the_relay_decline
 async fn a_certificate_without_the_expected_name_is_a_connect_failure() {
     let pki = Pki::new("san");
     let server = pki.leaf("server", &[HOST], false);
-    let v1 = tls_endpoint("v1", &server, None, false).await;
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let tls = format!(
         "{{tls: {{mode: SIMPLE, caCertificates: {}, subjectAltNames: [other.example.com]}}}}",
         pki.path("ca.pem")
@@ -409,7 +429,7 @@ async fn mutual_presents_the_client_certificate_and_simple_is_refused_by_such_an
     let pki = Pki::new("mutual");
     let server = pki.leaf("server", &[HOST], false);
     let client = pki.leaf("client", &["client.example.com"], true);
-    let v1 = tls_endpoint("v1", &server, Some(pki.ca_der()), false).await;
+    let v1 = tls_endpoint("v1", &server, Some(pki.ca_der()), Serve::Http).await;
     let mutual = format!(
         "{{tls: {{mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {}}}}}",
         pki.path("ca.pem"),
@@ -449,7 +469,7 @@ async fn mutual_presents_the_client_certificate_and_simple_is_refused_by_such_an
 async fn insecure_skip_verify_accepts_an_unknown_ca_that_the_system_roots_refuse() {
     let pki = Pki::new("skip");
     let server = pki.leaf("server", &["elsewhere.example.com"], false);
-    let v1 = tls_endpoint("v1", &server, None, false).await;
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let skip = "{tls: {mode: SIMPLE, insecureSkipVerify: true}}";
     let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(skip, "", "")), 80, no_credentials()).await;
     let answer = h.send(false, "/").await;
@@ -467,7 +487,7 @@ async fn insecure_skip_verify_accepts_an_unknown_ca_that_the_system_roots_refuse
 async fn istio_mutual_is_refused_with_a_reason_and_nothing_reaches_the_endpoint() {
     let pki = Pki::new("istio");
     let server = pki.leaf("server", &[HOST], false);
-    let v1 = tls_endpoint("v1", &server, None, false).await;
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let h = harness(
         &snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules("{tls: {mode: ISTIO_MUTUAL}}", "", "")),
         80,
@@ -489,7 +509,8 @@ async fn istio_mutual_is_refused_with_a_reason_and_nothing_reaches_the_endpoint(
 async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them() {
     let pki = Pki::new("levels");
     let server = pki.leaf("server", &[HOST], false);
-    let (v1, v2) = (tls_endpoint("v1", &server, None, false).await, tls_endpoint("v2", &server, None, false).await);
+    let (v1, v2) =
+        (tls_endpoint("v1", &server, None, Serve::Http).await, tls_endpoint("v2", &server, None, Serve::Http).await);
     let good = format!("{{mode: SIMPLE, caCertificates: {}}}", pki.path("ca.pem"));
     let wrong_name =
         format!("{{mode: SIMPLE, caCertificates: {}, subjectAltNames: [nobody.example.com]}}", pki.path("ca.pem"));
@@ -535,7 +556,7 @@ async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them()
 async fn grpc_goes_upstream_over_tls_with_alpn_h2() {
     let pki = Pki::new("grpc");
     let server = pki.leaf("server", &[HOST], false);
-    let v1 = tls_endpoint("v1", &server, None, false).await;
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
     let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
     let stream = TcpStream::connect(h.proxy).await.unwrap();
@@ -557,7 +578,7 @@ async fn grpc_goes_upstream_over_tls_with_alpn_h2() {
 async fn a_tcp_route_to_a_tls_cluster_originates_tls() {
     let pki = Pki::new("tcp");
     let server = pki.leaf("server", &[HOST], false);
-    let echo = tls_endpoint("echo", &server, None, true).await;
+    let echo = tls_endpoint("echo", &server, None, Serve::Echo).await;
     let dr = format!(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -591,4 +612,19 @@ spec:
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap();
     assert!(read.is_err() || rest.is_empty());
     assert_eq!(echo.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_answer_that_ends_with_its_connection_ends_for_the_client_too() {
+    // TLS clusters are all served by hyper (never the relay): an HTTP/1.0 answer without a length
+    // must reach the client framed (chunked), not wait for a close that never comes.
+    let pki = Pki::new("http10");
+    let server = pki.leaf("server", &[HOST], false);
+    let v1 = tls_endpoint("v1", &server, None, Serve::Http10).await;
+    let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    for post in [false, true] {
+        let answer = tokio::time::timeout(Duration::from_secs(5), h.send(post, "/")).await.expect("the answer ends");
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"), "post {post}");
+    }
 }

@@ -374,6 +374,13 @@ impl Outbound {
         let mut response = match tried {
             Ok((_, mut response)) => {
                 hop_by_hop::strip(response.headers_mut());
+                // The answer is in the downstream's protocol, as Envoy's: an HTTP/1.0 head passed
+                // on would have hyper delimit a body of unknown length by closing the connection,
+                // which it does not own (the socket is parked for the next request), so the client
+                // would wait for an end that never comes. HTTP/1.1 frames it in chunks instead.
+                if response.version() == Version::HTTP_10 {
+                    *response.version_mut() = Version::HTTP_11;
+                }
                 if let Some(cookie) = &set_cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                 }
