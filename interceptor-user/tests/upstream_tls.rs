@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use common::Answer;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use interceptor::config::Snapshot;
 use interceptor::endpoints::ClusterStates;
-use interceptor::proxy::limits::Limits;
-use interceptor::proxy::metrics::ProxyMetrics;
-use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
+use interceptor::proxy::OriginalDestination;
 use interceptor::routing::{RequestView, RouteTable};
 use prometheus_client::registry::Registry;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
@@ -28,7 +29,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const HOST: &str = "my-app.default.svc.cluster.local";
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const FLAGS: &str = "x-interceptor-flags";
 
 /// Every accepted connection was going to the service's VIP on `0` (what the kernel map says).
 struct ToVip(u16);
@@ -246,62 +246,20 @@ spec:
 
 async fn harness(snapshot: &Snapshot, port: u16, credentials: &Path) -> Harness {
     let table = RouteTable::compile_with(snapshot, &ClusterStates::default(), credentials).unwrap();
-    let mut registry = Registry::default();
     let table = Arc::new(ArcSwap::from_pointee(table));
-    let inputs = ProxyInputs {
-        routes: table.clone(),
-        original_destinations: Arc::new(ToVip(port)),
-        namespace: "default".into(),
-        upstream: upstream_client(None),
-        metrics: Arc::new(ProxyMetrics::register(&mut registry)),
-        limits: Limits::default(),
-    };
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs).await.unwrap();
-    let addr = proxy.local_addr().unwrap();
-    tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
-    Harness { proxy: addr, registry, table }
-}
-
-/// One answer, as the client saw it.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn flags(&self) -> &str {
-        self.headers.get(FLAGS).map_or("-", |v| v.to_str().unwrap())
-    }
+    let (proxy, registry) = common::proxy(table.clone(), ToVip(port)).await;
+    Harness { proxy, registry, table }
 }
 
 impl Harness {
     /// A plain GET (relayable-looking) or a POST with a body, on a connection of its own.
     async fn send(&self, post: bool, uri: &str) -> Answer {
-        let stream = TcpStream::connect(self.proxy).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let request = Request::builder().uri(uri).header("host", "my-app");
-        let request = if post {
-            request.method("POST").body(Full::new(Bytes::from_static(b"x")))
-        } else {
-            request.method("GET").body(Full::new(Bytes::new()))
-        };
-        let response = sender.send_request(request.unwrap()).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+        common::send(self.proxy, post, uri).await
     }
 
     /// Requests the raw relay carried out so far.
     fn relayed(&self) -> f64 {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("interceptor_relayed_requests_total"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
+        common::metric(&self.registry, "interceptor_relayed_requests_total", &[])
     }
 
     /// What `explain` prints for a GET to `my-app`.

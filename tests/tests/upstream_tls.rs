@@ -9,28 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{node_with_pods, CLIENT, HOST, SERVICE};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use common::{certificates, node_with_pods, CLIENT, HOST, SERVICE};
 use testbed::{wait_for_listener, Agent, Node};
 
 /// The my-app pods: name, address, version.
 const PODS: [(&str, &str, &str); 3] =
     [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
-
-/// A CA (`ca.pem`) and a server certificate for the service host (`tls.crt`, `tls.key`) in `dir`.
-fn certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor e2e upstream CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![HOST.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-}
 
 /// Each my-app pod serves HTTPS on 8080 with `openssl s_server -WWW`: `GET /version` answers the
 /// file `version` of its own directory, the pod's version, as HTTP/1.0 ending with the connection.
@@ -85,7 +69,7 @@ fn scratch(test: &str) -> PathBuf {
 #[test]
 fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
     let dir = scratch("simple");
-    certificates(&dir);
+    certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir);
     let dr = destination_rule(&format!("{{mode: SIMPLE, caCertificates: {}}}", dir.join("ca.pem").display()));
@@ -105,7 +89,7 @@ fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
 #[test]
 fn istio_mutual_is_answered_503_uf_by_the_agent() {
     let dir = scratch("istio");
-    certificates(&dir);
+    certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir);
     let dr = destination_rule("{mode: ISTIO_MUTUAL}");
