@@ -158,7 +158,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     registry.register_collector(Box::new(KernelCollector::new(CaptureCounters::open(&settings.bpffs)?)));
     let admin_state = Arc::new(AdminState::new(registry));
     let mut version = 1u64;
-    admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+    admin_state.set_config(AppliedConfig::now(version, &settings, snapshot).with_upstream_tls(&table));
     config_metrics.set_version(version);
     let mut reporter: Option<RejectionReporter> = None;
     if let Resources::Cluster(cluster) = &resources {
@@ -288,7 +288,8 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 gateways.reconcile(&routes.load_full()).await;
                 version += 1;
                 config_metrics.applied(version);
-                let old_config = admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+                let applied = AppliedConfig::now(version, &settings, snapshot).with_upstream_tls(&routes.load());
+                let old_config = admin_state.set_config(applied);
                 // Freeing a large config takes as long as building it: not on the runtime's threads.
                 tokio::task::spawn_blocking(move || drop((old_table, old_config)));
                 match capture.sync_capture(&desired) {

@@ -454,6 +454,40 @@ mod tests {
         assert!(at("{}").is_plaintext());
     }
 
+    /// A CA certificate written to a fresh file, and the file's path.
+    fn ca_file(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("interceptor-utls-unit-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, ca.pem()).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_identity_pools_key_on_changes_with_the_settings_and_the_files_bytes() {
+        let path = ca_file("identity");
+        let id = |yaml: &str, host: &str| {
+            let built = build(&Settings { tls: &settings(yaml), host, credentials: Path::new("/nonexistent") });
+            built.unwrap().originate().map(|t| t.id).unwrap()
+        };
+        let simple = format!("{{mode: SIMPLE, caCertificates: {}}}", path.display());
+        let first = id(&simple, "a.example.com");
+        // Compiled again (a reload): the same identity, so warm connections are kept.
+        assert_eq!(id(&simple, "a.example.com"), first);
+        // Another SNI (host), other names, or another CA's bytes at the same path: another pool.
+        assert_ne!(id(&simple, "b.example.com"), first);
+        let sans = format!("{{mode: SIMPLE, caCertificates: {}, subjectAltNames: [a.example.com]}}", path.display());
+        assert_ne!(id(&sans, "a.example.com"), first);
+        std::fs::remove_file(&path).unwrap();
+        let rotated = ca_file("identity");
+        assert_eq!(rotated, path);
+        assert_ne!(id(&simple, "a.example.com"), first);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     #[test]
     fn missing_files_name_their_field_and_path() {
         let err = |yaml: &str| {
