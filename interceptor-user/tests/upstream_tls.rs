@@ -346,6 +346,8 @@ async fn simple_with_ca_certificates_verifies_the_endpoint_and_the_relay_decline
     assert_eq!(v1.connections.load(Ordering::Relaxed), 1);
     let explained = h.explain(80);
     assert!(explained.contains("tls SIMPLE sni my-app.default.svc.cluster.local"), "{explained}");
+    let routes = h.table.load().describe();
+    assert!(routes.contains("outbound|80|v1|my-app.default.svc.cluster.local tls SIMPLE"), "{routes}");
 }
 
 #[tokio::test]
