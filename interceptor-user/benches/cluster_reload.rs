@@ -81,7 +81,9 @@ fn reload(stores: &Stores) -> RouteTable {
         snapshot.add_object(&object, &mut errors);
     }
     snapshot.service_entries.extend(service_entries(&stores.services, &stores.slices, &PodLabels::new()));
-    RouteTable::compile_isolating(snapshot, &Default::default()).expect("the synthetic cluster compiles").0
+    RouteTable::compile_isolating(snapshot, &Default::default(), std::path::Path::new("/nonexistent"))
+        .expect("the synthetic cluster compiles")
+        .0
 }
 
 fn cluster_reload(c: &mut Criterion) {

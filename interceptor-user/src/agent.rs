@@ -88,7 +88,7 @@ impl Resources {
         match self {
             Resources::Files(dir) => {
                 let snapshot = Snapshot::load_dir(dir, &settings.namespace)?;
-                let mut table = RouteTable::compile_with(&snapshot, states)?;
+                let mut table = RouteTable::compile_with(&snapshot, states, &settings.credentials)?;
                 let tls_errors = crate::proxy::gateway::prepare(&mut table, settings);
                 if !tls_errors.is_empty() {
                     return Err(ConfigError { diagnostics: tls_errors });
@@ -97,7 +97,8 @@ impl Resources {
             }
             Resources::Cluster(cluster) => {
                 let Some((snapshot, mut rejected)) = cluster.snapshot() else { return Ok(None) };
-                let (mut table, snapshot, left_out) = RouteTable::compile_isolating(snapshot, states)?;
+                let (mut table, snapshot, left_out) =
+                    RouteTable::compile_isolating(snapshot, states, &settings.credentials)?;
                 rejected.extend(left_out);
                 // A server whose certificates cannot be read is left out alone, like an object.
                 rejected.extend(crate::proxy::gateway::prepare(&mut table, settings));
@@ -133,7 +134,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     let (table, snapshot) = match first {
         Some(Loaded { table, snapshot, .. }) => (table, snapshot),
         // Nothing captured until the cluster's objects are in: connections go where apps send them.
-        None => (RouteTable::compile_with(&Snapshot::default(), &states)?, Snapshot::default()),
+        None => (RouteTable::compile_with(&Snapshot::default(), &states, &settings.credentials)?, Snapshot::default()),
     };
     for warning in table.warnings() {
         warn!("{warning}");
@@ -157,7 +158,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     registry.register_collector(Box::new(KernelCollector::new(CaptureCounters::open(&settings.bpffs)?)));
     let admin_state = Arc::new(AdminState::new(registry));
     let mut version = 1u64;
-    admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+    admin_state.set_config(AppliedConfig::now(version, &settings, snapshot).with_upstream_tls(&table));
     config_metrics.set_version(version);
     let mut reporter: Option<RejectionReporter> = None;
     if let Resources::Cluster(cluster) = &resources {
@@ -186,6 +187,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         limits: settings.limits,
     };
     let listen = settings.listen_addr();
+    let upstream = inputs.upstream.clone();
     let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
     gateways.reconcile(&routes.load_full()).await;
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
@@ -217,8 +219,9 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         Resources::Files(dir) => Some(watch_dir(dir, reload_tx.clone())?),
         Resources::Cluster(_) => None,
     };
-    // A rotated credential (`credentialName`) is a config change: its server's TLS is built again.
-    let credentials = settings.gateway_address.map(|_| settings.credentials.as_path()).filter(|dir| dir.is_dir());
+    // A rotated credential (`credentialName`) is a config change: the TLS of its gateway server
+    // or upstream cluster is built again. (Files named by path are read again on any reload.)
+    let credentials = Some(settings.credentials.as_path()).filter(|dir| dir.is_dir());
     let _credentials_watcher = credentials.map(|dir| watch_dir(dir, reload_tx.clone())).transpose()?;
     let watch_err =
         |what: &str, source: std::io::Error| AgentError::Watch { what: what.into(), source: Box::new(source) };
@@ -277,10 +280,16 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
                 let old_table = routes.swap(Arc::new(table));
                 // The new table serves: its pool thresholds apply (to old requests as well).
                 routes.load().apply_limits();
+                // Pools of TLS identities no cluster uses any more go (a changed certificate
+                // makes a new identity, so connections made with the old one are not reused).
+                let live: std::collections::HashSet<u64> =
+                    routes.load().clusters().iter().filter_map(|c| c.tls.originate().map(|t| t.id)).collect();
+                upstream.retain_tls(|id| live.contains(&id));
                 gateways.reconcile(&routes.load_full()).await;
                 version += 1;
                 config_metrics.applied(version);
-                let old_config = admin_state.set_config(AppliedConfig::now(version, &settings, snapshot));
+                let applied = AppliedConfig::now(version, &settings, snapshot).with_upstream_tls(&routes.load());
+                let old_config = admin_state.set_config(applied);
                 // Freeing a large config takes as long as building it: not on the runtime's threads.
                 tokio::task::spawn_blocking(move || drop((old_table, old_config)));
                 match capture.sync_capture(&desired) {

@@ -20,7 +20,7 @@ pub use limits::{Limits, LimitsFile};
 pub use locate::{index_documents, DocumentLines, SyntaxError};
 pub use settings::{
     find_pod_cgroup, CaptureMode, ConfigSource, FailurePolicy, Settings, SettingsFile, DEFAULT_ADMIN, DEFAULT_BPFFS,
-    DEFAULT_NAMESPACE,
+    DEFAULT_CREDENTIALS, DEFAULT_NAMESPACE,
 };
 
 /// API groups/versions accepted verbatim for the networking kinds.

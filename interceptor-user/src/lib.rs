@@ -10,3 +10,4 @@ pub mod endpoints;
 pub mod privileges;
 pub mod proxy;
 pub mod routing;
+pub mod tls;

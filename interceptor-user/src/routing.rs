@@ -10,6 +10,7 @@ mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
 use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
+pub use crate::tls::upstream::ClusterTls;
 
 pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
@@ -139,6 +141,9 @@ pub struct Cluster {
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Reuse upstream connections (`maxRequestsPerConnection: 1` turns it off).
     pub keep_alive: bool,
+    /// Upstream TLS (DestinationRule `tls`, merged as Istio does: subset over rule, port-level
+    /// over each), built once per compile.
+    pub tls: ClusterTls,
 }
 
 /// A mirror copy not answered in this long is abandoned (Envoy's default route timeout).
@@ -356,6 +361,8 @@ pub struct RouteTable {
     /// Gateway servers by port and the VirtualServices bound to them.
     gateways: GatewayTable,
     warnings: Vec<Diagnostic>,
+    /// Upstream TLS files that did not load: their clusters refuse requests.
+    credential_errors: Vec<Diagnostic>,
 }
 
 /// The rule label without a VirtualService.
@@ -371,31 +378,56 @@ fn validated(snapshot: &Snapshot) -> (std::collections::HashSet<String>, Vec<Dia
 
 impl RouteTable {
     /// Compiles and cross-checks a snapshot, with runtime state of its own (`validate`,
-    /// `explain`, tests: a table that replaces no other).
+    /// `explain`, tests: a table that replaces no other), reading `credentialName` directories
+    /// under the default `credentials` directory.
     ///
     /// # Errors
     /// Every error found (bad regex, negative weight, undefined subset in an existing
-    /// DestinationRule, VIP claimed twice …), each with file, line and field.
+    /// DestinationRule, VIP claimed twice, an upstream TLS file that does not load …), each with
+    /// file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        Self::compile_with(snapshot, &ClusterStates::default())
+        Self::compile_with(snapshot, &ClusterStates::default(), Path::new(crate::config::DEFAULT_CREDENTIALS))
     }
 
     /// Compiles a snapshot whose clusters take their runtime state (counts, ejections, pool
-    /// limiters) from `states`, so a table replacing another keeps it.
+    /// limiters) from `states`, so a table replacing another keeps it; `credentialName`
+    /// directories are read under `credentials`. All or nothing: an upstream TLS file that does
+    /// not load is an error like any other (files source).
     ///
     /// # Errors
     /// As [`RouteTable::compile`].
-    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates) -> Result<Self, ConfigError> {
+    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates, credentials: &Path) -> Result<Self, ConfigError> {
+        match Self::compile_checked(snapshot, states, credentials) {
+            Ok(table) if table.credential_errors.is_empty() => Ok(table),
+            Ok(table) => {
+                let mut diagnostics = table.credential_errors;
+                diagnostics.extend(table.warnings);
+                Err(ConfigError { diagnostics })
+            }
+            Err((mut err, credential_errors)) => {
+                err.diagnostics.extend(credential_errors);
+                Err(err)
+            }
+        }
+    }
+
+    /// Validates and compiles; upstream TLS files that did not load are left for the caller to
+    /// weigh: in the table's `credential_errors`, or beside the other errors.
+    fn compile_checked(
+        snapshot: &Snapshot,
+        states: &ClusterStates,
+        credentials: &Path,
+    ) -> Result<Self, (ConfigError, Vec<Diagnostic>)> {
         // Istio's validation first, on every resource: the one place both sources pass.
         let (refused, mut findings) = validated(snapshot);
         let compiled = if refused.is_empty() {
-            compile::compile(snapshot, states)
+            compile::compile(snapshot, states, credentials)
         } else {
             // The rest is compiled too, so one run reports every error; refused resources are
             // left out of it so that their errors are not reported twice.
             let mut rest = snapshot.clone();
             rest.remove_resources(&refused.iter().map(String::as_str).collect());
-            compile::compile(&rest, states)
+            compile::compile(&rest, states, credentials)
         };
         // What only the table just dropped (or an older one) used goes now.
         states.prune();
@@ -406,30 +438,38 @@ impl RouteTable {
             }
             Ok(table) => {
                 findings.extend(table.warnings);
-                Err(ConfigError { diagnostics: findings })
+                Err((ConfigError { diagnostics: findings }, table.credential_errors))
             }
             Err(mut err) => {
                 findings.append(&mut err.diagnostics);
-                Err(ConfigError { diagnostics: findings })
+                Err((ConfigError { diagnostics: findings }, Vec::new()))
             }
         }
     }
 
     /// Compiles `snapshot` the way Istio treats a cluster: a resource with an error is left out
     /// alone and everything else applies. Returns the table, the snapshot it was built from and
-    /// the errors of the resources left out.
+    /// the errors of the resources left out. An upstream TLS file that does not load leaves its
+    /// DestinationRule in (leaving it out would send plaintext where TLS was asked for): its
+    /// clusters refuse requests, and the error is returned with the others, as Envoy keeps a
+    /// cluster whose secret cannot be had and fails its connections.
     ///
     /// # Errors
     /// An error that names no resource of the snapshot (nothing to leave out).
     pub fn compile_isolating(
         mut snapshot: Snapshot,
         states: &ClusterStates,
+        credentials: &Path,
     ) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
         let mut rejected = Vec::new();
         loop {
-            let err = match Self::compile_with(&snapshot, states) {
-                Ok(table) => return Ok((table, snapshot, rejected)),
-                Err(err) => err,
+            let err = match Self::compile_checked(&snapshot, states, credentials) {
+                Ok(table) => {
+                    rejected.extend(table.credential_errors.iter().cloned());
+                    return Ok((table, snapshot, rejected));
+                }
+                // Files that did not load come back with the pass that compiles.
+                Err((err, _)) => err,
             };
             let errors: Vec<Diagnostic> =
                 err.diagnostics.iter().filter(|d| d.severity == Severity::Error).cloned().collect();
@@ -440,6 +480,12 @@ impl RouteTable {
             }
             rejected.extend(errors);
         }
+    }
+
+    /// Upstream TLS files that did not load (their clusters refuse requests); empty for a table
+    /// from [`RouteTable::compile_with`], which refuses them.
+    pub fn credential_errors(&self) -> &[Diagnostic] {
+        &self.credential_errors
     }
 
     /// Moves the pool limiters this table shares with older tables to its own thresholds. Call

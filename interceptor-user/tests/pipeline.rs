@@ -9,21 +9,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use common::Answer;
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use interceptor::config::Snapshot;
-use interceptor::proxy::limits::Limits;
-use interceptor::proxy::metrics::ProxyMetrics;
-use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
+use interceptor::proxy::OriginalDestination;
 use interceptor::routing::RouteTable;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-const FLAGS: &str = "x-interceptor-flags";
 
 /// Every accepted connection was going to the service's VIP (what the kernel map would say).
 struct ToVip;
@@ -154,19 +154,8 @@ spec:
     snapshot.add_file(Path::new("pipeline.yaml"), &config, "default", &mut errors);
     assert!(errors.is_empty(), "{errors:?}\n{config}");
     let table = RouteTable::compile(&snapshot).unwrap();
-    let mut registry = Registry::default();
-    let inputs = ProxyInputs {
-        routes: Arc::new(ArcSwap::from_pointee(table)),
-        original_destinations: Arc::new(ToVip),
-        namespace: "default".into(),
-        upstream: upstream_client(None),
-        metrics: Arc::new(ProxyMetrics::register(&mut registry)),
-        limits: Limits::default(),
-    };
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs).await.unwrap();
-    let addr = proxy.local_addr().unwrap();
-    tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
-    Harness { proxy: addr, registry }
+    let (proxy, registry) = common::proxy(Arc::new(ArcSwap::from_pointee(table)), ToVip).await;
+    Harness { proxy, registry }
 }
 
 /// The transports: which request shape reaches which.
@@ -180,35 +169,10 @@ enum Transport {
 
 const BOTH: [Transport; 2] = [Transport::Relay, Transport::Hyper];
 
-/// One answer, as the client saw it.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn flags(&self) -> &str {
-        self.headers.get(FLAGS).map_or("-", |v| v.to_str().unwrap())
-    }
-}
-
 impl Harness {
     /// Sends one request on its own connection.
     async fn send(&self, transport: Transport, uri: &str) -> Answer {
-        let stream = TcpStream::connect(self.proxy).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let request = Request::builder().uri(uri).header("host", "my-app");
-        let request = match transport {
-            Transport::Relay => request.method("GET").body(Full::new(Bytes::new())),
-            Transport::Hyper => request.method("POST").body(Full::new(Bytes::from_static(b"x"))),
-        };
-        let response = sender.send_request(request.unwrap()).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+        common::send(self.proxy, matches!(transport, Transport::Hyper), uri).await
     }
 
     /// Sends `first`, then (once `sent_on` holds, if given) `then`, on one connection, as raw
@@ -234,12 +198,7 @@ impl Harness {
 
     /// The sum of the samples of `metric` whose labels contain every one of `labels`.
     fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
+        common::metric(&self.registry, metric, labels)
     }
 
     /// Requests the raw relay carried out so far.

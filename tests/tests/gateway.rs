@@ -11,28 +11,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{assert_share, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use common::{assert_share, certificates, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::seed_cluster::{seed_plane, NODE};
 use testbed::{poll_until, read_stdout, Agent, LoadReport, LoopbackBridge, Node, GATEWAY};
 
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
-
-/// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
-fn certificates(dir: &Path, name: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor e2e CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-}
 
 /// curl in the client pod's namespace, outside the captured cgroup; stdout, or stderr on failure.
 fn curl(node: &Node, args: &[&str]) -> Result<String, String> {

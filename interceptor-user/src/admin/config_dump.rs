@@ -1,9 +1,13 @@
 //! `/config_dump`: the active config as JSON — the resources the running route table was compiled
-//! from, its version and when it was applied, the agent's settings and the config's warnings.
+//! from, its version and when it was applied, the agent's settings, the config's warnings and
+//! the clusters' upstream TLS.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ClusterObject, ConfigError, Diagnostic, Resource, Settings, Snapshot};
+use crate::routing::RouteTable;
 
 /// The document `/config_dump` serves.
 #[derive(Clone, Debug, Serialize)]
@@ -18,6 +22,10 @@ pub struct ConfigDump {
     pub resources: Vec<DumpedResource>,
     /// Findings that did not refuse the config.
     pub warnings: Vec<Diagnostic>,
+    /// The upstream TLS of every cluster that does not speak plaintext, by cluster name (mode,
+    /// SNI, CA, names checked, client certificate; or why it refuses requests).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream_tls: BTreeMap<String, String>,
 }
 
 /// One resource as loaded.
@@ -69,12 +77,31 @@ pub struct AppliedConfig {
     pub settings: Settings,
     /// The resources the route table was compiled from.
     pub snapshot: Snapshot,
+    /// As [`ConfigDump::upstream_tls`].
+    pub upstream_tls: BTreeMap<String, String>,
 }
 
 impl AppliedConfig {
     /// `snapshot` applied as `version` now.
     pub fn now(version: u64, settings: &Settings, snapshot: Snapshot) -> Self {
-        Self { version, applied_at: std::time::SystemTime::now(), settings: settings.clone(), snapshot }
+        Self {
+            version,
+            applied_at: std::time::SystemTime::now(),
+            settings: settings.clone(),
+            snapshot,
+            upstream_tls: BTreeMap::new(),
+        }
+    }
+
+    /// With the upstream TLS of `table`'s clusters (those that do not speak plaintext).
+    pub fn with_upstream_tls(mut self, table: &RouteTable) -> Self {
+        self.upstream_tls = table
+            .clusters()
+            .iter()
+            .filter(|c| !c.tls.is_plaintext())
+            .map(|c| (c.name.to_string(), c.tls.to_string()))
+            .collect();
+        self
     }
 
     /// The dump `/config_dump` serves.
@@ -92,6 +119,7 @@ impl AppliedConfig {
             settings: self.settings.clone(),
             resources,
             warnings: snapshot.warnings.clone(),
+            upstream_tls: self.upstream_tls.clone(),
         }
     }
 }
@@ -157,7 +185,6 @@ fn dump<T: Serialize>(out: &mut Vec<DumpedResource>, kind: &'static str, resourc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::RouteTable;
 
     #[test]
     fn a_dump_reads_back_into_the_same_routes() {
@@ -175,5 +202,40 @@ mod tests {
         let (before, after) = (RouteTable::compile(&snapshot).unwrap(), RouteTable::compile(&read).unwrap());
         assert_eq!(before.describe(), after.describe());
         assert!(ConfigDump::read_snapshot("not json").is_err());
+    }
+
+    #[test]
+    fn the_dump_shows_each_cluster_upstream_tls() {
+        let text = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  addresses: [10.96.0.30]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.30}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db.example.com
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+";
+        let mut snapshot = Snapshot::default();
+        let mut errors = Vec::new();
+        snapshot.add_file(std::path::Path::new("db.yaml"), text, "default", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let table = RouteTable::compile(&snapshot).unwrap();
+        let settings =
+            crate::config::SettingsFile { redirect: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() }
+                .resolve()
+                .unwrap();
+        let dump = AppliedConfig::now(1, &settings, snapshot).with_upstream_tls(&table).dump();
+        let tls = &dump.upstream_tls["outbound|80||db.example.com"];
+        assert!(tls.starts_with("ISTIO_MUTUAL: refused"), "{tls}");
+        assert!(dump.to_json().contains("\"upstream_tls\""));
     }
 }

@@ -519,9 +519,9 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPoolSettings>,
     /// Ejection of failing endpoints.
     pub outlier_detection: Option<OutlierDetection>,
-    /// Upstream TLS: not supported yet.
+    /// Upstream TLS.
     pub tls: Option<ClientTlsSettings>,
-    /// Per-port policies: not supported yet.
+    /// Per-port policies (only their `tls` is enforced yet).
     pub port_level_settings: Option<Vec<PortTrafficPolicy>>,
     /// Tunnelling: not supported yet.
     pub tunnel: Option<TunnelSettings>,
@@ -561,7 +561,7 @@ pub struct ClientTlsSettings {
     pub sni: Option<String>,
     /// Skip server certificate checks.
     pub insecure_skip_verify: Option<bool>,
-    /// Revocation list file.
+    /// Revocation list file: not supported yet.
     pub ca_crl: Option<String>,
 }
 
@@ -619,8 +619,6 @@ impl TrafficPolicy {
     /// Names of the Istio fields set here that the agent does not enforce yet.
     pub fn unsupported_fields(&self) -> Vec<&'static str> {
         [
-            ("tls", self.tls.is_some()),
-            ("portLevelSettings", self.port_level_settings.is_some()),
             ("tunnel", self.tunnel.is_some()),
             ("proxyProtocol", self.proxy_protocol.is_some()),
             ("retryBudget", self.retry_budget.is_some()),

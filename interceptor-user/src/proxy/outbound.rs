@@ -359,8 +359,10 @@ impl Outbound {
             hash,
             original: self.original,
         };
-        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
-        let mut exchange = HyperExchange { client, head: &head, body: &mut body, metrics: &self.inputs.metrics };
+        let tls = cluster.tls.originate().map(|t| &**t);
+        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2, tls);
+        let mut exchange =
+            HyperExchange { client, head: &head, body: &mut body, metrics: &self.inputs.metrics, tls: tls.is_some() };
         let deadline = route.timeout.map(|timeout| tokio::time::Instant::now() + timeout);
         served.deadline = deadline;
         let tried = tries::run(&mut exchange, tries, served);
@@ -377,6 +379,13 @@ impl Outbound {
         let mut response = match tried {
             Ok((_, mut response)) => {
                 hop_by_hop::strip(response.headers_mut());
+                // The answer is in the downstream's protocol, as Envoy's: an HTTP/1.0 head passed
+                // on would have hyper delimit a body of unknown length by closing the connection,
+                // which it does not own (the socket is parked for the next request), so the client
+                // would wait for an end that never comes. HTTP/1.1 frames it in chunks instead.
+                if response.version() == Version::HTTP_10 {
+                    *response.version_mut() = Version::HTTP_11;
+                }
                 if let Some(cookie) = &set_cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                 }
@@ -437,7 +446,12 @@ impl Outbound {
     /// Sends a copy of the request to a mirror cluster and forgets it (Envoy adds `-shadow` to
     /// the authority so the mirror can tell); bounded per cluster in number and time.
     fn mirror(&self, cluster: Arc<Cluster>, mut head: Head, body: Bytes, authority: &str) {
-        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2);
+        if cluster.tls.refusal().is_some() {
+            debug!(cluster = %cluster.name, "mirror cluster refuses to connect (upstream TLS); copy dropped");
+            return;
+        }
+        let tls = cluster.tls.originate().cloned();
+        let client = self.inputs.upstream.get(cluster.connect_timeout, head.version == Version::HTTP_2, tls.as_deref());
         let host = authority.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok());
         let shadow = match host {
             Some((h, p)) => format!("{h}-shadow:{p}"),
@@ -454,8 +468,8 @@ impl Outbound {
         tokio::spawn(async move {
             let _slot = slot;
             let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else { return };
-            let Ok(request) = build_request(&head, endpoint, Full::new(body).map_err(|never| match never {}).boxed())
-            else {
+            let body = Full::new(body).map_err(|never| match never {}).boxed();
+            let Ok(request) = build_request(&head, endpoint, tls.is_some(), body) else {
                 return;
             };
             let exchange = async {
@@ -482,15 +496,42 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-fn build_request(head: &Head, endpoint: SocketAddr, body: UpstreamBody) -> Result<Request<UpstreamBody>, http::Error> {
+/// The request of one try to `endpoint`; its URI says `https` when the connection is TLS (the
+/// `:scheme` an HTTP/2 upstream sees).
+fn build_request(
+    head: &Head,
+    endpoint: SocketAddr,
+    tls: bool,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, http::Error> {
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(if tls { "https" } else { "http" })
         .authority(endpoint.to_string())
         .path_and_query(head.path_and_query.as_str())
         .build()?;
     let mut request = Request::builder().method(head.method.clone()).uri(uri).version(head.version).body(body)?;
     *request.headers_mut() = head.headers.clone();
     Ok(request)
+}
+
+/// Whether the endpoint's TLS turned the connection down after the proxy's side of the handshake
+/// was done: a TLS 1.3 server checks the client certificate after the client finished, so its
+/// refusal (an alert) comes with the first read. Envoy counts a TLS failure as a connection
+/// failure (UF), not a reset.
+fn tls_refused(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    // Bounded: an error chain is short, and this stops at 16 links whatever it is.
+    for _ in 0..16 {
+        let Some(cause) = source else { return false };
+        let tls = cause
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| cause.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<rustls::Error>());
+        if let Some(tls) = tls {
+            return matches!(tls, rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_));
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether a downstream body failed because its bytes did not parse: hyper's HTTP/1 decoder
@@ -529,6 +570,8 @@ struct HyperExchange<'a> {
     head: &'a Head,
     body: &'a mut RequestBody,
     metrics: &'a super::metrics::ProxyMetrics,
+    /// The cluster originates TLS.
+    tls: bool,
 }
 
 impl tries::Exchange for HyperExchange<'_> {
@@ -539,7 +582,7 @@ impl tries::Exchange for HyperExchange<'_> {
         let Some(body) = self.body.take() else {
             return Err(TryError::Refused(LocalReply::flagged(ResponseFlag::UF, "request body already consumed")));
         };
-        let request = build_request(self.head, endpoint, body).map_err(|err| {
+        let request = build_request(self.head, endpoint, self.tls, body).map_err(|err| {
             TryError::Refused(LocalReply::text(StatusCode::BAD_REQUEST, format!("bad request target: {err}")))
         })?;
         self.client.request(request).await.map_err(|err| {
@@ -550,7 +593,7 @@ impl tries::Exchange for HyperExchange<'_> {
                 self.metrics.rejected(Refusal::MalformedBody.reason());
                 return TryError::Refused(Refusal::MalformedBody.reply());
             }
-            if err.is_connect() {
+            if err.is_connect() || tls_refused(&err) {
                 TryError::Connect(Chain(err))
             } else {
                 TryError::Reset(Chain(err))

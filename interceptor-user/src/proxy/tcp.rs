@@ -1,5 +1,5 @@
 //! Captured connections to TCP service ports: routed by the VirtualService's `tcp` rules (or to
-//! the whole service) and forwarded as a byte stream.
+//! the whole service) and forwarded as a byte stream, over TLS when the cluster originates it.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -12,10 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::info;
 
-use super::upstream::connect;
+use super::upstream::{connect, UpstreamStream};
 use super::ProxyInputs;
 use crate::endpoints::PickContext;
-use crate::routing::Target;
+use crate::routing::{Cluster, Target};
 
 /// Forwards one TCP connection from `client`, originally to `original` (a VIP of `service`).
 pub async fn serve(
@@ -37,11 +37,16 @@ pub async fn serve(
             return;
         }
     };
+    if let Some(why) = cluster.tls.refusal() {
+        // Never plaintext where TLS was asked for: nothing is dialled.
+        info!(target: "access", "[tcp] {service} {original} rule={rule} cluster={}: UF (upstream TLS: {why})", cluster.name);
+        return;
+    }
     let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else {
         info!(target: "access", "[tcp] {service} {original} rule={rule} cluster={}: UH (no healthy upstream)", cluster.name);
         return;
     };
-    let mut upstream = match connect(endpoint, inputs.upstream.mark(), cluster.connect_timeout).await {
+    let mut upstream = match connect_upstream(&inputs, &cluster, endpoint).await {
         Ok(stream) => stream,
         Err(err) => {
             info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} UF {err}", cluster.name);
@@ -53,6 +58,19 @@ pub async fn serve(
     inputs.metrics.tcp_bytes(&service, relayed.sent, relayed.received);
     let (sent, received, idle) = (relayed.sent, relayed.received, if relayed.idled { " idle timeout" } else { "" });
     info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} sent={sent} received={received}{idle}", cluster.name);
+}
+
+/// Connects to `endpoint` of `cluster`, with TLS when the cluster originates it; the handshake is
+/// part of connecting, within the same timeout (as Envoy's).
+async fn connect_upstream(inputs: &ProxyInputs, cluster: &Cluster, endpoint: SocketAddr) -> io::Result<UpstreamStream> {
+    let started = Instant::now();
+    let tcp = connect(endpoint, inputs.upstream.mark(), cluster.connect_timeout).await?;
+    let Some(tls) = cluster.tls.originate() else { return Ok(UpstreamStream::Plain(tcp)) };
+    let left = cluster.connect_timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, tls.connect_tcp(tcp)).await {
+        Ok(tls) => Ok(UpstreamStream::Tls(Box::new(tls?))),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
 }
 
 /// What one relayed connection carried.
@@ -68,7 +86,11 @@ struct Relayed {
 
 /// Copies both ways until both sides are done (or one fails), or until no byte moved either way
 /// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`).
-async fn relay(downstream: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> Relayed {
+async fn relay<U: AsyncRead + AsyncWrite + Unpin>(
+    downstream: &mut TcpStream,
+    upstream: &mut U,
+    idle: Duration,
+) -> Relayed {
     let start = Instant::now();
     // Milliseconds after `start` of the last byte read on either side.
     let last = AtomicU64::new(0);
@@ -92,14 +114,14 @@ async fn relay(downstream: &mut TcpStream, upstream: &mut TcpStream, idle: Durat
 }
 
 /// A stream that counts the bytes read from it and stamps when the last ones came.
-struct Counted<'a> {
-    inner: &'a mut TcpStream,
+struct Counted<'a, S> {
+    inner: &'a mut S,
     bytes: &'a AtomicU64,
     last: &'a AtomicU64,
     start: Instant,
 }
 
-impl AsyncRead for Counted<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
@@ -113,7 +135,7 @@ impl AsyncRead for Counted<'_> {
     }
 }
 
-impl AsyncWrite for Counted<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.inner).poll_write(cx, data)
     }

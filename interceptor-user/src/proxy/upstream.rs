@@ -1,5 +1,5 @@
 //! Upstream connections: pooled HTTP/1.1 clients whose sockets carry the proxy's mark, so the
-//! connect hook never captures the proxy's own traffic.
+//! connect hook never captures the proxy's own traffic; TLS originated for clusters that ask.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,10 +13,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use crate::tls::upstream::{handshake_error, UpstreamTls};
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,12 +39,17 @@ pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 /// A pooled client; clones share the pool.
 pub type Client = LegacyClient<MarkedConnector, UpstreamBody>;
 
-/// Pooled clients by connect timeout (a DestinationRule setting) and protocol, shared by all
-/// config versions so a reload keeps the warm connections.
+/// What a pooled client's connections have in common: connect timeout (a DestinationRule
+/// setting), HTTP/2 or not, and the TLS identity ([`UpstreamTls::id`]) or plaintext. A pool
+/// never mixes TLS and plaintext, nor two TLS identities, to one endpoint.
+type PoolKey = (Duration, bool, Option<u64>);
+
+/// Pooled clients by [`PoolKey`], shared by all config versions so a reload keeps the warm
+/// connections.
 #[derive(Clone)]
 pub struct UpstreamClient {
     mark: Option<u32>,
-    clients: Arc<Mutex<HashMap<(Duration, bool), Client>>>,
+    clients: Arc<Mutex<HashMap<PoolKey, Client>>>,
     /// Idle HTTP/1.1 connections of the fast path (`outbound::relay`), by endpoint.
     idle: Arc<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
 }
@@ -108,20 +120,32 @@ impl UpstreamClient {
     }
 
     /// The pooled client for clusters with this connect timeout; HTTP/2 with prior knowledge
-    /// when `http2` (gRPC, whose trailers and streams need HTTP/2 end to end), else HTTP/1.1.
-    pub fn get(&self, connect_timeout: Duration, http2: bool) -> Client {
+    /// when `http2` (gRPC, whose trailers and streams need HTTP/2 end to end), else HTTP/1.1;
+    /// over TLS when `tls` (ALPN `h2` or `http/1.1` to match).
+    pub fn get(&self, connect_timeout: Duration, http2: bool, tls: Option<&UpstreamTls>) -> Client {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         clients
-            .entry((connect_timeout, http2))
+            .entry((connect_timeout, http2, tls.map(|t| t.id)))
             .or_insert_with(|| {
                 let mut builder = LegacyClient::builder(TokioExecutor::new());
                 builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(hyper_util::rt::TokioTimer::new());
                 if http2 {
                     builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
                 }
-                builder.build(MarkedConnector { mark: self.mark, connect_timeout })
+                let tls = tls.map(|t| {
+                    let (config, name) = t.http(http2);
+                    TlsTarget { config, name }
+                });
+                builder.build(MarkedConnector { mark: self.mark, connect_timeout, tls })
             })
             .clone()
+    }
+
+    /// Drops the pooled clients of TLS identities `live` no longer names (after a reload took
+    /// them away). Requests in flight keep theirs until they end.
+    pub fn retain_tls(&self, live: impl Fn(u64) -> bool) {
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.retain(|(_, _, tls), _| tls.is_none_or(&live));
     }
 }
 
@@ -130,15 +154,25 @@ pub fn client(mark: Option<u32>) -> UpstreamClient {
     UpstreamClient::new(mark)
 }
 
-/// Connects to `http://ip:port` URIs with a marked, no-delay TCP socket.
-#[derive(Clone, Copy, Debug)]
+/// The TLS a connector originates: config (ALPN, verification, client certificate) and name.
+#[derive(Clone, Debug)]
+struct TlsTarget {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+/// Connects to `http://ip:port` URIs with a marked, no-delay TCP socket, then TLS when the
+/// cluster originates it; the handshake counts as part of connecting (Envoy's connect timeout
+/// covers it, and its failure is a connect failure: UF).
+#[derive(Clone, Debug)]
 pub struct MarkedConnector {
     mark: Option<u32>,
     connect_timeout: Duration,
+    tls: Option<TlsTarget>,
 }
 
 impl tower_service::Service<Uri> for MarkedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = UpstreamIo;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -149,7 +183,127 @@ impl tower_service::Service<Uri> for MarkedConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mark = self.mark;
         let connect_timeout = self.connect_timeout;
-        Box::pin(async move { Ok(TokioIo::new(connect(endpoint_of(&uri)?, mark, connect_timeout).await?)) })
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let tcp = connect(endpoint_of(&uri)?, mark, connect_timeout).await?;
+            let stream = match tls {
+                None => UpstreamStream::Plain(tcp),
+                Some(TlsTarget { config, name }) => {
+                    let left = connect_timeout.saturating_sub(started.elapsed());
+                    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+                    let tls = tokio::time::timeout(left, handshake)
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+                        .map_err(handshake_error)?;
+                    UpstreamStream::Tls(Box::new(tls))
+                }
+            };
+            Ok(UpstreamIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// An upstream connection: plain TCP, or TLS over it.
+pub enum UpstreamStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS originated by the proxy.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An upstream connection as hyper's pooled client holds it.
+pub struct UpstreamIo(TokioIo<UpstreamStream>);
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        hyper::rt::Read::poll_read(Pin::new(&mut self.get_mut().0), cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        hyper::rt::Write::poll_write(Pin::new(&mut self.get_mut().0), cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        hyper::rt::Write::poll_write_vectored(Pin::new(&mut self.get_mut().0), cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.0)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        hyper::rt::Write::poll_flush(Pin::new(&mut self.get_mut().0), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        hyper::rt::Write::poll_shutdown(Pin::new(&mut self.get_mut().0), cx)
     }
 }
 

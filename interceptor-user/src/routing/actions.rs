@@ -671,7 +671,8 @@ impl Cors {
 impl RouteAction {
     /// A route action. It is `relayable` when it only forwards, so the raw relay carries it out
     /// exactly as hyper would: no rewrite, timeout, per-try timeout or mirror, and every
-    /// destination a keep-alive cluster without hashing, passthrough or header operations. Decided
+    /// destination a keep-alive plaintext cluster without hashing, passthrough or header
+    /// operations. Decided
     /// for all destinations at once, so that the relay declining never skews the weighted split.
     pub fn new(
         targets: Weights,
@@ -688,7 +689,9 @@ impl RouteAction {
                 t.headers.request.is_empty()
                     && t.headers.response.is_empty()
                     && matches!(&t.target, Target::Cluster(c)
-                        if c.keep_alive && c.hash_key.is_none() && c.balancer.policy() != Policy::Passthrough)
+                        if c.keep_alive && c.hash_key.is_none() && c.balancer.policy() != Policy::Passthrough
+                            // The relay speaks plain TCP only; TLS clusters (and refusing ones) go by hyper.
+                            && c.tls.is_plaintext())
             });
         Self { targets, rewrite, timeout, retry, mirrors, relayable }
     }

@@ -10,6 +10,7 @@ mod virtual_services;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{Cluster, RouteTable, ServiceRoutes};
@@ -29,13 +30,33 @@ struct Compiler<'a> {
     /// Each (host, subset, port) cluster, built once so that rules sharing it share its balancer.
     clusters: HashMap<(String, String, u16), Arc<Cluster>>,
     diags: Vec<Diagnostic>,
+    /// Where upstream TLS finds `credentialName` directories.
+    credentials: &'a Path,
+    /// Upstream TLS by (DestinationRule, field path of its `tls`, service host).
+    tls: HashMap<(String, String, String), crate::tls::upstream::ClusterTls>,
+    /// Upstream TLS files that did not load (see [`RouteTable::credential_errors`]).
+    credential_errors: Vec<Diagnostic>,
 }
 
-pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<RouteTable, ConfigError> {
+pub(super) fn compile(
+    snapshot: &Snapshot,
+    states: &ClusterStates,
+    credentials: &Path,
+) -> Result<RouteTable, ConfigError> {
     let mut diags = snapshot.warnings.clone();
     let registry = Registry::build(snapshot, &mut diags);
     let rules = destination_rules::destination_rules(&snapshot.destination_rules, &mut diags);
-    let mut cx = Compiler { snapshot, registry: &registry, rules, states, clusters: HashMap::new(), diags };
+    let mut cx = Compiler {
+        snapshot,
+        registry: &registry,
+        rules,
+        states,
+        clusters: HashMap::new(),
+        diags,
+        credentials,
+        tls: HashMap::new(),
+        credential_errors: Vec::new(),
+    };
 
     let mut capture = BTreeMap::new();
     let mut routes = HashMap::new();
@@ -100,12 +121,12 @@ pub(super) fn compile(snapshot: &Snapshot, states: &ClusterStates) -> Result<Rou
         cx.bind_gateways(vs, &http, &index, &mut gateways);
     }
 
-    let Compiler { clusters, diags, .. } = cx;
+    let Compiler { clusters, diags, credential_errors, .. } = cx;
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(ConfigError { diagnostics: diags });
     }
     let clusters = clusters.into_values().collect();
-    Ok(RouteTable { registry, clusters, routes, capture, gateways, warnings: diags })
+    Ok(RouteTable { registry, clusters, routes, capture, gateways, warnings: diags, credential_errors })
 }
 
 impl Compiler<'_> {

@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{Action, GatewayServer, RequestView, RouteTable, Rule, Target};
+use super::{Action, ClusterTls, GatewayServer, RequestView, RouteTable, Rule, Target};
 
 /// How one rule fared against the request.
 #[derive(Debug)]
@@ -200,6 +200,11 @@ fn write_target(f: &mut fmt::Formatter<'_>, target: &Target, indent: &str) -> fm
     match target {
         Target::Missing { .. } => writeln!(f, "{indent}cluster not defined: requests get 503 NC"),
         Target::Cluster(c) => {
+            match &c.tls {
+                ClusterTls::Plaintext => {}
+                ClusterTls::Refused { .. } => writeln!(f, "{indent}tls {}: requests get 503 UF", c.tls)?,
+                ClusterTls::Originate(_) => writeln!(f, "{indent}tls {}", c.tls)?,
+            }
             let eps = c.balancer.endpoints();
             if eps.is_empty() {
                 return writeln!(f, "{indent}no endpoints: requests get 503 UH (no healthy upstream)");
@@ -230,6 +235,7 @@ pub(super) fn describe(table: &RouteTable) -> String {
             for (port, rule) in ports {
                 let _ = writeln!(out, "  port {port}: {}", targets(rule));
             }
+            tls_lines(&mut out, routes.default_rules.values());
             continue;
         }
         for rule in routes.rules.iter() {
@@ -240,6 +246,7 @@ pub(super) fn describe(table: &RouteTable) -> String {
             };
             let _ = writeln!(out, "  {} ({conditions}): {}", rule.label, targets(rule));
         }
+        tls_lines(&mut out, routes.rules.iter());
         for rule in routes.tcp_rules.iter() {
             let names: Vec<String> =
                 rule.targets.iter().map(|t| format!("{} w{}", t.target.name(), t.weight)).collect();
@@ -262,6 +269,25 @@ pub(super) fn describe(table: &RouteTable) -> String {
         }
     }
     out
+}
+
+/// One line per cluster the rules route to that does not speak plaintext: its upstream TLS.
+fn tls_lines<'r>(out: &mut String, rules: impl Iterator<Item = &'r Rule>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for rule in rules {
+        if let Action::Route(route) = &rule.action {
+            for t in route.targets.iter() {
+                if let Target::Cluster(c) = &t.target {
+                    if !c.tls.is_plaintext() {
+                        seen.insert(c.name.clone(), c.tls.to_string());
+                    }
+                }
+            }
+        }
+    }
+    for (name, tls) in seen {
+        let _ = writeln!(out, "  {name} tls {tls}");
+    }
 }
 
 fn targets(rule: &Rule) -> String {

@@ -1,4 +1,25 @@
-//! Shared by the end-to-end test files: the standard service, node and load helpers.
+//! Shared by the end-to-end test files: the standard service, node and load helpers, and test
+//! certificates.
 #![allow(unused_imports)]
 
 pub use testbed::fixtures::*;
+
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+/// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
+#[allow(dead_code)] // not every test file makes certificates
+pub fn certificates(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor e2e CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}

@@ -182,7 +182,10 @@ const DESTINATION_RULES: &[Row] = &[
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {warmup: {duration: 300s, aggression: -0.1}}}}", Refuses("aggression should be greater than 0")),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {warmup: {duration: 30s}}}}", Warns("not supported yet")),
     (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: MUTUAL}}}", Refuses("client certificate required for mutual tls")),
-    (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: MUTUAL, credentialName: client-cert}}}", Warns("not supported yet")),
+    (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}", Warns("ISTIO_MUTUAL needs Istio's CA")),
+    (DR, META, "{host: reviews, trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: ISTIO_MUTUAL}}]}}", Warns("503 UF")),
+    (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true}}}", Accepts),
+    (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, caCrl: /crl.pem}}}", Warns("not supported yet")),
     (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem}}}", Refuses("InsecureSkipVerify")),
     (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca.pem}}}", Refuses("If credentialName is set")),
     (DR, META, "{host: reviews, trafficPolicy: {tls: {mode: WRONG}}}", Refuses("is not DISABLE")),
@@ -309,6 +312,93 @@ fn accepted_rows_also_compile_and_refused_rows_name_their_resource() {
             );
         }
     }
+}
+
+/// A service with a DestinationRule whose subset `v1` has `tls` as its TLS settings, and a
+/// VirtualService routing to that subset.
+fn upstream_tls_config(tls: &str) -> Snapshot {
+    let text = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [10.96.0.20]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.244.0.20, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      tls: {tls}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http: [{{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]
+"
+    );
+    let mut snapshot = Snapshot::default();
+    let mut errors = Vec::new();
+    snapshot.add_file(Path::new("tls.yaml"), &text, "default", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    snapshot
+}
+
+#[test]
+fn upstream_tls_files_that_do_not_load_are_errors_naming_resource_field_and_file() {
+    let cases = [
+        ("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}", "caCertificates", "/nonexistent/ca.pem"),
+        (
+            "{mode: MUTUAL, clientCertificate: /nonexistent/c.pem, privateKey: /nonexistent/k.pem}",
+            "clientCertificate",
+            "/nonexistent/c.pem",
+        ),
+        ("{mode: MUTUAL, credentialName: reviews-client}", "credentialName", "reviews-client"),
+    ];
+    for (tls, field, file) in cases {
+        let err = RouteTable::compile(&upstream_tls_config(tls)).err().unwrap_or_else(|| panic!("{tls}: compiled"));
+        let error = err.diagnostics.iter().find(|d| d.severity == Severity::Error).unwrap();
+        assert_eq!(error.resource, "DestinationRule default/reviews", "{tls}");
+        assert_eq!(error.field, format!("spec.subsets[0].trafficPolicy.tls.{field}"), "{tls}");
+        assert!(error.message.contains(file), "{tls}: {error}");
+        assert!(error.line > 0, "{tls}: {error}");
+    }
+}
+
+#[test]
+fn from_a_cluster_a_rule_whose_files_do_not_load_stays_and_its_cluster_refuses() {
+    let snapshot = upstream_tls_config("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}");
+    let states = crate::endpoints::ClusterStates::default();
+    let (table, applied, rejected) =
+        RouteTable::compile_isolating(snapshot, &states, Path::new("/nonexistent")).unwrap();
+    // Left in: leaving it out would send plaintext where TLS was asked for.
+    assert_eq!(applied.destination_rules.len(), 1);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].field.ends_with("tls.caCertificates"));
+    let cluster = table.clusters().iter().find(|c| c.subset == "v1").unwrap();
+    assert!(cluster.tls.refusal().is_some_and(|r| r.contains("/nonexistent/ca.pem")), "{}", cluster.tls);
+}
+
+#[test]
+fn istio_mutual_is_a_warning_and_a_refusing_cluster() {
+    let table = RouteTable::compile(&upstream_tls_config("{mode: ISTIO_MUTUAL}")).unwrap();
+    assert!(table
+        .warnings()
+        .iter()
+        .any(|w| w.field == "spec.subsets[0].trafficPolicy.tls.mode"
+            && w.message.contains("ISTIO_MUTUAL needs Istio's CA")));
+    let cluster = table.clusters().iter().find(|c| c.subset == "v1").unwrap();
+    assert!(cluster.tls.refusal().is_some());
 }
 
 mod never_panics {

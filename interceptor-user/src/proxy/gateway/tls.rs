@@ -7,29 +7,17 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CipherSuite, ProtocolVersion, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
 use crate::config::{TlsMode, TlsProtocolVersion};
 use crate::routing::ServerTls;
+pub use crate::tls::TlsError;
+use crate::tls::{certificates, credential_ca, credential_dir, error, first_existing};
 
 /// ALPN protocols offered, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// Why a server's TLS could not be built: the field (below `tls`) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct TlsError {
-    /// `serverCertificate`, `privateKey`, `caCertificates`, `credentialName` …
-    pub field: &'static str,
-    /// What is wrong, naming the file.
-    pub message: String,
-}
-
-fn error(field: &'static str, message: impl Into<String>) -> TlsError {
-    TlsError { field, message: message.into() }
-}
 
 /// The files a server's certificate, key and CA come from.
 struct Files {
@@ -38,30 +26,18 @@ struct Files {
     ca: Option<(PathBuf, &'static str)>,
 }
 
-/// The first of `names` that exists in `dir` (Kubernetes TLS Secret keys first, then Istio's
-/// generic ones); the first name when none does, so the error names what was expected.
-fn first_existing(dir: &Path, names: &[&str]) -> PathBuf {
-    names.iter().map(|n| dir.join(n)).find(|p| p.exists()).unwrap_or_else(|| dir.join(names[0]))
-}
-
 impl Files {
     fn of(tls: &ServerTls, credentials: &Path) -> Result<Self, TlsError> {
         if let Some(name) = &tls.credential_name {
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
-                return Err(error("credentialName", format!("{name:?} is not a credential name")));
-            }
-            let dir = credentials.join(name);
-            if !dir.is_dir() {
-                return Err(error("credentialName", format!("no credential directory {}", dir.display())));
-            }
+            let dir = credential_dir(credentials, name)?;
             let ca = match tls.mode {
                 TlsMode::Simple => None,
-                _ => {
-                    // Istio reads the CA from the same Secret, or from `<name>-cacert`.
-                    let own = first_existing(&dir, &["ca.crt", "cacert"]);
-                    let separate = credentials.join(format!("{name}-cacert")).join("ca.crt");
-                    Some((if own.exists() || !separate.exists() { own } else { separate }, "credentialName"))
-                }
+                // Istio reads the CA from the same Secret, or from `<name>-cacert`; when neither
+                // exists the error names the Secret's own file.
+                _ => Some((
+                    credential_ca(credentials, name, &dir).unwrap_or_else(|| dir.join("ca.crt")),
+                    "credentialName",
+                )),
             };
             return Ok(Files {
                 certificate: (first_existing(&dir, &["tls.crt", "cert"]), "credentialName"),
@@ -84,17 +60,6 @@ impl Files {
             ca,
         })
     }
-}
-
-fn certificates(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(field, format!("cannot read {}: {e}", path.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| error(field, format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(error(field, format!("{}: no PEM certificate in it", path.display())));
-    }
-    Ok(certs)
 }
 
 /// rustls's name of a TLS 1.2 suite written as Envoy (OpenSSL) names it; `None` for suites

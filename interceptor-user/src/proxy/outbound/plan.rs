@@ -230,9 +230,19 @@ pub fn plan<'t>(routed: Routed<'t>, req: &PlanRequest<'_>, rng: &mut impl Rng) -
                         let body = format!("cluster not found: {cluster}");
                         Outcome::Reply(LocalReply::flagged(ResponseFlag::NC, body))
                     }
-                    Target::Cluster(cluster) => {
-                        Outcome::Forward(forward(rule, route, target, cluster, block, req, rng))
-                    }
+                    Target::Cluster(cluster) => match cluster.tls.refusal() {
+                        // Envoy fails such a cluster's connections in its transport socket (a
+                        // secret it cannot have): a connection failure, UF; here before any I/O.
+                        Some(why) => Outcome::Reply(LocalReply::flagged(
+                            ResponseFlag::UF,
+                            format!(
+                                "upstream connect error or disconnect/reset before headers. reset reason: connection \
+                                 failure, transport failure reason: TLS_error: cluster {} refuses to connect: {why}",
+                                cluster.name
+                            ),
+                        )),
+                        None => Outcome::Forward(forward(rule, route, target, cluster, block, req, rng)),
+                    },
                 }
             }
         }

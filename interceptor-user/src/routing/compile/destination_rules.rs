@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Compiler;
-use crate::config::{self, DestinationRule, Diagnostic, Resource, Severity, Source, TrafficPolicy};
+use crate::config::{self, ClientTlsSettings, DestinationRule, Diagnostic, Resource, Severity, Source, TrafficPolicy};
 use crate::endpoints::{qualify_host, Balancer, LimitSettings, OutlierSettings, Policy, Service};
 use crate::routing::actions::parse_duration;
 use crate::routing::{Cluster, HashKey};
+use crate::tls::upstream::{self as upstream_tls, ClusterTls};
 
 /// Envoy's default connect timeout, which Istio keeps.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +28,17 @@ pub(super) struct PolicySettings {
     tcp_idle_timeout: Option<Duration>,
     keep_alive: Option<bool>,
     outlier: Option<OutlierSettings>,
+    /// `tls`, with the field path it was read at.
+    tls: Option<TlsAt>,
+    /// `portLevelSettings[].tls` by port number.
+    port_tls: HashMap<u16, TlsAt>,
+}
+
+/// A `tls` block and where it is.
+#[derive(Clone, Debug)]
+struct TlsAt {
+    settings: ClientTlsSettings,
+    at: String,
 }
 
 impl PolicySettings {
@@ -39,7 +51,15 @@ impl PolicySettings {
             tcp_idle_timeout: self.tcp_idle_timeout.or(base.tcp_idle_timeout),
             keep_alive: self.keep_alive.or(base.keep_alive),
             outlier: self.outlier.clone().or_else(|| base.outlier.clone()),
+            // Per port: see `tls_for`.
+            tls: None,
+            port_tls: HashMap::new(),
         }
+    }
+
+    /// The `tls` of this level for `port`: its `portLevelSettings` entry's over its own.
+    fn tls_for(&self, port: u16) -> Option<&TlsAt> {
+        self.port_tls.get(&port).or(self.tls.as_ref())
     }
 }
 
@@ -205,7 +225,37 @@ fn compile_policy(p: &TrafficPolicy, src: &Source, at: &str, diags: &mut Vec<Dia
             max_ejection_percent,
         });
     }
+    if let Some(tls) = &p.tls {
+        out.tls = Some(TlsAt { settings: tls.clone(), at: format!("{at}.tls") });
+    }
     let mut unsupported: Vec<String> = p.unsupported_fields().iter().map(|f| f.to_string()).collect();
+    for (k, port_policy) in p.port_level_settings.iter().flatten().enumerate() {
+        let pat = format!("portLevelSettings[{k}]");
+        if let (Some(tls), Some(port)) = (&port_policy.tls, &port_policy.port) {
+            // Validation refuses numbers that are no port.
+            if let Ok(number) = u16::try_from(port.number) {
+                // The first entry for a port wins, as Istio's lookup does.
+                out.port_tls
+                    .entry(number)
+                    .or_insert_with(|| TlsAt { settings: tls.clone(), at: format!("{at}.{pat}.tls") });
+            }
+            if tls.ca_crl.is_some() {
+                unsupported.push(format!("{pat}.tls.caCrl"));
+            }
+        }
+        for (f, set) in [
+            ("loadBalancer", port_policy.load_balancer.is_some()),
+            ("connectionPool", port_policy.connection_pool.is_some()),
+            ("outlierDetection", port_policy.outlier_detection.is_some()),
+        ] {
+            if set {
+                unsupported.push(format!("{pat}.{f}"));
+            }
+        }
+    }
+    if p.tls.as_ref().is_some_and(|t| t.ca_crl.is_some()) {
+        unsupported.push("tls.caCrl".into());
+    }
     if let Some(pool) = &p.connection_pool {
         if let Some(tcp) = &pool.tcp {
             for (f, set) in [
@@ -309,12 +359,28 @@ impl Compiler<'_> {
             return cluster.clone();
         }
         let dr = self.rules.get(&*service.host);
-        let (labels, policy) = match dr {
-            None => (BTreeMap::new(), PolicySettings::default()),
+        // Istio's merge: the rule's policy with its port-level settings, then the subset's with
+        // its own port-level settings over it.
+        let (labels, policy, tls) = match dr {
+            None => (BTreeMap::new(), PolicySettings::default(), None),
             Some(dr) => match dr.subsets.get(subset) {
-                Some((labels, sp)) => (labels.clone(), sp.over(&dr.policy)),
-                None => (BTreeMap::new(), dr.policy.clone()),
+                Some((labels, sp)) => (
+                    labels.clone(),
+                    sp.over(&dr.policy),
+                    sp.tls_for(port)
+                        .or_else(|| dr.policy.tls_for(port))
+                        .map(|t| (t.clone(), dr.resource.source.clone())),
+                ),
+                None => (
+                    BTreeMap::new(),
+                    dr.policy.clone(),
+                    dr.policy.tls_for(port).map(|t| (t.clone(), dr.resource.source.clone())),
+                ),
             },
+        };
+        let tls = match tls {
+            None => ClusterTls::Plaintext,
+            Some((tls, source)) => self.upstream_tls(&tls, &source, &service.host),
         };
         let endpoints = service.port(port).map(|p| service.endpoint_addrs(p, &labels)).unwrap_or_default();
         let (lb, hash_key) = policy.lb.unwrap_or((Policy::LeastRequest, None));
@@ -332,9 +398,37 @@ impl Compiler<'_> {
             connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             tcp_idle_timeout: policy.tcp_idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
             keep_alive: policy.keep_alive.unwrap_or(true),
+            tls,
         });
         self.clusters.insert(key, cluster.clone());
         cluster
+    }
+}
+
+impl Compiler<'_> {
+    /// The TLS of a cluster of `host` under the `tls` block `tls`, built once per block and host
+    /// (subsets and ports sharing a block share it). Files that do not load are reported once,
+    /// apart from the other errors (see [`RouteTable::credential_errors`](crate::routing::RouteTable::credential_errors)),
+    /// and the cluster refuses its requests: it never falls back to plaintext.
+    fn upstream_tls(&mut self, tls: &TlsAt, source: &Source, host: &str) -> ClusterTls {
+        let key = (source.resource.clone(), tls.at.clone(), host.to_owned());
+        if let Some(built) = self.tls.get(&key) {
+            return built.clone();
+        }
+        let settings = upstream_tls::Settings { tls: &tls.settings, host, credentials: self.credentials };
+        let built = match upstream_tls::build(&settings) {
+            Ok(built) => built,
+            Err(err) => {
+                let field = format!("{}.{}", tls.at, err.field);
+                self.credential_errors.push(source.diagnostic(Severity::Error, field.clone(), err.message.clone()));
+                ClusterTls::Refused {
+                    mode: if tls.settings.mode.as_deref() == Some("MUTUAL") { "MUTUAL" } else { "SIMPLE" },
+                    reason: format!("{} {field}: {}", source.resource, err.message).into(),
+                }
+            }
+        };
+        self.tls.insert(key, built.clone());
+        built
     }
 }
 

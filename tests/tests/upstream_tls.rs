@@ -1,0 +1,103 @@
+//! End-to-end: upstream TLS on the test node. The my-app pods serve HTTPS (Debian's `openssl
+//! s_server`, certificates made here); with a DestinationRule `tls: SIMPLE` the agent originates
+//! TLS to them, so a captured plain-HTTP client (curl in the client pod) gets their answers; with
+//! `ISTIO_MUTUAL` it answers 503 `UF` itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{certificates, node_with_pods, CLIENT, HOST, SERVICE};
+use testbed::{wait_for_listener, Agent, Node};
+
+/// The my-app pods: name, address, version.
+const PODS: [(&str, &str, &str); 3] =
+    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
+
+/// Each my-app pod serves HTTPS on 8080 with `openssl s_server -WWW`: `GET /version` answers the
+/// file `version` of its own directory, the pod's version, as HTTP/1.0 ending with the connection.
+fn serve_https(node: &mut Node, dir: &Path) {
+    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
+    for (pod, ip, version) in PODS {
+        let root = dir.join(pod);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("version"), version).unwrap();
+        let listen = format!("{ip}:8080");
+        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
+        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
+        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        node.spawn(cmd).unwrap();
+        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
+    }
+}
+
+/// `my-app`'s DestinationRule with subsets and `tls` as the service's TLS settings.
+fn destination_rule(tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: my-app-dr}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    tls: {tls}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"
+    )
+}
+
+/// curl in the client pod, inside the captured cgroup: status and body of `GET http://VIP/version`.
+fn captured_get(node: &Node) -> (String, String) {
+    let args = ["-sS", "--max-time", "5", "-w", "\n%{http_code}", "http://10.96.0.10/version"];
+    let out = node.command_in(&node.pod_netns(CLIENT), true, Path::new("curl"), &args).output().unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("interceptor-e2e-utls-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
+    let dir = scratch("simple");
+    certificates(&dir, HOST);
+    let mut node = node_with_pods().unwrap();
+    serve_https(&mut node, &dir);
+    let dr = destination_rule(&format!("{{mode: SIMPLE, caCertificates: {}}}", dir.join("ca.pem").display()));
+    let agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr)], false).unwrap();
+    let mut versions = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = captured_get(&node);
+        assert_eq!(status, "200", "{body}\n{}", agent.log());
+        versions.push(body);
+    }
+    assert!(versions.iter().all(|v| v == "v1" || v == "v2"), "{versions:?}");
+    assert!(versions.iter().any(|v| v == "v1"), "{versions:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn istio_mutual_is_answered_503_uf_by_the_agent() {
+    let dir = scratch("istio");
+    certificates(&dir, HOST);
+    let mut node = node_with_pods().unwrap();
+    serve_https(&mut node, &dir);
+    let dr = destination_rule("{mode: ISTIO_MUTUAL}");
+    let mut agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr)], false).unwrap();
+    let (status, body) = captured_get(&node);
+    assert_eq!(status, "503", "{body}");
+    assert!(body.contains("ISTIO_MUTUAL") && body.contains("outbound|80||my-app.default.svc.cluster.local"), "{body}");
+    agent.wait_for_log(" UF ", Duration::from_secs(5)).unwrap();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
