@@ -3,7 +3,7 @@
 
 pub mod access_log;
 mod body_count;
-mod deadline;
+mod cutoff;
 mod drain;
 mod framing;
 pub mod gateway;

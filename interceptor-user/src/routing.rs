@@ -62,6 +62,8 @@ pub enum ResponseFlag {
     DC,
     /// The request broke HTTP's rules (400), e.g. both `Content-Length` and `Transfer-Encoding`.
     DPE,
+    /// The client's request body stalled past the stream idle timeout (408).
+    SI,
 }
 
 impl ResponseFlag {
@@ -71,6 +73,7 @@ impl ResponseFlag {
             ResponseFlag::NR => 404,
             ResponseFlag::UT => 504,
             ResponseFlag::DPE => 400,
+            ResponseFlag::SI => 408,
             _ => 503,
         }
     }
@@ -90,6 +93,7 @@ impl ResponseFlag {
             ResponseFlag::DI => "DI",
             ResponseFlag::DC => "DC",
             ResponseFlag::DPE => "DPE",
+            ResponseFlag::SI => "SI",
         }
     }
 }

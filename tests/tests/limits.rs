@@ -74,6 +74,39 @@ fn a_slow_request_head_gets_408_and_the_connection_closes() {
 }
 
 #[test]
+fn a_stalled_request_body_gets_408_si() {
+    let node = node().unwrap();
+    let mut agent = agent_with_limits(&node, "  streamIdleTimeout: 1s\n");
+    // Slowloris on the body: 3 of the 10 bytes promised, then nothing. Small bodies are read
+    // whole before forwarding (to replay them on a retry), so nothing reaches an endpoint.
+    let buffered = raw(&node, "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nContent-Length: 10\\r\\n\\r\\nabc");
+    assert!(buffered.response.starts_with("HTTP/1.1 408 "), "{buffered:?}");
+    assert!(buffered.response.contains("x-interceptor-flags: SI"), "{buffered:?}");
+    assert!((900..4000).contains(&buffered.elapsed_ms), "{buffered:?}");
+    // A prompt client on the same agent is unaffected.
+    assert_eq!(load(&node, 5, &[]).count("v1"), 5);
+    let (code, log) = agent.stop().unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.lines().any(|l| l.contains(" access: [") && l.contains("\" 408 SI ")), "{log}");
+}
+
+#[test]
+fn a_request_body_that_stalls_while_streaming_upstream_gets_408_si() {
+    let mut node = common::node_with_pods().unwrap();
+    // The endpoints answer 3 s after a request's head: the stall is seen before any answer.
+    for pod in ["v1a", "v1b", "v2"] {
+        node.serve_with(pod, "v1", &["--delay-ms", "3000"]).unwrap();
+    }
+    let _agent = agent_with_limits(&node, "  streamIdleTimeout: 1s\n");
+    // A chunked body streams upstream as it comes; one chunk, then nothing.
+    let send = "POST / HTTP/1.1\\r\\nHost: my-app\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n";
+    let stalled = raw(&node, send);
+    assert!(stalled.response.starts_with("HTTP/1.1 408 "), "{stalled:?}");
+    assert!(stalled.response.contains("x-interceptor-flags: SI"), "{stalled:?}");
+    assert!((900..2900).contains(&stalled.elapsed_ms), "cut at the idle time, not the answer's: {stalled:?}");
+}
+
+#[test]
 fn smuggling_attempts_are_refused_or_cannot_smuggle() {
     let node = node().unwrap();
     let mut agent = agent_with_limits(&node, "  maxConnections: 100\n");

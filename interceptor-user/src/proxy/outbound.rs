@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::access_log::RequestInfo;
 use super::body_count::{Counted, Ended, Tally};
-use super::deadline::Deadline;
+use super::cutoff::{BoxError, Cutoff, StreamIdle};
 use super::gateway::GatewayConnection;
 use super::hop_by_hop;
 use super::limits::Refusal;
@@ -38,7 +38,7 @@ mod tries;
 pub use relay::Relayed;
 
 /// Body of every response the proxy sends downstream.
-pub type ProxyBody = BoxBody<Bytes, super::deadline::BoxError>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Request bodies up to this size are buffered so retries and mirrors can replay them (Envoy
 /// buffers for the same reason); larger or unsized bodies stream, tried once, not mirrored.
@@ -134,15 +134,40 @@ enum RequestBody {
     Stream {
         /// Taken by the one try.
         body: Option<UpstreamBody>,
-        /// Set when the client's bytes broke the body's framing (not when the client left).
-        malformed: Arc<AtomicBool>,
+        /// How the client failed its body while it streamed ([`BodyFault`]).
+        fault: Arc<AtomicU8>,
     },
 }
 
+/// How a client failed its request body — its fault, not the endpoint's (not when it left).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFault {
+    None = 0,
+    /// The bytes broke the body's framing.
+    Malformed = 1,
+    /// No byte for the stream idle timeout.
+    Stalled = 2,
+}
+
+impl BodyFault {
+    fn of(err: &BoxError) -> Self {
+        if err.is::<StreamIdle>() {
+            BodyFault::Stalled
+        } else if err.downcast_ref::<hyper::Error>().is_some_and(undecodable) {
+            BodyFault::Malformed
+        } else {
+            BodyFault::None
+        }
+    }
+}
+
 impl RequestBody {
-    /// Buffers or wraps `body`, so `served` learns the bytes it carries.
-    async fn read(body: Incoming, served: &mut Served) -> Result<Self, hyper::Error> {
-        match body.size_hint().exact() {
+    /// Buffers or wraps `body`, so `served` learns the bytes it carries; a body that stalls for
+    /// `idle` fails with [`StreamIdle`].
+    async fn read(body: Incoming, served: &mut Served, idle: Duration) -> Result<Self, BoxError> {
+        let exact = body.size_hint().exact();
+        let body = Cutoff::idle(body, idle);
+        match exact {
             Some(n) if n <= REPLAY_BUFFER_LIMIT => {
                 let bytes = body.collect().await?.to_bytes();
                 served.received = Received::Buffered(bytes.len() as u64);
@@ -151,22 +176,27 @@ impl RequestBody {
             _ => {
                 let count = Arc::new(AtomicU64::new(0));
                 served.received = Received::Streaming(count.clone());
-                let malformed = Arc::new(AtomicBool::new(false));
-                let noted = malformed.clone();
+                let fault = Arc::new(AtomicU8::new(BodyFault::None as u8));
+                let noted = fault.clone();
                 let body = body.map_err(move |err| {
-                    if undecodable(&err) {
-                        noted.store(true, Ordering::Relaxed);
-                    }
+                    noted.store(BodyFault::of(&err) as u8, Ordering::Relaxed);
                     err
                 });
-                Ok(RequestBody::Stream { body: Some(Counted::new(body, count).boxed()), malformed })
+                Ok(RequestBody::Stream { body: Some(Counted::new(body, count).boxed()), fault })
             }
         }
     }
 
-    /// Whether the client sent bytes that broke the body's framing (hyper's decoder failed).
-    fn malformed(&self) -> bool {
-        matches!(self, RequestBody::Stream { malformed, .. } if malformed.load(Ordering::Relaxed))
+    /// How the client failed the body while it streamed upstream.
+    fn fault(&self) -> BodyFault {
+        match self {
+            RequestBody::Stream { fault, .. } => match fault.load(Ordering::Relaxed) {
+                1 => BodyFault::Malformed,
+                2 => BodyFault::Stalled,
+                _ => BodyFault::None,
+            },
+            RequestBody::Buffered(_) => BodyFault::None,
+        }
     }
 
     fn replayable(&self) -> bool {
@@ -338,8 +368,12 @@ impl Outbound {
             head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
 
-        let mut body = match RequestBody::read(body, served).await {
+        let mut body = match RequestBody::read(body, served, self.inputs.limits.stream_idle_timeout).await {
             Ok(body) => body,
+            Err(err) if err.is::<StreamIdle>() => {
+                served.flags.push(ResponseFlag::SI);
+                return LocalReply::flagged(ResponseFlag::SI, "stream timeout").into_response();
+            }
             Err(err) => {
                 debug!(%err, "downstream body failed");
                 return LocalReply::text(StatusCode::BAD_REQUEST, "request body could not be read").into_response();
@@ -390,7 +424,7 @@ impl Outbound {
                     response.headers_mut().append(header::SET_COOKIE, cookie.clone());
                 }
                 match deadline {
-                    Some(deadline) => response.map(|b| Deadline::new(b, deadline).boxed()),
+                    Some(deadline) => response.map(|b| Cutoff::at(b, deadline).boxed()),
                     None => response.map(|b| b.map_err(Into::into).boxed()),
                 }
             }
@@ -588,10 +622,17 @@ impl tries::Exchange for HyperExchange<'_> {
         self.client.request(request).await.map_err(|err| {
             // The client's fault, not the endpoint's: no retry, no outlier failure, and Envoy's
             // answer to a codec error (a later chunk of the body did not parse).
-            if self.body.malformed() {
-                debug!(%endpoint, "request body malformed while streaming upstream; answering 400");
-                self.metrics.rejected(Refusal::MalformedBody.reason());
-                return TryError::Refused(Refusal::MalformedBody.reply());
+            match self.body.fault() {
+                BodyFault::Malformed => {
+                    debug!(%endpoint, "request body malformed while streaming upstream; answering 400");
+                    self.metrics.rejected(Refusal::MalformedBody.reason());
+                    return TryError::Refused(Refusal::MalformedBody.reply());
+                }
+                BodyFault::Stalled => {
+                    debug!(%endpoint, "request body stalled while streaming upstream; answering 408");
+                    return TryError::Refused(LocalReply::flagged(ResponseFlag::SI, "stream timeout"));
+                }
+                BodyFault::None => {}
             }
             if err.is_connect() || tls_refused(&err) {
                 TryError::Connect(Chain(err))

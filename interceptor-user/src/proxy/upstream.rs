@@ -34,7 +34,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const REAP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Body of requests sent upstream: streamed from the client, or replayed from a buffer.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = BoxBody<Bytes, super::cutoff::BoxError>;
 
 /// A pooled client; clones share the pool.
 pub type Client = LegacyClient<MarkedConnector, UpstreamBody>;
