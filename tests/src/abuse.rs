@@ -19,6 +19,8 @@ pub enum Expect {
     Served,
     /// Forward every one of this many pipelined requests, answering each 200 in order.
     ServedEach(usize),
+    /// Forward the upgrade: the endpoint's `101 Switching Protocols`.
+    Switched,
     /// HTTP/2 with prior knowledge: the connection ends with a GOAWAY carrying this error code.
     GoAway(u32),
     /// HTTP/2 with prior knowledge: the request on the last stream is forwarded (its DATA is the
@@ -191,7 +193,7 @@ fn h2_then_get(middle: impl IntoIterator<Item = Vec<u8>>, last: u32) -> Vec<u8> 
 
 /// The catalogue.
 pub fn catalogue() -> Vec<Case> {
-    use Expect::{GoAway, Refused, Served, ServedEach, ServedH2};
+    use Expect::{GoAway, Refused, Served, ServedEach, ServedH2, Switched};
     const TE: &str = "Transfer-Encoding: chunked\r\n";
     vec![
         // Request smuggling.
@@ -297,6 +299,20 @@ pub fn catalogue() -> Vec<Case> {
             Refused(431),
             "431",
         ),
+        // Upgrades.
+        case(
+            "WebSocket upgrade with a malformed key",
+            get("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: !!not base64!!\r\nSec-WebSocket-Version: 13\r\n"),
+            Switched,
+            "101 from the endpoint (with Istio's `upgrade_configs: websocket`): neither checks the key; the endpoint owns the handshake",
+        ),
+        case(
+            "WebSocket upgrade of an unknown version",
+            get("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n"),
+            Switched,
+            "101 from the endpoint, as above",
+        ),
+        case("h2c upgrade without HTTP2-Settings", get("Connection: Upgrade\r\nUpgrade: h2c\r\n"), Served, "200, the upgrade ignored (no HTTP2-Settings); the same here"),
         // HTTP/2 with prior knowledge.
         case("HTTP/2 GET", h2_then_get([], 1), ServedH2, "200"),
         case(
@@ -396,6 +412,7 @@ pub fn run(node: &Node, agent: &Agent, scratch: &Path) -> Result<Report> {
             let ok = match case.expect {
                 Expect::Refused(code) => status == Some(code) && report.closed && answers == 1,
                 Expect::Served => status == Some(200) && report.response.ends_with("v1"),
+                Expect::Switched => status == Some(101),
                 Expect::ServedEach(n) => report.response.matches(" 200 OK\r\n").count() == n && answers == n,
                 Expect::GoAway(_) | Expect::ServedH2 => false,
             };
