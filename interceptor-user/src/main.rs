@@ -300,7 +300,7 @@ fn stats(bpffs: &std::path::Path, top: usize) -> ExitCode {
 }
 
 fn validate(path: &std::path::Path, namespace: &str, output: Output) -> ExitCode {
-    let diagnostics = match Snapshot::load_path(path, namespace).and_then(|s| RouteTable::compile(&s)) {
+    let diagnostics = match Snapshot::load_path(path, namespace).and_then(|s| RouteTable::compile_offline(&s)) {
         Ok(table) => table.warnings().to_vec(),
         Err(err) => err.diagnostics,
     };
@@ -345,7 +345,7 @@ fn load(input: &ConfigInput, namespace: &str) -> Result<RouteTable, ExitCode> {
             return Err(ExitCode::from(2));
         }
     };
-    match snapshot.and_then(|s| RouteTable::compile(&s)) {
+    match snapshot.and_then(|s| RouteTable::compile_offline(&s)) {
         Ok(table) => Ok(table),
         Err(err) => {
             eprintln!("{err}");

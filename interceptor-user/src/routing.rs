@@ -415,6 +415,35 @@ impl RouteTable {
         }
     }
 
+    /// Compiles for the command line (`validate`, `routes`, `explain`), which often runs where the
+    /// agent's certificate files are not (a laptop, a CI job): an upstream TLS file that does not
+    /// load is a warning here, as Istio's validation reads no files; the agent, which reads them,
+    /// refuses such a config.
+    ///
+    /// # Errors
+    /// As [`RouteTable::compile`], but for the files.
+    pub fn compile_offline(snapshot: &Snapshot) -> Result<Self, ConfigError> {
+        let credentials = Path::new(crate::config::DEFAULT_CREDENTIALS);
+        let unread = |errors: Vec<Diagnostic>| {
+            errors.into_iter().map(|d| Diagnostic {
+                severity: Severity::Warning,
+                message: format!("{} (not readable here; the agent refuses the config where it is not)", d.message),
+                ..d
+            })
+        };
+        match Self::compile_checked(snapshot, &ClusterStates::default(), credentials) {
+            Ok(mut table) => {
+                let errors = std::mem::take(&mut table.credential_errors);
+                table.warnings.extend(unread(errors));
+                Ok(table)
+            }
+            Err((mut err, errors)) => {
+                err.diagnostics.extend(unread(errors));
+                Err(err)
+            }
+        }
+    }
+
     /// Validates and compiles; upstream TLS files that did not load are left for the caller to
     /// weigh: in the table's `credential_errors`, or beside the other errors.
     fn compile_checked(

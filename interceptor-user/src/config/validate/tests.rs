@@ -376,6 +376,17 @@ fn upstream_tls_files_that_do_not_load_are_errors_naming_resource_field_and_file
 }
 
 #[test]
+fn the_command_line_warns_about_tls_files_it_cannot_read_where_the_agent_refuses_them() {
+    // `validate` runs where the agent's files may not be: Istio's validation reads no files.
+    let snapshot = upstream_tls_config("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}");
+    let table = RouteTable::compile_offline(&snapshot).unwrap();
+    let warning = table.warnings().iter().find(|w| w.field.ends_with("tls.caCertificates")).unwrap();
+    assert_eq!(warning.severity, Severity::Warning);
+    assert!(warning.message.contains("/nonexistent/ca.pem") && warning.message.contains("not readable here"));
+    assert!(RouteTable::compile(&snapshot).is_err(), "the agent's compile still refuses it");
+}
+
+#[test]
 fn from_a_cluster_a_rule_whose_files_do_not_load_stays_and_its_cluster_refuses() {
     let snapshot = upstream_tls_config("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}");
     let states = crate::endpoints::ClusterStates::default();
