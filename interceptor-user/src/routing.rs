@@ -27,6 +27,7 @@ pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
     Rewrite, TryFailure, GRPC_CODES,
 };
+pub use compile::{sni_matches, L4View};
 pub use explain::Explanation;
 pub use gateway::{
     hosts_intersect, request_host, resolve_gateway_name, selects, GatewayDecision, GatewayEntry, GatewayServer,
@@ -316,10 +317,10 @@ impl Rule {
     }
 }
 
-/// A compiled `tcp` rule.
+/// A compiled `tcp` or `tls` rule (a `tls` rule's blocks also match the SNI).
 #[derive(Debug)]
 pub struct TcpRule {
-    /// `namespace/name#tcp-N`.
+    /// `namespace/name#tcp-N` or `namespace/name#tls-N`.
     pub label: Arc<str>,
     matches: Vec<compile::L4Match>,
     targets: Weights,
@@ -334,6 +335,8 @@ struct ServiceRoutes {
     /// Prefilter over `rules`.
     index: Option<Arc<index::RuleIndex>>,
     tcp_rules: Arc<Vec<TcpRule>>,
+    /// `tls` rules, tried before `tcp_rules` for a connection that opened with a ClientHello.
+    tls_rules: Arc<Vec<TcpRule>>,
     /// Routes used when no VirtualService applies, by port.
     default_rules: HashMap<u16, Rule>,
 }
@@ -614,19 +617,69 @@ impl RouteTable {
         source: SocketAddr,
     ) -> Option<(&'t str, &'t Target)> {
         let routes = self.routes.get(service)?;
-        let rule = routes.tcp_rules.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, destination, source, &self.registry))
-        });
-        match rule {
-            Some(rule) => Some((&rule.label, &rule.targets.pick().target)),
-            None if routes.tcp_rules.is_empty() => {
-                let rule = routes.default_rules.get(&port)?;
-                match &rule.action {
-                    Action::Route(route) => Some((&rule.label, &route.targets.first().target)),
-                    _ => None,
-                }
-            }
+        let at = L4View { port, destination, source, sni: None, gateway: None };
+        match self.first_l4(&routes.tcp_rules, &at) {
+            Some(found) => Some(found),
+            None if routes.tcp_rules.is_empty() => self.default_l4(routes, port),
             None => None,
+        }
+    }
+
+    /// Decides where a captured TLS connection to `service` whose ClientHello named `sni` goes:
+    /// the first `tls` rule that matches; else, as Istio's sidecar listener (its TLS filter
+    /// chains come before the TCP ones, which end with the service itself), the `tcp` rules,
+    /// then the service's own cluster.
+    pub fn route_tls<'t>(
+        &'t self,
+        service: &str,
+        port: u16,
+        destination: SocketAddrV4,
+        source: SocketAddr,
+        sni: Option<&str>,
+    ) -> Option<(&'t str, &'t Target)> {
+        let routes = self.routes.get(service)?;
+        let at = L4View { port, destination, source, sni, gateway: None };
+        self.first_l4(&routes.tls_rules, &at)
+            .or_else(|| self.first_l4(&routes.tcp_rules, &at))
+            .or_else(|| self.default_l4(routes, port))
+    }
+
+    /// Whether `service` has `tls` rules (then a TCP port is worth reading a ClientHello on).
+    pub fn has_tls_rules(&self, service: &str) -> bool {
+        self.routes.get(service).is_some_and(|r| !r.tls_rules.is_empty())
+    }
+
+    /// Decides where a TLS connection that entered gateway server `server` on `at.port`
+    /// (`PASSTHROUGH`) goes: the virtual hosts of the server the SNI admits, most specific
+    /// first (Envoy's order for server names), each VirtualService's `tls` rules in order.
+    /// Returns the rule's label and target.
+    pub fn route_passthrough<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
+        let at = L4View { gateway: Some(&server.id.gateway), ..*at };
+        let mut candidates: Vec<(usize, usize)> = server
+            .virtual_hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, vh)| gateway::sni_rank(&vh.domain, at.sni).map(|rank| (rank, i)))
+            .collect();
+        // Most specific first; among equals, binding order (the older VirtualService).
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        candidates.into_iter().find_map(|(_, i)| self.first_l4(&server.virtual_hosts[i].tls_rules, &at))
+    }
+
+    /// The first of `rules` whose blocks match `at` (a rule without blocks matches anything).
+    fn first_l4<'t>(&'t self, rules: &'t [TcpRule], at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let rule =
+            rules.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(at, &self.registry)))?;
+        Some((&rule.label, &rule.targets.pick().target))
+    }
+
+    /// The service's own cluster on `port`.
+    fn default_l4<'t>(&'t self, routes: &'t ServiceRoutes, port: u16) -> Option<(&'t str, &'t Target)> {
+        let rule = routes.default_rules.get(&port)?;
+        match &rule.action {
+            Action::Route(route) => Some((&rule.label, &route.targets.first().target)),
+            _ => None,
         }
     }
 

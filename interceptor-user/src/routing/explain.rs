@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{Action, ClusterTls, GatewayServer, RequestView, RouteTable, Rule, Target};
+use super::{Action, ClusterTls, GatewayServer, RequestView, RouteTable, Rule, ServerProtocol, Target};
 
 /// How one rule fared against the request.
 #[derive(Debug)]
@@ -128,7 +128,11 @@ impl fmt::Display for Explanation<'_> {
                     self.service
                 );
             };
-            let tls = if server.tls.is_some() { "TLS terminated" } else { "plain" };
+            let tls = match server.protocol {
+                ServerProtocol::Passthrough => "TLS passthrough",
+                _ if server.tls.is_some() => "TLS terminated",
+                _ => "plain",
+            };
             writeln!(f, "server: {} (port {}, {tls})", server.id, server.port)?;
             if server.https_redirect {
                 return writeln!(f, "result: 301 to https (httpsRedirect)");
@@ -247,10 +251,12 @@ pub(super) fn describe(table: &RouteTable) -> String {
             let _ = writeln!(out, "  {} ({conditions}): {}", rule.label, targets(rule));
         }
         tls_lines(&mut out, routes.rules.iter());
-        for rule in routes.tcp_rules.iter() {
+        for (kind, rule) in
+            routes.tls_rules.iter().map(|r| ("tls", r)).chain(routes.tcp_rules.iter().map(|r| ("tcp", r)))
+        {
             let names: Vec<String> =
                 rule.targets.iter().map(|t| format!("{} w{}", t.target.name(), t.weight)).collect();
-            let _ = writeln!(out, "  {} (tcp): {}", rule.label, names.join(", "));
+            let _ = writeln!(out, "  {} ({kind}): {}", rule.label, names.join(", "));
         }
     }
     for (port, servers) in table.gateways.ports() {
@@ -258,6 +264,7 @@ pub(super) fn describe(table: &RouteTable) -> String {
             let hosts: Vec<String> =
                 server.hosts.iter().map(|h| format!("{}/{}", h.namespace.as_deref().unwrap_or("*"), h.host)).collect();
             let kind = match (&server.tls, server.https_redirect) {
+                _ if server.protocol == ServerProtocol::Passthrough => "PASSTHROUGH TLS".to_owned(),
                 (Some(tls), _) => format!("{:?} TLS", tls.mode),
                 (None, true) => "HTTP, redirect to https".to_owned(),
                 (None, false) => "HTTP".to_owned(),
