@@ -11,6 +11,12 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 /// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
 #[allow(dead_code)] // not every test file makes certificates
 pub fn certificates(dir: &Path, name: &str) {
+    certificates_for(dir, &[name]);
+}
+
+/// As [`certificates`], the server certificate naming each of `names`.
+#[allow(dead_code)] // not every test file makes certificates
+pub fn certificates_for(dir: &Path, names: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -18,7 +24,8 @@ pub fn certificates(dir: &Path, name: &str) {
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();

@@ -1,0 +1,108 @@
+//! End-to-end: `tls` VirtualService rules route captured TLS by SNI. The my-app pods serve HTTPS
+//! themselves (Debian's `openssl s_server -WWW`, one certificate naming both hosts, made here) on
+//! a `TLS` service port; curl in the captured client pod calls the service VIP with SNI
+//! `a.example.com` or `b.example.com` and verifies the pod's certificate, so the agent only read
+//! the ClientHello and passed the bytes through.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{certificates_for, node_with_pods, CLIENT};
+use testbed::{wait_for_listener, Agent, Node};
+
+/// The my-app pods: name, address, version.
+const PODS: [(&str, &str, &str); 3] =
+    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
+
+/// `secure`: VIP 10.96.0.20, a `TLS` port 443 → 8443 on the pods, subsets by version, and `tls`
+/// rules: SNI `a.example.com` to v1, `b.example.com` to v2.
+const CONFIG: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  addresses: [10.96.0.20]
+  ports: [{number: 443, name: tls, protocol: TLS, targetPort: 8443}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.244.0.11, labels: {version: v1}}
+  - {address: 10.244.0.12, labels: {version: v1}}
+  - {address: 10.244.0.13, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure}
+spec:
+  hosts: [secure.default.svc.cluster.local, a.example.com, b.example.com]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [b.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+";
+
+/// Each pod serves HTTPS on 8443: `GET /version` answers its version (HTTP/1.0, then closes).
+fn serve_https(node: &mut Node, dir: &Path) {
+    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
+    for (pod, ip, version) in PODS {
+        let root = dir.join(pod);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("version"), version).unwrap();
+        let listen = format!("{ip}:8443");
+        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
+        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
+        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        node.spawn(cmd).unwrap();
+        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
+    }
+}
+
+/// curl in the client pod, inside the captured cgroup: `https://<sni>/version` at the VIP, the
+/// pod's certificate checked against the test CA. The body, or curl's error.
+fn captured_https(node: &Node, dir: &Path, sni: &str) -> Result<String, String> {
+    let (resolve, url, ca) =
+        (format!("{sni}:443:10.96.0.20"), format!("https://{sni}/version"), dir.join("ca.pem").display().to_string());
+    let args = ["-sS", "--max-time", "5", "--cacert", &ca, "--resolve", &resolve, &url];
+    let out = node.command_in(&node.pod_netns(CLIENT), true, Path::new("curl"), &args).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("interceptor-e2e-sni-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn captured_tls_goes_to_the_subset_its_sni_names() {
+    let dir = scratch("subsets");
+    certificates_for(&dir, &["a.example.com", "b.example.com"]);
+    let mut node = node_with_pods().unwrap();
+    serve_https(&mut node, &dir);
+    let mut agent = Agent::start(&node, &[("secure.yaml", CONFIG)], false).unwrap();
+    for _ in 0..10 {
+        assert_eq!(captured_https(&node, &dir, "a.example.com").as_deref(), Ok("v1"), "{}", agent.log());
+        assert_eq!(captured_https(&node, &dir, "b.example.com").as_deref(), Ok("v2"), "{}", agent.log());
+    }
+    // The access log names the SNI and the tls rule.
+    agent.wait_for_log("sni=b.example.com rule=default/secure#tls-1", Duration::from_secs(5)).unwrap();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
