@@ -656,15 +656,14 @@ impl RouteTable {
     pub fn route_passthrough<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
         let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
         let at = L4View { gateway: Some(&server.id.gateway), ..*at };
-        let mut candidates: Vec<(usize, usize)> = server
-            .virtual_hosts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, vh)| gateway::sni_rank(&vh.domain, at.sni).map(|rank| (rank, i)))
-            .collect();
-        // Most specific first; among equals, binding order (the older VirtualService).
-        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        candidates.into_iter().find_map(|(_, i)| self.first_l4(&server.virtual_hosts[i].tls_rules, &at))
+        passthrough_candidates(server, at.sni).into_iter().find_map(|vh| self.first_l4(&vh.tls_rules, &at))
+    }
+
+    /// Explains how a TLS connection naming `at.sni` is routed: captured, to `service`
+    /// (`tls`, then `tcp` rules, then the service), or at `at.gateway`'s `PASSTHROUGH` server on
+    /// `at.port` (for `interceptor explain --sni`).
+    pub fn explain_tls(&self, service: &str, at: &L4View<'_>) -> String {
+        explain::explain_tls(self, service, at)
     }
 
     /// The first of `rules` whose blocks match `at` (a rule without blocks matches anything).
@@ -698,6 +697,19 @@ impl RouteTable {
     pub fn describe(&self) -> String {
         explain::describe(self)
     }
+}
+
+/// The virtual hosts of a `PASSTHROUGH` server `sni` may reach, most specific domain first
+/// (Envoy's order for server names), then in binding order (the older VirtualService first).
+fn passthrough_candidates<'s>(server: &'s GatewayServer, sni: Option<&str>) -> Vec<&'s gateway::VirtualHost> {
+    let mut ranked: Vec<(usize, usize)> = server
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, vh)| gateway::sni_rank(&vh.domain, sni).map(|rank| (rank, i)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.into_iter().map(|(_, i)| &server.virtual_hosts[i]).collect()
 }
 
 #[cfg(test)]

@@ -739,3 +739,85 @@ fn tls_weights_split_across_subsets() {
     }
     assert!((2700..3300).contains(&v1), "{v1} of 4000 to v1");
 }
+
+#[test]
+fn explain_shows_the_tls_decision_for_an_sni() {
+    let table = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [\"*.b.example.com\"]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+",
+    ))
+    .unwrap();
+    let at = |sni| L4View {
+        port: 443,
+        destination: "10.96.0.50:443".parse().unwrap(),
+        source: "10.244.0.10:1000".parse().unwrap(),
+        sni: Some(sni),
+        gateway: None,
+    };
+    let text = table.explain_tls("secure.default.svc.cluster.local", &at("x.b.example.com"));
+    assert!(text.contains("✘ default/secure#tls-0: no match"), "{text}");
+    assert!(text.contains("✔ default/secure#tls-1: MATCHED"), "{text}");
+    assert!(text.contains("100.00%  outbound|443|v2|secure.default.svc.cluster.local"), "{text}");
+    assert!(text.contains("10.244.0.22:443"), "{text}");
+    let text = table.explain_tls("secure.default.svc.cluster.local", &at("c.example.com"));
+    assert!(text.contains("result: default,") && text.contains("outbound|443||secure"), "{text}");
+}
+
+#[test]
+fn passthrough_servers_route_by_the_most_specific_virtual_host_then_rule_order() {
+    let gateway = "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [\"*.example.com\"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wide, creationTimestamp: \"2026-01-01T00:00:00Z\"}
+spec:
+  hosts: [\"*.example.com\"]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{sniHosts: [\"*.example.com\"], gateways: [mesh]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [\"*.example.com\"], port: 443}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: exact, creationTimestamp: \"2026-02-01T00:00:00Z\"}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+";
+    let table = compile(&format!("{SECURE}{gateway}")).unwrap();
+    let server = ServerId { gateway: "istio-system/pass".into(), index: 0 };
+    let at = |sni, port| L4View {
+        port,
+        destination: "127.0.0.1:443".parse().unwrap(),
+        source: "192.0.2.1:1000".parse().unwrap(),
+        sni: Some(sni),
+        gateway: None,
+    };
+    let routed = |sni, port| table.route_passthrough(&server, &at(sni, port)).map(|(rule, _)| rule.to_owned());
+    // The exact virtual host beats the older wildcard one, as Envoy's server names do.
+    assert_eq!(routed("a.example.com", 443).as_deref(), Some("default/exact#tls-0"));
+    // The mesh-only block never applies at the gateway; the second rule does.
+    assert_eq!(routed("z.example.com", 443).as_deref(), Some("default/wide#tls-1"));
+    assert_eq!(routed("z.example.org", 443), None);
+    assert_eq!(routed("z.example.com", 8443), None, "no server on 8443");
+    let text = table.explain_tls("", &L4View { gateway: Some("istio-system/pass"), ..at("z.example.com", 443) });
+    assert!(text.contains("server: istio-system/pass#0 (PASSTHROUGH)"), "{text}");
+    assert!(text.contains("✘ default/wide#tls-0") && text.contains("✔ default/wide#tls-1"), "{text}");
+}
