@@ -6,6 +6,8 @@ pub use testbed::fixtures::*;
 
 use std::path::Path;
 
+use testbed::{Agent, Node, GATEWAY};
+
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
@@ -29,4 +31,23 @@ pub fn certificates_for(dir: &Path, names: &[&str]) {
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+/// The agent on the node with the gateway address and labels set, credentials under `credentials`.
+#[allow(dead_code)] // not every test file runs a gateway
+pub fn gateway_agent(node: &Node, files: &[(&str, &str)], credentials: &Path) -> Agent {
+    let settings = credentials.join("agent.yaml");
+    std::fs::create_dir_all(credentials).unwrap();
+    std::fs::write(
+        &settings,
+        format!(
+            "labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\ncredentials: {}\n",
+            credentials.display()
+        ),
+    )
+    .unwrap();
+    let redirect = format!("{GATEWAY}:15001");
+    let settings = settings.display().to_string();
+    let flags = ["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", &settings];
+    Agent::start_with(node, files, &flags, false).unwrap()
 }
