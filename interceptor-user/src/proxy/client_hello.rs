@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// The most a ClientHello may take, record headers included (Envoy's TLS inspector reads no more
-/// than 64 KiB; real hellos, post-quantum key shares included, stay under 2 KiB).
+/// The most a ClientHello may take, record headers included: one full TLS record's worth (real
+/// hellos, post-quantum key shares included, stay under 2 KiB), so a client cannot make the proxy
+/// buffer much before it knows where the bytes go.
 pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
 /// A ClientHello read off a connection.
