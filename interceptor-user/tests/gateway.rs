@@ -43,6 +43,11 @@ struct Endpoint {
 }
 
 async fn endpoint(name: &'static str) -> Endpoint {
+    endpoint_with(name, None).await
+}
+
+/// As [`endpoint`], over TLS with `tls` when given.
+async fn endpoint_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Endpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -50,7 +55,7 @@ async fn endpoint(name: &'static str) -> Endpoint {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
-            let hits = counted.clone();
+            let (hits, tls) = (counted.clone(), tls.clone());
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 hits.fetch_add(1, Ordering::Relaxed);
                 let proto = req.headers().get("x-forwarded-proto").map(|v| v.to_str().unwrap_or("").to_owned());
@@ -62,7 +67,16 @@ async fn endpoint(name: &'static str) -> Endpoint {
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            let http1 = hyper::server::conn::http1::Builder::new();
+            tokio::spawn(async move {
+                let _ = match tls {
+                    None => http1.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        http1.serve_connection(TokioIo::new(stream), service).await
+                    }
+                };
+            });
         }
     });
     Endpoint { addr, hits }
@@ -621,28 +635,7 @@ async fn tls_endpoint(name: &'static str, base: &Path) -> Endpoint {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (acceptor, hits) = (acceptor.clone(), counted.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
-                let service = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    hits.fetch_add(1, Ordering::Relaxed);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-            });
-        }
-    });
-    Endpoint { addr, hits }
+    endpoint_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
 }
 
 #[tokio::test]

@@ -8,15 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{certificates_for, gateway_agent, node_with_pods, CLIENT};
-use testbed::{wait_for_listener, Agent, Node, GATEWAY};
-
-/// The my-app pods: name, address, version.
-const PODS: [(&str, &str, &str); 3] =
-    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
+use common::{certificates_for, gateway_agent, node_with_pods, serve_https, CLIENT};
+use testbed::{Agent, Node, GATEWAY};
 
 /// `secure`: VIP 10.96.0.20, a `TLS` port 443 → 8443 on the pods, subsets by version, and `tls`
 /// rules: SNI `a.example.com` to v1, `b.example.com` to v2.
@@ -55,22 +50,6 @@ spec:
     route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
 ";
 
-/// Each pod serves HTTPS on 8443: `GET /version` answers its version (HTTP/1.0, then closes).
-fn serve_https(node: &mut Node, dir: &Path) {
-    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
-    for (pod, ip, version) in PODS {
-        let root = dir.join(pod);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("version"), version).unwrap();
-        let listen = format!("{ip}:8443");
-        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
-        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
-        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        node.spawn(cmd).unwrap();
-        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
-    }
-}
-
 /// curl in the client pod, inside the captured cgroup: `https://<sni>/version` at the VIP, the
 /// pod's certificate checked against the test CA. The body, or curl's error.
 fn captured_https(node: &Node, dir: &Path, sni: &str) -> Result<String, String> {
@@ -105,7 +84,7 @@ fn captured_tls_goes_to_the_subset_its_sni_names() {
     let dir = scratch("subsets");
     certificates_for(&dir, &["a.example.com", "b.example.com"]);
     let mut node = node_with_pods().unwrap();
-    serve_https(&mut node, &dir);
+    serve_https(&mut node, &dir, 8443);
     let mut agent = Agent::start(&node, &[("secure.yaml", CONFIG)], false).unwrap();
     for _ in 0..10 {
         assert_eq!(captured_https(&node, &dir, "a.example.com").as_deref(), Ok("v1"), "{}", agent.log());
@@ -122,7 +101,7 @@ fn a_passthrough_gateway_sends_tls_on_by_sni_without_terminating() {
     let dir = scratch("passthrough");
     certificates_for(&dir, &["a.example.com", "b.example.com", "c.example.com"]);
     let mut node = node_with_pods().unwrap();
-    serve_https(&mut node, &dir);
+    serve_https(&mut node, &dir, 8443);
     let port = 9443;
     let gateway = format!(
         "apiVersion: networking.istio.io/v1

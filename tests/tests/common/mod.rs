@@ -6,7 +6,10 @@ pub use testbed::fixtures::*;
 
 use std::path::Path;
 
-use testbed::{Agent, Node, GATEWAY};
+use std::process::Stdio;
+use std::time::Duration;
+
+use testbed::{wait_for_listener, Agent, Node, GATEWAY};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
@@ -50,4 +53,28 @@ pub fn gateway_agent(node: &Node, files: &[(&str, &str)], credentials: &Path) ->
     let settings = settings.display().to_string();
     let flags = ["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", &settings];
     Agent::start_with(node, files, &flags, false).unwrap()
+}
+
+/// The my-app pods: name, address, version.
+#[allow(dead_code)] // not every test file serves HTTPS
+pub const PODS: [(&str, &str, &str); 3] =
+    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
+
+/// Each my-app pod serves HTTPS on `port` with `openssl s_server -WWW` and the certificate
+/// `certificates` wrote in `dir`: `GET /version` answers the file `version` of its own
+/// directory, the pod's version, as HTTP/1.0 ending with the connection.
+#[allow(dead_code)] // not every test file serves HTTPS
+pub fn serve_https(node: &mut Node, dir: &Path, port: u16) {
+    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
+    for (pod, ip, version) in PODS {
+        let root = dir.join(pod);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("version"), version).unwrap();
+        let listen = format!("{ip}:{port}");
+        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
+        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
+        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        node.spawn(cmd).unwrap();
+        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
+    }
 }
