@@ -186,7 +186,7 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
 }
 
 /// One downstream connection: TLS (when the port terminates it), then HTTP.
-async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
+async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
     let _open = inputs.metrics.open_connection();
     let local = match stream.local_addr() {
         Ok(SocketAddr::V4(local)) => Some(local),
@@ -204,7 +204,6 @@ async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: S
     // The ClientHello is read here, not by rustls' lazy acceptor, so that a passthrough server
     // can still send its bytes on untouched.
     let handshake_timeout = inputs.limits.header_read_timeout;
-    let mut stream = stream;
     let hello = match client_hello::read(&mut stream, handshake_timeout).await {
         Ok(hello) => hello,
         Err(err) => {
@@ -260,12 +259,12 @@ async fn passthrough(
     let table = inputs.routes.load_full();
     let destination = local.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
     let at = L4View { port, destination, source: client, sni: hello.sni.as_deref(), gateway: None };
-    let Some((rule, target)) = table.route_passthrough(&server, &at) else {
+    let Some(routed) = table.route_passthrough(&server, &at) else {
         inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
         let sni = hello.sni.as_deref().unwrap_or("-");
         return info!(target: "access", "[tls] gateway {server} port {port} from {client} sni={sni}: NR (no tls rule matched)");
     };
-    super::tcp::forward(&inputs, stream, client, destination, None, rule, target, Some(hello)).await;
+    super::tcp::forward(&inputs, stream, client, destination, None, routed, Some(hello)).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client

@@ -41,21 +41,19 @@ pub async fn serve(
         info!(target: "access", "[{kind}] {service} {original} from {client} sni={}: NR (no {kind} rule matched)", sni.unwrap_or("-"));
         return;
     };
-    forward(&inputs, downstream, client, original, Some(&service), rule, target, hello).await;
+    forward(&inputs, downstream, client, original, Some(&service), (rule, target), hello).await;
 }
 
-/// Forwards `downstream` to an endpoint of `target` (chosen by `rule`), replaying the
-/// ClientHello's bytes first when there is one. Metrics count under `service`, else the
-/// cluster's host (a gateway's connections).
-#[allow(clippy::too_many_arguments)]
+/// Forwards `downstream` to an endpoint of the target `routed` names (with the label of the rule
+/// that chose it), replaying the ClientHello's bytes first when there is one. Metrics count under
+/// `service`, else the cluster's host (a gateway's connections).
 pub(super) async fn forward(
     inputs: &ProxyInputs,
     mut downstream: TcpStream,
     client: SocketAddr,
     original: SocketAddrV4,
     service: Option<&str>,
-    rule: &str,
-    target: &Target,
+    (rule, target): (&str, &Target),
     hello: Option<ClientHello>,
 ) {
     let (kind, sni) = match &hello {
