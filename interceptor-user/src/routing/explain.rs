@@ -280,7 +280,9 @@ pub(super) fn explain_tls<'t>(table: &'t RouteTable, service: &str, at: &L4View<
             let _ = writeln!(out, "result: no rule matched: closed");
         }
         Some((label, targets)) => {
-            let _ = writeln!(out, "result: {label}, bytes forwarded as they are");
+            let why =
+                if label == super::DEFAULT_RULE { " (no tls or tcp rule matched: the service itself)" } else { "" };
+            let _ = writeln!(out, "result: {label}{why}, bytes forwarded as they are");
             let _ = write!(out, "{}", Destinations(targets));
         }
     }

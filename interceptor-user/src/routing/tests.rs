@@ -764,7 +764,10 @@ fn explain_shows_the_tls_decision_for_an_sni() {
     assert!(text.contains("100.00%  outbound|443|v2|secure.default.svc.cluster.local"), "{text}");
     assert!(text.contains("10.244.0.22:443"), "{text}");
     let text = table.explain_tls("secure.default.svc.cluster.local", &at("c.example.com"));
-    assert!(text.contains("result: default,") && text.contains("outbound|443||secure"), "{text}");
+    assert!(
+        text.contains("result: default (no tls or tcp rule matched") && text.contains("outbound|443||secure"),
+        "{text}"
+    );
 }
 
 #[test]
