@@ -795,3 +795,61 @@ spec:
     assert!(got.body.starts_with("backend-"), "{got:?}");
     assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 4);
 }
+
+#[tokio::test]
+async fn one_port_terminates_some_names_and_passes_others_through_until_reload_removes_it() {
+    let (pki, ca, ca_key) = Pki::new("one-port");
+    let gw = pki.leaf(&ca, &ca_key, "gw", &["a.example.com"], false);
+    let p = pki.leaf(&ca, &ca_key, "p", &["p.example.com"], false);
+    let (passed, plain) = (tls_endpoint("backend-p", &p).await, endpoint("plain-v2").await);
+    let port = free_port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shared, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: pass, protocol: TLS}}
+    hosts: [p.example.com]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pass}}
+spec:
+  hosts: [p.example.com]
+  gateways: [shared]
+  tls:
+  - match: [{{sniHosts: [p.example.com]}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v1}}}}]
+---
+{}",
+        gw.with_extension("crt").display(),
+        gw.with_extension("key").display(),
+        virtual_service("[shared]", "[a.example.com]").replace("subset: v1", "subset: v2"),
+    );
+    let settings = settings(&pki.dir);
+    let mut harness = harness(table(&config(passed.addr, plain.addr, &yaml), &settings)).await;
+    let client = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let read_leaf =
+        |base: &Path| CertificateDer::pem_file_iter(base.with_extension("crt")).unwrap().next().unwrap().unwrap();
+
+    let got = https_get(&client, port, "p.example.com", "/").await.unwrap();
+    assert_eq!((got.body.as_str(), got.certificate == read_leaf(&p)), ("backend-p", true), "passed through");
+    let got = https_get(&client, port, "a.example.com", "/").await.unwrap();
+    assert_eq!((got.body.as_str(), got.certificate == read_leaf(&gw)), ("plain-v2", true), "terminated here");
+    assert_eq!(got.headers.get("x-seen-proto").map(|v| v.as_bytes()), Some(&b"https"[..]), "HTTP seen by the gateway");
+
+    // The Gateway goes on reload: its port closes.
+    let without = config(passed.addr, plain.addr, "");
+    harness.reload(table(&without, &settings)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect((LOOPBACK, port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "port {port} still open after the reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
