@@ -83,6 +83,10 @@ enum Command {
         /// Client IP, for sourceLabels / sourceNamespace.
         #[arg(long)]
         source_ip: Option<std::net::IpAddr>,
+        /// Explain a TLS connection whose ClientHello names this server (`tls` rules; with
+        /// `--gateway`, its PASSTHROUGH server on `--host`'s port) instead of an HTTP request.
+        #[arg(long)]
+        sni: Option<String>,
         /// Namespace of resources that do not name one.
         #[arg(long, default_value = interceptor::config::DEFAULT_NAMESPACE)]
         namespace: String,
@@ -203,13 +207,14 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Explain { input, host, path, headers, method, gateway, source_ip, namespace } => {
+        Command::Explain { input, host, path, headers, method, gateway, source_ip, sni, namespace } => {
             let request = ExplainRequest {
                 host: &host,
                 path_and_query: &path,
                 headers: &headers,
                 method: &method,
                 source: source_ip,
+                sni: sni.as_deref(),
             };
             explain(&input, &namespace, gateway.as_deref(), &request)
         }
@@ -387,14 +392,18 @@ struct ExplainRequest<'a> {
     headers: &'a [String],
     method: &'a str,
     source: Option<std::net::IpAddr>,
+    sni: Option<&'a str>,
 }
 
 fn explain(input: &ConfigInput, namespace: &str, gateway: Option<&str>, request: &ExplainRequest<'_>) -> ExitCode {
-    let ExplainRequest { host, path_and_query, headers, method, source } = *request;
+    let ExplainRequest { host, path_and_query, headers, method, source, sni } = *request;
     let table = match load(input, namespace) {
         Ok(table) => table,
         Err(code) => return code,
     };
+    if let Some(sni) = sni {
+        return explain_tls(&table, namespace, gateway, host, source, sni);
+    }
     let mut map = http::HeaderMap::new();
     for h in headers {
         let parsed = h.split_once(':').and_then(|(k, v)| {
@@ -451,6 +460,43 @@ fn explain(input: &ConfigInput, namespace: &str, gateway: Option<&str>, request:
     };
     let explanation = table.explain(&service.host, &view);
     print!("{explanation}");
+    ExitCode::SUCCESS
+}
+
+/// `explain --sni`: a TLS connection to `host` (captured) or to `host`'s port at `gateway`.
+fn explain_tls(
+    table: &interceptor::routing::RouteTable,
+    namespace: &str,
+    gateway: Option<&str>,
+    host: &str,
+    source: Option<std::net::IpAddr>,
+    sni: &str,
+) -> ExitCode {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    let source = SocketAddr::new(source.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), 0);
+    let port_of_host = host.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    if let Some(gateway) = gateway {
+        let gateway = interceptor::routing::resolve_gateway_name(gateway, namespace);
+        let port = port_of_host.unwrap_or(443);
+        let destination = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        let at = interceptor::routing::L4View { port, destination, source, sni: Some(sni), gateway: Some(&gateway) };
+        print!("{}", table.explain_tls("", &at));
+        return ExitCode::SUCCESS;
+    }
+    let Some(service) = table.service_for_authority(host, namespace) else {
+        println!("service: {host}\n  no known service has this host: the connection is not captured");
+        return ExitCode::FAILURE;
+    };
+    let port = port_of_host.or_else(|| service.ports.first().map(|p| p.number)).unwrap_or(443);
+    let vip = service.vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let at = interceptor::routing::L4View {
+        port,
+        destination: SocketAddrV4::new(vip, port),
+        source,
+        sni: Some(sni),
+        gateway: None,
+    };
+    print!("{}", table.explain_tls(&service.host, &at));
     ExitCode::SUCCESS
 }
 

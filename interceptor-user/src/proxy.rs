@@ -3,6 +3,7 @@
 
 pub mod access_log;
 mod body_count;
+pub mod client_hello;
 mod cutoff;
 mod drain;
 mod framing;
@@ -50,6 +51,25 @@ async fn serve_http2(
     let conn = std::pin::pin!(http2.serve_connection(TokioIo::new(stream), service));
     if let Err(err) = watch.run(conn, |conn| conn.graceful_shutdown()).await {
         debug!(%err, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// A captured connection that opened with a TLS record: its ClientHello is read (bounded in size
+/// and by the header read timeout), then it is forwarded by the `tls` rules for its SNI, the
+/// hello replayed first. A hello that does not come whole is counted and the connection closed.
+async fn serve_tls(
+    inputs: ProxyInputs,
+    mut stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    original: SocketAddrV4,
+    service: String,
+) {
+    match client_hello::read(&mut stream, inputs.limits.header_read_timeout).await {
+        Ok(hello) => tcp::serve(inputs, stream, client, original, service, Some(hello)).await,
+        Err(err) => {
+            inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
+            tracing::info!(target: "access", "[tls] {service} {original} from {client}: closed ({err})");
+        }
     }
 }
 
@@ -185,23 +205,32 @@ impl Proxy {
                     let original = inputs.original_destinations.take(client);
                     debug!(?original, "accepted");
                     let tcp_port = original.and_then(|o| tcp_service(&inputs, o).map(|s| (o, s)));
-                    // Declared TCP ports go through as TCP, by the VirtualService's tcp rules.
+                    // Declared TCP ports go through as TCP, by the VirtualService's tcp rules —
+                    // and by its tls rules when it has some and the client opens with TLS.
                     if let Some((original, service)) = tcp_port {
-                        return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
+                        let tls_rules = inputs.routes.load().has_tls_rules(&service);
+                        if tls_rules && sniff::sniff(&stream).await == sniff::Sniffed::Tls {
+                            return Box::pin(serve_tls(inputs, stream, client, original, service)).await;
+                        }
+                        return Box::pin(tcp::serve(inputs, stream, client, original, service, None)).await;
                     }
                     let sniffed = sniff::sniff(&stream).await;
                     if sniffed == sniff::Sniffed::Http2 {
                         return Box::pin(serve_http2(inputs, &http2, watch, stream, client, original)).await;
                     }
-                    // A captured connection that does not speak HTTP goes through as TCP too.
-                    if let (sniff::Sniffed::Opaque, Some(original)) = (sniffed, original) {
+                    // A captured connection that does not speak HTTP goes through as TCP too (TLS
+                    // by its SNI).
+                    if let (sniff::Sniffed::Opaque | sniff::Sniffed::Tls, Some(original)) = (sniffed, original) {
                         let table = inputs.routes.load();
                         let Some(service) = table.service_at(original).map(|s| s.to_string()) else {
                             debug!(%original, "opaque connection to an unknown service port; closing");
                             return;
                         };
                         drop(table);
-                        return Box::pin(tcp::serve(inputs, stream, client, original, service)).await;
+                        if sniffed == sniff::Sniffed::Tls {
+                            return Box::pin(serve_tls(inputs, stream, client, original, service)).await;
+                        }
+                        return Box::pin(tcp::serve(inputs, stream, client, original, service, None)).await;
                     }
                     http1::serve(inputs, &http1, watch, stream, slot, client, original).await;
                 }

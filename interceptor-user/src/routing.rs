@@ -27,6 +27,7 @@ pub use actions::{
     parse_duration, Abort, Cors, DirectResponse, Fault, HeaderOps, HeaderPolicy, Redirect, RetryOn, RetryPolicy,
     Rewrite, TryFailure, GRPC_CODES,
 };
+pub use compile::{sni_matches, L4View};
 pub use explain::Explanation;
 pub use gateway::{
     hosts_intersect, request_host, resolve_gateway_name, selects, GatewayDecision, GatewayEntry, GatewayServer,
@@ -320,10 +321,10 @@ impl Rule {
     }
 }
 
-/// A compiled `tcp` rule.
+/// A compiled `tcp` or `tls` rule (a `tls` rule's blocks also match the SNI).
 #[derive(Debug)]
 pub struct TcpRule {
-    /// `namespace/name#tcp-N`.
+    /// `namespace/name#tcp-N` or `namespace/name#tls-N`.
     pub label: Arc<str>,
     matches: Vec<compile::L4Match>,
     targets: Weights,
@@ -338,6 +339,8 @@ struct ServiceRoutes {
     /// Prefilter over `rules`.
     index: Option<Arc<index::RuleIndex>>,
     tcp_rules: Arc<Vec<TcpRule>>,
+    /// `tls` rules, tried before `tcp_rules` for a connection that opened with a ClientHello.
+    tls_rules: Arc<Vec<TcpRule>>,
     /// Routes used when no VirtualService applies, by port.
     default_rules: HashMap<u16, Rule>,
 }
@@ -647,19 +650,68 @@ impl RouteTable {
         source: SocketAddr,
     ) -> Option<(&'t str, &'t Target)> {
         let routes = self.routes.get(service)?;
-        let rule = routes.tcp_rules.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, destination, source, &self.registry))
-        });
-        match rule {
-            Some(rule) => Some((&rule.label, &rule.targets.pick().target)),
-            None if routes.tcp_rules.is_empty() => {
-                let rule = routes.default_rules.get(&port)?;
-                match &rule.action {
-                    Action::Route(route) => Some((&rule.label, &route.targets.first().target)),
-                    _ => None,
-                }
-            }
+        let at = L4View { port, destination, source, sni: None, gateway: None };
+        match self.first_l4(&routes.tcp_rules, &at) {
+            Some(found) => Some(found),
+            None if routes.tcp_rules.is_empty() => self.default_l4(routes, port),
             None => None,
+        }
+    }
+
+    /// Decides where a captured TLS connection to `service` whose ClientHello named `sni` goes:
+    /// the first `tls` rule that matches; else, as Istio's sidecar listener (its TLS filter
+    /// chains come before the TCP ones, which end with the service itself), the `tcp` rules,
+    /// then the service's own cluster.
+    pub fn route_tls<'t>(
+        &'t self,
+        service: &str,
+        port: u16,
+        destination: SocketAddrV4,
+        source: SocketAddr,
+        sni: Option<&str>,
+    ) -> Option<(&'t str, &'t Target)> {
+        let routes = self.routes.get(service)?;
+        let at = L4View { port, destination, source, sni, gateway: None };
+        self.first_l4(&routes.tls_rules, &at)
+            .or_else(|| self.first_l4(&routes.tcp_rules, &at))
+            .or_else(|| self.default_l4(routes, port))
+    }
+
+    /// Whether `service` has `tls` rules (then a TCP port is worth reading a ClientHello on).
+    pub fn has_tls_rules(&self, service: &str) -> bool {
+        self.routes.get(service).is_some_and(|r| !r.tls_rules.is_empty())
+    }
+
+    /// Decides where a TLS connection that entered gateway server `server` on `at.port`
+    /// (`PASSTHROUGH`) goes: the virtual hosts of the server the SNI admits, most specific
+    /// first (Envoy's order for server names), each VirtualService's `tls` rules in order.
+    /// Returns the rule's label and target.
+    pub fn route_passthrough<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
+        let at = L4View { gateway: Some(&server.id.gateway), ..*at };
+        passthrough_candidates(server, at.sni).into_iter().find_map(|vh| self.first_l4(&vh.tls_rules, &at))
+    }
+
+    /// Explains how a TLS connection naming `at.sni` is routed: captured, to `service`
+    /// (`tls`, then `tcp` rules, then the service), or at `at.gateway`'s `PASSTHROUGH` server on
+    /// `at.port` (for `interceptor explain --sni`).
+    pub fn explain_tls(&self, service: &str, at: &L4View<'_>) -> String {
+        explain::explain_tls(self, service, at)
+    }
+
+    /// The first of `rules` whose blocks match `at` (a rule without blocks matches anything).
+    fn first_l4<'t>(&'t self, rules: &'t [TcpRule], at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let rule =
+            rules.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(at, &self.registry)))?;
+        Some((&rule.label, &rule.targets.pick().target))
+    }
+
+    /// The service's own cluster on `port`.
+    fn default_l4<'t>(&'t self, routes: &'t ServiceRoutes, port: u16) -> Option<(&'t str, &'t Target)> {
+        let rule = routes.default_rules.get(&port)?;
+        match &rule.action {
+            Action::Route(route) => Some((&rule.label, &route.targets.first().target)),
+            _ => None,
         }
     }
 
@@ -678,6 +730,19 @@ impl RouteTable {
     pub fn describe(&self) -> String {
         explain::describe(self)
     }
+}
+
+/// The virtual hosts of a `PASSTHROUGH` server `sni` may reach, most specific domain first
+/// (Envoy's order for server names), then in binding order (the older VirtualService first).
+fn passthrough_candidates<'s>(server: &'s GatewayServer, sni: Option<&str>) -> Vec<&'s gateway::VirtualHost> {
+    let mut ranked: Vec<(usize, usize)> = server
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, vh)| gateway::sni_rank(&vh.domain, sni).map(|rank| (rank, i)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.into_iter().map(|(_, i)| &server.virtual_hosts[i]).collect()
 }
 
 #[cfg(test)]

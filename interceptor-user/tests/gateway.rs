@@ -43,6 +43,11 @@ struct Endpoint {
 }
 
 async fn endpoint(name: &'static str) -> Endpoint {
+    endpoint_with(name, None).await
+}
+
+/// As [`endpoint`], over TLS with `tls` when given.
+async fn endpoint_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Endpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -50,7 +55,7 @@ async fn endpoint(name: &'static str) -> Endpoint {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
-            let hits = counted.clone();
+            let (hits, tls) = (counted.clone(), tls.clone());
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 hits.fetch_add(1, Ordering::Relaxed);
                 let proto = req.headers().get("x-forwarded-proto").map(|v| v.to_str().unwrap_or("").to_owned());
@@ -62,7 +67,16 @@ async fn endpoint(name: &'static str) -> Endpoint {
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            let http1 = hyper::server::conn::http1::Builder::new();
+            tokio::spawn(async move {
+                let _ = match tls {
+                    None => http1.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        http1.serve_connection(TokioIo::new(stream), service).await
+                    }
+                };
+            });
         }
     });
     Endpoint { addr, hits }
@@ -608,4 +622,234 @@ spec:
     assert_eq!(f.line, 29, "{f}");
     assert!(f.message.contains("/nonexistent/tls.crt"), "{f}");
     assert_eq!(table.gateways().ports().count(), 0, "the server is not served");
+}
+
+/// A loopback TLS endpoint with its own certificate (`<base>.crt`/`.key`), answering every HTTP/1
+/// request with `name`: what a `PASSTHROUGH` gateway must reach without terminating anything.
+async fn tls_endpoint(name: &'static str, base: &Path) -> Endpoint {
+    let chain = CertificateDer::pem_file_iter(base.with_extension("crt")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(base.with_extension("key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    endpoint_with(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+}
+
+#[tokio::test]
+async fn passthrough_routes_by_sni_to_tls_endpoints_without_terminating() {
+    let (pki, ca, ca_key) = Pki::new("passthrough");
+    let a = pki.leaf(&ca, &ca_key, "a", &["a.example.com", "split.example.com"], false);
+    let b = pki.leaf(&ca, &ca_key, "b", &["b.example.com", "split.example.com"], false);
+    let (v1, v2) = (tls_endpoint("backend-a", &a).await, tls_endpoint("backend-b", &b).await);
+    let port = free_port();
+    let to = |subset: &str, weight: u32| {
+        format!("{{destination: {{host: my-app.default.svc.cluster.local, subset: {subset}}}, weight: {weight}}}")
+    };
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: pass, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: tls, protocol: TLS}}
+    hosts: [\"*.example.com\"]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: sni, namespace: default}}
+spec:
+  hosts: [a.example.com, b.example.com, split.example.com, c.example.com]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{{sniHosts: [a.example.com]}}]
+    route: [{}]
+  - match: [{{sniHosts: [b.example.com]}}]
+    route: [{}]
+  - match: [{{sniHosts: [split.example.com]}}]
+    route: [{}, {}]
+",
+        to("v1", 100),
+        to("v2", 100),
+        to("v1", 50),
+        to("v2", 50)
+    );
+    let settings = settings(&pki.dir);
+    let table = table(&config(v1.addr, v2.addr, &yaml), &settings);
+    let explained = table.describe();
+    assert!(explained.contains("PASSTHROUGH TLS"), "{explained}");
+    let _harness = harness(table).await;
+    // The client trusts the CA and checks the endpoint's own name: the gateway holds no
+    // certificate at all, so a completed handshake is the endpoint's.
+    let client = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let read_leaf =
+        |base: &Path| CertificateDer::pem_file_iter(base.with_extension("crt")).unwrap().next().unwrap().unwrap();
+    let (leaf_a, leaf_b) = (read_leaf(&a), read_leaf(&b));
+
+    let got = https_get(&client, port, "a.example.com", "/").await.unwrap();
+    assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "backend-a"));
+    assert_eq!(got.certificate, leaf_a, "backend A's own certificate");
+    let got = https_get(&client, port, "B.example.com", "/").await.unwrap();
+    assert_eq!((got.body.as_str(), got.certificate == leaf_b), ("backend-b", true));
+
+    // 50/50 across the two endpoints, each showing its own certificate.
+    let (mut to_a, mut to_b) = (0, 0);
+    for _ in 0..200 {
+        let got = https_get(&client, port, "split.example.com", "/").await.unwrap();
+        match got.body.as_str() {
+            "backend-a" if got.certificate == leaf_a => to_a += 1,
+            "backend-b" if got.certificate == leaf_b => to_b += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!((60..=140).contains(&to_a) && to_a + to_b == 200, "a={to_a} b={to_b}");
+    assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 202);
+
+    // A name the server admits but no tls rule routes, and one no server admits: closed.
+    for sni in ["c.example.com", "other.org"] {
+        let refused = https_get(&client, port, sni, "/").await;
+        assert!(refused.is_err(), "{sni}: {refused:?}");
+    }
+    // Garbage where a ClientHello belongs: closed, the listener keeps serving.
+    let mut garbage = TcpStream::connect((LOOPBACK, port)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"\x16\x03\x01\x00\x05hello").await.unwrap();
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut garbage, &mut rest))
+            .await;
+    assert!(closed.is_ok(), "a malformed hello is closed at once");
+    assert_eq!(https_get(&client, port, "a.example.com", "/").await.unwrap().body, "backend-a");
+}
+
+#[test]
+fn passthrough_and_terminated_servers_share_a_port_but_plain_http_does_not() {
+    let (pki, ca, ca_key) = Pki::new("mixed");
+    let a = pki.leaf(&ca, &ca_key, "a", &["a.example.com"], false);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: mixed, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 9443, name: pass, protocol: TLS}}
+    hosts: [\"p.example.com\"]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 9443, name: https, protocol: HTTPS}}
+    hosts: [\"a.example.com\"]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+  - port: {{number: 9443, name: http, protocol: HTTP}}
+    hosts: [\"h.example.com\"]
+  - port: {{number: 9444, name: auto, protocol: TLS}}
+    hosts: [\"*.local\"]
+    tls: {{mode: AUTO_PASSTHROUGH}}
+",
+        a.with_extension("crt").display(),
+        a.with_extension("key").display()
+    );
+    let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), &yaml);
+    let mut table = RouteTable::compile(&snapshot).unwrap();
+    assert!(prepare(&mut table, &settings(&pki.dir)).is_empty());
+    let servers: Vec<String> = table.gateways().servers(9443).iter().map(|s| s.name.clone()).collect();
+    assert_eq!(servers, ["pass", "https"]);
+    assert!(table.gateways().servers(9444).is_empty());
+    let warned =
+        |field: &str, text: &str| table.warnings().iter().any(|d| d.field == field && d.message.contains(text));
+    assert!(warned("spec.servers[2].port", "this server is ignored"), "{:?}", table.warnings());
+    assert!(warned("spec.servers[3].tls.mode", "AUTO_PASSTHROUGH"), "{:?}", table.warnings());
+}
+
+#[tokio::test]
+async fn captured_tls_is_routed_by_sni_with_the_mesh_tls_rules() {
+    let (pki, ca, ca_key) = Pki::new("mesh-sni");
+    let a = pki.leaf(&ca, &ca_key, "a", &["a.example.com", "my-app.default.svc.cluster.local"], false);
+    let b = pki.leaf(&ca, &ca_key, "b", &["b.example.com", "my-app.default.svc.cluster.local"], false);
+    let (v1, v2) = (tls_endpoint("backend-a", &a).await, tls_endpoint("backend-b", &b).await);
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sni, namespace: default}
+spec:
+  hosts: [my-app.default.svc.cluster.local, a.example.com, b.example.com]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: my-app.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [b.example.com]}]
+    route: [{destination: {host: my-app.default.svc.cluster.local, subset: v2}}]
+";
+    let table = RouteTable::compile(&config(v1.addr, v2.addr, yaml)).unwrap();
+    let harness = harness(table).await;
+    let client = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let port = harness.mesh.port();
+    for (sni, backend) in
+        [("a.example.com", "backend-a"), ("b.example.com", "backend-b"), ("a.example.com", "backend-a")]
+    {
+        let got = https_get(&client, port, sni, "/").await.unwrap();
+        assert_eq!(got.body, backend, "{sni}");
+    }
+    // No tls rule for the service's own name: Istio's fall-through to the service, either endpoint.
+    let got = https_get(&client, port, "my-app.default.svc.cluster.local", "/").await.unwrap();
+    assert!(got.body.starts_with("backend-"), "{got:?}");
+    assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn one_port_terminates_some_names_and_passes_others_through_until_reload_removes_it() {
+    let (pki, ca, ca_key) = Pki::new("one-port");
+    let gw = pki.leaf(&ca, &ca_key, "gw", &["a.example.com"], false);
+    let p = pki.leaf(&ca, &ca_key, "p", &["p.example.com"], false);
+    let (passed, plain) = (tls_endpoint("backend-p", &p).await, endpoint("plain-v2").await);
+    let port = free_port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shared, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: pass, protocol: TLS}}
+    hosts: [p.example.com]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: pass}}
+spec:
+  hosts: [p.example.com]
+  gateways: [shared]
+  tls:
+  - match: [{{sniHosts: [p.example.com]}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v1}}}}]
+---
+{}",
+        gw.with_extension("crt").display(),
+        gw.with_extension("key").display(),
+        virtual_service("[shared]", "[a.example.com]").replace("subset: v1", "subset: v2"),
+    );
+    let settings = settings(&pki.dir);
+    let mut harness = harness(table(&config(passed.addr, plain.addr, &yaml), &settings)).await;
+    let client = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let read_leaf =
+        |base: &Path| CertificateDer::pem_file_iter(base.with_extension("crt")).unwrap().next().unwrap().unwrap();
+
+    let got = https_get(&client, port, "p.example.com", "/").await.unwrap();
+    assert_eq!((got.body.as_str(), got.certificate == read_leaf(&p)), ("backend-p", true), "passed through");
+    let got = https_get(&client, port, "a.example.com", "/").await.unwrap();
+    assert_eq!((got.body.as_str(), got.certificate == read_leaf(&gw)), ("plain-v2", true), "terminated here");
+    assert_eq!(got.headers.get("x-seen-proto").map(|v| v.as_bytes()), Some(&b"https"[..]), "HTTP seen by the gateway");
+
+    // The Gateway goes on reload: its port closes.
+    let without = config(passed.addr, plain.addr, "");
+    harness.reload(table(&without, &settings)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect((LOOPBACK, port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "port {port} still open after the reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{assert_share, certificates, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use common::{assert_share, certificates, gateway_agent, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::seed_cluster::{seed_plane, NODE};
 use testbed::{poll_until, read_stdout, Agent, LoadReport, LoopbackBridge, Node, GATEWAY};
 
@@ -41,23 +41,6 @@ spec:
   servers:
 {servers}"
     )
-}
-
-/// The agent on the node with the gateway address and labels set.
-fn agent(node: &Node, files: &[(&str, &str)], credentials: &Path) -> Agent {
-    let settings = credentials.join("agent.yaml");
-    std::fs::write(
-        &settings,
-        format!(
-            "labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\ncredentials: {}\n",
-            credentials.display()
-        ),
-    )
-    .unwrap();
-    let redirect = format!("{GATEWAY}:15001");
-    let settings = settings.display().to_string();
-    let flags = ["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", &settings];
-    Agent::start_with(node, files, &flags, false).unwrap()
 }
 
 /// The VirtualService `default/edge` for my-app.example.com, bound to `gateways`, routing all to `subset`.
@@ -112,7 +95,7 @@ spec:
     - {destination: {host: my-app.default.svc.cluster.local, subset: v2}, weight: 10}
 ";
     let mut agent =
-        agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &dir);
+        gateway_agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &dir);
     let ca = dir.join("my-app-cert/ca.pem").display().to_string();
     let resolve = format!("my-app.example.com:{HTTPS_PORT}:{GATEWAY}");
     let url = format!("https://my-app.example.com:{HTTPS_PORT}/");
@@ -163,7 +146,7 @@ fn a_gateway_removed_on_reload_closes_its_port_while_captured_traffic_flows() {
         &format!("  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n"),
     );
     let vs = &edge("[public, low]", "v1");
-    let mut agent = agent(
+    let mut agent = gateway_agent(
         &node,
         &[
             ("svc.yaml", SERVICE),
@@ -250,8 +233,11 @@ fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
         ),
     );
     let vs = &edge("[public]", "v1");
-    let mut agent =
-        agent(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)], &credentials);
+    let mut agent = gateway_agent(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("gw.yaml", &gw), ("vs.yaml", vs)],
+        &credentials,
+    );
     let resolve = format!("my-app.example.com:{HTTPS_PORT}:{GATEWAY}");
     let url = format!("https://my-app.example.com:{HTTPS_PORT}/");
     let get = |ca: &str| {

@@ -6,32 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{certificates, node_with_pods, CLIENT, HOST, SERVICE};
-use testbed::{wait_for_listener, Agent, Node};
-
-/// The my-app pods: name, address, version.
-const PODS: [(&str, &str, &str); 3] =
-    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
-
-/// Each my-app pod serves HTTPS on 8080 with `openssl s_server -WWW`: `GET /version` answers the
-/// file `version` of its own directory, the pod's version, as HTTP/1.0 ending with the connection.
-fn serve_https(node: &mut Node, dir: &Path) {
-    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
-    for (pod, ip, version) in PODS {
-        let root = dir.join(pod);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("version"), version).unwrap();
-        let listen = format!("{ip}:8080");
-        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
-        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
-        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        node.spawn(cmd).unwrap();
-        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
-    }
-}
+use common::{certificates, node_with_pods, serve_https, CLIENT, HOST, SERVICE};
+use testbed::{Agent, Node};
 
 /// `my-app`'s DestinationRule with subsets and `tls` as the service's TLS settings.
 fn destination_rule(tls: &str) -> String {
@@ -71,7 +49,7 @@ fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
     let dir = scratch("simple");
     certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
-    serve_https(&mut node, &dir);
+    serve_https(&mut node, &dir, 8080);
     let dr = destination_rule(&format!("{{mode: SIMPLE, caCertificates: {}}}", dir.join("ca.pem").display()));
     let agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr)], false).unwrap();
     let mut versions = Vec::new();
@@ -91,7 +69,7 @@ fn istio_mutual_is_answered_503_uf_by_the_agent() {
     let dir = scratch("istio");
     certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
-    serve_https(&mut node, &dir);
+    serve_https(&mut node, &dir, 8080);
     let dr = destination_rule("{mode: ISTIO_MUTUAL}");
     let mut agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", &dr)], false).unwrap();
     let (status, body) = captured_get(&node);

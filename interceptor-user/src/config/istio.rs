@@ -344,7 +344,7 @@ pub struct L4MatchAttributes {
     pub gateways: Vec<String>,
 }
 
-/// One `tls` rule (SNI routing): not supported yet, but parsed so its values are validated.
+/// One `tls` rule: routes a TLS connection by its ClientHello's SNI (compiled with `tcp` rules).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsRoute {

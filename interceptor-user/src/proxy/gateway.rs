@@ -1,6 +1,7 @@
 //! Gateway listeners: one per port the Gateways this agent serves use, bound on the settings'
-//! `gatewayAddress`. TLS is terminated with the server the ClientHello's SNI picks (its own
-//! certificate, client verification and versions), HTTP/1.1 or HTTP/2 is then served by hyper,
+//! `gatewayAddress`. The ClientHello's SNI picks the server: a `PASSTHROUGH` one sends the TLS
+//! bytes on by its `tls` rules; otherwise TLS is terminated with that server's certificate,
+//! client verification and versions, HTTP/1.1 or HTTP/2 is then served by hyper,
 //! and every request goes through the same decision (`plan`, with the gateway as part of its
 //! input) and try loop as captured traffic. Listeners follow the route table: a reload opens the
 //! ports that appeared and closes those that went, leaving the others' connections alone.
@@ -20,9 +21,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::{drain, limits, metrics, Outbound, ProxyInputs};
+use super::{client_hello, drain, limits, metrics, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
-use crate::routing::{selects, RouteTable, ServerId, ServerProtocol};
+use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
 
 /// How a connection entered a gateway listener.
 #[derive(Clone, Debug)]
@@ -61,7 +62,7 @@ pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
             )),
         }
     }
-    gateways.retain_servers(|s| s.protocol == ServerProtocol::Http || s.tls_config.is_some());
+    gateways.retain_servers(|s| s.protocol != ServerProtocol::Https || s.tls_config.is_some());
     findings
 }
 
@@ -185,7 +186,7 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
 }
 
 /// One downstream connection: TLS (when the port terminates it), then HTTP.
-async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
+async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
     let _open = inputs.metrics.open_connection();
     let local = match stream.local_addr() {
         Ok(SocketAddr::V4(local)) => Some(local),
@@ -200,24 +201,39 @@ async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: S
         let entered = GatewayConnection { port, server: None, sni: None, local };
         return serve_http(inputs, entered, client, stream, watch).await;
     }
+    // The ClientHello is read here, not by rustls' lazy acceptor, so that a passthrough server
+    // can still send its bytes on untouched.
     let handshake_timeout = inputs.limits.header_read_timeout;
-    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-    let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(err)) => return debug!(%err, "not a TLS ClientHello"),
-        Err(_) => return debug!("no ClientHello in time"),
+    let hello = match client_hello::read(&mut stream, handshake_timeout).await {
+        Ok(hello) => hello,
+        Err(err) => {
+            inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
+            return debug!(%err, "no usable ClientHello; closing");
+        }
     };
-    let sni: Option<Box<str>> = start.client_hello().server_name().map(Into::into);
+    let sni: Option<Box<str>> = hello.sni.as_deref().map(Into::into);
     let chosen = {
         let table = inputs.routes.load();
         table
             .gateways()
             .server_for_sni(port, sni.as_deref())
-            .and_then(|server| Some((server.id.clone(), server.tls_config.clone()?)))
+            .map(|server| (server.id.clone(), server.protocol, server.tls_config.clone()))
     };
-    let Some((server, config)) = chosen else {
+    let Some((server, protocol, config)) = chosen else {
         // Envoy: no filter chain for this server name, and the connection closes.
+        inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
         return debug!(?sni, "no gateway server for this SNI; closing");
+    };
+    if protocol == ServerProtocol::Passthrough {
+        return passthrough(inputs, port, server, stream, client, local, hello).await;
+    }
+    let Some(config) = config else { return debug!(%server, "TLS server without its configuration; closing") };
+    let replayed = client_hello::Prefixed::new(hello.bytes, stream);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), replayed);
+    let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(err)) => return debug!(%err, "not a TLS ClientHello"),
+        Err(_) => return debug!("no ClientHello in time"),
     };
     let stream = match tokio::time::timeout(handshake_timeout, start.into_stream(config)).await {
         Ok(Ok(stream)) => stream,
@@ -226,6 +242,29 @@ async fn connection(inputs: ProxyInputs, port: u16, stream: TcpStream, client: S
     };
     let entered = GatewayConnection { port, server: Some(server), sni, local };
     serve_http(inputs, entered, client, stream, watch).await;
+}
+
+/// A `PASSTHROUGH` server's connection: the `tls` rules of the VirtualServices bound to it pick
+/// a destination by SNI, and the TLS bytes go there untouched (the ClientHello first). No rule:
+/// closed, as Envoy closes a connection no filter chain takes.
+async fn passthrough(
+    inputs: ProxyInputs,
+    port: u16,
+    server: ServerId,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: Option<SocketAddrV4>,
+    hello: client_hello::ClientHello,
+) {
+    let table = inputs.routes.load_full();
+    let destination = local.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
+    let at = L4View { port, destination, source: client, sni: hello.sni.as_deref(), gateway: None };
+    let Some(routed) = table.route_passthrough(&server, &at) else {
+        inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
+        let sni = hello.sni.as_deref().unwrap_or("-");
+        return info!(target: "access", "[tls] gateway {server} port {port} from {client} sni={sni}: NR (no tls rule matched)");
+    };
+    super::tcp::forward(&inputs, stream, client, destination, None, routed, Some(hello)).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client

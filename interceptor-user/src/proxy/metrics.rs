@@ -245,6 +245,7 @@ impl ProxyMetrics {
             REJECT_MALFORMED_BODY,
             REJECT_MISSING_HOST,
             REJECT_DUPLICATE_HOST,
+            REJECT_CLIENT_HELLO,
         ] {
             let _ = this.rejected.get_or_create(&RejectLabels { reason });
         }
@@ -317,6 +318,9 @@ fn tcp_labels(service: &str) -> TcpLabels {
     TcpLabels { reporter: "source", destination_service: service.to_owned(), request_protocol: "tcp" }
 }
 
+/// Reason label: a connection that opened as TLS sent no usable ClientHello (malformed, too
+/// large, too slow), or one no rule or gateway server admits; closed.
+pub const REJECT_CLIENT_HELLO: &str = "client_hello";
 /// Reason label: the connection cap was reached.
 pub const REJECT_OVERLOAD: &str = "overload";
 /// Reason label: the request head did not arrive in time.

@@ -1,4 +1,4 @@
-//! Protocol sniffing on captured connections: HTTP/1, HTTP/2 with prior knowledge, or neither.
+//! Protocol sniffing on captured connections: HTTP/1, HTTP/2 with prior knowledge, TLS, or none.
 //! Connections that do not speak HTTP are recognised by their first bytes (or by saying
 //! nothing within a short time, as server-first protocols do); the proxy then forwards them as
 //! TCP (`proxy::tcp`), as Istio's protocol sniffing does.
@@ -21,6 +21,8 @@ pub enum Sniffed {
     Http,
     /// HTTP/2 with prior knowledge: the connection preface.
     Http2,
+    /// A TLS handshake record (a ClientHello, presumably): routed by SNI (`tls` rules).
+    Tls,
     /// Not HTTP.
     Opaque,
     /// Not enough bytes to decide.
@@ -29,8 +31,12 @@ pub enum Sniffed {
 
 /// Classifies the first bytes of a connection.
 pub fn classify(head: &[u8]) -> Sniffed {
-    if head.is_empty() {
-        return Sniffed::NeedMore;
+    // A TLS record of type handshake (22), protocol version major 3: what every ClientHello
+    // starts with, as Envoy's TLS inspector checks.
+    match head {
+        [] | [0x16] => return Sniffed::NeedMore,
+        [0x16, 0x03, ..] => return Sniffed::Tls,
+        _ => {}
     }
     let mut prefix_of_some = false;
     for start in HTTP_STARTS {
@@ -85,7 +91,9 @@ mod tests {
         assert_eq!(classify(b"PRI * HT"), Sniffed::NeedMore);
         assert_eq!(classify(b"PO"), Sniffed::NeedMore);
         assert_eq!(classify(b""), Sniffed::NeedMore);
-        assert_eq!(classify(b"\x16\x03\x01\x02"), Sniffed::Opaque);
+        assert_eq!(classify(b"\x16\x03\x01\x02"), Sniffed::Tls);
+        assert_eq!(classify(b"\x16"), Sniffed::NeedMore);
+        assert_eq!(classify(b"\x16\x04"), Sniffed::Opaque);
         assert_eq!(classify(b"GETX"), Sniffed::Opaque);
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Sniffed::Opaque);
     }

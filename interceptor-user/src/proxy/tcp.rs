@@ -1,5 +1,6 @@
 //! Captured connections to TCP service ports: routed by the VirtualService's `tcp` rules (or to
-//! the whole service) and forwarded as a byte stream, over TLS when the cluster originates it.
+//! the whole service; `tls` rules by SNI first for a connection that opens with a ClientHello) and
+//! forwarded as a byte stream, over TLS when the cluster originates it.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -8,56 +9,98 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::info;
 
+use super::client_hello::ClientHello;
 use super::upstream::{connect, UpstreamStream};
 use super::ProxyInputs;
 use crate::endpoints::PickContext;
 use crate::routing::{Cluster, Target};
 
-/// Forwards one TCP connection from `client`, originally to `original` (a VIP of `service`).
+/// Forwards one TCP connection from `client`, originally to `original` (a VIP of `service`):
+/// by the `tcp` rules, or — when it opened with a ClientHello (`hello`, already read off the
+/// socket) — by the `tls` rules for its SNI first.
 pub async fn serve(
     inputs: ProxyInputs,
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     client: SocketAddr,
     original: SocketAddrV4,
     service: String,
+    hello: Option<ClientHello>,
 ) {
     let table = inputs.routes.load_full();
-    let Some((rule, target)) = table.route_tcp(&service, original.port(), original, client) else {
-        info!(target: "access", "[tcp] {service} {original} from {client}: NR (no tcp rule matched)");
+    let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
+    let routed = match &hello {
+        Some(_) => table.route_tls(&service, original.port(), original, client, sni),
+        None => table.route_tcp(&service, original.port(), original, client),
+    };
+    let Some((rule, target)) = routed else {
+        let kind = if hello.is_some() { "tls" } else { "tcp" };
+        info!(target: "access", "[{kind}] {service} {original} from {client} sni={}: NR (no {kind} rule matched)", sni.unwrap_or("-"));
         return;
+    };
+    forward(&inputs, downstream, client, original, Some(&service), (rule, target), hello).await;
+}
+
+/// Forwards `downstream` to an endpoint of the target `routed` names (with the label of the rule
+/// that chose it), replaying the ClientHello's bytes first when there is one. Metrics count under
+/// `service`, else the cluster's host (a gateway's connections).
+pub(super) async fn forward(
+    inputs: &ProxyInputs,
+    mut downstream: TcpStream,
+    client: SocketAddr,
+    original: SocketAddrV4,
+    service: Option<&str>,
+    (rule, target): (&str, &Target),
+    hello: Option<ClientHello>,
+) {
+    let (kind, sni) = match &hello {
+        Some(h) => ("tls", h.sni.clone().unwrap_or_else(|| "-".to_owned())),
+        None => ("tcp", "-".to_owned()),
     };
     let cluster = match target {
         Target::Cluster(c) => c.clone(),
         Target::Missing { cluster } => {
-            info!(target: "access", "[tcp] {service} {original} rule={rule}: NC (cluster {cluster} not found)");
+            let service = service.unwrap_or("-");
+            info!(target: "access", "[{kind}] {service} {original} sni={sni} rule={rule}: NC (cluster {cluster} not found)");
             return;
         }
     };
+    let service = service.unwrap_or(&cluster.host);
     if let Some(why) = cluster.tls.refusal() {
         // Never plaintext where TLS was asked for: nothing is dialled.
-        info!(target: "access", "[tcp] {service} {original} rule={rule} cluster={}: UF (upstream TLS: {why})", cluster.name);
+        info!(target: "access", "[{kind}] {service} {original} sni={sni} rule={rule} cluster={}: UF (upstream TLS: {why})", cluster.name);
         return;
     }
     let Some((endpoint, _in_flight)) = cluster.balancer.pick(PickContext::default()) else {
-        info!(target: "access", "[tcp] {service} {original} rule={rule} cluster={}: UH (no healthy upstream)", cluster.name);
+        info!(target: "access", "[{kind}] {service} {original} sni={sni} rule={rule} cluster={}: UH (no healthy upstream)", cluster.name);
         return;
     };
-    let mut upstream = match connect_upstream(&inputs, &cluster, endpoint).await {
+    let mut upstream = match connect_upstream(inputs, &cluster, endpoint).await {
         Ok(stream) => stream,
         Err(err) => {
-            info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} UF {err}", cluster.name);
+            info!(target: "access", "[{kind}] {service} {original} -> {endpoint} sni={sni} rule={rule} cluster={} UF {err}", cluster.name);
             return;
         }
     };
-    inputs.metrics.tcp_opened(&service);
+    inputs.metrics.tcp_opened(service);
+    let replayed = match hello {
+        Some(hello) => match upstream.write_all(&hello.bytes).await {
+            Ok(()) => hello.bytes.len() as u64,
+            Err(err) => {
+                info!(target: "access", "[{kind}] {service} {original} -> {endpoint} sni={sni} rule={rule} cluster={} UC {err}", cluster.name);
+                return;
+            }
+        },
+        None => 0,
+    };
     let relayed = relay(&mut downstream, &mut upstream, cluster.tcp_idle_timeout).await;
-    inputs.metrics.tcp_bytes(&service, relayed.sent, relayed.received);
-    let (sent, received, idle) = (relayed.sent, relayed.received, if relayed.idled { " idle timeout" } else { "" });
-    info!(target: "access", "[tcp] {service} {original} -> {endpoint} rule={rule} cluster={} sent={sent} received={received}{idle}", cluster.name);
+    let sent = relayed.sent + replayed;
+    inputs.metrics.tcp_bytes(service, sent, relayed.received);
+    let (received, idle) = (relayed.received, if relayed.idled { " idle timeout" } else { "" });
+    info!(target: "access", "[{kind}] {service} {original} -> {endpoint} from {client} sni={sni} rule={rule} cluster={} sent={sent} received={received}{idle}", cluster.name);
 }
 
 /// Connects to `endpoint` of `cluster`, with TLS when the cluster originates it; the handshake is

@@ -18,6 +18,7 @@ use crate::config::{ConfigError, Diagnostic, Resource, Severity, Snapshot, Sourc
 use crate::endpoints::{ClusterStates, Registry};
 
 pub(super) use tcp::L4Match;
+pub use tcp::{sni_matches, L4View};
 
 /// What compiling one snapshot reads and builds, shared by every step.
 struct Compiler<'a> {
@@ -112,13 +113,13 @@ pub(super) fn compile(
             }
             continue;
         }
-        let Some((http, tcp)) = cx.virtual_service(vs) else {
+        let Some((http, l4)) = cx.virtual_service(vs) else {
             continue;
         };
         let http = Arc::new(http);
         let index = cx.index(vs, &http);
-        cx.bind(vs, http.clone(), index.clone(), Arc::new(tcp), &mut routes);
-        cx.bind_gateways(vs, &http, &index, &mut gateways);
+        cx.bind(vs, http.clone(), index.clone(), &l4, &mut routes);
+        cx.bind_gateways(vs, &http, &index, &l4.tls, &mut gateways);
     }
 
     let Compiler { clusters, diags, credential_errors, .. } = cx;

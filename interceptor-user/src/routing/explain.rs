@@ -3,7 +3,9 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{Action, ClusterTls, GatewayServer, RequestView, RouteTable, Rule, Target};
+use super::{
+    Action, ClusterTls, GatewayServer, L4View, RequestView, RouteTable, Rule, ServerProtocol, Target, TcpRule, Weights,
+};
 
 /// How one rule fared against the request.
 #[derive(Debug)]
@@ -128,7 +130,11 @@ impl fmt::Display for Explanation<'_> {
                     self.service
                 );
             };
-            let tls = if server.tls.is_some() { "TLS terminated" } else { "plain" };
+            let tls = match server.protocol {
+                ServerProtocol::Passthrough => "TLS passthrough",
+                _ if server.tls.is_some() => "TLS terminated",
+                _ => "plain",
+            };
             writeln!(f, "server: {} (port {}, {tls})", server.id, server.port)?;
             if server.https_redirect {
                 return writeln!(f, "result: 301 to https (httpsRedirect)");
@@ -196,6 +202,106 @@ fn write_action(f: &mut fmt::Formatter<'_>, rule: &Rule) -> fmt::Result {
     }
 }
 
+/// `explain --sni`: each `tls` (then `tcp`) rule a TLS connection meets, the one that matched and
+/// its destinations. At a gateway (`at.gateway`), the `PASSTHROUGH` server the SNI picks on
+/// `at.port` and the `tls` rules of the VirtualServices bound to it.
+pub(super) fn explain_tls<'t>(table: &'t RouteTable, service: &str, at: &L4View<'_>) -> String {
+    let sni = at.sni.unwrap_or("(none)");
+    let mut out = String::new();
+    let mut tried: Vec<(&'t TcpRule, bool)> = Vec::new();
+    let mut chosen: Option<(&'t str, &'t Weights)> = None;
+    let mut tried_rules = |rules: &'t [TcpRule], at: &L4View<'_>| {
+        for rule in rules {
+            let matched = rule.matches.is_empty() || rule.matches.iter().any(|m| m.matches(at, &table.registry));
+            tried.push((rule, matched));
+            if matched {
+                return true;
+            }
+        }
+        false
+    };
+    if let Some(gateway) = at.gateway {
+        let _ = writeln!(out, "gateway: {gateway} port {} (TLS, SNI {sni})", at.port);
+        let server = table
+            .gateways
+            .servers(at.port)
+            .iter()
+            .filter(|s| &*s.id.gateway == gateway && s.protocol.is_tls())
+            .filter_map(|s| s.sni_rank(at.sni).map(|rank| (rank, s)))
+            .fold(None, |best: Option<(usize, &GatewayServer)>, (rank, s)| match best {
+                Some((b, _)) if b >= rank => best,
+                _ => Some((rank, s)),
+            })
+            .map(|(_, s)| s);
+        let Some(server) = server else {
+            let _ = writeln!(out, "  no TLS server of this gateway on this port admits the SNI: closed");
+            return out;
+        };
+        if server.protocol != ServerProtocol::Passthrough {
+            let _ = writeln!(out, "server: {} terminates TLS: explain it with --host instead", server.id);
+            return out;
+        }
+        let _ = writeln!(out, "server: {} (PASSTHROUGH)", server.id);
+        for vh in super::passthrough_candidates(server, at.sni) {
+            let _ = writeln!(out, "virtual host: {} [{}]", vh.domain, vh.virtual_service);
+            if tried_rules(&vh.tls_rules, at) {
+                break;
+            }
+        }
+    } else {
+        let _ = writeln!(out, "service: {service} (TLS, SNI {sni})");
+        let Some(routes) = table.routes.get(service) else {
+            let _ = writeln!(out, "  no known service has this host");
+            return out;
+        };
+        if let Some(vs) = &routes.virtual_service {
+            let _ = writeln!(out, "virtual service: {vs}");
+        }
+        if !tried_rules(&routes.tls_rules, at) && !tried_rules(&routes.tcp_rules, at) {
+            if let Some(Action::Route(route)) = routes.default_rules.get(&at.port).map(|r| &r.action) {
+                chosen = Some((super::DEFAULT_RULE, &route.targets));
+            }
+        }
+    }
+    for (rule, matched) in &tried {
+        let _ = writeln!(
+            out,
+            "  {} {}: {}",
+            if *matched { "✔" } else { "✘" },
+            rule.label,
+            if *matched { "MATCHED" } else { "no match" }
+        );
+        if *matched {
+            chosen = Some((&rule.label, &rule.targets));
+        }
+    }
+    match chosen {
+        None => {
+            let _ = writeln!(out, "result: no rule matched: closed");
+        }
+        Some((label, targets)) => {
+            let why =
+                if label == super::DEFAULT_RULE { " (no tls or tcp rule matched: the service itself)" } else { "" };
+            let _ = writeln!(out, "result: {label}{why}, bytes forwarded as they are");
+            let _ = write!(out, "{}", Destinations(targets));
+        }
+    }
+    out
+}
+
+/// Weighted destinations with their endpoints, as `explain` prints them.
+struct Destinations<'t>(&'t Weights);
+
+impl fmt::Display for Destinations<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (target, p) in self.0.probabilities() {
+            writeln!(f, "  {:>6.2}%  {}", p * 100.0, target.target.name())?;
+            write_target(f, &target.target, "           ")?;
+        }
+        Ok(())
+    }
+}
+
 fn write_target(f: &mut fmt::Formatter<'_>, target: &Target, indent: &str) -> fmt::Result {
     match target {
         Target::Missing { .. } => writeln!(f, "{indent}cluster not defined: requests get 503 NC"),
@@ -247,10 +353,12 @@ pub(super) fn describe(table: &RouteTable) -> String {
             let _ = writeln!(out, "  {} ({conditions}): {}", rule.label, targets(rule));
         }
         tls_lines(&mut out, routes.rules.iter());
-        for rule in routes.tcp_rules.iter() {
+        for (kind, rule) in
+            routes.tls_rules.iter().map(|r| ("tls", r)).chain(routes.tcp_rules.iter().map(|r| ("tcp", r)))
+        {
             let names: Vec<String> =
                 rule.targets.iter().map(|t| format!("{} w{}", t.target.name(), t.weight)).collect();
-            let _ = writeln!(out, "  {} (tcp): {}", rule.label, names.join(", "));
+            let _ = writeln!(out, "  {} ({kind}): {}", rule.label, names.join(", "));
         }
     }
     for (port, servers) in table.gateways.ports() {
@@ -258,6 +366,7 @@ pub(super) fn describe(table: &RouteTable) -> String {
             let hosts: Vec<String> =
                 server.hosts.iter().map(|h| format!("{}/{}", h.namespace.as_deref().unwrap_or("*"), h.host)).collect();
             let kind = match (&server.tls, server.https_redirect) {
+                _ if server.protocol == ServerProtocol::Passthrough => "PASSTHROUGH TLS".to_owned(),
                 (Some(tls), _) => format!("{:?} TLS", tls.mode),
                 (None, true) => "HTTP, redirect to https".to_owned(),
                 (None, false) => "HTTP".to_owned(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::index::RuleIndex;
-use super::{Decision, Rule};
+use super::{Decision, Rule, TcpRule};
 use crate::config::{Source, TlsMode, TlsProtocolVersion};
 
 /// The name VirtualServices use for sidecar (here: captured) traffic.
@@ -61,6 +61,15 @@ fn domain_rank(domain: &str, host: &str) -> Option<usize> {
     (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
+/// How well a domain matches a ClientHello's server name (as [`domain_rank`]); without a server
+/// name only `*` does.
+pub(super) fn sni_rank(domain: &str, sni: Option<&str>) -> Option<usize> {
+    match sni {
+        None => (domain == "*").then_some(0),
+        Some(name) => domain_rank(domain, &name.to_ascii_lowercase()),
+    }
+}
+
 /// Selector labels an agent with `labels` satisfies: all of them (an empty selector: any agent).
 pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -73,6 +82,17 @@ pub enum ServerProtocol {
     Http,
     /// TLS terminated here, then HTTP (`HTTPS`, or `TLS` with a terminating mode).
     Https,
+    /// TLS not terminated (`tls.mode: PASSTHROUGH`): the SNI picks the server and the `tls`
+    /// rules of the VirtualServices bound to it, the bytes go through untouched.
+    Passthrough,
+}
+
+impl ServerProtocol {
+    /// Whether connections open with a TLS ClientHello (terminated or passed through); such
+    /// servers share a port, told apart by SNI, as Istio's TLS filter chains are.
+    pub fn is_tls(self) -> bool {
+        self != ServerProtocol::Http
+    }
 }
 
 /// A server's TLS settings as written, resolved to what the agent supports.
@@ -129,6 +149,8 @@ pub(super) struct VirtualHost {
     pub(super) virtual_service: Arc<str>,
     pub(super) rules: Arc<Vec<Rule>>,
     pub(super) index: Option<Arc<RuleIndex>>,
+    /// The VirtualService's `tls` rules (for `PASSTHROUGH` servers).
+    pub(super) tls_rules: Arc<Vec<TcpRule>>,
 }
 
 /// One `servers[]` entry of a Gateway.
@@ -162,14 +184,7 @@ impl GatewayServer {
     /// Whether this server serves `sni` (a TLS ClientHello's server name; `None` when the client
     /// sent none): one of its hosts covers it, or it admits every host.
     pub fn sni_rank(&self, sni: Option<&str>) -> Option<usize> {
-        let sni = sni.map(str::to_ascii_lowercase);
-        self.hosts
-            .iter()
-            .filter_map(|h| match &sni {
-                None => (h.host == "*").then_some(0),
-                Some(name) => domain_rank(&h.host, name),
-            })
-            .max()
+        self.hosts.iter().filter_map(|h| sni_rank(&h.host, sni)).max()
     }
 }
 
@@ -246,7 +261,7 @@ impl GatewayTable {
     /// first server among equals.
     pub fn server_for_sni(&self, port: u16, sni: Option<&str>) -> Option<&GatewayServer> {
         let mut best: Option<(usize, &GatewayServer)> = None;
-        for server in self.servers(port).iter().filter(|s| s.protocol == ServerProtocol::Https) {
+        for server in self.servers(port).iter().filter(|s| s.protocol.is_tls()) {
             if let Some(rank) = server.sni_rank(sni) {
                 if best.is_none_or(|(b, _)| rank > b) {
                     best = Some((rank, server));

@@ -616,3 +616,211 @@ fn state_of_clusters_no_table_uses_is_pruned_after_a_compile() {
     assert_eq!(states.len(), before - 1, "then it goes");
     drop((new, third));
 }
+
+const SECURE: &str = "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  addresses: [10.96.0.50]
+  ports: [{number: 443, name: tls}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.21, labels: {version: v1}}, {address: 10.244.0.22, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure.default.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+/// The rule and cluster a TLS connection to `secure` on `port` naming `sni` gets.
+fn tls_to(table: &RouteTable, port: u16, sni: Option<&str>) -> String {
+    let (vip, client) = (format!("10.96.0.50:{port}").parse().unwrap(), "10.244.0.10:1000".parse().unwrap());
+    match table.route_tls("secure.default.svc.cluster.local", port, vip, client, sni) {
+        Some((rule, target)) => format!("{rule} {}", target.name()),
+        None => "NR".into(),
+    }
+}
+
+fn secure_vs(rules: &str) -> String {
+    format!(
+        "{SECURE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.default.svc.cluster.local, a.example.com, \"*.b.example.com\"]\n{rules}"
+    )
+}
+
+#[test]
+fn tls_rules_match_sni_exactly_or_by_wildcard_in_order() {
+    let table = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [a.example.com], port: 8443}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+  - match: [{sniHosts: [a.example.com]}, {sniHosts: [\"*.b.example.com\"], port: 443}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [\"*.b.example.com\"]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+",
+    ))
+    .unwrap();
+    let v1 = "outbound|443|v1|secure.default.svc.cluster.local";
+    assert_eq!(tls_to(&table, 443, Some("a.example.com")), format!("default/secure#tls-1 {v1}"));
+    assert_eq!(tls_to(&table, 443, Some("A.EXAMPLE.com")), format!("default/secure#tls-1 {v1}"), "case-insensitive");
+    assert_eq!(tls_to(&table, 443, Some("x.y.b.example.com")), format!("default/secure#tls-1 {v1}"));
+    // The port narrows the first rule away from 443 and the second's wildcard block to 443.
+    assert_eq!(
+        tls_to(&table, 8443, Some("x.b.example.com")),
+        "default/secure#tls-2 outbound|443|v2|secure.default.svc.cluster.local"
+    );
+    // No tls rule and no tcp rule: the service itself, as Istio's default TCP filter chain.
+    assert_eq!(tls_to(&table, 443, Some("b.example.com")), "default outbound|443||secure.default.svc.cluster.local");
+    assert_eq!(tls_to(&table, 443, None), "default outbound|443||secure.default.svc.cluster.local");
+    assert!(table.has_tls_rules("secure.default.svc.cluster.local"));
+    assert!(!table.warnings().iter().any(|d| d.field == "spec.tls"), "{:?}", table.warnings());
+    let described = table.describe();
+    assert!(described.contains("default/secure#tls-0 (tls)"), "{described}");
+}
+
+#[test]
+fn tls_without_a_match_falls_through_to_tcp_rules() {
+    let table = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  tcp:
+  - route:
+    - {destination: {host: secure.default.svc.cluster.local, subset: v2}, weight: 100}
+",
+    ))
+    .unwrap();
+    assert!(tls_to(&table, 443, Some("a.example.com")).ends_with("|v1|secure.default.svc.cluster.local"));
+    assert_eq!(
+        tls_to(&table, 443, Some("other.example.com")),
+        "default/secure#tcp-0 outbound|443|v2|secure.default.svc.cluster.local"
+    );
+    // Plain TCP never meets the tls rules.
+    let (vip, client) = ("10.96.0.50:443".parse().unwrap(), "10.244.0.10:1000".parse().unwrap());
+    let (rule, _) = table.route_tcp("secure.default.svc.cluster.local", 443, vip, client).unwrap();
+    assert_eq!(rule, "default/secure#tcp-0");
+}
+
+#[test]
+fn tls_sni_hosts_outside_the_virtual_service_hosts_are_refused() {
+    let err = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [c.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local}}]
+",
+    ))
+    .unwrap_err();
+    assert!(
+        err.diagnostics.iter().any(|d| d.field == "spec.tls[0].match[0].sniHosts[0]" && d.severity == Severity::Error),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn tls_weights_split_across_subsets() {
+    let table = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route:
+    - {destination: {host: secure.default.svc.cluster.local, subset: v1}, weight: 75}
+    - {destination: {host: secure.default.svc.cluster.local, subset: v2}, weight: 25}
+",
+    ))
+    .unwrap();
+    let mut v1 = 0;
+    for _ in 0..4000 {
+        if tls_to(&table, 443, Some("a.example.com")).contains("|v1|") {
+            v1 += 1;
+        }
+    }
+    assert!((2700..3300).contains(&v1), "{v1} of 4000 to v1");
+}
+
+#[test]
+fn explain_shows_the_tls_decision_for_an_sni() {
+    let table = compile(&secure_vs(
+        "  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [\"*.b.example.com\"]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+",
+    ))
+    .unwrap();
+    let at = |sni| L4View {
+        port: 443,
+        destination: "10.96.0.50:443".parse().unwrap(),
+        source: "10.244.0.10:1000".parse().unwrap(),
+        sni: Some(sni),
+        gateway: None,
+    };
+    let text = table.explain_tls("secure.default.svc.cluster.local", &at("x.b.example.com"));
+    assert!(text.contains("✘ default/secure#tls-0: no match"), "{text}");
+    assert!(text.contains("✔ default/secure#tls-1: MATCHED"), "{text}");
+    assert!(text.contains("100.00%  outbound|443|v2|secure.default.svc.cluster.local"), "{text}");
+    assert!(text.contains("10.244.0.22:443"), "{text}");
+    let text = table.explain_tls("secure.default.svc.cluster.local", &at("c.example.com"));
+    assert!(
+        text.contains("result: default (no tls or tcp rule matched") && text.contains("outbound|443||secure"),
+        "{text}"
+    );
+}
+
+#[test]
+fn passthrough_servers_route_by_the_most_specific_virtual_host_then_rule_order() {
+    let gateway = "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [\"*.example.com\"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wide, creationTimestamp: \"2026-01-01T00:00:00Z\"}
+spec:
+  hosts: [\"*.example.com\"]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{sniHosts: [\"*.example.com\"], gateways: [mesh]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [\"*.example.com\"], port: 443}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: exact, creationTimestamp: \"2026-02-01T00:00:00Z\"}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/pass]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+";
+    let table = compile(&format!("{SECURE}{gateway}")).unwrap();
+    let server = ServerId { gateway: "istio-system/pass".into(), index: 0 };
+    let at = |sni, port| L4View {
+        port,
+        destination: "127.0.0.1:443".parse().unwrap(),
+        source: "192.0.2.1:1000".parse().unwrap(),
+        sni: Some(sni),
+        gateway: None,
+    };
+    let routed = |sni, port| table.route_passthrough(&server, &at(sni, port)).map(|(rule, _)| rule.to_owned());
+    // The exact virtual host beats the older wildcard one, as Envoy's server names do.
+    assert_eq!(routed("a.example.com", 443).as_deref(), Some("default/exact#tls-0"));
+    // The mesh-only block never applies at the gateway; the second rule does.
+    assert_eq!(routed("z.example.com", 443).as_deref(), Some("default/wide#tls-1"));
+    assert_eq!(routed("z.example.org", 443), None);
+    assert_eq!(routed("z.example.com", 8443), None, "no server on 8443");
+    let text = table.explain_tls("", &L4View { gateway: Some("istio-system/pass"), ..at("z.example.com", 443) });
+    assert!(text.contains("server: istio-system/pass#0 (PASSTHROUGH)"), "{text}");
+    assert!(text.contains("✘ default/wide#tls-0") && text.contains("✔ default/wide#tls-1"), "{text}");
+}

@@ -6,11 +6,22 @@ pub use testbed::fixtures::*;
 
 use std::path::Path;
 
+use std::process::Stdio;
+use std::time::Duration;
+
+use testbed::{wait_for_listener, Agent, Node, GATEWAY};
+
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
 #[allow(dead_code)] // not every test file makes certificates
 pub fn certificates(dir: &Path, name: &str) {
+    certificates_for(dir, &[name]);
+}
+
+/// As [`certificates`], the server certificate naming each of `names`.
+#[allow(dead_code)] // not every test file makes certificates
+pub fn certificates_for(dir: &Path, names: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -18,8 +29,52 @@ pub fn certificates(dir: &Path, name: &str) {
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+/// The agent on the node with the gateway address and labels set, credentials under `credentials`.
+#[allow(dead_code)] // not every test file runs a gateway
+pub fn gateway_agent(node: &Node, files: &[(&str, &str)], credentials: &Path) -> Agent {
+    let settings = credentials.join("agent.yaml");
+    std::fs::create_dir_all(credentials).unwrap();
+    std::fs::write(
+        &settings,
+        format!(
+            "labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\ncredentials: {}\n",
+            credentials.display()
+        ),
+    )
+    .unwrap();
+    let redirect = format!("{GATEWAY}:15001");
+    let settings = settings.display().to_string();
+    let flags = ["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--settings", &settings];
+    Agent::start_with(node, files, &flags, false).unwrap()
+}
+
+/// The my-app pods: name, address, version.
+#[allow(dead_code)] // not every test file serves HTTPS
+pub const PODS: [(&str, &str, &str); 3] =
+    [("v1a", "10.244.0.11", "v1"), ("v1b", "10.244.0.12", "v1"), ("v2", "10.244.0.13", "v2")];
+
+/// Each my-app pod serves HTTPS on `port` with `openssl s_server -WWW` and the certificate
+/// `certificates` wrote in `dir`: `GET /version` answers the file `version` of its own
+/// directory, the pod's version, as HTTP/1.0 ending with the connection.
+#[allow(dead_code)] // not every test file serves HTTPS
+pub fn serve_https(node: &mut Node, dir: &Path, port: u16) {
+    let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
+    for (pod, ip, version) in PODS {
+        let root = dir.join(pod);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("version"), version).unwrap();
+        let listen = format!("{ip}:{port}");
+        let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
+        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
+        cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        node.spawn(cmd).unwrap();
+        wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
+    }
 }

@@ -15,7 +15,7 @@ use crate::routing::gateway::{
     ServerProtocol, ServerTls, VirtualHost, MESH,
 };
 use crate::routing::index::RuleIndex;
-use crate::routing::Rule;
+use crate::routing::{Rule, TcpRule};
 
 fn creation_timestamp<T>(resource: &Resource<T>) -> &str {
     resource.meta.other.get("creationTimestamp").and_then(|v| v.as_str()).unwrap_or("~")
@@ -36,7 +36,9 @@ impl Compiler<'_> {
             for (i, server) in gw.spec.servers.iter().enumerate() {
                 let Some(server) = self.server(gw, &name, i, server) else { continue };
                 let on_port = table.ports.entry(server.port).or_default();
-                if let Some(first) = on_port.iter().find(|s| s.protocol != server.protocol) {
+                // Istio merges TLS servers on one port (terminated or passed through, told apart
+                // by SNI) and plain HTTP ones, never the two kinds.
+                if let Some(first) = on_port.iter().find(|s| s.protocol.is_tls() != server.protocol.is_tls()) {
                     self.diags.push(server.source.diagnostic(
                         Severity::Warning,
                         format!("{}.port", server.at),
@@ -72,6 +74,10 @@ impl Compiler<'_> {
         let (protocol, tls, https_redirect) = match (protocol.as_str(), &server.tls) {
             ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", tls) => {
                 (ServerProtocol::Http, None, tls.as_ref().is_some_and(|t| t.https_redirect))
+            }
+            // An absent mode is PASSTHROUGH (Istio's default).
+            ("HTTPS" | "TLS", Some(t)) if t.mode.unwrap_or_default() == TlsMode::Passthrough => {
+                (ServerProtocol::Passthrough, None, false)
             }
             ("HTTPS" | "TLS", Some(t)) => {
                 (ServerProtocol::Https, Some(self.server_tls(t, src, &format!("{at}.tls"))?), false)
@@ -116,10 +122,14 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            TlsMode::Passthrough | TlsMode::AutoPassthrough => {
-                warn(self, "mode", format!("{mode:?} is not supported yet; server not served"));
+            TlsMode::AutoPassthrough => {
+                let message = "AUTO_PASSTHROUGH routes by SNI naming Istio's clusters (east-west gateways), \
+                               which the agent does not do; server not served";
+                warn(self, "mode", message.into());
                 return None;
             }
+            // Taken apart by `server` before this.
+            TlsMode::Passthrough => return None,
             TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual => {}
         }
         let min = t.min_protocol_version.unwrap_or_default();
@@ -138,12 +148,14 @@ impl Compiler<'_> {
         })
     }
 
-    /// Binds `vs` (compiled to `rules`) to the servers of the gateways it names, host by host.
+    /// Binds `vs` (compiled to `rules`, and `tls_rules` for passthrough servers) to the servers
+    /// of the gateways it names, host by host.
     pub(super) fn bind_gateways(
         &mut self,
         vs: &Resource<VirtualService>,
         rules: &Arc<Vec<Rule>>,
         index: &Option<Arc<RuleIndex>>,
+        tls_rules: &Arc<Vec<TcpRule>>,
         table: &mut GatewayTable,
     ) {
         let namespace = vs.meta.namespace.as_str();
@@ -185,6 +197,7 @@ impl Compiler<'_> {
                         virtual_service: label.clone(),
                         rules: rules.clone(),
                         index: index.clone(),
+                        tls_rules: tls_rules.clone(),
                     });
                 }
             }

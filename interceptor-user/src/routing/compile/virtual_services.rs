@@ -47,13 +47,16 @@ pub(super) fn default_rule(cluster: Arc<Cluster>) -> Rule {
     }
 }
 
+/// The `tcp` and `tls` rules of one VirtualService.
+pub(super) struct L4Rules {
+    pub(super) tcp: Arc<Vec<TcpRule>>,
+    pub(super) tls: Arc<Vec<TcpRule>>,
+}
+
 impl Compiler<'_> {
-    /// The http and tcp rules of `vs`; `None` when it has errors (reported).
-    pub(super) fn virtual_service(&mut self, vs: &Resource<VirtualService>) -> Option<(Vec<Rule>, Vec<TcpRule>)> {
+    /// The http, tcp and tls rules of `vs`; `None` when it has errors (reported).
+    pub(super) fn virtual_service(&mut self, vs: &Resource<VirtualService>) -> Option<(Vec<Rule>, L4Rules)> {
         let src = &vs.source;
-        if vs.spec.tls.is_some() {
-            self.diags.push(src.diagnostic(Severity::Warning, "spec.tls", "not supported yet; ignored"));
-        }
         let before = self.error_count();
         let label = format!("{}/{}", vs.meta.namespace, vs.meta.name);
         let mut rules = Vec::new();
@@ -73,8 +76,8 @@ impl Compiler<'_> {
             }
         }
         self.warn_shadowed(&rules, &vs.spec.http, src);
-        let tcp = self.tcp(vs, &label);
-        (self.error_count() == before).then_some((rules, tcp))
+        let l4 = L4Rules { tcp: Arc::new(self.tcp(vs, &label)), tls: Arc::new(self.tls(vs, &label)) };
+        (self.error_count() == before).then_some((rules, l4))
     }
 
     /// The match blocks of rule `http` (of a VirtualService in `namespace`, which its gateway
@@ -414,7 +417,7 @@ impl Compiler<'_> {
         vs: &Resource<VirtualService>,
         http: Arc<Vec<Rule>>,
         index: Option<Arc<RuleIndex>>,
-        tcp: Arc<Vec<TcpRule>>,
+        l4: &L4Rules,
         routes: &mut HashMap<Arc<str>, ServiceRoutes>,
     ) {
         let registry = self.registry;
@@ -448,7 +451,8 @@ impl Compiler<'_> {
                         service_routes.virtual_service = Some(name.clone());
                         service_routes.rules = http.clone();
                         service_routes.index = index.clone();
-                        service_routes.tcp_rules = tcp.clone();
+                        service_routes.tcp_rules = l4.tcp.clone();
+                        service_routes.tls_rules = l4.tls.clone();
                         let tcp_ports = service.ports.iter().filter(|p| p.protocol == Protocol::Tcp).count();
                         if !http.is_empty() && tcp_ports == service.ports.len() {
                             self.diags.push(src.diagnostic(
