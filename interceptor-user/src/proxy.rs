@@ -4,11 +4,11 @@
 pub mod access_log;
 mod body_count;
 mod drain;
-mod framing;
+pub(crate) mod framing;
 pub mod gateway;
 pub mod grpc;
-mod h2c;
-mod hop_by_hop;
+pub(crate) mod h2c;
+pub(crate) mod hop_by_hop;
 mod http1;
 pub mod limits;
 mod local_reply;
