@@ -79,9 +79,9 @@ pub fn request_framing(data: &[u8]) {
         split.feed(piece);
     }
     assert_eq!(format!("{whole:?}"), format!("{split:?}"), "reads {sizes:?}");
-    // The agent's default limit, in one-byte reads: only that nothing panics.
+    // The agent's default limit, in the same reads: only that nothing panics.
     let mut limited = RequestFraming::new(crate::config::Limits::default().max_header_bytes);
-    for piece in cut(stream, &[1]) {
+    for piece in cut(stream, &sizes) {
         limited.feed(piece);
     }
 }
