@@ -13,11 +13,11 @@ use crate::setup::run_checked;
 /// byte targets feed their input in many reads, each re-reading what came before (as the proxy
 /// does), so large inputs cost quadratically and smuggling needs only a few hundred bytes.
 pub const TARGETS: &[Target] = &[
-    Target { name: "config", secs: 3600, max_len: 4096 },
-    Target { name: "request_framing", secs: 900, max_len: 1024 },
-    Target { name: "response", secs: 900, max_len: 1024 },
-    Target { name: "h2c", secs: 900, max_len: 2048 },
-    Target { name: "route", secs: 3600, max_len: 4096 },
+    Target { name: "config", secs: 3000, max_len: 4096 },
+    Target { name: "request_framing", secs: 1000, max_len: 1024 },
+    Target { name: "response", secs: 480, max_len: 1024 },
+    Target { name: "h2c", secs: 540, max_len: 2048 },
+    Target { name: "route", secs: 7800, max_len: 4096 },
 ];
 
 /// One fuzz target of `fuzz/`.
