@@ -7,6 +7,8 @@ pub mod bpf;
 pub mod cluster;
 pub mod config;
 pub mod endpoints;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod privileges;
 pub mod proxy;
 pub mod routing;

@@ -19,7 +19,7 @@ pub const KUBERNETES_VERSION: &str = "v1.37.2";
 /// The binaries `cargo xtask setup` builds into [`controlplane_bin_dir`].
 pub const CONTROLPLANE_BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 /// Machine-wide cache that survives runs and fresh clones.
-const CACHE_ROOT: &str = "/var/cache/interceptor";
+pub const CACHE_ROOT: &str = "/var/cache/interceptor";
 /// Everything the Go build depends on; a change to any of them selects a new cache directory.
 const GO_MODULE_FILES: [&[u8]; 5] = [
     include_bytes!("../../xtask/controlplane/go.mod"),

@@ -6,6 +6,7 @@ mod bench;
 mod cluster_bench;
 mod controlplane;
 mod demo;
+mod fuzz;
 mod overhead;
 mod setup;
 
@@ -46,6 +47,15 @@ enum Task {
     /// Set up, build, and send the catalogue of hostile HTTP/1 requests and HTTP/2 connections through the real capture
     /// path: one line per case (with Envoy's answer), then `ABUSE cases=<n> ok=<k>`.
     Abuse,
+    /// Build the libFuzzer targets in `fuzz/` and run each (or one) for a bounded time: one line
+    /// `FUZZ target=<name> execs=<n> crashes=<k>` per target; fails when any crashed.
+    Fuzz {
+        /// Seconds per target (default: each target's full run, ≥ 10 million executions).
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Only this target: config, request_framing, response, h2c or route.
+        target: Option<String>,
+    },
     /// Measure the kernel programs' run time (bpf_stats) and the connect() cost they add.
     Overhead,
     /// The agent on a synthetic cluster written to a real API server, in steps up to the full
@@ -84,6 +94,7 @@ fn main() {
         }
         Task::Test => setup::run().and_then(|()| build()).and_then(|()| test()),
         Task::Abuse => setup::run().and_then(|()| build()).and_then(|()| abuse::run()),
+        Task::Fuzz { secs, target } => fuzz::run(secs, target.as_deref()),
         Task::Overhead => setup::run().and_then(|()| build()).and_then(|()| overhead::run()),
         Task::BenchCluster { services, endpoints_per_service, virtual_services, changes, steps } => {
             let size = cluster_bench::Size { services, endpoints_per_service, virtual_services, changes };
@@ -115,16 +126,24 @@ fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const CI_FUZZ_SECS: u64 = 5;
+
 fn build() -> Result<()> {
     cargo(&["build", "-p", "interceptor-user", "-p", "interceptor-tests", "--bins"])
 }
 
 fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The fuzz crate is a workspace of its own (as cargo-fuzz wants): checked on its own.
+    cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // Unit tests first (fast), then the kernel-backed end-to-end tests one at a time.
     let mut total = TestCount::default();
     total += cargo_test(&["test", "-p", "interceptor-user", "-p", "interceptor-common", "-p", "xtask"])?;
+    // Each fuzz target briefly, so that they keep building and their corpora keep passing.
+    fuzz::run(Some(CI_FUZZ_SECS), None)
+        .with_context(|| format!("brief fuzz runs (cargo xtask fuzz --secs {CI_FUZZ_SECS})"))?;
     total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
     // The quick bench keeps the harness from rotting: it fails only when the harness is broken
     // (a contender cannot start or does not do the job), never on a performance target.

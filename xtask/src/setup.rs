@@ -1,7 +1,8 @@
 //! Installs what building and loading the kernel programs needs; every step checks first, so a
 //! second run does nothing.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -23,12 +24,15 @@ const APT_PACKAGES: &[&str] = &[
 /// The rustup name under which Debian's compiler is linked (build.rs uses it).
 const TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for `cargo xtask fuzz` (and the brief fuzz runs of `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
     toolchain()?;
     bpf_linker()?;
     bpffs()?;
+    cargo_fuzz()?;
     crate::controlplane::setup()?;
     Ok(())
 }
@@ -105,6 +109,35 @@ fn bpf_linker() -> Result<()> {
             ])
             .env("PATH", path),
     )
+}
+
+/// cargo-fuzz from crates.io, installed once per machine and version into
+/// `/var/cache/interceptor/cargo-fuzz-<version>/bin` (installed beside it and renamed into place,
+/// so an interrupted install never looks complete); returns the binary.
+pub fn cargo_fuzz() -> Result<PathBuf> {
+    let root = Path::new(testbed::cluster::CACHE_ROOT).join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let binary = root.join("bin").join("cargo-fuzz");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}", root.display());
+    let partial = root.with_file_name(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&partial);
+    let installed = run_checked(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--root"])
+            .arg(&partial)
+            // Whatever toolchain runs xtask; the outer cargo's own choices must not leak in.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS"),
+    );
+    if let Err(e) = installed {
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&partial, &root).with_context(|| format!("moving {} to {}", partial.display(), root.display()))?;
+    Ok(binary)
 }
 
 fn bpffs() -> Result<()> {

@@ -29,12 +29,12 @@ use super::limits::Limits;
 use super::outbound::{Outbound, ProxyBody};
 
 /// The client connection preface (RFC 7540 §3.5).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Frame header bytes (RFC 7540 §4.1).
 const FRAME_HEADER_LEN: usize = 9;
 /// SETTINGS_MAX_FRAME_SIZE's initial value: the largest frame the server accepts before it said
 /// otherwise, so the largest stream-1 HEADERS frame we may inject and client SETTINGS frame we buffer.
-const DEFAULT_MAX_FRAME_SIZE: usize = 16_384;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16_384;
 /// HEADERS with END_STREAM | END_HEADERS: the upgrade request has no body and no CONTINUATION.
 const HEADERS_END_STREAM_END_HEADERS: [u8; 2] = [0x1, 0x4 | 0x1];
 
@@ -124,7 +124,7 @@ fn switching_protocols() -> Response<ProxyBody> {
 
 /// The HPACK header block of `req` as HTTP/2 stream 1, when `req` is an h2c upgrade we take.
 /// Anything we do not take is served as HTTP/1.1, which RFC 7540 §3.2 allows.
-fn stream1_header_block<B>(req: &Request<B>) -> Option<Vec<u8>> {
+pub(crate) fn stream1_header_block<B>(req: &Request<B>) -> Option<Vec<u8>> {
     if !asks_for_h2c(req) || !has_no_body(req.headers()) {
         return None;
     }
@@ -240,7 +240,7 @@ fn stream1_headers_frame(block: &[u8]) -> Bytes {
 /// The upgraded connection as the HTTP/2 server reads it: the client's preface and first frame
 /// (its SETTINGS), then the spliced stream-1 HEADERS, then everything else the client sends.
 /// Writes go straight through.
-struct Spliced<IO> {
+pub(crate) struct Spliced<IO> {
     io: IO,
     phase: Phase,
     stream1: Bytes,
@@ -266,7 +266,7 @@ enum SplicePoint {
 }
 
 impl<IO> Spliced<IO> {
-    fn new(io: IO, block: &[u8]) -> Self {
+    pub(crate) fn new(io: IO, block: &[u8]) -> Self {
         Self { io, phase: Phase::Head(Vec::with_capacity(128)), stream1: stream1_headers_frame(block) }
     }
 }

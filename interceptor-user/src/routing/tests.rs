@@ -209,7 +209,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::{HttpMatchRequest, HttpRoute, HttpRouteDestination, StringMatch, VirtualService};
+    use crate::config::{HttpMatchRequest, StringMatch};
 
     fn string_match() -> impl Strategy<Value = StringMatch> {
         let lit = "/?[ab]{0,3}";
@@ -255,41 +255,6 @@ mod properties {
             proptest::option::of("/?[ab]{0,3}"),
             proptest::option::of("/?[ab]{0,3}"),
         )
-    }
-
-    /// Istio's semantics read straight off the config, with nothing precompiled.
-    fn naive(
-        rules: &[Vec<HttpMatchRequest>],
-        path: &str,
-        method: &str,
-        xa: Option<&str>,
-        xb: Option<&str>,
-    ) -> Option<usize> {
-        let check = |m: &StringMatch, v: &str, ci: bool| {
-            let (v, lower) = if ci { (v.to_lowercase(), true) } else { (v.to_owned(), false) };
-            let fold = |s: &String| if lower { s.to_lowercase() } else { s.clone() };
-            match (&m.exact, &m.prefix, &m.regex) {
-                (Some(e), ..) => v == fold(e),
-                (_, Some(p), _) => v.starts_with(&fold(p)),
-                (.., Some(r)) => {
-                    let flags = if ci { "(?i)" } else { "" };
-                    regex::Regex::new(&format!("^{flags}(?:{r})$")).unwrap().is_match(if ci { path } else { &v })
-                }
-                _ => true,
-            }
-        };
-        rules.iter().position(|blocks| {
-            blocks.is_empty()
-                || blocks.iter().any(|b| {
-                    b.uri.as_ref().is_none_or(|m| check(m, path, b.ignore_uri_case))
-                        && b.method.as_ref().is_none_or(|m| check(m, method, false))
-                        && b.headers.values().all(|m| xa.is_some_and(|v| check(m, v, false)))
-                        && b.without_headers.values().all(|m| match xb {
-                            Some(v) => !check(m, v, false),
-                            None => *m == StringMatch::default(),
-                        })
-                })
-        })
     }
 
     /// Any weight a config may hold: negative, zero, small, Istio's int32 edge and beyond it.
@@ -348,21 +313,7 @@ mod properties {
 
         #[test]
         fn compiled_matching_agrees_with_the_naive_reading(rules in rules(), reqs in proptest::collection::vec(request(), 1..20)) {
-            let spec = VirtualService {
-                hosts: vec!["my-app".into()],
-                http: rules
-                    .iter()
-                    .map(|blocks| HttpRoute {
-                        matches: blocks.clone(),
-                        route: vec![HttpRouteDestination {
-                            destination: crate::config::Destination { host: "my-app".into(), subset: "v1".into(), port: None },
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            };
+            let spec = crate::fuzzing::virtual_service(&rules, "v1");
             let yaml = format!(
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs}}\nspec:\n{}",
                 serde_yaml::to_string(&serde_yaml::to_value(&spec).unwrap()).unwrap().lines().map(|l| format!("  {l}\n")).collect::<String>()
@@ -374,7 +325,8 @@ mod properties {
                 if let Some(v) = &xb { headers.insert("x-b", v.parse().unwrap()); }
                 let req = RequestView { method, path: &path, query: None, authority: "my-app", scheme: "http", headers: &headers, port: 80, source: None };
                 let got = table.route(HOST, &req).rule.map(|r| r.label.to_string());
-                let want = naive(&rules, &path, method, xa.as_deref(), xb.as_deref()).map(|i| format!("default/vs#{i}"));
+                let header = |name: &str| match name { "x-a" => xa.clone(), "x-b" => xb.clone(), _ => None };
+                let want = crate::fuzzing::naive_route(&rules, &path, method, &header).map(|i| format!("default/vs#{i}"));
                 prop_assert_eq!(got, want, "path {} method {} x-a {:?} x-b {:?}", path, method, xa, xb);
             }
         }

@@ -120,7 +120,13 @@ impl ResponseHead {
             // With Transfer-Encoding, a Content-Length means nothing (RFC 9112 §6.3) and would
             // mislead the client.
             let ignored_length = transfer_encoding && h.name.eq_ignore_ascii_case("content-length");
-            if !is_hop_by_hop(h.name, &named) && !ignored_length {
+            // The body goes out as the endpoint framed it, so its framing headers go with it even
+            // when `Connection` nominates them: without them the client would read the body
+            // until close, and the next response on the connection as part of it.
+            let framing_header =
+                h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("transfer-encoding");
+            let hop = is_hop_by_hop(h.name, &named) && !framing_header;
+            if !hop && !ignored_length {
                 push_header(&mut downstream, h.name, h.value);
             }
         }
@@ -247,6 +253,18 @@ mod tests {
         assert!(ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
         let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         assert_eq!(ResponseHead::parse(interim).unwrap().unwrap().1, interim.len() - 2);
+    }
+
+    #[test]
+    fn a_connection_header_cannot_take_the_framing_headers_away() {
+        // Found by the `response` fuzz target: the head relayed had no framing left.
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\n");
+        assert_eq!(String::from_utf8(h.downstream).unwrap(), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        let h =
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: Transfer-Encoding, x\r\nx: 1\r\n\r\n");
+        assert_eq!(String::from_utf8(h.downstream).unwrap(), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n");
+        assert_eq!(h.framing, Framing::Chunked);
     }
 
     #[test]
