@@ -144,10 +144,12 @@ pub fn load(node: &Node, n: usize, extra: &[&str]) -> crate::LoadReport {
     node.load(CLIENT, &args).expect("pod load runs")
 }
 
-/// Asserts that `k` of `n` lies in the 99.9% normal interval of a binomial with share `p`.
+/// Asserts that `k` of `n` lies in the 99.99% normal interval of a binomial with share `p`.
+/// 99.99%, not 99.9%: the suite checks about eight shares per run, so at 99.9% about one CI run in a
+/// hundred failed by chance (seen once: 155 of 2,000 for a 10% share); a skewed split still fails.
 pub fn assert_share(k: usize, n: usize, p: f64, what: &str) {
     let mean = n as f64 * p;
-    let margin = 3.29 * (n as f64 * p * (1.0 - p)).sqrt();
+    let margin = 3.89 * (n as f64 * p * (1.0 - p)).sqrt();
     assert!((k as f64 - mean).abs() <= margin, "{what}: {k} of {n}, expected {mean:.0} ± {margin:.0}");
 }
 
