@@ -44,21 +44,23 @@ impl Error for StreamIdle {}
 /// closes the connection (HTTP/1), so the peer never takes a cut body for a whole one.
 pub struct Cutoff<B> {
     inner: B,
-    /// Set for an idle cutoff: each frame pushes the timer this far ahead.
+    /// Set for an idle cutoff: each frame pushes the deadline this far ahead.
     idle: Option<Duration>,
-    // Boxed: `Sleep` is `!Unpin`, and hyper's boxed bodies must be `Unpin`.
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Made at the first wait only: a body whose frames are all ready (most request bodies)
+    /// never allocates or arms a timer. Boxed: `Sleep` is `!Unpin`, hyper's bodies must be `Unpin`.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Cutoff<B> {
     /// `inner`, cut off at `deadline`.
     pub fn at(inner: B, deadline: Instant) -> Self {
-        Self { inner, idle: None, sleep: Box::pin(tokio::time::sleep_until(deadline)) }
+        Self { inner, idle: None, deadline, sleep: None }
     }
 
     /// `inner`, cut off once a frame takes longer than `idle` to come; the clock starts now.
     pub fn idle(inner: B, idle: Duration) -> Self {
-        Self { inner, idle: Some(idle), sleep: Box::pin(tokio::time::sleep(idle)) }
+        Self { inner, idle: Some(idle), deadline: Instant::now() + idle, sleep: None }
     }
 }
 
@@ -75,11 +77,16 @@ where
         // What the peer already sent goes on even when the timer is due.
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             if let Some(idle) = this.idle {
-                this.sleep.as_mut().reset(Instant::now() + idle);
+                this.deadline = Instant::now() + idle;
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match this.sleep.as_mut().poll(cx) {
+        let deadline = this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) if this.idle.is_some() => Poll::Ready(Some(Err(Box::new(StreamIdle)))),
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RouteTimeout)))),
             Poll::Pending => Poll::Pending,
