@@ -1,8 +1,8 @@
 //! The capture set: which service addresses are redirected to the proxy, and where the proxy is.
 
-use crate::SockAddr4;
+use crate::SockAddr;
 
-/// Map name: service VIP:port ([`SockAddr4`]) → [`CapturedService`].
+/// Map name: service VIP:port ([`SockAddr`], either family) → [`CapturedService`].
 pub const CAPTURE_MAP: &str = "CAPTURE";
 /// Map name: a one-slot array holding the [`ProxyTarget`].
 pub const PROXY_TARGET_MAP: &str = "PROXY_TARGET";
@@ -31,8 +31,11 @@ const _: () = assert!(core::mem::size_of::<CapturedService>() == 4);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyTarget {
-    /// Proxy address as pods reach it.
-    pub addr: SockAddr4,
+    /// Proxy address as pods reach it over IPv4 (stored IPv4-mapped); IPv4 destinations go here.
+    pub addr4: SockAddr,
+    /// Proxy address as pods reach it over IPv6; IPv6 destinations go here. Unset (port 0): the
+    /// proxy has no IPv6 listener, and IPv6 destinations are left alone (fail open).
+    pub addr6: SockAddr,
     /// Non-zero while the proxy accepts connections. A `u32`, not `bool`: no padding, no invalid
     /// bit patterns. While zero, captured connects go to their original destination (fail open).
     pub ready: u32,
@@ -52,9 +55,17 @@ impl ProxyTarget {
     pub fn captures(&self, now_ns: u64) -> bool {
         self.fail_closed != 0 || (self.ready != 0 && now_ns.wrapping_sub(self.heartbeat_ns) < HEARTBEAT_STALE_NS)
     }
+
+    /// The proxy address of `dst`'s family (a connection cannot change family on the way), or
+    /// `None` when the proxy does not listen in that family.
+    #[inline(always)]
+    pub fn proxy_for(&self, dst: &SockAddr) -> Option<SockAddr> {
+        let proxy = if dst.is_v4() { self.addr4 } else { self.addr6 };
+        (!proxy.is_unset()).then_some(proxy)
+    }
 }
 
-const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 24);
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 56);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
@@ -74,5 +85,20 @@ mod tests {
         assert!(!t.captures(1_000_000_000 + HEARTBEAT_STALE_NS));
         assert!(!ProxyTarget { ready: 0, ..t }.captures(1_000_000_000));
         assert!(ProxyTarget { ready: 0, fail_closed: 1, ..t }.captures(u64::MAX));
+    }
+
+    #[test]
+    fn each_family_goes_to_the_proxy_address_of_its_family() {
+        let addr4 = SockAddr::v4([10, 244, 0, 1], 15001);
+        let addr6 = SockAddr::v6([0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 15001);
+        let vip4 = SockAddr::v4([10, 96, 0, 10], 80);
+        let vip6 = SockAddr::v6([0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a], 80);
+        let both = ProxyTarget { addr4, addr6, ..ProxyTarget::default() };
+        assert_eq!(both.proxy_for(&vip4), Some(addr4));
+        assert_eq!(both.proxy_for(&vip6), Some(addr6));
+        let v4_only = ProxyTarget { addr4, ..ProxyTarget::default() };
+        assert_eq!(v4_only.proxy_for(&vip6), None, "no IPv6 listener: IPv6 is left alone");
+        assert!(vip4.is_v4() && !vip6.is_v4());
+        assert_eq!(vip4.v4_octets(), [10, 96, 0, 10]);
     }
 }

@@ -1,13 +1,13 @@
 //! Packet mode: the conntrack entries XDP writes for flows it sends to the proxy, and the packet
 //! counters per interface and per service.
 
-use crate::SockAddr4;
+use crate::SockAddr;
 
-/// Map name: LRU hash, client address ([`SockAddr4`]) → [`Conntrack`].
+/// Map name: LRU hash, client address ([`SockAddr`]) → [`Conntrack`].
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
 /// Map name: per-CPU hash, interface index (`u32`) → [`PacketStats`].
 pub const IFACE_STATS_MAP: &str = "IFACE_STATS";
-/// Map name: per-CPU hash, service VIP:port ([`SockAddr4`]) → [`PacketStats`].
+/// Map name: per-CPU hash, service VIP:port ([`SockAddr`]) → [`PacketStats`].
 pub const PACKET_STATS_MAP: &str = "PACKET_STATS";
 /// Capacity of [`CONNTRACK_MAP`]: flows in flight between pods and the proxy.
 pub const CONNTRACK_MAX_ENTRIES: u32 = 65536;
@@ -22,15 +22,15 @@ pub const IFACE_STATS_MAX_ENTRIES: u32 = 4096;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conntrack {
     /// The VIP:port the client sent to; restored as the source of replies.
-    pub orig: SockAddr4,
+    pub orig: SockAddr,
     /// The proxy address the flow was rewritten to.
-    pub proxy: SockAddr4,
+    pub proxy: SockAddr,
     /// How far the flow has closed, each side's part written only by the program that sees that
     /// side's packets (XDP the client's, TC the proxy's).
     pub close: [HalfClose; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<Conntrack>() == 32);
+const _: () = assert!(core::mem::size_of::<Conntrack>() == 56);
 
 /// The sender of a packet of a flow: index into [`Conntrack::close`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Counters operators read with `bpftool map dump pinned <bpffs>/<map>`.
 
-/// Map name: per-CPU hash, service VIP:port ([`crate::SockAddr4`]) → [`ServiceStats`].
+/// Map name: per-CPU hash, service VIP:port ([`crate::SockAddr`]) → [`ServiceStats`].
 pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
 /// Map name: per-CPU array indexed by [`Program`] → [`ProgramStats`].
 pub const PROGRAM_STATS_MAP: &str = "PROGRAM_STATS";
@@ -43,11 +43,14 @@ pub enum Program {
     Xdp = 2,
     /// `tc` egress on pod interfaces (packet mode).
     TcEgress = 3,
+    /// `cgroup/connect6`.
+    Connect6 = 4,
 }
 
 impl Program {
     /// Every program, in slot order.
-    pub const ALL: [Program; 4] = [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress];
+    pub const ALL: [Program; 5] =
+        [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress, Program::Connect6];
 
     /// Name as printed by the agent.
     pub const fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Program {
             Program::SockOps => "sockops",
             Program::Xdp => "xdp",
             Program::TcEgress => "tc_egress",
+            Program::Connect6 => "connect6",
         }
     }
 }

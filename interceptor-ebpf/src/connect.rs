@@ -1,4 +1,5 @@
-//! `cgroup/connect4`: connects to a captured VIP:port are rewritten to the proxy's address.
+//! `cgroup/connect4` and `cgroup/connect6`: connects to a captured VIP:port are rewritten to the
+//! proxy's address of the same family.
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_ANY},
@@ -8,9 +9,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::{debug, warn};
-use interceptor_common::{capture::PROXY_SOCKET_MARK, stats::Program, SockAddr4};
+use interceptor_common::{capture::PROXY_SOCKET_MARK, stats::Program, SockAddr};
 
 use crate::{
+    ctx_addr::{read_ip6, write_ip6},
     maps::{CAPTURE, ORIG_DST_COOKIE, PROXY_TARGET},
     stats::{count, count_connection, Outcome},
 };
@@ -30,22 +32,47 @@ enum Error {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    let outcome = match try_connect4(&ctx) {
+    run(&ctx, Family::V4)
+}
+
+/// Also sees IPv4 destinations of dual-stack sockets, IPv4-mapped (`::ffff:10.96.0.10`): they
+/// find the IPv4 VIP in `CAPTURE` (whose keys are IPv4-mapped) and go to the proxy's IPv4 address,
+/// mapped the same way.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    run(&ctx, Family::V6)
+}
+
+/// Which hook runs, so which fields of `bpf_sock_addr` hold the destination.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[inline(always)]
+fn run(ctx: &SockAddrContext, family: Family) -> i32 {
+    let outcome = match try_connect(ctx, family) {
         Ok(outcome) => outcome,
         Err(Error::NoProxyTarget) => {
-            warn!(&ctx, "connect4: PROXY_TARGET[0] missing");
+            warn!(ctx, "connect: PROXY_TARGET[0] missing");
             Outcome::Error
         }
         Err(Error::CookieStore(ret)) => {
-            warn!(&ctx, "connect4: ORIG_DST_COOKIE insert failed: {}", ret);
+            warn!(ctx, "connect: ORIG_DST_COOKIE insert failed: {}", ret);
             Outcome::Error
         }
     };
-    count(Program::Connect4, outcome);
+    let program = match family {
+        Family::V4 => Program::Connect4,
+        Family::V6 => Program::Connect6,
+    };
+    count(program, outcome);
     ALLOW
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, Error> {
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<Outcome, Error> {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's context pointer; each field is read with its declared size,
     // which is what the verifier accepts for `bpf_sock_addr`.
@@ -53,8 +80,8 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, Error> {
     if sock_type != SOCK_STREAM {
         return Ok(Outcome::Ignored);
     }
-    let dst = destination(sa);
-    if CAPTURE.get_ptr(dst).is_none() {
+    let dst = destination(sa, family);
+    if CAPTURE.get_ptr(&dst).is_none() {
         return Ok(Outcome::Ignored);
     }
     let target = PROXY_TARGET.get(0).ok_or(Error::NoProxyTarget)?;
@@ -63,37 +90,48 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<Outcome, Error> {
     if !target.captures(now) || is_proxy_socket(sa) {
         return Ok(Outcome::Bypassed);
     }
-    let proxy = target.addr;
+    // No proxy listener of this family (an IPv6 VIP, the agent without IPv6): fail open.
+    let Some(proxy) = target.proxy_for(&dst) else {
+        return Ok(Outcome::Bypassed);
+    };
 
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ORIG_DST_COOKIE.insert(cookie, dst, u64::from(BPF_ANY)).map_err(Error::CookieStore)?;
-    set_destination(sa, &proxy);
+    set_destination(sa, family, &proxy);
 
     if let Err(ret) = count_connection(&dst) {
         // The connection is captured all the same; only its service counter is lost.
-        warn!(ctx, "connect4: SERVICE_STATS insert failed: {}", ret);
+        warn!(ctx, "connect: SERVICE_STATS insert failed: {}", ret);
     }
-    debug!(ctx, "connect4: {:i}:{} -> proxy {:i}:{} (cookie {})", dst.addr, dst.port, proxy.addr, proxy.port, cookie);
+    debug!(ctx, "connect: {:i}:{} -> proxy {:i}:{} (cookie {})", dst.addr, dst.port, proxy.addr, proxy.port, cookie);
     Ok(Outcome::Captured)
 }
 
-/// The address passed to `connect()`.
+/// The address passed to `connect()`, in the maps' form.
 #[inline(always)]
-fn destination(sa: *mut bpf_sock_addr) -> SockAddr4 {
-    // SAFETY: context fields, 4-byte reads. `user_ip4` is network order, so its in-memory bytes are
-    // the address octets; `user_port` holds the network-order port in its low 16 bits.
-    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
-    SockAddr4::new(ip.to_ne_bytes(), u16::from_be(port as u16))
+fn destination(sa: *mut bpf_sock_addr, family: Family) -> SockAddr {
+    // SAFETY: context fields, 4-byte reads. `user_ip4`/`user_ip6` are network order, so their
+    // in-memory bytes are the address bytes; `user_port` holds the network-order port in its low
+    // 16 bits.
+    let port = u16::from_be(unsafe { (*sa).user_port } as u16);
+    match family {
+        Family::V4 => SockAddr::v4(unsafe { (*sa).user_ip4 }.to_ne_bytes(), port),
+        // SAFETY: `user_ip6` is a readable 4-word context field.
+        Family::V6 => SockAddr::v6(unsafe { read_ip6(&raw const (*sa).user_ip6) }, port),
+    }
 }
 
-/// Rewrites the address `connect()` will use.
+/// Rewrites the address `connect()` will use; `to` is of the hook's family (`proxy_for`).
 #[inline(always)]
-fn set_destination(sa: *mut bpf_sock_addr, to: &SockAddr4) {
-    // SAFETY: context fields writable in connect4, written as whole `u32`s (the verifier rejects
-    // narrower stores); volatile keeps LLVM from merging or splitting them.
+fn set_destination(sa: *mut bpf_sock_addr, family: Family, to: &SockAddr) {
+    // SAFETY: context fields writable in connect4/connect6, written as whole `u32`s (the verifier
+    // rejects narrower stores); volatile keeps LLVM from merging or splitting them.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*sa).user_ip4, u32::from_ne_bytes(to.addr));
+        match family {
+            Family::V4 => core::ptr::write_volatile(&raw mut (*sa).user_ip4, u32::from_ne_bytes(to.v4_octets())),
+            Family::V6 => write_ip6(&raw mut (*sa).user_ip6, &to.addr),
+        }
         core::ptr::write_volatile(&raw mut (*sa).user_port, u32::from(to.port.to_be()));
     }
 }

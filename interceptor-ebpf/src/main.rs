@@ -1,4 +1,4 @@
-//! Kernel side of capture. Socket mode: `cgroup/connect4` sends connects to captured service
+//! Kernel side of capture. Socket mode: `cgroup/connect4` and `connect6` send connects to captured service
 //! addresses to the proxy, and `sockops` hands the original destination over to it. Packet mode:
 //! `xdp` rewrites packets to captured service addresses to the proxy and `tc` egress reverses it.
 //!
@@ -14,6 +14,7 @@
 extern crate std;
 
 mod connect;
+mod ctx_addr;
 mod maps;
 mod packet;
 mod sockops;

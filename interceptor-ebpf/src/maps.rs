@@ -13,12 +13,12 @@ use interceptor_common::{
         PACKET_STATS_MAP,
     },
     stats::{ProgramStats, ServiceStats, PROGRAM_COUNT, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
-    SockAddr4,
+    SockAddr,
 };
 
 /// Captured service VIP:port → service id. Written by the loader only.
 #[btf_map]
-pub static CAPTURE: HashMap<SockAddr4, CapturedService, { CAPTURE_MAX_ENTRIES as usize }> = HashMap::new();
+pub static CAPTURE: HashMap<SockAddr, CapturedService, { CAPTURE_MAX_ENTRIES as usize }> = HashMap::new();
 
 /// Slot 0: where captured connections go, and whether the proxy is ready.
 #[btf_map]
@@ -26,15 +26,15 @@ pub static PROXY_TARGET: Array<ProxyTarget, 1> = Array::new();
 
 /// Socket cookie → original destination, from `connect4` until the connection is established.
 #[btf_map]
-pub static ORIG_DST_COOKIE: LruHashMap<u64, SockAddr4, { ORIG_DST_MAX_ENTRIES as usize }> = LruHashMap::new();
+pub static ORIG_DST_COOKIE: LruHashMap<u64, SockAddr, { ORIG_DST_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// Client address → original destination, from `sockops` until the proxy takes it.
 #[btf_map]
-pub static ORIG_DST: LruHashMap<SockAddr4, SockAddr4, { ORIG_DST_MAX_ENTRIES as usize }> = LruHashMap::new();
+pub static ORIG_DST: LruHashMap<SockAddr, SockAddr, { ORIG_DST_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// Per-CPU connection counters per captured service. Sized like `CAPTURE`: one slot per service.
 #[btf_map]
-pub static SERVICE_STATS: PerCpuHashMap<SockAddr4, ServiceStats, { CAPTURE_MAX_ENTRIES as usize }> =
+pub static SERVICE_STATS: PerCpuHashMap<SockAddr, ServiceStats, { CAPTURE_MAX_ENTRIES as usize }> =
     PerCpuHashMap::new();
 
 /// Per-CPU counters per program, indexed by `interceptor_common::stats::Program`.
@@ -43,7 +43,7 @@ pub static PROGRAM_STATS: PerCpuArray<ProgramStats, { PROGRAM_COUNT as usize }> 
 
 /// Packet mode: client address → the flow XDP sent to the proxy. Read by TC and by the proxy.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<SockAddr4, Conntrack, { CONNTRACK_MAX_ENTRIES as usize }> = LruHashMap::new();
+pub static CONNTRACK: LruHashMap<SockAddr, Conntrack, { CONNTRACK_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// Packet mode: per-CPU packet counters per interface index.
 #[btf_map]
@@ -51,7 +51,7 @@ pub static IFACE_STATS: PerCpuHashMap<u32, PacketStats, { IFACE_STATS_MAX_ENTRIE
 
 /// Packet mode: per-CPU packet counters per captured service VIP:port.
 #[btf_map]
-pub static PACKET_STATS: PerCpuHashMap<SockAddr4, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
+pub static PACKET_STATS: PerCpuHashMap<SockAddr, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
 
 /// `a == b` for `&str` in const context.
 const fn same(a: &str, b: &str) -> bool {

@@ -9,15 +9,18 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
-use interceptor_common::{stats::Program, SockAddr4};
+use interceptor_common::{stats::Program, SockAddr};
 
 use crate::{
+    ctx_addr::read_ip6,
     maps::{ORIG_DST, ORIG_DST_COOKIE},
     stats::{count, Outcome},
 };
 
 /// `AF_INET` from `<linux/socket.h>`.
 const AF_INET: u32 = 2;
+/// `AF_INET6` from `<linux/socket.h>`.
+const AF_INET6: u32 = 10;
 /// The program's return value: "handled", per the sockops convention.
 const DONE: u32 = 1;
 
@@ -36,7 +39,8 @@ pub fn sockops_handover(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sockops(ctx: &SockOpsContext) -> Result<Outcome, i32> {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ctx.family() != AF_INET {
+    let family = ctx.family();
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || (family != AF_INET && family != AF_INET6) {
         return Ok(Outcome::Ignored);
     }
     // SAFETY: helper taking the program's own context.
@@ -45,10 +49,18 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<Outcome, i32> {
         return Ok(Outcome::Ignored);
     };
     // SAFETY: copied out right away, before any update of the map can recycle the slot.
-    let orig: SockAddr4 = unsafe { *orig };
-    // `local_ip4` is network order (in-memory bytes are the octets), `local_port` host order.
-    let client = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
-    ORIG_DST.insert(client, orig, u64::from(BPF_ANY))?;
+    let orig: SockAddr = unsafe { *orig };
+    // `local_ip4`/`local_ip6` are network order (in-memory bytes are the address bytes),
+    // `local_port` host order. A dual-stack socket connected to an IPv4 address is AF_INET6 with
+    // an IPv4-mapped `local_ip6`: the same key as the IPv4 peer the proxy accepts.
+    let port = ctx.local_port() as u16;
+    let client = if family == AF_INET {
+        SockAddr::v4(ctx.local_ip4().to_ne_bytes(), port)
+    } else {
+        // SAFETY: `local_ip6` is a readable 4-word context field of the program's context.
+        SockAddr::v6(unsafe { read_ip6(&raw const (*ctx.ops).local_ip6) }, port)
+    };
+    ORIG_DST.insert(&client, &orig, u64::from(BPF_ANY))?;
     // Already handed over; a failed delete only leaves an entry for the LRU to evict.
     let _ = ORIG_DST_COOKIE.remove(cookie);
     Ok(Outcome::Captured)

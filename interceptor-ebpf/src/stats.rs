@@ -4,7 +4,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use interceptor_common::{
     packet::PacketStats,
     stats::{Program, ProgramStats, ServiceStats},
-    SockAddr4,
+    SockAddr,
 };
 
 use crate::maps::{IFACE_STATS, PACKET_STATS, PROGRAM_STATS, SERVICE_STATS};
@@ -46,7 +46,7 @@ pub fn count(program: Program, outcome: Outcome) {
 ///
 /// The kernel's error when the service's slot can't be created (map full).
 #[inline(always)]
-pub fn count_connection(service: &SockAddr4) -> Result<(), i32> {
+pub fn count_connection(service: &SockAddr) -> Result<(), i32> {
     if let Some(slot) = SERVICE_STATS.get_ptr_mut(service) {
         // SAFETY: this CPU's value of a per-CPU hash entry; the loader never deletes entries, so
         // the slot is not recycled while we hold it.
@@ -83,7 +83,7 @@ pub enum PacketEvent {
 /// Counts `event` for interface `ifindex` and service `service`. Counter loss (maps full) is
 /// tolerated: the packet itself is already handled.
 #[inline(always)]
-pub fn count_packet(ifindex: u32, service: &SockAddr4, event: PacketEvent) {
+pub fn count_packet(ifindex: u32, service: &SockAddr, event: PacketEvent) {
     if let Some(slot) = IFACE_STATS.get_ptr_mut(ifindex) {
         // SAFETY: this CPU's value of a per-CPU hash entry; entries are never deleted by the loader
         // while programs run.

@@ -143,6 +143,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         cgroup: settings.cgroup.clone(),
         bpffs: settings.bpffs.clone(),
         redirect: settings.redirect,
+        redirect6: settings.redirect6,
         kind: match settings.mode {
             CaptureMode::Socket => CaptureKind::Socket,
             CaptureMode::Packet => CaptureKind::Packet { interfaces: settings.interfaces.clone() },
@@ -186,11 +187,14 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         metrics: proxy_metrics,
         limits: settings.limits,
     };
-    let listen = settings.listen_addr();
+    let listen = std::net::SocketAddr::V4(settings.listen);
     let upstream = inputs.upstream.clone();
     let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
     gateways.reconcile(&routes.load_full()).await;
-    let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
+    let mut proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
+    if let Some(listen6) = settings.listen6 {
+        proxy.bind_v6(listen6).map_err(|source| AgentError::Listen { addr: listen6.into(), source })?;
+    }
     // Loaded, attached, bound: from here on only what `needed_after_start` names. The runtime's
     // threads dropped the rest as they started (`on_thread_start`); this is the last one, and
     // threads started from here on (the file watcher's) inherit the lowered sets.
@@ -204,7 +208,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         DRAIN_DEADLINE,
     ));
     capture.set_ready(true)?;
-    info!(admin = %settings.admin, %listen, redirect = %settings.redirect, mode = ?settings.mode, failure_policy = ?settings.failure_policy, source = ?settings.source, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent started");
+    info!(admin = %settings.admin, %listen, listen6 = ?settings.listen6, redirect = %settings.redirect, redirect6 = ?settings.redirect6, mode = ?settings.mode, failure_policy = ?settings.failure_policy, source = ?settings.source, cgroup = %settings.cgroup.display(), bpffs = %settings.bpffs.display(), "agent started");
     match &resources {
         Resources::Files(_) => {
             admin_state.set_ready(true);

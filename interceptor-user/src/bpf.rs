@@ -1,7 +1,7 @@
 //! Capture: loads the kernel programs, attaches them, keeps their maps in step, reads counters.
 //!
-//! This is the only module that talks to aya. Socket mode: `cgroup/connect4` redirects `connect()`s
-//! to captured service addresses to the proxy and `sockops` records the original destination by
+//! This is the only module that talks to aya. Socket mode: `cgroup/connect4` and `connect6`
+//! redirect `connect()`s to captured service addresses (either family) to the proxy and `sockops` records the original destination by
 //! client address. Packet mode: `xdp` on pod interfaces rewrites packets to captured service
 //! addresses to the proxy and records the flow in `CONNTRACK`, `tc` egress restores the source of
 //! replies; the interfaces are followed over rtnetlink. Either way [`OrigDstTable::take`] answers
@@ -24,7 +24,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -47,11 +47,16 @@ use interceptor_common::{
         PACKET_STATS_MAP,
     },
     stats::{ServiceStats, PROGRAM_COUNT, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
-    SockAddr4,
+    SockAddr,
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 pub use self::maps::OrigDstTable;
+
+/// A peer address as the kernel maps key it: an IPv4-mapped IPv6 peer is its IPv4 address.
+pub fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    addr::canonical(peer)
+}
 pub use self::sync::SyncReport;
 use self::{
     follow::Follower,
@@ -65,6 +70,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 
 /// Program names in the object (the entry functions' names).
 const CONNECT4: &str = "connect4";
+const CONNECT6: &str = "connect6";
 const SOCKOPS: &str = "sockops_handover";
 const XDP: &str = "xdp_capture";
 const TC: &str = "tc_egress";
@@ -78,15 +84,15 @@ pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 /// restarted (or upgraded) agent keeps counting where the last one stopped. `AYA_LOGS` is not ours
 /// and stays unpinned.
 const PINNED_MAPS: &[PinSpec] = &[
-    pin::<SockAddr4, CapturedService>(CAPTURE_MAP, CAPTURE_MAX_ENTRIES, false),
+    pin::<SockAddr, CapturedService>(CAPTURE_MAP, CAPTURE_MAX_ENTRIES, false),
     pin::<u32, ProxyTarget>(PROXY_TARGET_MAP, 1, false),
-    pin::<u64, SockAddr4>(ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAX_ENTRIES, false),
-    pin::<SockAddr4, SockAddr4>(ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES, false),
-    pin::<SockAddr4, ServiceStats>(SERVICE_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
+    pin::<u64, SockAddr>(ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr, SockAddr>(ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES, false),
+    pin::<SockAddr, ServiceStats>(SERVICE_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
     pin::<u32, ProgramStats>(PROGRAM_STATS_MAP, PROGRAM_COUNT, true),
-    pin::<SockAddr4, Conntrack>(CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, false),
+    pin::<SockAddr, Conntrack>(CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, false),
     pin::<u32, PacketStats>(IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES, true),
-    pin::<SockAddr4, PacketStats>(PACKET_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
+    pin::<SockAddr, PacketStats>(PACKET_STATS_MAP, CAPTURE_MAX_ENTRIES, true),
 ];
 
 const fn pin<K, V>(name: &'static str, max_entries: u32, keep: bool) -> PinSpec {
@@ -118,8 +124,10 @@ pub struct CaptureSettings {
     pub cgroup: PathBuf,
     /// bpffs directory for the map pins (created if missing), e.g. `/sys/fs/bpf/interceptor`.
     pub bpffs: PathBuf,
-    /// Proxy listener address as the captured processes reach it.
+    /// Proxy listener address as the captured processes reach it over IPv4.
     pub redirect: SocketAddrV4,
+    /// Proxy listener address over IPv6; without it IPv6 destinations are not captured.
+    pub redirect6: Option<SocketAddrV6>,
     /// Socket or packet capture.
     pub kind: CaptureKind,
     /// Keep capturing while the proxy is down (connections fail) instead of letting them through.
@@ -278,7 +286,7 @@ pub fn map_access() -> MapAccess {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureStats {
     /// Connections redirected per service VIP:port.
-    pub services: BTreeMap<SocketAddrV4, u64>,
+    pub services: BTreeMap<SocketAddr, u64>,
     /// Per program, in [`Program::ALL`] order.
     pub programs: Vec<(Program, ProgramStats)>,
 }
@@ -346,7 +354,9 @@ impl Capture {
         };
         let stats = StatsMaps::take(&mut ebpf)?;
         proxy_target.set(ProxyTarget {
-            addr: addr::to_kernel(settings.redirect),
+            addr4: addr::to_kernel(settings.redirect.into()),
+            // Port 0 is "unset": IPv6 destinations then stay uncaptured.
+            addr6: settings.redirect6.map(|a| addr::to_kernel(a.into())).unwrap_or_default(),
             ready: 0,
             fail_closed: u32::from(settings.fail_closed),
             heartbeat_ns: 0,
@@ -398,6 +408,7 @@ impl Capture {
             cgroup = %settings.cgroup.display(),
             bpffs = %settings.bpffs.display(),
             redirect = %settings.redirect,
+            redirect6 = ?settings.redirect6,
             fail_closed = settings.fail_closed,
             "capture attached (not ready yet)"
         );
@@ -414,11 +425,13 @@ impl Capture {
         let mut ebpf = lock(&self.ebpf);
         let mut links = lock(&self.links);
 
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, CONNECT4)?;
-        prog.load().map_err(prog_err(CONNECT4, "loading"))?;
-        let id = prog.attach(&cgroup, mode).map_err(prog_err(CONNECT4, "attaching"))?;
-        let link = prog.take_link(id).map_err(prog_err(CONNECT4, "attaching"))?;
-        links.pin(CONNECT4, FdLink::try_from(link).map_err(not_a_link(CONNECT4))?)?;
+        for name in [CONNECT4, CONNECT6] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name, "loading"))?;
+            let id = prog.attach(&cgroup, mode).map_err(prog_err(name, "attaching"))?;
+            let link = prog.take_link(id).map_err(prog_err(name, "attaching"))?;
+            links.pin(name, FdLink::try_from(link).map_err(not_a_link(name))?)?;
+        }
 
         let prog: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         prog.load().map_err(prog_err(SOCKOPS, "loading"))?;
@@ -463,7 +476,7 @@ impl Capture {
     ///
     /// [`BpfError::Map`] when a map operation fails (e.g. `CAPTURE` is full); entries written
     /// before the failure stay, and the next sync converges.
-    pub fn sync_capture(&mut self, desired: &BTreeMap<SocketAddrV4, u32>) -> Result<SyncReport, BpfError> {
+    pub fn sync_capture(&mut self, desired: &BTreeMap<SocketAddr, u32>) -> Result<SyncReport, BpfError> {
         let report = sync::sync(&mut self.capture, desired)?;
         if !report.is_noop() {
             tracing::info!(

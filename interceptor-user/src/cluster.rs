@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::config::{ClusterObject, Diagnostic, Snapshot};
 
 pub use events::RejectionReporter;
-pub use translate::{pod_workload, service_entries, PodLabels, SERVICE_NAME_LABEL};
+pub use translate::{pod_workloads, service_entries, PodLabels, SERVICE_NAME_LABEL};
 
 /// The Istio API group.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -249,7 +249,7 @@ impl Cluster {
         if let Some(local) = &stores.local_pods {
             let mut local = local.state();
             local.sort_by_key(|p| (p.namespace(), p.name_any()));
-            snapshot.workload_entries.extend(local.iter().filter_map(|p| pod_workload(p)));
+            snapshot.workload_entries.extend(local.iter().flat_map(|p| pod_workloads(p)));
         }
         Some((snapshot, errors))
     }

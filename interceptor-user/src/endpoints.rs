@@ -9,7 +9,7 @@ mod state;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::config::{Diagnostic, Resource, ServiceEntry, Severity, Snapshot, WorkloadEntry};
@@ -98,8 +98,8 @@ pub struct Service {
     pub host: Arc<str>,
     /// Namespace of the ServiceEntry.
     pub namespace: String,
-    /// Captured virtual IPs.
-    pub vips: Vec<Ipv4Addr>,
+    /// Captured virtual IPs, of either family (a dual-stack service has one of each).
+    pub vips: Vec<IpAddr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
     /// Endpoints.
@@ -169,13 +169,14 @@ impl Registry {
         let shared_namespace: Arc<str> = namespace.as_str().into();
         let mut vips = Vec::new();
         for (i, address) in se.spec.addresses.iter().enumerate() {
-            match address.parse::<Ipv4Addr>() {
-                Ok(ip) => vips.push(ip),
-                // Istio accepts CIDRs and IPv6 (validation checks the syntax): not captured, not refused.
+            match address.parse::<IpAddr>() {
+                // An IPv4-mapped IPv6 address is the IPv4 address, as the kernel sees it.
+                Ok(ip) => vips.push(ip.to_canonical()),
+                // Istio accepts CIDRs (validation checks the syntax): not captured, not refused.
                 Err(_) => diagnostics.push(src.diagnostic(
                     Severity::Warning,
                     format!("spec.addresses[{i}]"),
-                    format!("{address:?} is not an IPv4 address (CIDRs and IPv6 VIPs are not captured yet); ignored"),
+                    format!("{address:?} is not an IP address (CIDR VIPs are not captured); ignored"),
                 )),
             }
         }

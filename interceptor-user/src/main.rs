@@ -124,6 +124,13 @@ struct SettingsArgs {
     /// Address captured connections are redirected to (this node, as pods reach it).
     #[arg(long)]
     redirect: Option<SocketAddrV4>,
+    /// IPv6 proxy listener (default `[::]` on the port of `--redirect6`).
+    #[arg(long)]
+    listen6: Option<std::net::SocketAddrV6>,
+    /// Address captured IPv6 connections are redirected to (this node, as pods reach it over
+    /// IPv6); without it IPv6 is not captured.
+    #[arg(long)]
+    redirect6: Option<std::net::SocketAddrV6>,
     /// cgroup v2 directory whose processes are captured.
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -171,6 +178,8 @@ impl SettingsArgs {
         let flags = SettingsFile {
             listen: self.listen,
             redirect: self.redirect,
+            listen6: self.listen6,
+            redirect6: self.redirect6,
             cgroup: self.cgroup,
             bpffs: self.bpffs,
             mode: self.mode,
@@ -472,13 +481,13 @@ fn explain_tls(
     source: Option<std::net::IpAddr>,
     sni: &str,
 ) -> ExitCode {
-    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::{Ipv4Addr, SocketAddr};
     let source = SocketAddr::new(source.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), 0);
     let port_of_host = host.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
     if let Some(gateway) = gateway {
         let gateway = interceptor::routing::resolve_gateway_name(gateway, namespace);
         let port = port_of_host.unwrap_or(443);
-        let destination = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        let destination = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
         let at = interceptor::routing::L4View { port, destination, source, sni: Some(sni), gateway: Some(&gateway) };
         print!("{}", table.explain_tls("", &at));
         return ExitCode::SUCCESS;
@@ -488,10 +497,10 @@ fn explain_tls(
         return ExitCode::FAILURE;
     };
     let port = port_of_host.or_else(|| service.ports.first().map(|p| p.number)).unwrap_or(443);
-    let vip = service.vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let vip = service.vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED.into());
     let at = interceptor::routing::L4View {
         port,
-        destination: SocketAddrV4::new(vip, port),
+        destination: SocketAddr::new(vip, port),
         source,
         sni: Some(sni),
         gateway: None,

@@ -22,7 +22,7 @@ mod tcp;
 pub mod upgrade;
 mod upstream;
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -44,7 +44,7 @@ async fn serve_http2(
     mut watch: drain::Watch,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
-    original: Option<SocketAddrV4>,
+    original: Option<SocketAddr>,
 ) {
     let outbound = Arc::new(Outbound::new(inputs, client, original));
     let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
@@ -61,7 +61,7 @@ async fn serve_tls(
     inputs: ProxyInputs,
     mut stream: tokio::net::TcpStream,
     client: SocketAddr,
-    original: SocketAddrV4,
+    original: SocketAddr,
     service: String,
 ) {
     match client_hello::read(&mut stream, inputs.limits.header_read_timeout).await {
@@ -85,12 +85,11 @@ use hop_by_hop::header_tokens;
 /// Answers "where was this accepted connection going before it was redirected?".
 pub trait OriginalDestination: Send + Sync + 'static {
     /// The original destination of the connection from `client`, consumed by the call.
-    fn take(&self, client: SocketAddr) -> Option<SocketAddrV4>;
+    fn take(&self, client: SocketAddr) -> Option<SocketAddr>;
 }
 
 impl OriginalDestination for crate::bpf::OrigDstTable {
-    fn take(&self, client: SocketAddr) -> Option<SocketAddrV4> {
-        let SocketAddr::V4(client) = client else { return None };
+    fn take(&self, client: SocketAddr) -> Option<SocketAddr> {
         match crate::bpf::OrigDstTable::take(self, client) {
             Ok(found) => found,
             Err(err) => {
@@ -102,27 +101,36 @@ impl OriginalDestination for crate::bpf::OrigDstTable {
 }
 
 /// The service behind `original` when its port is a TCP (non-HTTP) port.
-fn tcp_service(inputs: &ProxyInputs, original: SocketAddrV4) -> Option<String> {
+fn tcp_service(inputs: &ProxyInputs, original: SocketAddr) -> Option<String> {
     let table = inputs.routes.load();
     let service = table.service_at(original)?;
     (table.protocol(service, original.port()) == crate::endpoints::Protocol::Tcp).then(|| service.to_string())
 }
 
-/// The next connection on `listener` (no-delay set), or `None` once `stop` resolves. A failed
-/// accept (EMFILE and friends) is logged and waited out, keeping the connections already open.
+/// The next connection on `listener` or `listener6` (no-delay set), or `None` once `stop`
+/// resolves. A failed accept (EMFILE and friends) is logged and waited out, keeping the
+/// connections already open.
 async fn accept(
     listener: &TcpListener,
+    listener6: Option<&TcpListener>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             () = stop.as_mut() => return None,
             accepted = listener.accept() => accepted,
+            accepted = async {
+                match listener6 {
+                    Some(listener6) => listener6.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => accepted,
         };
         match accepted {
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
-                return Some((stream, client));
+                // A dual-stack peer `::ffff:a.b.c.d` is the IPv4 client the kernel keyed.
+                return Some((stream, crate::bpf::canonical_peer(client)));
             }
             Err(err) => {
                 warn!(%err, "accept failed");
@@ -149,9 +157,10 @@ pub struct ProxyInputs {
     pub limits: limits::Limits,
 }
 
-/// The listener for captured connections.
+/// The listeners for captured connections: one per family.
 pub struct Proxy {
     listener: TcpListener,
+    listener6: Option<TcpListener>,
     inputs: ProxyInputs,
 }
 
@@ -162,7 +171,26 @@ impl Proxy {
     /// The address cannot be bound.
     pub async fn bind(addr: SocketAddr, inputs: ProxyInputs) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, inputs })
+        Ok(Self { listener, listener6: None, inputs })
+    }
+
+    /// Adds an IPv6 listener beside the first one. It is IPv6-only, so `[::]` and `0.0.0.0` can
+    /// share a port.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn bind_v6(&mut self, addr: std::net::SocketAddrV6) -> std::io::Result<()> {
+        use socket2::{Domain, Socket, Type};
+
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        socket.set_only_v6(true)?;
+        // What std's (and so tokio's) `bind` does on Unix: a restarted agent rebinds at once.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::V6(addr).into())?;
+        socket.listen(1024)?;
+        self.listener6 = Some(TcpListener::from_std(socket.into())?);
+        Ok(())
     }
 
     /// The bound address.
@@ -179,7 +207,7 @@ impl Proxy {
         let http2 = self.inputs.limits.http2();
         let reaper = tokio::spawn(self.inputs.upstream.clone().reap_idle());
         tokio::pin!(shutdown);
-        while let Some((stream, client)) = accept(&self.listener, shutdown.as_mut()).await {
+        while let Some((stream, client)) = accept(&self.listener, self.listener6.as_ref(), shutdown.as_mut()).await {
             let inputs = self.inputs.clone();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 warn!(%client, max = self.inputs.limits.max_connections, "connection cap reached; answering 503");
@@ -237,7 +265,7 @@ impl Proxy {
                 .instrument(span),
             );
         }
-        drop(self.listener);
+        drop((self.listener, self.listener6));
         reaper.abort();
         tokio::select! {
             () = connections.drain() => debug!("all connections drained"),

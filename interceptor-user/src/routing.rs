@@ -9,7 +9,7 @@ mod index;
 mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -364,7 +364,7 @@ pub struct RouteTable {
     clusters: Vec<Arc<Cluster>>,
     routes: HashMap<Arc<str>, ServiceRoutes>,
     /// Service VIP:port → (host, service id).
-    capture: BTreeMap<SocketAddrV4, (Arc<str>, u32)>,
+    capture: BTreeMap<SocketAddr, (Arc<str>, u32)>,
     /// Gateway servers by port and the VirtualServices bound to them.
     gateways: GatewayTable,
     warnings: Vec<Diagnostic>,
@@ -543,12 +543,12 @@ impl RouteTable {
     }
 
     /// The capture set the kernel maps must hold: service VIP:port → service id.
-    pub fn capture_set(&self) -> BTreeMap<SocketAddrV4, u32> {
+    pub fn capture_set(&self) -> BTreeMap<SocketAddr, u32> {
         self.capture.iter().map(|(k, (_, id))| (*k, *id)).collect()
     }
 
     /// The service behind a captured VIP:port.
-    pub fn service_at(&self, vip: SocketAddrV4) -> Option<&Arc<str>> {
+    pub fn service_at(&self, vip: SocketAddr) -> Option<&Arc<str>> {
         self.capture.get(&vip).map(|(host, _)| host)
     }
 
@@ -646,7 +646,7 @@ impl RouteTable {
         &'t self,
         service: &str,
         port: u16,
-        destination: SocketAddrV4,
+        destination: SocketAddr,
         source: SocketAddr,
     ) -> Option<(&'t str, &'t Target)> {
         let routes = self.routes.get(service)?;
@@ -666,7 +666,7 @@ impl RouteTable {
         &'t self,
         service: &str,
         port: u16,
-        destination: SocketAddrV4,
+        destination: SocketAddr,
         source: SocketAddr,
         sni: Option<&str>,
     ) -> Option<(&'t str, &'t Target)> {

@@ -31,8 +31,8 @@ const MESH_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 8
 struct ToVip;
 
 impl OriginalDestination for ToVip {
-    fn take(&self, _client: SocketAddr) -> Option<SocketAddrV4> {
-        Some(MESH_VIP)
+    fn take(&self, _client: SocketAddr) -> Option<SocketAddr> {
+        Some(MESH_VIP.into())
     }
 }
 

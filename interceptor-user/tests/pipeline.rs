@@ -29,8 +29,8 @@ const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 struct ToVip;
 
 impl OriginalDestination for ToVip {
-    fn take(&self, _client: SocketAddr) -> Option<SocketAddrV4> {
-        Some(VIP)
+    fn take(&self, _client: SocketAddr) -> Option<SocketAddr> {
+        Some(VIP.into())
     }
 }
 

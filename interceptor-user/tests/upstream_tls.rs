@@ -2,7 +2,7 @@
 //! loopback, endpoints as rustls servers on 127.0.0.1 with certificates made here (rcgen), and
 //! requests sent as a captured client would (a fake original destination).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +34,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 struct ToVip(u16);
 
 impl OriginalDestination for ToVip {
-    fn take(&self, _client: SocketAddr) -> Option<SocketAddrV4> {
-        Some(SocketAddrV4::new(VIP, self.0))
+    fn take(&self, _client: SocketAddr) -> Option<SocketAddr> {
+        Some(SocketAddr::new(VIP.into(), self.0))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::node::{Node, GATEWAY};
+use crate::node::{Node, GATEWAY, GATEWAY6};
 
 /// Capture mode of an agent under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,8 +49,13 @@ impl Agent {
     /// # Errors
     /// The agent exits or does not report ready in time; the error carries its log.
     pub fn start(node: &Node, files: &[(&str, &str)], in_captured_cgroup: bool) -> Result<Agent> {
-        let redirect = format!("{GATEWAY}:15001");
-        Self::start_with(node, files, &["--listen", "0.0.0.0:15001", "--redirect", &redirect], in_captured_cgroup)
+        let (redirect, redirect6) = redirects();
+        Self::start_with(
+            node,
+            files,
+            &["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--redirect6", &redirect6],
+            in_captured_cgroup,
+        )
     }
 
     /// Like [`Agent::start`], capturing in `mode` with `failure_policy` (`open` or `closed`).
@@ -64,8 +69,17 @@ impl Agent {
         mode: Mode,
         failure_policy: &str,
     ) -> Result<Agent> {
-        let redirect = format!("{GATEWAY}:15001");
-        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--failure-policy", failure_policy];
+        let (redirect, redirect6) = redirects();
+        let mut flags = vec![
+            "--listen",
+            "0.0.0.0:15001",
+            "--redirect",
+            &redirect,
+            "--redirect6",
+            &redirect6,
+            "--failure-policy",
+            failure_policy,
+        ];
         flags.extend_from_slice(mode.flags());
         Self::start_with(node, files, &flags, in_captured_cgroup)
     }
@@ -78,8 +92,8 @@ impl Agent {
     /// # Errors
     /// As [`Agent::start`].
     pub fn start_confined(node: &Node, files: &[(&str, &str)], mode: Mode, capabilities: &[&str]) -> Result<Agent> {
-        let redirect = format!("{GATEWAY}:15001");
-        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        let (redirect, redirect6) = redirects();
+        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--redirect6", &redirect6];
         flags.extend_from_slice(mode.flags());
         let bounding: Vec<String> = capabilities.iter().map(|c| format!("+{}", c.to_ascii_lowercase())).collect();
         let bounding = format!("-all,{}", bounding.join(","));
@@ -127,8 +141,8 @@ impl Agent {
     /// # Errors
     /// The agent exits or does not start in time; the error carries its log.
     pub fn start_kubernetes(node: &Node, kubeconfig: &std::path::Path, flags: &[&str]) -> Result<Agent> {
-        let redirect = format!("{GATEWAY}:15001");
-        let mut all = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect];
+        let (redirect, redirect6) = redirects();
+        let mut all = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--redirect6", &redirect6];
         all.extend_from_slice(flags);
         Self::start_kubernetes_in(node, node.cgroup(), node.bpffs(), kubeconfig, &all)
     }
@@ -261,6 +275,12 @@ impl Agent {
         let _ = child.wait();
         bail!("agent ignored SIGTERM for 10 s; log:\n{}", self.log())
     }
+}
+
+/// The proxy's addresses as pods reach them: the node's gateway address of each family, port
+/// 15001 (the IPv6 listener defaults to `[::]:15001`).
+fn redirects() -> (String, String) {
+    (format!("{GATEWAY}:15001"), format!("[{GATEWAY6}]:15001"))
 }
 
 /// A directory of its own for each agent of a node (one may start before another's is removed).

@@ -12,6 +12,8 @@ pub const CLIENT: &str = "client";
 pub const VIP: &str = "10.96.0.10:80";
 /// The service host.
 pub const HOST: &str = "my-app.default.svc.cluster.local";
+/// The service's IPv6 VIP:port: 10.96.0.10's twin (see `ipv6_twin`).
+pub const VIP6: &str = "[fd00:10:96::10]:80";
 
 /// The ServiceEntry: VIP, port 80 → 8080, three pods.
 pub const SERVICE: &str = "\
@@ -38,6 +40,46 @@ spec:
   - address: 10.244.0.13
     labels: {version: v2}
 ";
+
+/// [`SERVICE`] over IPv6: VIP fd00:10:96::10, the same three pods at their IPv6 addresses.
+pub fn service_v6() -> String {
+    SERVICE.replace("10.96.0.10", "fd00:10:96::10").replace("10.244.0.", "fd00:10:244::")
+}
+
+/// [`SERVICE`] dual-stack: a VIP per family (as a Service with two `clusterIPs`), the pods at
+/// both of their addresses, so each family reaches them over its own.
+pub fn service_dual_stack() -> String {
+    let v6_endpoints = service_v6();
+    let v6_endpoints = &v6_endpoints[v6_endpoints.find("  - address:").unwrap_or(v6_endpoints.len())..];
+    format!("{}{v6_endpoints}", SERVICE.replace("  - 10.96.0.10\n", "  - 10.96.0.10\n  - fd00:10:96::10\n"))
+}
+
+/// The address family a test's client uses: the service definition and the VIP it dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// 10.96.0.10, pods at 10.244.0.x.
+    V4,
+    /// fd00:10:96::10, pods at fd00:10:244::x.
+    V6,
+}
+
+impl Family {
+    /// The my-app ServiceEntry of this family.
+    pub fn service(self) -> String {
+        match self {
+            Family::V4 => SERVICE.to_owned(),
+            Family::V6 => service_v6(),
+        }
+    }
+
+    /// The VIP:port clients dial.
+    pub fn vip(self) -> &'static str {
+        match self {
+            Family::V4 => VIP,
+            Family::V6 => VIP6,
+        }
+    }
+}
 
 /// The DestinationRule with subsets v1 and v2.
 pub const SUBSETS: &str = "\
@@ -138,8 +180,16 @@ pub fn node() -> Result<Node> {
 /// # Panics
 /// The client cannot run (a broken test node, not a finding).
 pub fn load(node: &Node, n: usize, extra: &[&str]) -> crate::LoadReport {
+    load_to(node, VIP, n, extra)
+}
+
+/// Like [`load`], to `vip` (e.g. [`VIP6`]).
+///
+/// # Panics
+/// As [`load`].
+pub fn load_to(node: &Node, vip: &str, n: usize, extra: &[&str]) -> crate::LoadReport {
     let n = n.to_string();
-    let mut args = vec!["--target", VIP, "--host", HOST, "-n", &n];
+    let mut args = vec!["--target", vip, "--host", HOST, "-n", &n];
     args.extend_from_slice(extra);
     node.load(CLIENT, &args).expect("pod load runs")
 }

@@ -1,7 +1,7 @@
 //! Network namespaces, veth pairs, the capture cgroup and pod processes of one test node.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,9 +11,26 @@ use serde::Deserialize;
 
 /// The node's address on every pod link: pods' default gateway and the proxy's redirect address.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The node's IPv6 address on every pod link (ULA: it exists only inside the test namespaces).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 /// Service VIPs exist only as captured addresses; in the node the range is unreachable, so an
 /// uncaptured packet goes nowhere and the client learns it at once (ICMP) instead of timing out.
 pub const SERVICE_RANGE: &str = "10.96.0.0/12";
+/// The IPv6 service VIP range (ULA), unreachable in the node like [`SERVICE_RANGE`].
+pub const SERVICE_RANGE6: &str = "fd00:10:96::/112";
+
+/// The IPv6 twin of an IPv4 test address `a.b.c.d` in `prefix` (e.g. `fd00:10:244::`): the last
+/// octet's decimal digits read as hex, so 10.244.0.11 is fd00:10:244::11 and 10.96.0.10 is
+/// fd00:10:96::10 — easy to tell apart in logs and to pair by eye.
+pub fn ipv6_twin(prefix: [u16; 3], v4: Ipv4Addr) -> Ipv6Addr {
+    let last = u16::from_str_radix(&v4.octets()[3].to_string(), 16).unwrap_or(0);
+    Ipv6Addr::new(prefix[0], prefix[1], prefix[2], 0, 0, 0, 0, last)
+}
+
+/// The pod range's prefix, for [`ipv6_twin`].
+pub const POD_PREFIX6: [u16; 3] = [0xfd00, 0x10, 0x244];
+/// The service range's prefix, for [`ipv6_twin`].
+pub const SERVICE_PREFIX6: [u16; 3] = [0xfd00, 0x10, 0x96];
 
 /// A pod to create: a network namespace with one address.
 #[derive(Clone, Debug)]
@@ -22,12 +39,15 @@ pub struct PodSpec {
     pub name: String,
     /// Pod IP (10.244.0.x).
     pub ip: Ipv4Addr,
+    /// Pod IPv6 address: the IPv4 one's twin (fd00:10:244::x), so every pod is dual-stack.
+    pub ip6: Ipv6Addr,
 }
 
 impl PodSpec {
-    /// A pod named `name` at `ip`.
+    /// A pod named `name` at `ip` and at its IPv6 twin.
     pub fn new(name: &str, ip: [u8; 4]) -> Self {
-        Self { name: name.to_owned(), ip: Ipv4Addr::from(ip) }
+        let ip = Ipv4Addr::from(ip);
+        Self { name: name.to_owned(), ip, ip6: ipv6_twin(POD_PREFIX6, ip) }
     }
 }
 
@@ -165,8 +185,10 @@ impl Node {
         self.created_netns.push(node.clone());
         ip(&["-n", &node, "link", "set", "lo", "up"])?;
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))?;
         // An uncaptured packet to a VIP goes nowhere, and nothing leaves the node.
         ip(&["-n", &node, "route", "add", "unreachable", SERVICE_RANGE])?;
+        ip(&["-n", &node, "-6", "route", "add", "unreachable", SERVICE_RANGE6])?;
         for (i, pod) in self.pods.clone().iter().enumerate() {
             self.plug(i, pod)?;
         }
@@ -186,6 +208,9 @@ impl Node {
         ip(&["-n", &node, "addr", "add", &format!("{gateway}/32"), "dev", &host_if])?;
         ip(&["-n", &node, "link", "set", &host_if, "up"])?;
         ip(&["-n", &node, "route", "add", &format!("{}/32", pod.ip), "dev", &host_if])?;
+        // IPv6 the same way; `nodad`: no duplicate address detection delay on links we made.
+        ip(&["-n", &node, "addr", "add", &format!("{GATEWAY6}/128"), "dev", &host_if, "nodad"])?;
+        ip(&["-n", &node, "route", "add", &format!("{}/128", pod.ip6), "dev", &host_if])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         // Load runs open thousands of short connections to one endpoint: reuse TIME_WAIT ports
         // instead of running out of them (EADDRNOTAVAIL).
@@ -194,6 +219,10 @@ impl Node {
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", &gateway, "dev", "eth0"])?;
         ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        let gateway6 = GATEWAY6.to_string();
+        ip(&["-n", &ns, "addr", "add", &format!("{}/128", pod.ip6), "dev", "eth0", "nodad"])?;
+        ip(&["-n", &ns, "route", "add", &gateway6, "dev", "eth0"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gateway6, "dev", "eth0"])?;
         Ok(())
     }
 
@@ -281,8 +310,8 @@ impl Node {
         Ok(pid)
     }
 
-    /// Starts `pod serve` in pod `pod`, answering with `name` on port 8080; returns its PID (for
-    /// [`Node::kill`]).
+    /// Starts `pod serve` in pod `pod`, answering with `name` on port 8080 of both its addresses
+    /// (one dual-stack socket on `[::]`); returns its PID (for [`Node::kill`]).
     ///
     /// # Errors
     /// The pod is unknown or the process cannot start.
@@ -295,8 +324,11 @@ impl Node {
     /// # Errors
     /// As [`Node::serve`].
     pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<u32> {
-        let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
-        let listen = format!("{}:8080", spec.ip);
+        if !self.pods.iter().any(|p| p.name == pod) {
+            bail!("no pod {pod}");
+        }
+        // IPv4 clients reach it as `::ffff:a.b.c.d` (net.ipv6.bindv6only is 0 in a new namespace).
+        let listen = "[::]:8080".to_owned();
         let mut args = vec!["serve", "--listen", &listen, "--name", name];
         args.extend_from_slice(extra);
         let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);

@@ -3,33 +3,66 @@
 
 use std::time::Duration;
 
-use testbed::fixtures::{assert_share, load, node, split, BETA, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use testbed::fixtures::{assert_share, load, load_to, node, split, Family, BETA, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::{read_stdout, run_agent_command, Agent, Mode, Node, PodSpec};
 
 fn seed_example_one_splits_90_10(mode: Mode) {
+    seed_example_one(mode, Family::V4);
+}
+
+fn seed_example_one_splits_90_10_over_ipv6(mode: Mode) {
+    seed_example_one(mode, Family::V6);
+}
+
+fn seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest(mode: Mode) {
+    seed_example_two(mode, Family::V4);
+}
+
+fn seed_example_two_over_ipv6(mode: Mode) {
+    seed_example_two(mode, Family::V6);
+}
+
+fn seed_example_one(mode: Mode, family: Family) {
     let node = node().unwrap();
+    let service = family.service();
     let _agent = Agent::start_in(
         &node,
-        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(90, 10))],
+        &[("svc.yaml", &service), ("dr.yaml", SUBSETS), ("vs.yaml", &split(90, 10))],
         false,
         mode,
         "open",
     )
     .unwrap();
-    let report = load(&node, 2000, &[]);
+    let report = load_to(&node, family.vip(), 2000, &[]);
     assert_eq!((report.failures, report.status(200)), (0, 2000), "{report:?}");
     assert_eq!(report.count("v1") + report.count("v2"), 2000);
     assert_share(report.count("v2"), 2000, 0.1, "v2 share");
+    // Captured by the kernel under the VIP of the family dialled, in the one 16-byte key form.
+    let (stats, field) = match mode {
+        Mode::Socket => ("SERVICE_STATS", "connections"),
+        Mode::Packet => ("PACKET_STATS", "new_flows"),
+    };
+    let dump = node.bpftool_dump(stats).unwrap();
+    let entries = dump.as_array().unwrap_or_else(|| panic!("entries in {dump:#}"));
+    let vip: std::net::SocketAddr = family.vip().parse().unwrap();
+    let key = match vip.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(ip) => ip.octets(),
+    };
+    let keys: Vec<serde_json::Value> = entries.iter().map(|e| e["formatted"]["key"]["addr"].clone()).collect();
+    assert_eq!(keys, [serde_json::json!(key)], "{dump:#}");
+    assert!(pinned_sum(&dump, 80, field) >= 1, "{dump:#}");
 }
 
-fn seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest(mode: Mode) {
+fn seed_example_two(mode: Mode, family: Family) {
     let node = node().unwrap();
+    let service = family.service();
     let _agent =
-        Agent::start_in(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false, mode, "open")
+        Agent::start_in(&node, &[("svc.yaml", &service), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false, mode, "open")
             .unwrap();
-    let beta = load(&node, 100, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
+    let beta = load_to(&node, family.vip(), 100, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
     assert_eq!(beta.count("v2"), 100, "{beta:?}");
-    let rest = load(&node, 2000, &["-H", "User-Agent: Mozilla/5.0"]);
+    let rest = load_to(&node, family.vip(), 2000, &["-H", "User-Agent: Mozilla/5.0"]);
     assert_eq!(rest.status(200), 2000, "{rest:?}");
     assert_share(rest.count("v2"), 2000, 0.1, "v2 share without the header");
 }
@@ -108,6 +141,21 @@ fn a_config_change_applies_live_without_a_failed_request(mode: Mode) {
     assert_eq!(load(&node, 50, &[]).count("v2"), 50);
 }
 
+fn a_dual_stack_service_answers_on_both_vips_by_the_same_rules(mode: Mode) {
+    let node = node().unwrap();
+    let service = testbed::fixtures::service_dual_stack();
+    let _agent =
+        Agent::start_in(&node, &[("svc.yaml", &service), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)], false, mode, "open")
+            .unwrap();
+    for family in [Family::V4, Family::V6] {
+        let beta = load_to(&node, family.vip(), 50, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
+        assert_eq!(beta.count("v2"), 50, "{family:?}: {beta:?}");
+        let rest = load_to(&node, family.vip(), 1000, &["-H", "User-Agent: Mozilla/5.0"]);
+        assert_eq!((rest.failures, rest.status(200)), (0, 1000), "{family:?}: {rest:?}");
+        assert_share(rest.count("v2"), 1000, 0.1, &format!("{family:?}: v2 share without the header"));
+    }
+}
+
 /// Access-log lines (Envoy format, log target `access`) in an agent log.
 fn access_lines(log: &str) -> usize {
     log.matches(" access: [").count()
@@ -130,6 +178,17 @@ fn pinned_sum(dump: &serde_json::Value, port: u64, field: &str) -> u64 {
         .filter_map(|entry| entry.get("formatted"))
         .filter(|f| f["key"]["port"].as_u64() == Some(port))
         .map(|f| sum(&f["values"], field))
+        .sum()
+}
+
+/// `field` of `PROGRAM_STATS` slot `slot` (see `Program`), summed over CPUs.
+fn program_counter(node: &Node, slot: usize, field: &str) -> u64 {
+    let programs = node.bpftool_dump("PROGRAM_STATS").unwrap();
+    programs[slot]["formatted"]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("per-CPU values in {programs:#}"))
+        .iter()
+        .map(|v| v["value"][field].as_u64().unwrap_or(0))
         .sum()
 }
 
@@ -194,14 +253,8 @@ fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself(mode: Mode) {
     assert_eq!((report.count("v1"), report.failures), (100, 0), "{report:?}");
     // Socket mode: the connect hook did see the proxy's connects to the captured pod address, and
     // let them be. (Packet mode never sees them: XDP runs on packets coming from pods.)
-    let programs = node.bpftool_dump("PROGRAM_STATS").unwrap();
-    let bypassed: u64 = programs[0]["formatted"]["values"]
-        .as_array()
-        .unwrap_or_else(|| panic!("per-CPU values in {programs:#}"))
-        .iter()
-        .map(|v| v["value"]["bypassed"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(bypassed > 0, mode == Mode::Socket, "{programs:#}");
+    let bypassed = program_counter(&node, 0, "bypassed");
+    assert_eq!(bypassed > 0, mode == Mode::Socket, "connect4 bypassed {bypassed}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     // The access log's "%UPSTREAM_HOST%" field: every request went to a v1 pod.
@@ -337,6 +390,9 @@ macro_rules! in_both_modes {
 in_both_modes!(
     seed_example_one_splits_90_10,
     seed_example_two_sends_beta_testers_to_v2_and_splits_the_rest,
+    seed_example_one_splits_90_10_over_ipv6,
+    seed_example_two_over_ipv6,
+    a_dual_stack_service_answers_on_both_vips_by_the_same_rules,
     a_subset_without_a_destination_rule_answers_503_nc,
     no_matching_rule_answers_404,
     a_config_change_applies_live_without_a_failed_request,
@@ -345,6 +401,27 @@ in_both_modes!(
     killing_the_proxy_fails_open,
     killing_the_proxy_fails_closed,
 );
+
+#[test]
+fn socket_mode_captures_a_dual_stack_socket_dialling_the_ipv4_vip_in_connect6() {
+    let node = node().unwrap();
+    let _agent = Agent::start_in(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(0, 100))],
+        false,
+        Mode::Socket,
+        "open",
+    )
+    .unwrap();
+    // An AF_INET6 socket connecting to ::ffff:10.96.0.10 runs connect6 only (never connect4): it
+    // must find the IPv4 VIP and reach the proxy's IPv4 address, mapped.
+    let report = load_to(&node, "[::ffff:10.96.0.10]:80", 20, &["--new-connections"]);
+    assert_eq!((report.count("v2"), report.failures), (20, 0), "{report:?}");
+    let captured = |slot| program_counter(&node, slot, "captured");
+    // Slots: 0 connect4, 1 sockops, 4 connect6.
+    assert_eq!((captured(0), captured(4)), (0, 20), "connect4 and connect6 captured");
+    assert_eq!(captured(1), 20, "sockops handed over every connection");
+}
 
 #[test]
 fn packet_mode_forgets_a_flow_once_both_sides_closed_it() {

@@ -1,5 +1,5 @@
 //! End-to-end: the agent's lifecycle — SIGTERM stops capture first and drains in-flight responses
-//! to the end; a restarted agent re-adopts the pinned counters.
+//! to the end; a restarted agent re-adopts the pinned counters, and replaces pins of an older layout.
 
 mod common;
 
@@ -83,4 +83,34 @@ fn a_restarted_agent_keeps_the_kernel_counters() {
     assert_eq!(load(&node, 3, &["--new-connections"]).count("v1"), 3);
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
     assert!(text.contains("interceptor_capture_connections_total{service=\"10.96.0.10:80\"} 8"), "{text}");
+}
+
+#[test]
+fn pins_of_the_ipv4_only_layout_are_replaced_with_a_warning_not_a_failed_start() {
+    let node = node().unwrap();
+    // What an agent from before IPv6 left: counters keyed by 8-byte IPv4 addresses, and a
+    // capture map of the same old layout.
+    std::fs::create_dir_all(node.bpffs()).unwrap();
+    for (name, kind, value) in [("SERVICE_STATS", "percpu_hash", "8"), ("CAPTURE", "hash", "4")] {
+        let pin = node.bpffs().join(name);
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&pin)
+            .args(["type", kind, "key", "8", "value", value, "entries", "16384", "name", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool map create {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS)];
+    let vs = split(100, 0);
+    let files: Vec<(&str, &str)> = files.into_iter().chain([("vs.yaml", vs.as_str())]).collect();
+    let agent = Agent::start(&node, &files, false).unwrap();
+    let log = agent.log();
+    assert_eq!(log.matches("pinned map of another layout").count(), 2, "{log}");
+    assert!(log.contains("found=key 8 B, value 8 B, 16384 entries"), "{log}");
+    assert!(log.contains("expected=key 20 B, value 8 B, 16384 entries"), "{log}");
+    // The fresh maps serve and count.
+    assert_eq!(load(&node, 4, &["--new-connections"]).count("v1"), 4);
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    assert!(text.contains("interceptor_capture_connections_total{service=\"10.96.0.10:80\"} 4"), "{text}");
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -17,7 +17,7 @@ use interceptor_common::{
     origdst::ORIG_DST_MAP,
     packet::{Conntrack, CONNTRACK_MAP},
     stats::{Program, ProgramStats, ServiceStats, PROGRAM_STATS_MAP, SERVICE_STATS_MAP},
-    SockAddr4,
+    SockAddr,
 };
 
 use super::{
@@ -52,8 +52,8 @@ fn err(name: &'static str) -> impl Fn(MapError) -> BpfError {
 
 // === impl CaptureMap ===
 
-/// `CAPTURE`: service VIP:port → service id.
-pub(crate) struct CaptureMap(HashMap<MapData, SockAddr4, CapturedService>);
+/// `CAPTURE`: service VIP:port (either family) → service id.
+pub(crate) struct CaptureMap(HashMap<MapData, SockAddr, CapturedService>);
 
 impl CaptureMap {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
@@ -62,7 +62,7 @@ impl CaptureMap {
 }
 
 impl CaptureStore for CaptureMap {
-    fn entries(&self) -> Result<BTreeMap<SocketAddrV4, u32>, BpfError> {
+    fn entries(&self) -> Result<BTreeMap<SocketAddr, u32>, BpfError> {
         self.0
             .iter()
             .map(|entry| {
@@ -72,11 +72,11 @@ impl CaptureStore for CaptureMap {
             .collect()
     }
 
-    fn put(&mut self, addr: SocketAddrV4, service_id: u32) -> Result<(), BpfError> {
+    fn put(&mut self, addr: SocketAddr, service_id: u32) -> Result<(), BpfError> {
         self.0.insert(to_kernel(addr), CapturedService { service_id }, 0).map_err(err(CAPTURE_MAP))
     }
 
-    fn delete(&mut self, addr: SocketAddrV4) -> Result<(), BpfError> {
+    fn delete(&mut self, addr: SocketAddr) -> Result<(), BpfError> {
         match self.0.remove(&to_kernel(addr)) {
             Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
             Err(source) => Err(BpfError::Map { name: CAPTURE_MAP, source }),
@@ -107,7 +107,7 @@ impl ProxyTargetMap {
 
 /// `ORIG_DST`: client address → original destination. Shared by proxy tasks.
 #[derive(Clone)]
-pub(crate) struct OrigDstMap(Arc<Mutex<HashMap<MapData, SockAddr4, SockAddr4>>>);
+pub(crate) struct OrigDstMap(Arc<Mutex<HashMap<MapData, SockAddr, SockAddr>>>);
 
 impl OrigDstMap {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
@@ -116,7 +116,7 @@ impl OrigDstMap {
 
     /// Looks `client` up and deletes the entry. Two syscalls under a mutex: aya's `remove` wants
     /// `&mut`, and the lock is only contended by concurrent accepts.
-    pub(crate) fn take_entry(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+    pub(crate) fn take_entry(&self, client: SocketAddr) -> Result<Option<SocketAddr>, BpfError> {
         let key = to_kernel(client);
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let orig = match map.get(&key, 0) {
@@ -137,7 +137,7 @@ impl OrigDstMap {
 
 /// `CONNTRACK` (packet mode): client address → the flow XDP sent to the proxy. Shared by proxy tasks.
 #[derive(Clone)]
-pub(crate) struct ConntrackMap(Arc<Mutex<HashMap<MapData, SockAddr4, Conntrack>>>);
+pub(crate) struct ConntrackMap(Arc<Mutex<HashMap<MapData, SockAddr, Conntrack>>>);
 
 impl ConntrackMap {
     pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
@@ -145,7 +145,7 @@ impl ConntrackMap {
     }
 
     /// The VIP:port the flow from `client` was sent to. The entry stays: TC needs it for replies.
-    pub(crate) fn original(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+    pub(crate) fn original(&self, client: SocketAddr) -> Result<Option<SocketAddr>, BpfError> {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match map.get(&to_kernel(client), 0) {
             Ok(flow) => Ok(Some(from_kernel(flow.orig))),
@@ -159,7 +159,7 @@ impl ConntrackMap {
 
 /// `SERVICE_STATS` and `PROGRAM_STATS`, summed over CPUs when read.
 pub(crate) struct StatsMaps {
-    services: PerCpuHashMap<MapData, SockAddr4, ServiceStats>,
+    services: PerCpuHashMap<MapData, SockAddr, ServiceStats>,
     programs: PerCpuArray<MapData, ProgramStats>,
 }
 
@@ -174,7 +174,7 @@ impl StatsMaps {
     }
 
     /// Connections per service address.
-    pub(crate) fn services(&self) -> Result<BTreeMap<SocketAddrV4, u64>, BpfError> {
+    pub(crate) fn services(&self) -> Result<BTreeMap<SocketAddr, u64>, BpfError> {
         let mut out = BTreeMap::new();
         for entry in self.services.iter() {
             let (addr, per_cpu) = entry.map_err(err(SERVICE_STATS_MAP))?;
@@ -258,7 +258,7 @@ impl OrigDstTable {
     /// # Errors
     ///
     /// [`BpfError::Map`] when the lookup or delete syscall fails.
-    pub fn take(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, BpfError> {
+    pub fn take(&self, client: SocketAddr) -> Result<Option<SocketAddr>, BpfError> {
         match &self.source {
             OrigDstSource::Socket(map) => map.take_entry(client),
             OrigDstSource::Packet(map) => map.original(client),

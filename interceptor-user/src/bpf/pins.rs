@@ -69,16 +69,27 @@ impl PinDir {
             if !path.exists() {
                 continue;
             }
-            // aya re-adopts any pin by name without comparing shapes, so we do it here.
+            // aya re-adopts any pin by name without comparing shapes, so we do it here: a pin of
+            // another layout (an agent of another version, e.g. before IPv6 widened the address
+            // keys from 8 to 20 bytes) would otherwise fail the load or be misread.
             let found = match aya::maps::MapInfo::from_pin(&path) {
-                Ok(info) => judge(spec, info.key_size(), info.value_size(), info.max_entries()),
-                Err(_) => Found::Replace,
+                Ok(info) => {
+                    let seen = (info.key_size(), info.value_size(), info.max_entries());
+                    (judge(spec, seen.0, seen.1, seen.2), Some(seen))
+                }
+                Err(_) => (Found::Replace, None),
             };
             match found {
-                Found::Adopt => tracing::info!(path = %path.display(), "re-adopting pinned map"),
-                Found::Replace => {
+                (Found::Adopt, _) => tracing::info!(path = %path.display(), "re-adopting pinned map"),
+                (Found::Replace, seen) => {
                     fs::remove_file(&path).map_err(|source| BpfError::StalePin { path: path.clone(), source })?;
-                    tracing::warn!(path = %path.display(), "pinned map of another shape replaced");
+                    let (key, value, entries) = seen.unwrap_or_default();
+                    tracing::warn!(
+                        path = %path.display(),
+                        found = %format!("key {key} B, value {value} B, {entries} entries"),
+                        expected = %format!("key {} B, value {} B, {} entries", spec.key_size, spec.value_size, spec.max_entries),
+                        "pinned map of another layout (an agent of another version) replaced by a fresh one; its contents are lost"
+                    );
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Making the capture map equal a desired set: pure diff logic over a small store trait, so it is
 //! testable without a kernel.
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::BpfError;
 
@@ -26,19 +26,16 @@ impl SyncReport {
 /// A capture map: service address → service id.
 pub(crate) trait CaptureStore {
     /// Every entry.
-    fn entries(&self) -> Result<BTreeMap<SocketAddrV4, u32>, BpfError>;
+    fn entries(&self) -> Result<BTreeMap<SocketAddr, u32>, BpfError>;
     /// Inserts or replaces one entry.
-    fn put(&mut self, addr: SocketAddrV4, service_id: u32) -> Result<(), BpfError>;
+    fn put(&mut self, addr: SocketAddr, service_id: u32) -> Result<(), BpfError>;
     /// Removes one entry; removing an absent one is not an error.
-    fn delete(&mut self, addr: SocketAddrV4) -> Result<(), BpfError>;
+    fn delete(&mut self, addr: SocketAddr) -> Result<(), BpfError>;
 }
 
 /// Makes `store` equal `desired`. Inserts come before deletes so a service that moves keeps being
 /// captured at every instant.
-pub(crate) fn sync(
-    store: &mut impl CaptureStore,
-    desired: &BTreeMap<SocketAddrV4, u32>,
-) -> Result<SyncReport, BpfError> {
+pub(crate) fn sync(store: &mut impl CaptureStore, desired: &BTreeMap<SocketAddr, u32>) -> Result<SyncReport, BpfError> {
     let current = store.entries()?;
     let mut report = SyncReport::default();
     for (&addr, &id) in desired {
@@ -62,27 +59,27 @@ mod tests {
 
     #[derive(Default)]
     struct FakeStore {
-        map: BTreeMap<SocketAddrV4, u32>,
+        map: BTreeMap<SocketAddr, u32>,
         writes: usize,
     }
 
     impl CaptureStore for FakeStore {
-        fn entries(&self) -> Result<BTreeMap<SocketAddrV4, u32>, BpfError> {
+        fn entries(&self) -> Result<BTreeMap<SocketAddr, u32>, BpfError> {
             Ok(self.map.clone())
         }
-        fn put(&mut self, addr: SocketAddrV4, service_id: u32) -> Result<(), BpfError> {
+        fn put(&mut self, addr: SocketAddr, service_id: u32) -> Result<(), BpfError> {
             self.writes += 1;
             self.map.insert(addr, service_id);
             Ok(())
         }
-        fn delete(&mut self, addr: SocketAddrV4) -> Result<(), BpfError> {
+        fn delete(&mut self, addr: SocketAddr) -> Result<(), BpfError> {
             self.writes += 1;
             self.map.remove(&addr);
             Ok(())
         }
     }
 
-    fn set(entries: &[(&str, u32)]) -> BTreeMap<SocketAddrV4, u32> {
+    fn set(entries: &[(&str, u32)]) -> BTreeMap<SocketAddr, u32> {
         entries.iter().map(|(a, id)| (a.parse().unwrap(), *id)).collect()
     }
 

@@ -62,9 +62,9 @@ fn service_entry(
         (_, Some(ip)) => vec![ip.clone()],
         _ => Vec::new(),
     };
-    // Headless (`None`): no VIP to capture. IPv6 VIPs are not captured yet.
+    // Headless (`None`): no VIP to capture. A dual-stack Service has one of each family: both.
     let mut addresses: Vec<String> =
-        addresses.into_iter().filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()).collect();
+        addresses.into_iter().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()).collect();
     if (namespace, name) == API_SERVER_SERVICE {
         // The agent's own watches go to this address (in-cluster config): captured, they would
         // run through the agent's own proxy and stop with it.
@@ -104,13 +104,13 @@ fn service_entry(
     })
 }
 
-/// Ready IPv4 endpoints of the slices, one per address (duplicates across slices merged), each
+/// Ready endpoints of the IPv4 and IPv6 slices, one per address (duplicates across slices merged), each
 /// with the slice's port numbers by Service port name and the labels of its pod.
 fn endpoints(slices: &[&EndpointSlice], namespace: &str, pods: &PodLabels) -> Vec<WorkloadEntry> {
     let mut by_address: BTreeMap<String, WorkloadEntry> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue; // FQDN slices name hosts, not addresses; IPv6 is not captured yet
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue; // FQDN slices name hosts, not addresses
         }
         let ports: BTreeMap<String, u32> = slice
             .ports
@@ -147,26 +147,36 @@ fn endpoints(slices: &[&EndpointSlice], namespace: &str, pods: &PodLabels) -> Ve
     by_address.into_values().collect()
 }
 
-/// A running pod of this node as a workload: its IP with its labels and namespace, so rules with
-/// `sourceLabels` / `sourceNamespace` know the clients the agent captures (and a ServiceEntry's
-/// `workloadSelector` selects pods, as in Istio). Pods without an IPv4 address are left out.
-pub fn pod_workload(pod: &Pod) -> Option<Resource<WorkloadEntry>> {
-    let namespace = pod.metadata.namespace.as_deref()?;
-    let name = pod.metadata.name.as_deref()?;
-    let status = pod.status.as_ref()?;
+/// A running pod of this node as workloads: one per IP (a dual-stack pod has one of each family,
+/// and its client connections come from either), each with its labels and namespace, so rules
+/// with `sourceLabels` / `sourceNamespace` know the clients the agent captures (and a
+/// ServiceEntry's `workloadSelector` selects pods, as in Istio).
+pub fn pod_workloads(pod: &Pod) -> Vec<Resource<WorkloadEntry>> {
+    let (Some(namespace), Some(name), Some(status)) =
+        (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref(), pod.status.as_ref())
+    else {
+        return Vec::new();
+    };
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
+        return Vec::new();
     }
-    let address = status.pod_ip.as_deref().filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())?;
-    Some(Resource {
-        meta: ObjectMeta { name: name.to_owned(), namespace: namespace.to_owned(), ..ObjectMeta::default() },
-        spec: WorkloadEntry {
-            address: address.to_owned(),
-            labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect(),
-            ..WorkloadEntry::default()
-        },
-        source: Source::cluster(format!("Pod {namespace}/{name}")),
-    })
+    // `podIPs` lists `podIP` first; older API servers set only `podIP`.
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut addresses: Vec<&str> = status.pod_ip.as_deref().into_iter().chain(listed).collect();
+    addresses.retain(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    addresses.dedup();
+    addresses
+        .into_iter()
+        .map(|address| Resource {
+            meta: ObjectMeta { name: name.to_owned(), namespace: namespace.to_owned(), ..ObjectMeta::default() },
+            spec: WorkloadEntry {
+                address: address.to_owned(),
+                labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect(),
+                ..WorkloadEntry::default()
+            },
+            source: Source::cluster(format!("Pod {namespace}/{name}")),
+        })
+        .collect()
 }
 
 /// Istio's reading of `appProtocol`: the Kubernetes-defined names, else the protocol by name.
@@ -280,12 +290,20 @@ endpoints:
             ))
             .unwrap()
         };
-        let workload = pod_workload(&pod("Running", "10.244.0.10")).unwrap();
+        let workloads = pod_workloads(&pod("Running", "10.244.0.10"));
+        let workload = &workloads[0];
         assert_eq!((workload.spec.address.as_str(), workload.meta.namespace.as_str()), ("10.244.0.10", "shop"));
         assert_eq!(workload.spec.labels["app"], "web");
         assert_eq!(workload.source.resource, "Pod shop/client");
-        assert!(pod_workload(&pod("Succeeded", "10.244.0.10")).is_none());
-        assert!(pod_workload(&pod("Running", "fd00::1")).is_none());
+        assert!(pod_workloads(&pod("Succeeded", "10.244.0.10")).is_empty());
+        assert_eq!(pod_workloads(&pod("Running", "fd00::1"))[0].spec.address, "fd00::1");
+        assert!(pod_workloads(&pod("Running", "not-an-ip")).is_empty());
+        let dual: Pod = serde_yaml::from_str(
+            "metadata: {name: client, namespace: shop}\nstatus: {phase: Running, podIP: 10.244.0.10, podIPs: [{ip: 10.244.0.10}, {ip: \"fd00:10:244::10\"}]}\n",
+        )
+        .unwrap();
+        let addresses: Vec<_> = pod_workloads(&dual).into_iter().map(|w| w.spec.address).collect();
+        assert_eq!(addresses, ["10.244.0.10", "fd00:10:244::10"]);
     }
 
     #[test]

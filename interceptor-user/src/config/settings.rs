@@ -1,7 +1,7 @@
 //! Agent settings: where to listen, what to capture, where to pin; a YAML file plus defaults.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,12 @@ pub struct SettingsFile {
     /// Address captured connections are sent to, as pods reach the node. Defaults to `listen`,
     /// which then must not be `0.0.0.0`.
     pub redirect: Option<SocketAddrV4>,
+    /// IPv6 proxy listener (`IPV6_V6ONLY`, beside `listen`). Defaults to `[::]` on the port of
+    /// `redirect6` when that is set; without either, IPv6 is not captured.
+    pub listen6: Option<SocketAddrV6>,
+    /// Address captured IPv6 connections are sent to, as pods reach the node over IPv6. Defaults
+    /// to `listen6` when that is a concrete address.
+    pub redirect6: Option<SocketAddrV6>,
     /// cgroup v2 directory whose processes are captured.
     pub cgroup: Option<PathBuf>,
     /// bpffs directory for pinned maps.
@@ -124,6 +130,10 @@ pub struct Settings {
     pub listen: SocketAddrV4,
     /// Address captured connections are sent to.
     pub redirect: SocketAddrV4,
+    /// IPv6 proxy listener, when IPv6 is captured.
+    pub listen6: Option<SocketAddrV6>,
+    /// Address captured IPv6 connections are sent to; `None`: IPv6 is not captured.
+    pub redirect6: Option<SocketAddrV6>,
     /// cgroup v2 directory whose processes are captured.
     pub cgroup: PathBuf,
     /// bpffs directory for pinned maps.
@@ -178,6 +188,8 @@ impl SettingsFile {
         SettingsFile {
             listen: over.listen.or(self.listen),
             redirect: over.redirect.or(self.redirect),
+            listen6: over.listen6.or(self.listen6),
+            redirect6: over.redirect6.or(self.redirect6),
             cgroup: over.cgroup.or(self.cgroup),
             bpffs: over.bpffs.or(self.bpffs),
             mode: over.mode.or(self.mode),
@@ -215,6 +227,20 @@ impl SettingsFile {
             (None, Some(node_ip)) if listen.ip().is_unspecified() => SocketAddrV4::new(node_ip, listen.port()),
             (None, _) => listen,
         };
+        let redirect6 = self.redirect6.or(self.listen6.filter(|l| !l.ip().is_unspecified()));
+        let listen6 = self.listen6.or(redirect6.map(|r| SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, r.port(), 0, 0)));
+        match (listen6, redirect6) {
+            (Some(listen6), None) => {
+                return Err(format!(
+                    "redirect6: the IPv6 listener {listen6} is no address pods can connect to; set \
+                     `redirect6` to an IPv6 address of this node (e.g. the pods' gateway)"
+                ))
+            }
+            (_, Some(r)) if r.ip().is_unspecified() || r.port() == 0 => {
+                return Err(format!("redirect6: {r} is not an address pods can connect to"))
+            }
+            _ => {}
+        }
         let source = self.source.unwrap_or_default();
         let cgroup = match (self.cgroup, source) {
             (Some(cgroup), _) => cgroup,
@@ -233,6 +259,8 @@ impl SettingsFile {
         Ok(Settings {
             listen,
             redirect,
+            listen6,
+            redirect6,
             cgroup,
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
             mode: self.mode.unwrap_or_default(),
@@ -277,9 +305,9 @@ fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 impl Settings {
-    /// The listener as a generic socket address.
-    pub fn listen_addr(&self) -> SocketAddr {
-        SocketAddr::V4(self.listen)
+    /// The proxy's listeners: IPv4, and IPv6 when captured.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(SocketAddr::V4(self.listen)).chain(self.listen6.map(SocketAddr::V6)).collect()
     }
 }
 
@@ -291,6 +319,22 @@ mod tests {
     fn redirect_defaults_to_a_concrete_listen_address() {
         let file = SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
         assert_eq!(file.resolve().unwrap().redirect, "10.0.0.1:15001".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv6_is_captured_once_pods_have_an_address_to_reach() {
+        let v4 = SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        let none = v4.clone().resolve().unwrap();
+        assert_eq!((none.listen6, none.redirect6), (None, None));
+        let redirect6 = SettingsFile { redirect6: Some("[fd00::1]:15001".parse().unwrap()), ..v4.clone() };
+        let both = redirect6.resolve().unwrap();
+        assert_eq!(both.listen6, Some("[::]:15001".parse().unwrap()));
+        assert_eq!(both.redirect6, Some("[fd00::1]:15001".parse().unwrap()));
+        assert_eq!(both.listen_addrs().len(), 2);
+        let concrete = SettingsFile { listen6: Some("[fd00::1]:15002".parse().unwrap()), ..v4.clone() };
+        assert_eq!(concrete.resolve().unwrap().redirect6, Some("[fd00::1]:15002".parse().unwrap()));
+        let unspecified = SettingsFile { listen6: Some("[::]:15001".parse().unwrap()), ..v4 };
+        assert!(unspecified.resolve().unwrap_err().contains("redirect6"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -94,7 +94,7 @@ pub struct Completion<'a> {
     /// Rule that matched, `-` when none.
     pub route: &'a str,
     /// Where the client meant to go (the captured VIP:port).
-    pub original: Option<SocketAddrV4>,
+    pub original: Option<SocketAddr>,
     /// The client.
     pub client: SocketAddr,
     /// The server name the client's TLS asked for (REQUESTED_SERVER_NAME), when TLS ended here.

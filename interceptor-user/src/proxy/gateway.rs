@@ -9,7 +9,7 @@
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ pub struct GatewayConnection {
     /// The SNI the client sent.
     pub sni: Option<Box<str>>,
     /// The listener's address as the client reached it.
-    pub local: Option<SocketAddrV4>,
+    pub local: Option<SocketAddr>,
 }
 
 /// Keeps the gateway servers this agent serves — those whose Gateway's selector its `labels`
@@ -156,7 +156,7 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
         let _ = stop.await;
     };
     tokio::pin!(stopped);
-    while let Some((stream, client)) = super::accept(&listener, stopped.as_mut()).await {
+    while let Some((stream, client)) = super::accept(&listener, None, stopped.as_mut()).await {
         let inputs = inputs.clone();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%client, max = inputs.limits.max_connections, "gateway connection cap reached");
@@ -188,10 +188,7 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
 /// One downstream connection: TLS (when the port terminates it), then HTTP.
 async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
     let _open = inputs.metrics.open_connection();
-    let local = match stream.local_addr() {
-        Ok(SocketAddr::V4(local)) => Some(local),
-        _ => None,
-    };
+    let local = stream.local_addr().ok();
     let protocol = inputs.routes.load().gateways().servers(port).first().map(|s| s.protocol);
     let Some(protocol) = protocol else {
         debug!("port no longer served by a gateway; closing");
@@ -253,11 +250,11 @@ async fn passthrough(
     server: ServerId,
     stream: TcpStream,
     client: SocketAddr,
-    local: Option<SocketAddrV4>,
+    local: Option<SocketAddr>,
     hello: client_hello::ClientHello,
 ) {
     let table = inputs.routes.load_full();
-    let destination = local.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
+    let destination = local.unwrap_or(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port));
     let at = L4View { port, destination, source: client, sni: hello.sni.as_deref(), gateway: None };
     let Some(routed) = table.route_passthrough(&server, &at) else {
         inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -40,7 +40,7 @@ pub async fn serve(
     stream: TcpStream,
     slot: Slot,
     client: SocketAddr,
-    original: Option<SocketAddrV4>,
+    original: Option<SocketAddr>,
 ) {
     // hyper would close the socket when it gives up on a slow request head; sharing it lets us
     // still answer 408, and wait for the next request while no hyper connection exists.

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ pub const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
 pub struct Outbound {
     inputs: ProxyInputs,
     client: SocketAddr,
-    original: Option<SocketAddrV4>,
+    original: Option<SocketAddr>,
     gateway: Option<GatewayConnection>,
 }
 
@@ -223,7 +223,7 @@ struct Head {
 
 impl Outbound {
     /// State for one accepted connection.
-    pub fn new(inputs: ProxyInputs, client: SocketAddr, original: Option<SocketAddrV4>) -> Self {
+    pub fn new(inputs: ProxyInputs, client: SocketAddr, original: Option<SocketAddr>) -> Self {
         Self { inputs, client, original, gateway: None }
     }
 

@@ -3,7 +3,7 @@
 //! forwarded as a byte stream, over TLS when the cluster originates it.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -26,7 +26,7 @@ pub async fn serve(
     inputs: ProxyInputs,
     downstream: TcpStream,
     client: SocketAddr,
-    original: SocketAddrV4,
+    original: SocketAddr,
     service: String,
     hello: Option<ClientHello>,
 ) {
@@ -51,7 +51,7 @@ pub(super) async fn forward(
     inputs: &ProxyInputs,
     mut downstream: TcpStream,
     client: SocketAddr,
-    original: SocketAddrV4,
+    original: SocketAddr,
     service: Option<&str>,
     (rule, target): (&str, &Target),
     hello: Option<ClientHello>,

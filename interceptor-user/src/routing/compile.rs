@@ -9,7 +9,7 @@ mod tcp;
 mod virtual_services;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -65,7 +65,7 @@ pub(super) fn compile(
         let id = u32::try_from(id).unwrap_or(u32::MAX);
         for vip in &service.vips {
             for port in &service.ports {
-                let key = SocketAddrV4::new(*vip, port.number);
+                let key = SocketAddr::new(*vip, port.number);
                 // Istio accepts two services on one address; here the first keeps it.
                 if let Some((other, _)) = capture.get(&key) {
                     cx.diags.push(Diagnostic {

@@ -1,7 +1,7 @@
 //! Deciding what to do with a request, before any I/O: a pure function of the route table, the
 //! request and the random draws, whose answer both transports (the raw relay and hyper) carry out.
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ pub struct PlanRequest<'r> {
     /// The client's address.
     pub client: IpAddr,
     /// Where the client's connection was going before capture, when captured.
-    pub original: Option<SocketAddrV4>,
+    pub original: Option<SocketAddr>,
     /// Namespace short Host headers resolve against.
     pub namespace: &'r str,
     /// Where the request entered a gateway listener; `None` for captured traffic.

@@ -4,7 +4,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -53,7 +53,7 @@ pub struct Tries<'a> {
     /// Consistent-hash value of the request.
     pub hash: Option<u64>,
     /// The original destination, where a passthrough cluster without endpoints sends the request.
-    pub original: Option<SocketAddrV4>,
+    pub original: Option<SocketAddr>,
 }
 
 /// Tries until an endpoint answers with a response the policy does not retry, or the policy gives
@@ -85,7 +85,7 @@ pub async fn run<E: Exchange>(
         let picked = cluster.balancer.pick(PickContext { hash, avoid });
         let (endpoint, _in_flight) = match (picked, cluster.balancer.policy(), original) {
             (Some((endpoint, guard)), _, _) => (endpoint, Some(guard)),
-            (None, Policy::Passthrough, Some(original)) => (SocketAddr::V4(original), None),
+            (None, Policy::Passthrough, Some(original)) => (original, None),
             (None, ..) => return Err(give_up(served, ResponseFlag::UH, "no healthy upstream".into())),
         };
         served.endpoint = Some(endpoint);

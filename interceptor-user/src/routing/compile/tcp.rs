@@ -2,7 +2,7 @@
 //! labels and namespace, gateways; SNI hosts for `tls`) and weighted destinations.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use super::Compiler;
 use crate::config::{Resource, RouteDestination, Severity, VirtualService};
@@ -29,7 +29,7 @@ pub struct L4View<'a> {
     /// Service port (or gateway listener port).
     pub port: u16,
     /// Original destination (or the gateway listener's address).
-    pub destination: SocketAddrV4,
+    pub destination: SocketAddr,
     /// The client.
     pub source: SocketAddr,
     /// The ClientHello's server name, for TLS.
@@ -64,9 +64,7 @@ impl L4Match {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
-        if !self.subnets.is_empty()
-            && !self.subnets.iter().any(|(net, len)| in_subnet(IpAddr::V4(*destination.ip()), *net, *len))
-        {
+        if !self.subnets.is_empty() && !self.subnets.iter().any(|(net, len)| in_subnet(destination.ip(), *net, *len)) {
             return false;
         }
         if !self.source_labels.is_empty() || self.source_namespace.is_some() {

@@ -3,7 +3,7 @@
 use http::{HeaderMap, Method};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::*;
 
@@ -64,7 +64,7 @@ spec:
     route: [{destination: {host: my-app, subset: v1}}]
 ";
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 80);
 
 fn table() -> RouteTable {
     crate::routing::tests::compile(CONFIG).unwrap()
