@@ -193,7 +193,9 @@ fn a_hundred_reloads_during_load_fail_no_request_and_each_new_split_serves() {
             let capture = node.bpftool_dump("CAPTURE").unwrap();
             let vips: Vec<_> =
                 capture.as_array().unwrap().iter().map(|e| e["formatted"]["key"]["addr"].clone()).collect();
-            assert_eq!(vips, [serde_json::json!([10, 96, 0, 10])], "reload {i}: {capture:#}");
+            // IPv4 keys are IPv4-mapped IPv6 (::ffff:10.96.0.10).
+            let my_app = std::net::Ipv4Addr::new(10, 96, 0, 10).to_ipv6_mapped().octets();
+            assert_eq!(vips, [serde_json::json!(my_app)], "reload {i}: {capture:#}");
         }
     }
     let took = started.elapsed();
