@@ -403,4 +403,30 @@ spec:
         assert_eq!((&*inline.workload, &*inline.namespace), ("legacy", "default"));
         assert!(registry.workload("10.0.0.7".parse().unwrap()).is_none());
     }
+
+    #[test]
+    fn a_vip_per_family_is_captured_and_a_cidr_is_warned_about() {
+        let text = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: dual}
+spec:
+  hosts: [dual.example.com]
+  addresses: [10.96.0.10, \"fd00:10:96::10\", \"::ffff:10.96.0.11\", 10.97.0.0/16]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.244.0.11}, {address: \"fd00:10:244::11\"}]
+";
+        let mut snapshot = Snapshot::default();
+        let mut diagnostics = Vec::new();
+        snapshot.add_file(std::path::Path::new("t.yaml"), text, "default", &mut diagnostics);
+        let registry = Registry::build(&snapshot, &mut diagnostics);
+        let service = registry.service("dual.example.com").unwrap();
+        // An IPv4-mapped VIP is the IPv4 address the kernel keys it by.
+        let vips: Vec<IpAddr> = ["10.96.0.10", "fd00:10:96::10", "10.96.0.11"].map(|a| a.parse().unwrap()).into();
+        assert_eq!(service.vips, vips);
+        assert_eq!(service.endpoints.len(), 2, "endpoints of both families");
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+        assert!(diagnostics[0].field.ends_with("addresses[3]"), "{diagnostics:?}");
+    }
 }

@@ -353,8 +353,9 @@ impl ControlPlane {
         self.set_pod_status(namespace, name, ip, true)
     }
 
-    /// Writes the status a kubelet would for a running pod at `ip` (host IP: the test node's
-    /// gateway), Ready or not; the Pod must have `spec.nodeName`.
+    /// Writes the status a kubelet would for a running pod at `ip` and its IPv6 twin (every test
+    /// pod is dual-stack; host IP: the test node's gateway), Ready or not; the Pod must have
+    /// `spec.nodeName`.
     ///
     /// # Errors
     /// As [`ControlPlane::kubectl`].
@@ -366,7 +367,7 @@ impl ControlPlane {
             "hostIP": host,
             "hostIPs": [{"ip": host}],
             "podIP": ip.to_string(),
-            "podIPs": [{"ip": ip.to_string()}],
+            "podIPs": [{"ip": ip.to_string()}, {"ip": crate::ipv6_twin(crate::POD_PREFIX6, ip).to_string()}],
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True"},
@@ -463,7 +464,8 @@ fn apiserver_args(dir: &Path, port: u16, etcd_url: &str) -> Vec<String> {
         format!("--cert-dir={}", file("apiserver-certs")),
         format!("--tls-cert-file={}", file("apiserver.crt")),
         format!("--tls-private-key-file={}", file("apiserver.key")),
-        "--service-cluster-ip-range=10.96.0.0/16".into(),
+        // Dual-stack: Services may have an IPv6 ClusterIP too (the test node's ULA range).
+        "--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112".into(),
         // The `kubernetes` Service's endpoints would be the advertise address, and loopback
         // addresses are invalid endpoints: the API server refuses to start with the reconciler on.
         "--endpoint-reconciler-type=none".into(),

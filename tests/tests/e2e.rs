@@ -424,55 +424,66 @@ fn socket_mode_captures_a_dual_stack_socket_dialling_the_ipv4_vip_in_connect6() 
 }
 
 #[test]
-fn packet_mode_forgets_a_flow_once_both_sides_closed_it() {
+fn packet_mode_forgets_a_flow_once_both_sides_closed_it_in_both_families() {
     let node = node().unwrap();
-    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))];
+    let service = testbed::fixtures::service_dual_stack();
+    let files = [("svc.yaml", service.as_str()), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))];
     let _agent = Agent::start_in(&node, &files, false, Mode::Packet, "open").unwrap();
     let flows = || node.bpftool_dump("CONNTRACK").map(|d| d.as_array().map_or(0, Vec::len));
 
-    // The client closes first: a connection per request, dropped after its answer.
-    let r = load(&node, 10, &["--new-connections"]);
-    assert_eq!(r.status(200), 10, "{r:?}");
-    // The proxy closes first: `Connection: close`.
-    let send = "GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n\r\n";
-    let raw = node.raw(CLIENT, &["--target", VIP, "--send", send]).unwrap();
-    assert!(raw.response.starts_with("HTTP/1.1 200 ") && raw.closed, "{raw:?}");
-    // Each entry goes with the last ACK of its flow, not at LRU eviction.
-    testbed::poll_until("every closed flow to leave CONNTRACK", Duration::from_secs(2), || Ok(flows()? == 0))
-        .unwrap_or_else(|e| panic!("{e}: {:#}", node.bpftool_dump("CONNTRACK").unwrap()));
+    for family in [Family::V4, Family::V6] {
+        let vip = family.vip();
+        // The client closes first: a connection per request, dropped after its answer.
+        let r = load_to(&node, vip, 10, &["--new-connections"]);
+        assert_eq!(r.status(200), 10, "{family:?}: {r:?}");
+        // The proxy closes first: `Connection: close`.
+        let send = "GET / HTTP/1.1\r\nHost: my-app\r\nConnection: close\r\n\r\n";
+        let raw = node.raw(CLIENT, &["--target", vip, "--send", send]).unwrap();
+        assert!(raw.response.starts_with("HTTP/1.1 200 ") && raw.closed, "{family:?}: {raw:?}");
+        // Each entry goes with the last ACK of its flow, not at LRU eviction.
+        testbed::poll_until("every closed flow to leave CONNTRACK", Duration::from_secs(2), || Ok(flows()? == 0))
+            .unwrap_or_else(|e| panic!("{family:?}: {e}: {:#}", node.bpftool_dump("CONNTRACK").unwrap()));
 
-    // A flow still open keeps its entry.
-    let mut idle = node
-        .raw_in_background(
-            CLIENT,
-            &["--target", VIP, "--send", "GET / HTTP/1.1\r\nHost: my-app\r\n\r\n", "--read-ms", "1500"],
-        )
-        .unwrap();
-    testbed::poll_until("the open flow's entry", Duration::from_secs(2), || Ok(flows()? == 1)).unwrap();
-    let report = read_stdout(&mut idle).unwrap();
-    assert!(report.contains("HTTP/1.1 200"), "{report}");
+        // A flow still open keeps its entry.
+        let mut idle = node
+            .raw_in_background(
+                CLIENT,
+                &["--target", vip, "--send", "GET / HTTP/1.1\r\nHost: my-app\r\n\r\n", "--read-ms", "1500"],
+            )
+            .unwrap();
+        testbed::poll_until("the open flow's entry", Duration::from_secs(2), || Ok(flows()? == 1)).unwrap();
+        let report = read_stdout(&mut idle).unwrap();
+        assert!(report.contains("HTTP/1.1 200"), "{family:?}: {report}");
+        testbed::poll_until("the idle flow's close", Duration::from_secs(2), || Ok(flows()? == 0)).unwrap();
+    }
 }
 
 #[test]
-fn packet_mode_checksums_hold_with_veth_offload_on_and_off() {
+fn packet_mode_checksums_hold_with_veth_offload_on_and_off_in_both_families() {
     let node = node().unwrap();
+    let service = testbed::fixtures::service_dual_stack();
     let _agent = Agent::start_in(
         &node,
-        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(50, 50))],
+        &[("svc.yaml", &service), ("dr.yaml", SUBSETS), ("vs.yaml", &split(50, 50))],
         false,
         Mode::Packet,
         "open",
     )
     .unwrap();
-    // Offload on (veth default): the pod hands over partial checksums.
-    let on = load(&node, 100, &["--new-connections"]);
-    assert_eq!(on.status(200), 100, "{on:?}");
+    // Offload on (veth default): the pod hands over partial checksums. IPv6 has no header
+    // checksum, but its TCP checksum covers the 16-byte addresses of the pseudo header.
+    for family in [Family::V4, Family::V6] {
+        let on = load_to(&node, family.vip(), 100, &["--new-connections"]);
+        assert_eq!(on.status(200), 100, "{family:?}: {on:?}");
+    }
     // Offload off: the pod computes full checksums, and the rewritten packets must still verify.
     for pod in [CLIENT, "v1a", "v1b", "v2"] {
         node.exec_in_pod(pod, "ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
     }
-    let off = load(&node, 100, &["--new-connections"]);
-    assert_eq!(off.status(200), 100, "{off:?}");
+    for family in [Family::V4, Family::V6] {
+        let off = load_to(&node, family.vip(), 100, &["--new-connections"]);
+        assert_eq!(off.status(200), 100, "{family:?}: {off:?}");
+    }
 }
 
 #[test]

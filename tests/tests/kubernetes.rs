@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use testbed::fixtures::{assert_share, load, sample, split, BETA, CLIENT, HOST, SUBSETS, VIP};
+use testbed::fixtures::{assert_share, load, load_to, sample, split, BETA, CLIENT, HOST, SUBSETS, VIP, VIP6};
 use testbed::seed_cluster::{SeedCluster, MY_APP_SERVICE, NODE};
 use testbed::{read_stdout, Agent, LoopbackBridge, Mode, Node, PodSpec, ADMIN};
 
@@ -45,6 +45,32 @@ fn the_seed_examples_route_through_a_cluster_ip_with_the_service_accounts_rights
     assert!(text.contains("outbound|80|v2|my-app.default.svc.cluster.local"), "{text}");
     let (_, dump) = admin_get(&cluster.node, "/config_dump");
     assert!(dump.contains("\"resource\": \"Service default/my-app\""), "{dump}");
+}
+
+#[test]
+fn a_dual_stack_service_routes_both_cluster_ips_by_the_same_rules() {
+    let mut cluster = SeedCluster::start(&[SUBSETS, BETA], Mode::Socket).unwrap();
+    cluster.wait_ready().unwrap();
+    // The seed's Service made dual-stack in place: a ClusterIP per family; the controller then
+    // publishes an IPv6 EndpointSlice beside the IPv4 one (the pods have an address of each).
+    let dual = MY_APP_SERVICE.replace(
+        "  clusterIP: 10.96.0.10\n",
+        "  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:10:96::10\"]\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n",
+    );
+    cluster.plane.apply(&dual).unwrap();
+    testbed::seed_cluster::wait_for_endpoints(&cluster.plane, "my-app", 6).unwrap();
+    cluster.eventually("the IPv6 ClusterIP answers", |c| Ok(load_to(&c.node, VIP6, 5, &[]).status(200) == 5)).unwrap();
+    for vip in [VIP, VIP6] {
+        let beta = load_to(&cluster.node, vip, 50, &["-H", "User-Agent: Mozilla/5.0 beta-tester/2"]);
+        assert_eq!(beta.count("v2"), 50, "{vip}: {beta:?}");
+        let rest = load_to(&cluster.node, vip, 1000, &["-H", "User-Agent: Mozilla/5.0"]);
+        assert_eq!((rest.failures, rest.status(200)), (0, 1000), "{vip}: {rest:?}");
+        assert_share(rest.count("v2"), 1000, 0.1, &format!("{vip}: v2 share without the header"));
+    }
+    // Both families' endpoints serve the IPv6 VIP's traffic as well: the access log names
+    // upstream hosts of both (the pick is over the subset's endpoints, whatever their family).
+    let log = cluster.agent.log();
+    assert!(log.contains("\"[fd00:10:244::1"), "no IPv6 upstream in the access log:\n{log}");
 }
 
 #[test]

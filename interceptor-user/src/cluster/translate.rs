@@ -317,6 +317,29 @@ endpoints:
     }
 
     #[test]
+    fn a_dual_stack_service_is_both_cluster_ips_with_the_endpoints_of_both_slices() {
+        let dual = MY_APP.replace("clusterIPs: [10.96.0.10]", "clusterIPs: [10.96.0.10, \"fd00:10:96::10\"]");
+        let v6 = MY_APP_SLICE
+            .replace("my-app-abcde", "my-app-fghij")
+            .replace("addressType: IPv4", "addressType: IPv6")
+            .replace("10.244.0.", "\"fd00:10:244::")
+            .replace("]\n  ", "\"]\n  ");
+        let entries = service_entries(&[service(&dual)], &[slice(MY_APP_SLICE), slice(&v6)], &pods());
+        let se = &entries[0];
+        assert_eq!(se.spec.addresses, ["10.96.0.10", "fd00:10:96::10"]);
+        let addresses: Vec<_> = se.spec.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addresses, ["10.244.0.11", "10.244.0.13", "fd00:10:244::11", "fd00:10:244::13"]);
+        assert_eq!(se.spec.endpoints[3].labels["version"], "v2", "IPv6 endpoints carry their pod's labels");
+
+        let snapshot = Snapshot { service_entries: entries, ..Snapshot::default() };
+        let mut diagnostics = Vec::new();
+        let registry = Registry::build(&snapshot, &mut diagnostics);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let svc = registry.service("my-app.default.svc.cluster.local").unwrap();
+        assert_eq!(svc.vips, ["10.96.0.10".parse::<std::net::IpAddr>().unwrap(), "fd00:10:96::10".parse().unwrap()]);
+    }
+
+    #[test]
     fn slices_of_other_services_namespaces_and_address_types_are_ignored() {
         let other_ns = MY_APP_SLICE.replace("namespace: default\n  labels", "namespace: prod\n  labels");
         let fqdn = MY_APP_SLICE.replace("addressType: IPv4", "addressType: FQDN");
