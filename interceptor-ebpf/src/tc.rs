@@ -13,8 +13,8 @@ use interceptor_common::{
 use crate::{
     maps::CONNTRACK,
     packet::{
-        is_plain_tcp, is_plain_tcp6, Ipv4Hdr, Ipv6Hdr, TcpHead, ETH_LEN, ETH_P_IPV6_RAW, ETH_P_IP_RAW, IP6_SRC_OFF,
-        IP_CSUM_OFF, IP_SRC_OFF, TCP6_OFF, TCP_CSUM_IN_HDR, TCP_OFF,
+        is_plain_tcp, is_plain_tcp6, Ipv4Hdr, Ipv6Hdr, TcpHead, ETH_LEN, ETH_P_IPV6_RAW, ETH_P_IP_RAW, IP6_LEN,
+        IP6_SRC_OFF, IP_CSUM_OFF, IP_SRC_OFF, TCP6_OFF, TCP_CSUM_IN_HDR, TCP_OFF,
     },
     stats::{count, count_packet, Outcome, PacketEvent},
 };
@@ -71,7 +71,14 @@ fn parse(ctx: &TcContext) -> Result<Option<Reply>, i64> {
             return Ok(None);
         }
         let payload = u32::from(u16::from_be(ip.payload_len));
-        (Family::V6, SockAddr::v6(ip.saddr, 0), SockAddr::v6(ip.daddr, 0), payload, u64::from(payload) + 40, TCP6_OFF)
+        (
+            Family::V6,
+            SockAddr::v6(ip.saddr, 0),
+            SockAddr::v6(ip.daddr, 0),
+            payload,
+            u64::from(payload) + IP6_LEN as u64,
+            TCP6_OFF,
+        )
     } else {
         return Ok(None);
     };

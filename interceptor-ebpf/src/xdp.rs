@@ -20,7 +20,7 @@ use crate::{
     maps::{CAPTURE, CONNTRACK, PROXY_TARGET},
     packet::{
         csum_replace, csum_replace2, is_plain_tcp, is_plain_tcp6, ptr_at, Ipv4Hdr, Ipv6Hdr, TcpHead, ETH_LEN,
-        ETH_P_IPV6_RAW, ETH_P_IP_RAW, TCP6_OFF, TCP_ACK, TCP_CSUM_IN_HDR, TCP_OFF, TCP_SYN,
+        ETH_P_IPV6_RAW, ETH_P_IP_RAW, IP6_LEN, TCP6_OFF, TCP_ACK, TCP_CSUM_IN_HDR, TCP_OFF, TCP_SYN,
     },
     stats::{count, count_packet, Outcome, PacketEvent},
 };
@@ -82,7 +82,14 @@ fn parse(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
             return Ok(None);
         }
         let payload = u32::from(u16::from_be(hdr.payload_len));
-        (Ip::V6(ip), TCP6_OFF, SockAddr::v6(hdr.saddr, 0), SockAddr::v6(hdr.daddr, 0), payload, u64::from(payload) + 40)
+        (
+            Ip::V6(ip),
+            TCP6_OFF,
+            SockAddr::v6(hdr.saddr, 0),
+            SockAddr::v6(hdr.daddr, 0),
+            payload,
+            u64::from(payload) + IP6_LEN as u64,
+        )
     } else {
         return Ok(None);
     };

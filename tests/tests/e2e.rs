@@ -298,17 +298,26 @@ spec:
   - address: 10.244.0.12
 ";
 
-fn load_direct(node: &Node, n: usize) -> testbed::LoadReport {
+/// [`DIRECT`] in `family`, and the address its clients dial (v2's, port 8080).
+fn direct(family: Family) -> (String, &'static str) {
+    match family {
+        Family::V4 => (DIRECT.to_owned(), "10.244.0.13:8080"),
+        Family::V6 => (DIRECT.replace("10.244.0.", "fd00:10:244::"), "[fd00:10:244::13]:8080"),
+    }
+}
+
+fn load_direct(node: &Node, target: &str, n: usize) -> testbed::LoadReport {
     let n = n.to_string();
-    let args = ["--target", "10.244.0.13:8080", "--host", "direct", "-n", &n, "--new-connections"];
+    let args = ["--target", target, "--host", "direct", "-n", &n, "--new-connections"];
     node.load(CLIENT, &args).expect("pod load runs")
 }
 
-fn kill_the_proxy(mode: Mode, policy: &str) {
+fn kill_the_proxy(mode: Mode, policy: &str, family: Family) {
     let node = node().unwrap();
-    let files = [("direct.yaml", DIRECT)];
+    let (service, target) = direct(family);
+    let files = [("direct.yaml", service.as_str())];
     let mut agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
-    let captured = load_direct(&node, 20);
+    let captured = load_direct(&node, target, 20);
     assert_eq!(captured.count("v1"), 20, "captured before the kill: {captured:?}");
 
     // Traffic is flowing when the proxy dies.
@@ -317,7 +326,7 @@ fn kill_the_proxy(mode: Mode, policy: &str) {
             CLIENT,
             &[
                 "--target",
-                "10.244.0.13:8080",
+                target,
                 "--host",
                 "direct",
                 "-n",
@@ -335,15 +344,15 @@ fn kill_the_proxy(mode: Mode, policy: &str) {
     let killed = std::time::Instant::now();
     if policy == "open" {
         // For the record: how soon the first new connection goes direct.
-        while killed.elapsed() < Duration::from_secs(2) && load_direct(&node, 1).count("v2") == 0 {
+        while killed.elapsed() < Duration::from_secs(2) && load_direct(&node, target, 1).count("v2") == 0 {
             std::thread::sleep(Duration::from_millis(20));
         }
         let first = killed.elapsed();
-        eprintln!("{mode:?}: first direct answer {first:?} after the kill");
+        eprintln!("{mode:?} {family:?}: first direct answer {first:?} after the kill");
         assert!(first < Duration::from_secs(1), "fail open took {first:?}");
     }
     std::thread::sleep(Duration::from_secs(1).saturating_sub(killed.elapsed()));
-    let after = load_direct(&node, 20);
+    let after = load_direct(&node, target, 20);
     let during: testbed::LoadReport = serde_json::from_str(&read_stdout(&mut background).unwrap()).unwrap();
     assert!(during.count("v1") > 0, "{during:?}");
     if policy == "open" {
@@ -362,17 +371,25 @@ fn kill_the_proxy(mode: Mode, policy: &str) {
     // A new agent takes over the stale pins and capture resumes; the counters go on from there.
     let agent = Agent::start_in(&node, &files, false, mode, policy).unwrap();
     assert!(agent.log().contains("re-adopting pinned map"), "{}", agent.log());
-    let resumed = load_direct(&node, 20);
+    let resumed = load_direct(&node, target, 20);
     assert_eq!(resumed.count("v1"), 20, "captured after the restart: {resumed:?}");
     assert_eq!(pinned_connections(&node, mode, 8080), counted + 20);
 }
 
 fn killing_the_proxy_fails_open(mode: Mode) {
-    kill_the_proxy(mode, "open");
+    kill_the_proxy(mode, "open", Family::V4);
 }
 
 fn killing_the_proxy_fails_closed(mode: Mode) {
-    kill_the_proxy(mode, "closed");
+    kill_the_proxy(mode, "closed", Family::V4);
+}
+
+fn killing_the_proxy_fails_open_over_ipv6(mode: Mode) {
+    kill_the_proxy(mode, "open", Family::V6);
+}
+
+fn killing_the_proxy_fails_closed_over_ipv6(mode: Mode) {
+    kill_the_proxy(mode, "closed", Family::V6);
 }
 
 /// Data-path tests run once per capture mode: `socket_mode::<name>` and `packet_mode::<name>`.
@@ -400,6 +417,8 @@ in_both_modes!(
     the_proxy_inside_the_captured_cgroup_does_not_capture_itself,
     killing_the_proxy_fails_open,
     killing_the_proxy_fails_closed,
+    killing_the_proxy_fails_open_over_ipv6,
+    killing_the_proxy_fails_closed_over_ipv6,
 );
 
 #[test]
