@@ -692,6 +692,23 @@ impl RouteTable {
         passthrough_candidates(server, at.sni).into_iter().find_map(|vh| self.first_l4(&vh.tls_rules, &at))
     }
 
+    /// Decides where a connection that entered TCP gateway server `server` on `at.port` (plain,
+    /// or after its TLS was terminated) goes: as Istio's gateway, the VirtualServices bound to
+    /// the server in order, the first `tcp` rule matching. Returns the rule's label and target.
+    pub fn route_gateway_tcp<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
+        let at = L4View { gateway: Some(&server.id.gateway), ..*at };
+        // A VirtualService bound by several hosts is one candidate, at its first place.
+        let mut seen: Vec<&str> = Vec::new();
+        server.virtual_hosts.iter().find_map(|vh| {
+            if seen.contains(&&*vh.virtual_service) {
+                return None;
+            }
+            seen.push(&vh.virtual_service);
+            self.first_l4(&vh.tcp_rules, &at)
+        })
+    }
+
     /// Explains how a TLS connection naming `at.sni` is routed: captured, to `service`
     /// (`tls`, then `tcp` rules, then the service), or at `at.gateway`'s `PASSTHROUGH` server on
     /// `at.port` (for `interceptor explain --sni`).

@@ -853,3 +853,118 @@ spec:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A plain TCP endpoint: greets with `<name>\n`, then echoes what it reads.
+async fn tcp_endpoint(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if stream.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads the endpoint's greeting, sends `ping` and reads it back: the endpoint's name.
+async fn greet_and_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(&mut stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    greeting.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn tcp_servers_forward_by_tcp_rules_plain_and_after_ending_tls() {
+    let (pki, ca, ca_key) = Pki::new("tcp");
+    let leaf = pki.leaf(&ca, &ca_key, "db", &["db.example.com"], false);
+    let (v1, v2) = (tcp_endpoint("backend-a").await, tcp_endpoint("backend-b").await);
+    let (plain, tls, unrouted) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {plain}, name: tcp, protocol: TCP}}
+    hosts: [\"*\"]
+  - port: {{number: {plain}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+  - port: {{number: {tls}, name: tls, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {crt}, privateKey: {key}}}
+  - port: {{number: {unrouted}, name: mongo, protocol: MONGO}}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.example.com]
+  gateways: [istio-system/tcp]
+  tcp:
+  - match: [{{port: {tls}}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v2}}}}]
+  - match: [{{port: {plain}}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v1}}}}]
+",
+        crt = leaf.with_extension("crt").display(),
+        key = leaf.with_extension("key").display()
+    );
+    let settings = settings(&pki.dir);
+    let snapshot = config(v1, v2, &yaml);
+    let mut table = RouteTable::compile(&snapshot).unwrap();
+    assert!(prepare(&mut table, &settings).is_empty());
+    // Istio merges nothing onto an opaque TCP port: the HTTP server there is left out, warned.
+    let warned = table
+        .warnings()
+        .iter()
+        .any(|d| d.field == "spec.servers[1].port" && d.message.contains("this server is ignored"));
+    assert!(warned, "{:?}", table.warnings());
+    let described = table.describe();
+    assert!(described.contains(&format!("port {tls} (Simple TLS, then TCP)")), "{described}");
+    let at = |port: u16| interceptor::routing::L4View {
+        port,
+        destination: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        source: "127.0.0.1:1".parse().unwrap(),
+        sni: None,
+        gateway: Some("istio-system/tcp"),
+    };
+    let explained = table.explain_tls("", &at(plain));
+    assert!(explained.contains("server: istio-system/tcp#0 (TCP)"), "{explained}");
+    assert!(explained.contains("✔ default/db#tcp-1"), "{explained}");
+    assert!(table.explain_tls("", &at(unrouted)).contains("result: no rule matched: closed"));
+    let _harness = harness(table).await;
+
+    // Plain TCP: the bytes go to v1 as they are.
+    let stream = TcpStream::connect((LOOPBACK, plain)).await.unwrap();
+    assert_eq!(greet_and_echo(stream).await, "backend-a");
+
+    // TLS ended at the gateway with the server's certificate; the endpoint speaks plain TCP.
+    let client = tls_client(&pki.ca, &[], None);
+    let stream = TcpStream::connect((LOOPBACK, tls)).await.unwrap();
+    let session = client.connect(ServerName::try_from("db.example.com").unwrap(), stream).await.unwrap();
+    let shown = session.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().unwrap();
+    assert_eq!(shown, CertificateDer::pem_file_iter(leaf.with_extension("crt")).unwrap().next().unwrap().unwrap());
+    assert_eq!(greet_and_echo(session).await, "backend-b");
+
+    // No tcp rule for the MONGO port: the connection is closed without a byte.
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect((LOOPBACK, unrouted)).await.unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert!(got.is_empty(), "{got:?}");
+}

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::{client_hello, drain, limits, metrics, Outbound, ProxyInputs};
+use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
 
@@ -62,7 +62,7 @@ pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
             )),
         }
     }
-    gateways.retain_servers(|s| s.protocol != ServerProtocol::Https || s.tls_config.is_some());
+    gateways.retain_servers(|s| !s.protocol.terminates_tls() || s.tls_config.is_some());
     findings
 }
 
@@ -192,14 +192,22 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
         Ok(SocketAddr::V4(local)) => Some(local),
         _ => None,
     };
-    let protocol = inputs.routes.load().gateways().servers(port).first().map(|s| s.protocol);
-    let Some(protocol) = protocol else {
+    let first = inputs.routes.load().gateways().servers(port).first().map(|s| (s.protocol, s.id.clone()));
+    let Some((protocol, first)) = first else {
         debug!("port no longer served by a gateway; closing");
         return;
     };
-    if protocol == ServerProtocol::Http {
-        let entered = GatewayConnection { port, server: None, sni: None, local };
-        return serve_http(inputs, entered, client, stream, watch).await;
+    match protocol {
+        ServerProtocol::Http => {
+            let entered = GatewayConnection { port, server: None, sni: None, local };
+            return serve_http(inputs, entered, client, stream, watch).await;
+        }
+        // Alone on its port (Istio merges nothing with it).
+        ServerProtocol::Tcp => {
+            let entered = GatewayConnection { port, server: Some(first), sni: None, local };
+            return opaque(inputs, entered, client, stream).await;
+        }
+        ServerProtocol::Https | ServerProtocol::Passthrough | ServerProtocol::TerminatedTcp => {}
     }
     // The ClientHello is read here, not by rustls' lazy acceptor, so that a passthrough server
     // can still send its bytes on untouched.
@@ -241,7 +249,31 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
         Err(_) => return debug!(?sni, "TLS handshake not done in time"),
     };
     let entered = GatewayConnection { port, server: Some(server), sni, local };
-    serve_http(inputs, entered, client, stream, watch).await;
+    match protocol {
+        ServerProtocol::TerminatedTcp => opaque(inputs, entered, client, stream).await,
+        _ => serve_http(inputs, entered, client, stream, watch).await,
+    }
+}
+
+/// A TCP server's connection (plain, or its TLS already ended here): the `tcp` rules of the
+/// VirtualServices bound to the server pick a destination and the bytes go there. No rule:
+/// closed, as Envoy closes a connection no filter chain takes.
+async fn opaque<I>(inputs: ProxyInputs, entered: GatewayConnection, client: SocketAddr, stream: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let GatewayConnection { port, server, sni, local } = entered;
+    let Some(server) = server else { return };
+    let table = inputs.routes.load_full();
+    let destination = local.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
+    let at = L4View { port, destination, source: client, sni: sni.as_deref(), gateway: None };
+    let Some(routed) = table.route_gateway_tcp(&server, &at) else {
+        inputs.metrics.rejected(metrics::REJECT_NO_ROUTE);
+        let sni = sni.as_deref().unwrap_or("-");
+        return info!(target: "access", "[tcp] gateway {server} port {port} from {client} sni={sni}: NR (no tcp rule matched)");
+    };
+    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
+    tcp::forward(&inputs, stream, &entry, routed, None).await;
 }
 
 /// A `PASSTHROUGH` server's connection: the `tls` rules of the VirtualServices bound to it pick
@@ -264,7 +296,9 @@ async fn passthrough(
         let sni = hello.sni.as_deref().unwrap_or("-");
         return info!(target: "access", "[tls] gateway {server} port {port} from {client} sni={sni}: NR (no tls rule matched)");
     };
-    super::tcp::forward(&inputs, stream, client, destination, None, routed, Some(hello)).await;
+    let sni = hello.sni.clone();
+    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
+    tcp::forward(&inputs, stream, &entry, routed, Some(hello)).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client

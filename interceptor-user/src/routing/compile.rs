@@ -119,7 +119,7 @@ pub(super) fn compile(
         let http = Arc::new(http);
         let index = cx.index(vs, &http);
         cx.bind(vs, http.clone(), index.clone(), &l4, &mut routes);
-        cx.bind_gateways(vs, &http, &index, &l4.tls, &mut gateways);
+        cx.bind_gateways(vs, &http, &index, &l4, &mut gateways);
     }
 
     let Compiler { clusters, diags, credential_errors, .. } = cx;
