@@ -641,7 +641,9 @@ impl RouteTable {
         &mut self.gateways
     }
 
-    /// Decides where a TCP connection to `service` on `port`, from `source`, goes.
+    /// Decides where a TCP connection to `service` on `port`, from `source`, goes: the first
+    /// `tcp` rule that matches, else — as Istio's sidecar listener, whose last TCP filter chain is
+    /// the service itself unless a rule already catches everything — the service's own cluster.
     pub fn route_tcp<'t>(
         &'t self,
         service: &str,
@@ -651,11 +653,7 @@ impl RouteTable {
     ) -> Option<(&'t str, &'t Target)> {
         let routes = self.routes.get(service)?;
         let at = L4View { port, destination, source, sni: None, gateway: None };
-        match self.first_l4(&routes.tcp_rules, &at) {
-            Some(found) => Some(found),
-            None if routes.tcp_rules.is_empty() => self.default_l4(routes, port),
-            None => None,
-        }
+        self.first_l4(&routes.tcp_rules, &at).or_else(|| self.default_l4(routes, port))
     }
 
     /// Decides where a captured TLS connection to `service` whose ClientHello named `sni` goes:

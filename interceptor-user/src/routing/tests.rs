@@ -403,6 +403,14 @@ fn tcp_rules_match_port_and_fall_back_to_the_service() {
     let (rule, target) =
         table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
     assert_eq!((rule, &**target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
+
+    // Rules that all miss (another port) leave the connection to the service too, as Istio's
+    // sidecar appends the service's own filter chain after them.
+    let missing = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db}\nspec:\n  hosts: [db]\n  tcp:\n  - match: [{port: 6432}]\n    route: [{destination: {host: other.example.com}}]\n";
+    let table = compile(&format!("{tcp}{missing}")).unwrap();
+    let (rule, target) =
+        table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
+    assert_eq!((rule, &**target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
 }
 
 #[test]
