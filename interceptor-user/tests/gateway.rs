@@ -947,11 +947,13 @@ spec:
     assert!(explained.contains("server: istio-system/tcp#0 (TCP)"), "{explained}");
     assert!(explained.contains("✔ default/db#tcp-1"), "{explained}");
     assert!(table.explain_tls("", &at(unrouted)).contains("result: no rule matched: closed"));
-    let _harness = harness(table).await;
+    let mut harness = harness(table).await;
 
     // Plain TCP: the bytes go to v1 as they are.
     let stream = TcpStream::connect((LOOPBACK, plain)).await.unwrap();
     assert_eq!(greet_and_echo(stream).await, "backend-a");
+    let mut kept = TcpStream::connect((LOOPBACK, plain)).await.unwrap();
+    assert_eq!(greet_and_echo(&mut kept).await, "backend-a");
 
     // TLS ended at the gateway with the server's certificate; the endpoint speaks plain TCP.
     let client = tls_client(&pki.ca, &[], None);
@@ -967,4 +969,13 @@ spec:
     let mut got = Vec::new();
     stream.read_to_end(&mut got).await.unwrap();
     assert!(got.is_empty(), "{got:?}");
+
+    // The Gateway removed: its listeners drain (1 s in the harness) and a TCP stream still open
+    // then, which has no request boundary to stop at, is closed.
+    let mut without = RouteTable::compile(&config(v1, v2, "")).unwrap();
+    assert!(prepare(&mut without, &settings).is_empty());
+    harness.reload(without).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut got)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    assert!(TcpStream::connect((LOOPBACK, plain)).await.is_err(), "the port is closed");
 }

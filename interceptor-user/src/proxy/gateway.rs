@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
@@ -147,16 +147,22 @@ struct Accepting {
     permits: Arc<Semaphore>,
 }
 
-/// Accepts on one gateway port until told to stop, then drains its connections. Over the
-/// connection cap a plain HTTP connection is answered 503 `OM` and a TLS one closed.
+/// Accepts on one gateway port until told to stop, then drains its connections: HTTP ones finish
+/// the request in flight; whatever is still open at the deadline — TCP and passthrough streams,
+/// which have no request boundary to stop at, included — is closed, as Envoy closes a drained
+/// listener's connections. Over the connection cap a plain HTTP connection is answered 503 `OM`
+/// and any other closed.
 async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Receiver<()>, deadline: Duration) {
     let Accepting { port, inputs, permits } = accepting;
     let connections = drain::Drain::new();
+    let mut tasks = JoinSet::new();
     let stopped = async {
         let _ = stop.await;
     };
     tokio::pin!(stopped);
     while let Some((stream, client)) = super::accept(&listener, stopped.as_mut()).await {
+        // Finished connections leave the set here, so it holds only open ones.
+        while tasks.try_join_next().is_some() {}
         let inputs = inputs.clone();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%client, max = inputs.limits.max_connections, "gateway connection cap reached");
@@ -170,7 +176,7 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
         };
         let watch = connections.watch();
         let span = tracing::debug_span!("conn", %client);
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 let _permit = permit;
                 connection(inputs, port, stream, client, watch).await;
@@ -181,7 +187,10 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
     drop(listener);
     tokio::select! {
         () = connections.drain() => debug!("gateway connections drained"),
-        () = tokio::time::sleep(deadline) => warn!(?deadline, "drain deadline passed; closing remaining gateway connections"),
+        () = tokio::time::sleep(deadline) => {
+            warn!(?deadline, open = tasks.len(), "drain deadline passed; closing remaining gateway connections");
+            tasks.abort_all();
+        }
     }
 }
 
