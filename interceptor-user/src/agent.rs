@@ -188,7 +188,11 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     };
     let listen = settings.listen_addr();
     let upstream = inputs.upstream.clone();
-    let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
+    let workload = crate::proxy::metrics::SourceWorkload {
+        name: settings.workload.name.as_str().into(),
+        namespace: settings.workload.namespace.as_str().into(),
+    };
+    let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE, workload);
     gateways.reconcile(&routes.load_full()).await;
     let proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
     // Loaded, attached, bound: from here on only what `needed_after_start` names. The runtime's

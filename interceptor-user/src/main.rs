@@ -160,6 +160,9 @@ struct SettingsArgs {
     /// Directory of `credentialName` credentials (`<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`).
     #[arg(long)]
     credentials: Option<PathBuf>,
+    /// This agent's own workload, `namespace/name`: the source of what it serves as a gateway.
+    #[arg(long, env = "WORKLOAD")]
+    workload: Option<String>,
 }
 
 impl SettingsArgs {
@@ -186,6 +189,7 @@ impl SettingsArgs {
             labels: None,
             gateway_address: self.gateway_address,
             credentials: self.credentials,
+            workload: self.workload,
         };
         file.merge(flags).resolve()
     }

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use interceptor::config::{Settings, SettingsFile, Snapshot};
 use interceptor::proxy::gateway::{prepare, GatewayListeners};
 use interceptor::proxy::limits::Limits;
-use interceptor::proxy::metrics::ProxyMetrics;
+use interceptor::proxy::metrics::{ProxyMetrics, SourceWorkload};
 use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
 use interceptor::routing::RouteTable;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
@@ -193,6 +193,7 @@ struct Harness {
     mesh: SocketAddr,
     routes: Arc<ArcSwap<RouteTable>>,
     gateways: GatewayListeners,
+    registry: prometheus_client::registry::Registry,
 }
 
 async fn harness(table: RouteTable) -> Harness {
@@ -213,12 +214,31 @@ async fn harness_with(table: RouteTable, limits: Limits) -> Harness {
     let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs.clone()).await.unwrap();
     let mesh = proxy.local_addr().unwrap();
     tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
-    let mut gateways = GatewayListeners::new(inputs, Some(LOOPBACK), Duration::from_secs(1));
+    let workload = SourceWorkload { name: "ingress".into(), namespace: "istio-system".into() };
+    let mut gateways = GatewayListeners::new(inputs, Some(LOOPBACK), Duration::from_secs(1), workload);
     gateways.reconcile(&routes.load_full()).await;
-    Harness { mesh, routes, gateways }
+    Harness { mesh, routes, gateways, registry }
 }
 
 impl Harness {
+    /// The first `istio_requests_total` line holding every one of `labels`, once there is one (a
+    /// request is counted when its response body has ended, just after the client read it).
+    async fn requests_line(&self, labels: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("istio_requests_total{") && labels.iter().all(|label| l.contains(label)));
+            match line {
+                Some(line) => return line.to_owned(),
+                None if Instant::now() > deadline => panic!("no istio_requests_total line with {labels:?}:\n{text}"),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// Swaps in `table` and follows it with the listeners, as a reload does.
     async fn reload(&mut self, table: RouteTable) {
         self.routes.store(Arc::new(table));
@@ -384,6 +404,17 @@ spec:
     assert!(https_get(&plain, port, "c.example.com", "/").await.is_err());
     assert_eq!(v1.hits.load(Ordering::Relaxed), 4);
     assert_eq!(v2.hits.load(Ordering::Relaxed), 2);
+    // Istio's labels for a gateway: the gateway's own workload is the source.
+    let counted = h
+        .requests_line(&[
+            "source_workload=\"ingress\"",
+            "source_workload_namespace=\"istio-system\"",
+            "destination_version=\"v1\"",
+            "response_code=\"200\"",
+        ])
+        .await;
+    assert!(counted.contains("reporter=\"source\""), "{counted}");
+    assert!(counted.ends_with(" 4"), "4 requests to v1: {counted}");
     drop(h);
 }
 

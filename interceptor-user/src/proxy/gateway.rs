@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
+use super::metrics::SourceWorkload;
 use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
@@ -36,6 +37,8 @@ pub struct GatewayConnection {
     pub sni: Option<Box<str>>,
     /// The listener's address as the client reached it.
     pub local: Option<SocketAddrV4>,
+    /// The agent's own workload: the source its metrics name, as an Istio gateway's do.
+    pub workload: SourceWorkload,
 }
 
 /// Keeps the gateway servers this agent serves — those whose Gateway's selector its `labels`
@@ -80,13 +83,16 @@ pub struct GatewayListeners {
     drain: Duration,
     /// `limits.maxConnections` over all gateway listeners together.
     permits: Arc<Semaphore>,
+    /// The agent's own workload, reported as the source of gateway requests.
+    workload: SourceWorkload,
 }
 
 impl GatewayListeners {
-    /// No listener yet; `address` `None` means this agent serves no gateway.
-    pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration) -> Self {
+    /// No listener yet; `address` `None` means this agent serves no gateway. `workload` is the
+    /// agent's own, which Istio's metrics name as the source of what a gateway serves.
+    pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration, workload: SourceWorkload) -> Self {
         let permits = Arc::new(Semaphore::new(inputs.limits.max_connections));
-        Self { inputs, address, open: BTreeMap::new(), drain, permits }
+        Self { inputs, address, open: BTreeMap::new(), drain, permits, workload }
     }
 
     /// The ports listened on.
@@ -116,7 +122,12 @@ impl GatewayListeners {
                 Ok(listener) => {
                     let (stop, stopped) = oneshot::channel();
                     let span = tracing::info_span!("gateway", port);
-                    let accepting = Accepting { port, inputs: self.inputs.clone(), permits: self.permits.clone() };
+                    let accepting = Accepting {
+                        port,
+                        inputs: self.inputs.clone(),
+                        permits: self.permits.clone(),
+                        workload: self.workload.clone(),
+                    };
                     let task = tokio::spawn(listen(listener, accepting, stopped, self.drain).instrument(span));
                     self.open.insert(port, Listening { stop, task });
                     info!(%addr, "gateway listener open");
@@ -145,6 +156,7 @@ struct Accepting {
     port: u16,
     inputs: ProxyInputs,
     permits: Arc<Semaphore>,
+    workload: SourceWorkload,
 }
 
 /// Accepts on one gateway port until told to stop, then drains its connections: HTTP ones finish
@@ -153,7 +165,7 @@ struct Accepting {
 /// listener's connections. Over the connection cap a plain HTTP connection is answered 503 `OM`
 /// and any other closed.
 async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Receiver<()>, deadline: Duration) {
-    let Accepting { port, inputs, permits } = accepting;
+    let Accepting { port, inputs, permits, workload } = accepting;
     let connections = drain::Drain::new();
     let mut tasks = JoinSet::new();
     let stopped = async {
@@ -176,10 +188,11 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
         };
         let watch = connections.watch();
         let span = tracing::debug_span!("conn", %client);
+        let workload = workload.clone();
         tasks.spawn(
             async move {
                 let _permit = permit;
-                connection(inputs, port, stream, client, watch).await;
+                connection(inputs, port, workload, stream, client, watch).await;
             }
             .instrument(span),
         );
@@ -195,7 +208,14 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
 }
 
 /// One downstream connection: TLS (when the port terminates it), then HTTP.
-async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
+async fn connection(
+    inputs: ProxyInputs,
+    port: u16,
+    workload: SourceWorkload,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    watch: drain::Watch,
+) {
     let _open = inputs.metrics.open_connection();
     let local = match stream.local_addr() {
         Ok(SocketAddr::V4(local)) => Some(local),
@@ -208,12 +228,12 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
     };
     match protocol {
         ServerProtocol::Http => {
-            let entered = GatewayConnection { port, server: None, sni: None, local };
+            let entered = GatewayConnection { port, server: None, sni: None, local, workload };
             return serve_http(inputs, entered, client, stream, watch).await;
         }
         // Alone on its port (Istio merges nothing with it).
         ServerProtocol::Tcp => {
-            let entered = GatewayConnection { port, server: Some(first), sni: None, local };
+            let entered = GatewayConnection { port, server: Some(first), sni: None, local, workload };
             return opaque(inputs, entered, client, stream).await;
         }
         ServerProtocol::Https | ServerProtocol::Passthrough | ServerProtocol::TerminatedTcp => {}
@@ -257,7 +277,7 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
         Ok(Err(err)) => return debug!(%err, ?sni, "TLS handshake failed"),
         Err(_) => return debug!(?sni, "TLS handshake not done in time"),
     };
-    let entered = GatewayConnection { port, server: Some(server), sni, local };
+    let entered = GatewayConnection { port, server: Some(server), sni, local, workload };
     match protocol {
         ServerProtocol::TerminatedTcp => opaque(inputs, entered, client, stream).await,
         _ => serve_http(inputs, entered, client, stream, watch).await,
@@ -271,7 +291,7 @@ async fn opaque<I>(inputs: ProxyInputs, entered: GatewayConnection, client: Sock
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let GatewayConnection { port, server, sni, local } = entered;
+    let GatewayConnection { port, server, sni, local, .. } = entered;
     let Some(server) = server else { return };
     let table = inputs.routes.load_full();
     let destination = local.unwrap_or(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port));
