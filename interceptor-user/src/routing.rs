@@ -10,7 +10,6 @@ mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use serde::Serialize;
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
 use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
 pub use crate::tls::upstream::ClusterTls;
+use crate::tls::Credentials;
 
 pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
@@ -393,17 +393,21 @@ impl RouteTable {
     /// DestinationRule, VIP claimed twice, an upstream TLS file that does not load …), each with
     /// file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        Self::compile_with(snapshot, &ClusterStates::default(), Path::new(crate::config::DEFAULT_CREDENTIALS))
+        Self::compile_with(snapshot, &ClusterStates::default(), &Credentials::files(crate::config::DEFAULT_CREDENTIALS))
     }
 
     /// Compiles a snapshot whose clusters take their runtime state (counts, ejections, pool
     /// limiters) from `states`, so a table replacing another keeps it; `credentialName`
-    /// directories are read under `credentials`. All or nothing: an upstream TLS file that does
+    /// credentials come from `credentials`. All or nothing: an upstream TLS file that does
     /// not load is an error like any other (files source).
     ///
     /// # Errors
     /// As [`RouteTable::compile`].
-    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates, credentials: &Path) -> Result<Self, ConfigError> {
+    pub fn compile_with(
+        snapshot: &Snapshot,
+        states: &ClusterStates,
+        credentials: &Credentials,
+    ) -> Result<Self, ConfigError> {
         match Self::compile_checked(snapshot, states, credentials) {
             Ok(table) if table.credential_errors.is_empty() => Ok(table),
             Ok(table) => {
@@ -426,7 +430,7 @@ impl RouteTable {
     /// # Errors
     /// As [`RouteTable::compile`], but for the files.
     pub fn compile_offline(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        let credentials = Path::new(crate::config::DEFAULT_CREDENTIALS);
+        let credentials = &Credentials::files(crate::config::DEFAULT_CREDENTIALS);
         let unread = |errors: Vec<Diagnostic>| {
             errors.into_iter().map(|d| Diagnostic {
                 severity: Severity::Warning,
@@ -452,7 +456,7 @@ impl RouteTable {
     fn compile_checked(
         snapshot: &Snapshot,
         states: &ClusterStates,
-        credentials: &Path,
+        credentials: &Credentials,
     ) -> Result<Self, (ConfigError, Vec<Diagnostic>)> {
         // Istio's validation first, on every resource: the one place both sources pass.
         let (refused, mut findings) = validated(snapshot);
@@ -495,7 +499,7 @@ impl RouteTable {
     pub fn compile_isolating(
         mut snapshot: Snapshot,
         states: &ClusterStates,
-        credentials: &Path,
+        credentials: &Credentials,
     ) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
         let mut rejected = Vec::new();
         loop {

@@ -245,7 +245,8 @@ spec:
 }
 
 async fn harness(snapshot: &Snapshot, port: u16, credentials: &Path) -> Harness {
-    let table = RouteTable::compile_with(snapshot, &ClusterStates::default(), credentials).unwrap();
+    let credentials = interceptor::tls::Credentials::files(credentials);
+    let table = RouteTable::compile_with(snapshot, &ClusterStates::default(), &credentials).unwrap();
     let table = Arc::new(ArcSwap::from_pointee(table));
     let (proxy, registry) = common::proxy(table.clone(), ToVip(port)).await;
     Harness { proxy, registry, table }

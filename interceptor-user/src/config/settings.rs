@@ -116,7 +116,8 @@ pub struct SettingsFile {
     pub labels: Option<BTreeMap<String, String>>,
     /// Address the listeners of selected Gateways bind on; without it the agent serves no Gateway.
     pub gateway_address: Option<IpAddr>,
-    /// Directory of `credentialName` credentials: `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`.
+    /// Directory of `credentialName` credentials (files source; from the API server they are
+    /// Secrets): `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt` (or `cert`, `key`, `cacert`).
     pub credentials: Option<PathBuf>,
     /// This agent's own workload, `namespace/name` (env `WORKLOAD`).
     pub workload: Option<String>,

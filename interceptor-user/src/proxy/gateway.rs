@@ -25,6 +25,7 @@ use super::metrics::SourceWorkload;
 use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
+use crate::tls::Credentials;
 
 /// How a connection entered a gateway listener.
 #[derive(Clone, Debug)]
@@ -42,9 +43,11 @@ pub struct GatewayConnection {
 }
 
 /// Keeps the gateway servers this agent serves — those whose Gateway's selector its `labels`
-/// match, and none without a `gatewayAddress` — and builds their TLS from their files. A server
-/// whose TLS cannot be built is left out, with an error naming the Gateway's field.
-pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
+/// match, and none without a `gatewayAddress` — and builds their TLS from their files or
+/// credentials. A server whose TLS cannot be built keeps its place without a configuration, so
+/// its handshakes are refused while the other servers serve (Envoy's filter chain waiting for a
+/// secret), with an error naming the Gateway's field and the file or Secret.
+pub fn prepare(table: &mut RouteTable, settings: &Settings, credentials: &Credentials) -> Vec<Diagnostic> {
     let gateways = table.gateways_mut();
     let selected: HashSet<Arc<str>> = match settings.gateway_address {
         None => HashSet::new(),
@@ -56,16 +59,15 @@ pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
     let mut findings = Vec::new();
     for server in gateways.servers_mut() {
         let Some(tls) = &server.tls else { continue };
-        match tls::server_config(tls, &settings.credentials) {
+        match tls::server_config(tls, credentials) {
             Ok(config) => server.tls_config = Some(Arc::new(config)),
             Err(err) => findings.push(server.source.diagnostic(
                 Severity::Error,
                 format!("{}.tls.{}", server.at, err.field),
-                err.message,
+                format!("{}; its TLS handshakes are refused until it loads", err.message),
             )),
         }
     }
-    gateways.retain_servers(|s| !s.protocol.terminates_tls() || s.tls_config.is_some());
     findings
 }
 
@@ -264,7 +266,11 @@ async fn connection(
     if protocol == ServerProtocol::Passthrough {
         return passthrough(inputs, port, server, stream, client, local, hello).await;
     }
-    let Some(config) = config else { return debug!(%server, "TLS server without its configuration; closing") };
+    let Some(config) = config else {
+        // Its certificate did not load (reported when the config was applied): no handshake.
+        inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
+        return debug!(%server, ?sni, "the server's certificate is not loaded; handshake refused");
+    };
     let replayed = client_hello::Prefixed::new(hello.bytes, stream);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), replayed);
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {

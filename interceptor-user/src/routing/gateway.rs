@@ -127,7 +127,8 @@ pub struct ServerTls {
     pub private_key: Option<String>,
     /// CA file client certificates must chain to.
     pub ca_certificates: Option<String>,
-    /// Credential directory name (under the agent's `credentials`).
+    /// Credential name: a directory under the agent's `credentials` (files source) or a Secret
+    /// of the agent's namespace (cluster source).
     pub credential_name: Option<String>,
     /// Lowest version accepted.
     pub min_version: TlsProtocolVersion,
@@ -198,7 +199,8 @@ pub struct GatewayServer {
     /// Field path of the server (`spec.servers[0]`).
     pub at: String,
     /// The TLS configuration built from `tls` (certificates read) once the agent prepared the
-    /// table; `None` until then, or for plain HTTP.
+    /// table; `None` until then, for plain HTTP, or when its certificate did not load (cluster
+    /// source: its handshakes are refused).
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub(super) virtual_hosts: Vec<VirtualHost>,
 }
