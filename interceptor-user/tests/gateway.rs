@@ -13,12 +13,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use interceptor::config::{Settings, SettingsFile, Snapshot};
+use interceptor::config::{Diagnostic, Settings, SettingsFile, Snapshot};
 use interceptor::proxy::gateway::{prepare, GatewayListeners};
 use interceptor::proxy::limits::Limits;
 use interceptor::proxy::metrics::{ProxyMetrics, SourceWorkload};
 use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
 use interceptor::routing::RouteTable;
+use interceptor::tls::Credentials;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -180,10 +181,15 @@ fn settings(credentials: &Path) -> Settings {
     .unwrap()
 }
 
+/// Prepares the gateway servers of `table` with the settings' `credentials` directory (files).
+fn prepare_files(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
+    prepare(table, settings, &Credentials::files(&settings.credentials))
+}
+
 /// Compiles `snapshot` and prepares its gateway servers as the agent does.
 fn table(snapshot: &Snapshot, settings: &Settings) -> RouteTable {
     let mut table = RouteTable::compile(snapshot).unwrap();
-    let findings = prepare(&mut table, settings);
+    let findings = prepare_files(&mut table, settings);
     assert!(findings.is_empty(), "{findings:?}");
     table
 }
@@ -643,7 +649,7 @@ spec:
 ";
     let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), gateway);
     let mut table = RouteTable::compile(&snapshot).unwrap();
-    let findings = prepare(&mut table, &settings(&pki.dir));
+    let findings = prepare_files(&mut table, &settings(&pki.dir));
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
     assert_eq!(
@@ -652,7 +658,11 @@ spec:
     );
     assert_eq!(f.line, 29, "{f}");
     assert!(f.message.contains("/nonexistent/tls.crt"), "{f}");
-    assert_eq!(table.gateways().ports().count(), 0, "the server is not served");
+    // (Files: the agent refuses such a config.) The server keeps its place, without a TLS
+    // config: its handshakes are refused rather than taken by another server's certificate.
+    let servers = table.gateways().servers(8443);
+    assert_eq!(servers.len(), 1);
+    assert!(servers[0].tls_config.is_none());
 }
 
 /// A loopback TLS endpoint with its own certificate (`<base>.crt`/`.key`), answering every HTTP/1
@@ -784,7 +794,7 @@ spec:
     );
     let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), &yaml);
     let mut table = RouteTable::compile(&snapshot).unwrap();
-    assert!(prepare(&mut table, &settings(&pki.dir)).is_empty());
+    assert!(prepare_files(&mut table, &settings(&pki.dir)).is_empty());
     let servers: Vec<String> = table.gateways().servers(9443).iter().map(|s| s.name.clone()).collect();
     assert_eq!(servers, ["pass", "https"]);
     assert!(table.gateways().servers(9444).is_empty());

@@ -236,20 +236,24 @@ impl From<&Path> for Credentials {
     }
 }
 
+/// Secrets of namespace `gw` from (name, [(key, value)]) lists, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_secrets(list: &[(&str, &[(&str, &str)])]) -> Credentials {
+    let secrets = list
+        .iter()
+        .map(|(name, entries)| {
+            let entries = entries.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
+            ((*name).to_owned(), entries)
+        })
+        .collect();
+    Credentials::Secrets(Arc::new(SecretSet { namespace: "gw".into(), secrets }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn secrets(list: &[(&str, &[(&str, &str)])]) -> Credentials {
-        let secrets = list
-            .iter()
-            .map(|(name, entries)| {
-                let entries = entries.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect();
-                ((*name).to_owned(), entries)
-            })
-            .collect();
-        Credentials::Secrets(Arc::new(SecretSet { namespace: "gw".into(), secrets }))
-    }
+    use super::test_secrets as secrets;
 
     fn origin(pem: &Pem) -> &str {
         &pem.origin

@@ -158,4 +158,54 @@ mod tests {
         assert_eq!(err.field, "serverCertificate");
         assert!(err.message.contains("/nonexistent/cert.pem"), "{err}");
     }
+
+    /// A CA and a leaf for `name` signed by it, as PEM: (ca, cert, key).
+    fn pki(name: &str) -> (String, String, String) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.pem(), leaf.pem(), key.serialize_pem())
+    }
+
+    use crate::tls::credential::test_secrets as secrets;
+
+    fn server(mode: TlsMode, credential: &str) -> ServerTls {
+        ServerTls {
+            mode,
+            certificate: None,
+            private_key: None,
+            ca_certificates: None,
+            credential_name: Some(credential.into()),
+            min_version: TlsProtocolVersion::Auto,
+            max_version: TlsProtocolVersion::Auto,
+            cipher_suites: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_secret_gives_a_server_its_certificate_and_mutual_its_ca_from_the_cacert_secret() {
+        let (ca, cert, key) = pki("a.example.com");
+        let (_, _, other_key) = pki("b.example.com");
+        let c = secrets(&[
+            ("tls", &[("tls.crt", &cert), ("tls.key", &key)]),
+            ("tls-cacert", &[("ca.crt", &ca)]),
+            ("mismatch", &[("tls.crt", &cert), ("tls.key", &other_key)]),
+            ("badca", &[("cert", &cert), ("key", &key), ("cacert", "garbage")]),
+        ]);
+        assert!(server_config(&server(TlsMode::Simple, "tls"), &c).is_ok());
+        assert!(server_config(&server(TlsMode::Mutual, "tls"), &c).is_ok());
+        let err = server_config(&server(TlsMode::Simple, "mismatch"), &c).unwrap_err();
+        assert_eq!(err.field, "credentialName");
+        assert!(err.message.starts_with("Secret gw/mismatch key tls.key does not fit the certificate"), "{err}");
+        let err = server_config(&server(TlsMode::Mutual, "badca"), &c).unwrap_err();
+        assert!(err.message.starts_with("Secret gw/badca key cacert: no PEM certificate"), "{err}");
+        let err = server_config(&server(TlsMode::Mutual, "mismatch"), &c).unwrap_err();
+        assert!(err.message.starts_with("Secret gw/mismatch: no CA"), "{err}");
+        let no_ca = secrets(&[("tls", &[("tls.crt", &cert), ("tls.key", &key)])]);
+        let err = server_config(&server(TlsMode::Mutual, "tls"), &no_ca).unwrap_err();
+        assert!(err.message.contains("Secret gw/tls: no CA to verify client certificates with"), "{err}");
+    }
 }
