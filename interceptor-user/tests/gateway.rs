@@ -968,7 +968,7 @@ spec:
     let settings = settings(&pki.dir);
     let snapshot = config(v1, v2, &yaml);
     let mut table = RouteTable::compile(&snapshot).unwrap();
-    assert!(prepare(&mut table, &settings).is_empty());
+    assert!(prepare_files(&mut table, &settings).is_empty());
     // Istio merges nothing onto an opaque TCP port: the HTTP server there is left out, warned.
     let warned = table
         .warnings()
@@ -1014,7 +1014,7 @@ spec:
     // The Gateway removed: its listeners drain (1 s in the harness) and a TCP stream still open
     // then, which has no request boundary to stop at, is closed.
     let mut without = RouteTable::compile(&config(v1, v2, "")).unwrap();
-    assert!(prepare(&mut without, &settings).is_empty());
+    assert!(prepare_files(&mut without, &settings).is_empty());
     harness.reload(without).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut got)).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
