@@ -366,7 +366,18 @@ fn credentials_from_kubernetes_secrets_are_served_rotated_and_awaited_without_a_
         })
     });
 
-    // Created later (Istio's generic form): served, without a restart.
+    // Created with PEM that does not parse: still refused, the key named.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("tls.crt"), "not a certificate").unwrap();
+    std::fs::copy(dir.join("late/tls.key"), broken.join("tls.key")).unwrap();
+    plane.apply(&secret("late-cert", "Opaque", &broken, ("cert", "key"))).unwrap();
+    wait("the broken Secret's error", &|| {
+        agent.log().contains("Secret interceptor-system/late-cert key cert: no PEM certificate in it")
+    });
+    assert!(get("late.example.com", "late").is_err(), "a broken Secret is not served");
+
+    // Fixed (Istio's generic form): served, without a restart.
     plane.apply(&secret("late-cert", "Opaque", &dir.join("late"), ("cert", "key"))).unwrap();
     wait("the late Secret to be served", &|| get("late.example.com", "late").is_ok_and(|b| b == "v2"));
 
