@@ -81,7 +81,7 @@ fn reload(stores: &Stores) -> RouteTable {
         snapshot.add_object(&object, &mut errors);
     }
     snapshot.service_entries.extend(service_entries(&stores.services, &stores.slices, &PodLabels::new()));
-    RouteTable::compile_isolating(snapshot, &Default::default(), std::path::Path::new("/nonexistent"))
+    RouteTable::compile_isolating(snapshot, &Default::default(), &interceptor::tls::Credentials::files("/nonexistent"))
         .expect("the synthetic cluster compiles")
         .0
 }

@@ -22,6 +22,7 @@ use crate::proxy::gateway::GatewayListeners;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{upstream_client, Proxy, ProxyInputs};
 use crate::routing::RouteTable;
+use crate::tls::Credentials;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -88,8 +89,9 @@ impl Resources {
         match self {
             Resources::Files(dir) => {
                 let snapshot = Snapshot::load_dir(dir, &settings.namespace)?;
-                let mut table = RouteTable::compile_with(&snapshot, states, &settings.credentials)?;
-                let tls_errors = crate::proxy::gateway::prepare(&mut table, settings);
+                let credentials = Credentials::files(&settings.credentials);
+                let mut table = RouteTable::compile_with(&snapshot, states, &credentials)?;
+                let tls_errors = crate::proxy::gateway::prepare(&mut table, settings, &credentials);
                 if !tls_errors.is_empty() {
                     return Err(ConfigError { diagnostics: tls_errors });
                 }
@@ -97,11 +99,12 @@ impl Resources {
             }
             Resources::Cluster(cluster) => {
                 let Some((snapshot, mut rejected)) = cluster.snapshot() else { return Ok(None) };
-                let (mut table, snapshot, left_out) =
-                    RouteTable::compile_isolating(snapshot, states, &settings.credentials)?;
+                // `credentialName`s are Secrets of the agent's namespace.
+                let credentials = cluster.credentials();
+                let (mut table, snapshot, left_out) = RouteTable::compile_isolating(snapshot, states, &credentials)?;
                 rejected.extend(left_out);
-                // A server whose certificates cannot be read is left out alone, like an object.
-                rejected.extend(crate::proxy::gateway::prepare(&mut table, settings));
+                // A server whose certificates cannot be read refuses its handshakes alone.
+                rejected.extend(crate::proxy::gateway::prepare(&mut table, settings, &credentials));
                 Ok(Some(Loaded { table, snapshot, rejected }))
             }
         }
@@ -134,7 +137,10 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     let (table, snapshot) = match first {
         Some(Loaded { table, snapshot, .. }) => (table, snapshot),
         // Nothing captured until the cluster's objects are in: connections go where apps send them.
-        None => (RouteTable::compile_with(&Snapshot::default(), &states, &settings.credentials)?, Snapshot::default()),
+        None => {
+            let credentials = Credentials::files(&settings.credentials);
+            (RouteTable::compile_with(&Snapshot::default(), &states, &credentials)?, Snapshot::default())
+        }
     };
     for warning in table.warnings() {
         warn!("{warning}");
@@ -189,7 +195,11 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     };
     let listen = std::net::SocketAddr::V4(settings.listen);
     let upstream = inputs.upstream.clone();
-    let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE);
+    let workload = crate::proxy::metrics::SourceWorkload {
+        name: settings.workload.name.as_str().into(),
+        namespace: settings.workload.namespace.as_str().into(),
+    };
+    let mut gateways = GatewayListeners::new(inputs.clone(), settings.gateway_address, DRAIN_DEADLINE, workload);
     gateways.reconcile(&routes.load_full()).await;
     let mut proxy = Proxy::bind(listen, inputs).await.map_err(|source| AgentError::Listen { addr: listen, source })?;
     if let Some(listen6) = settings.listen6 {
@@ -225,7 +235,11 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
     };
     // A rotated credential (`credentialName`) is a config change: the TLS of its gateway server
     // or upstream cluster is built again. (Files named by path are read again on any reload.)
-    let credentials = Some(settings.credentials.as_path()).filter(|dir| dir.is_dir());
+    // From the API server, credentials are Secrets, whose watch wakes the reload itself.
+    let credentials = match &resources {
+        Resources::Files(_) => Some(settings.credentials.as_path()).filter(|dir| dir.is_dir()),
+        Resources::Cluster(_) => None,
+    };
     let _credentials_watcher = credentials.map(|dir| watch_dir(dir, reload_tx.clone())).transpose()?;
     let watch_err =
         |what: &str, source: std::io::Error| AgentError::Watch { what: what.into(), source: Box::new(source) };

@@ -1,16 +1,17 @@
 //! The Kubernetes API server as a config source: watches with reflector stores for the Istio
-//! kinds, Services, EndpointSlices and pod labels, read into the same [`Snapshot`] files make.
+//! kinds, Services, EndpointSlices and pod labels, read into the same [`Snapshot`] files make,
+//! and for the Secrets of the agent's own namespace, read as `credentialName` [`Credentials`].
 
 mod events;
 mod translate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
@@ -21,6 +22,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{ClusterObject, Diagnostic, Snapshot};
+use crate::tls::credential::Entries;
+use crate::tls::{Credentials, SecretSet};
 
 pub use events::RejectionReporter;
 pub use translate::{pod_workloads, service_entries, PodLabels, SERVICE_NAME_LABEL};
@@ -31,6 +34,9 @@ pub const ISTIO_GROUP: &str = "networking.istio.io";
 pub const ISTIO_KINDS: &[&str] = &["VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Gateway"];
 /// Versions tried for each Istio kind, newest first: v1 where served, else v1beta1.
 pub const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// Secrets never read as credentials, left out of the watch as istiod leaves them out (Helm
+/// releases and service-account tokens: the big ones).
+const SECRETS_FIELD_SELECTOR: &str = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
 /// Longest wait between two attempts to reach the API server at start-up.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -54,6 +60,17 @@ struct State {
     stores: OnceLock<Stores>,
     /// Why the source is not (or no longer) in sync with the API server; `None` when it is.
     problem: Mutex<Option<String>>,
+    /// Every Secret of the agent's namespace as last seen, deleted ones included.
+    secrets: Mutex<SecretMemory>,
+}
+
+/// Secrets as last seen: a deleted Secret's credential keeps serving, as at Istio's gateways
+/// (istiod pushes nothing for a Secret that is gone and Envoy keeps the last one it had;
+/// istio/istio#45432), until a Secret of that name appears again.
+#[derive(Default)]
+struct SecretMemory {
+    last: HashMap<String, Entries>,
+    deleted: HashSet<String>,
 }
 
 struct Stores {
@@ -63,6 +80,8 @@ struct Stores {
     pods: Store<PartialObjectMeta<Pod>>,
     /// This node's pods, whole (their IPs): the clients whose connections the agent captures.
     local_pods: Option<Store<Pod>>,
+    /// The Secrets of the agent's namespace: `credentialName` credentials.
+    secrets: Store<Secret>,
 }
 
 struct IstioStore {
@@ -90,7 +109,11 @@ impl Cluster {
             None => kube::Config::infer().await.map_err(|e| ClusterError::Config(e.to_string()))?,
         };
         let client = Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
-        let state = State { stores: OnceLock::new(), problem: Mutex::new(Some("not yet synced".into())) };
+        let state = State {
+            stores: OnceLock::new(),
+            problem: Mutex::new(Some("not yet synced".into())),
+            secrets: Mutex::default(),
+        };
         Ok(Self { client, node_name, state: Arc::new(state) })
     }
 
@@ -148,6 +171,17 @@ impl Cluster {
                 let config = watcher_config().fields(&format!("spec.nodeName={node}"));
                 self.watch("Pod", (), watcher(Api::<Pod>::all(self.client.clone()), config), changed.clone())
             }),
+            // Only the agent's own namespace (a Role there grants it): Istio reads a gateway's
+            // credentials from the gateway workload's namespace.
+            secrets: self.watch(
+                "Secret",
+                (),
+                watcher(
+                    Api::<Secret>::default_namespaced(self.client.clone()),
+                    watcher_config().fields(SECRETS_FIELD_SELECTOR),
+                ),
+                changed.clone(),
+            ),
         };
         let mut waits: Vec<_> = stores.istio.iter().map(|s| wait_ready(s.store.clone()).boxed()).collect();
         if let Some(local) = &stores.local_pods {
@@ -156,6 +190,7 @@ impl Cluster {
         waits.push(wait_ready(stores.services.clone()).boxed());
         waits.push(wait_ready(stores.slices.clone()).boxed());
         waits.push(wait_ready(stores.pods.clone()).boxed());
+        waits.push(wait_ready(stores.secrets.clone()).boxed());
         futures::future::join_all(waits).await;
         let _ = self.state.stores.set(stores);
         self.set_problem(None);
@@ -252,6 +287,31 @@ impl Cluster {
             snapshot.workload_entries.extend(local.iter().flat_map(|p| pod_workloads(p)));
         }
         Some((snapshot, errors))
+    }
+
+    /// The `credentialName` credentials: the Secrets of the agent's namespace (that of its
+    /// service account in a pod, else the kubeconfig context's), deleted ones as last seen.
+    pub fn credentials(&self) -> Credentials {
+        let namespace = self.client.default_namespace().to_owned();
+        let current: HashMap<String, Entries> = match self.state.stores.get() {
+            None => HashMap::new(),
+            Some(stores) => stores
+                .secrets
+                .state()
+                .iter()
+                .map(|s| (s.name_any(), s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect()))
+                .collect(),
+        };
+        let mut memory = lock(&self.state.secrets);
+        let SecretMemory { last, deleted } = &mut *memory;
+        for name in last.keys().filter(|n| !current.contains_key(*n)) {
+            if deleted.insert(name.clone()) {
+                warn!(secret = %format!("{namespace}/{name}"), "Secret deleted: credentials naming it keep serving its last certificate (as Istio's gateways do) until it is created again");
+            }
+        }
+        deleted.retain(|n| !current.contains_key(n));
+        last.extend(current);
+        Credentials::Secrets(Arc::new(SecretSet { namespace, secrets: last.clone() }))
     }
 
     /// A reference to the object a diagnostic names (`Kind namespace/name`), for its Events.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use interceptor::agent::Resources;
 use interceptor::config::{CaptureMode, ConfigSource, FailurePolicy, Settings, SettingsFile, Severity, Snapshot};
-use interceptor::routing::RouteTable;
+use interceptor::routing::{RouteTable, ServerProtocol};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -167,6 +167,9 @@ struct SettingsArgs {
     /// Directory of `credentialName` credentials (`<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`).
     #[arg(long)]
     credentials: Option<PathBuf>,
+    /// This agent's own workload, `namespace/name`: the source of what it serves as a gateway.
+    #[arg(long, env = "WORKLOAD")]
+    workload: Option<String>,
 }
 
 impl SettingsArgs {
@@ -195,6 +198,7 @@ impl SettingsArgs {
             labels: None,
             gateway_address: self.gateway_address,
             credentials: self.credentials,
+            workload: self.workload,
         };
         file.merge(flags).resolve()
     }
@@ -410,7 +414,13 @@ fn explain(input: &ConfigInput, namespace: &str, gateway: Option<&str>, request:
         Ok(table) => table,
         Err(code) => return code,
     };
-    if let Some(sni) = sni {
+    // A gateway's TCP server carries no HTTP: its connections are explained as TLS ones are.
+    let tcp_at_gateway = gateway.is_some_and(|g| {
+        let g = interceptor::routing::resolve_gateway_name(g, namespace);
+        let port = host.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
+        table.gateways().servers(port).iter().any(|s| *s.id.gateway == *g && s.protocol == ServerProtocol::Tcp)
+    });
+    if sni.is_some() || tcp_at_gateway {
         return explain_tls(&table, namespace, gateway, host, source, sni);
     }
     let mut map = http::HeaderMap::new();
@@ -472,23 +482,24 @@ fn explain(input: &ConfigInput, namespace: &str, gateway: Option<&str>, request:
     ExitCode::SUCCESS
 }
 
-/// `explain --sni`: a TLS connection to `host` (captured) or to `host`'s port at `gateway`.
+/// `explain --sni`: a TLS connection to `host` (captured) or to `host`'s port at `gateway`; or
+/// a connection to a gateway's TCP server (`sni` then `None`).
 fn explain_tls(
     table: &interceptor::routing::RouteTable,
     namespace: &str,
     gateway: Option<&str>,
     host: &str,
     source: Option<std::net::IpAddr>,
-    sni: &str,
+    sni: Option<&str>,
 ) -> ExitCode {
     use std::net::{Ipv4Addr, SocketAddr};
     let source = SocketAddr::new(source.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), 0);
     let port_of_host = host.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
     if let Some(gateway) = gateway {
         let gateway = interceptor::routing::resolve_gateway_name(gateway, namespace);
-        let port = port_of_host.unwrap_or(443);
+        let port = port_of_host.unwrap_or(if sni.is_some() { 443 } else { 80 });
         let destination = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-        let at = interceptor::routing::L4View { port, destination, source, sni: Some(sni), gateway: Some(&gateway) };
+        let at = interceptor::routing::L4View { port, destination, source, sni, gateway: Some(&gateway) };
         print!("{}", table.explain_tls("", &at));
         return ExitCode::SUCCESS;
     }
@@ -498,13 +509,7 @@ fn explain_tls(
     };
     let port = port_of_host.or_else(|| service.ports.first().map(|p| p.number)).unwrap_or(443);
     let vip = service.vips.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED.into());
-    let at = interceptor::routing::L4View {
-        port,
-        destination: SocketAddr::new(vip, port),
-        source,
-        sni: Some(sni),
-        gateway: None,
-    };
+    let at = interceptor::routing::L4View { port, destination: SocketAddr::new(vip, port), source, sni, gateway: None };
     print!("{}", table.explain_tls(&service.host, &at));
     ExitCode::SUCCESS
 }

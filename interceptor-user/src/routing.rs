@@ -10,7 +10,6 @@ mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use serde::Serialize;
 use crate::config::{ConfigError, Diagnostic, Severity, Snapshot};
 use crate::endpoints::{qualify_host, Balancer, ClusterStates, Limits, Protocol, Registry, Service};
 pub use crate::tls::upstream::ClusterTls;
+use crate::tls::Credentials;
 
 pub use crate::endpoints::MIRRORS_IN_FLIGHT;
 pub use actions::{
@@ -393,17 +393,21 @@ impl RouteTable {
     /// DestinationRule, VIP claimed twice, an upstream TLS file that does not load …), each with
     /// file, line and field.
     pub fn compile(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        Self::compile_with(snapshot, &ClusterStates::default(), Path::new(crate::config::DEFAULT_CREDENTIALS))
+        Self::compile_with(snapshot, &ClusterStates::default(), &Credentials::files(crate::config::DEFAULT_CREDENTIALS))
     }
 
     /// Compiles a snapshot whose clusters take their runtime state (counts, ejections, pool
     /// limiters) from `states`, so a table replacing another keeps it; `credentialName`
-    /// directories are read under `credentials`. All or nothing: an upstream TLS file that does
+    /// credentials come from `credentials`. All or nothing: an upstream TLS file that does
     /// not load is an error like any other (files source).
     ///
     /// # Errors
     /// As [`RouteTable::compile`].
-    pub fn compile_with(snapshot: &Snapshot, states: &ClusterStates, credentials: &Path) -> Result<Self, ConfigError> {
+    pub fn compile_with(
+        snapshot: &Snapshot,
+        states: &ClusterStates,
+        credentials: &Credentials,
+    ) -> Result<Self, ConfigError> {
         match Self::compile_checked(snapshot, states, credentials) {
             Ok(table) if table.credential_errors.is_empty() => Ok(table),
             Ok(table) => {
@@ -426,7 +430,7 @@ impl RouteTable {
     /// # Errors
     /// As [`RouteTable::compile`], but for the files.
     pub fn compile_offline(snapshot: &Snapshot) -> Result<Self, ConfigError> {
-        let credentials = Path::new(crate::config::DEFAULT_CREDENTIALS);
+        let credentials = &Credentials::files(crate::config::DEFAULT_CREDENTIALS);
         let unread = |errors: Vec<Diagnostic>| {
             errors.into_iter().map(|d| Diagnostic {
                 severity: Severity::Warning,
@@ -452,7 +456,7 @@ impl RouteTable {
     fn compile_checked(
         snapshot: &Snapshot,
         states: &ClusterStates,
-        credentials: &Path,
+        credentials: &Credentials,
     ) -> Result<Self, (ConfigError, Vec<Diagnostic>)> {
         // Istio's validation first, on every resource: the one place both sources pass.
         let (refused, mut findings) = validated(snapshot);
@@ -495,7 +499,7 @@ impl RouteTable {
     pub fn compile_isolating(
         mut snapshot: Snapshot,
         states: &ClusterStates,
-        credentials: &Path,
+        credentials: &Credentials,
     ) -> Result<(Self, Snapshot, Vec<Diagnostic>), ConfigError> {
         let mut rejected = Vec::new();
         loop {
@@ -641,7 +645,9 @@ impl RouteTable {
         &mut self.gateways
     }
 
-    /// Decides where a TCP connection to `service` on `port`, from `source`, goes.
+    /// Decides where a TCP connection to `service` on `port`, from `source`, goes: the first
+    /// `tcp` rule that matches, else — as Istio's sidecar listener, whose last TCP filter chain is
+    /// the service itself unless a rule already catches everything — the service's own cluster.
     pub fn route_tcp<'t>(
         &'t self,
         service: &str,
@@ -651,11 +657,7 @@ impl RouteTable {
     ) -> Option<(&'t str, &'t Target)> {
         let routes = self.routes.get(service)?;
         let at = L4View { port, destination, source, sni: None, gateway: None };
-        match self.first_l4(&routes.tcp_rules, &at) {
-            Some(found) => Some(found),
-            None if routes.tcp_rules.is_empty() => self.default_l4(routes, port),
-            None => None,
-        }
+        self.first_l4(&routes.tcp_rules, &at).or_else(|| self.default_l4(routes, port))
     }
 
     /// Decides where a captured TLS connection to `service` whose ClientHello named `sni` goes:
@@ -690,6 +692,23 @@ impl RouteTable {
         let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
         let at = L4View { gateway: Some(&server.id.gateway), ..*at };
         passthrough_candidates(server, at.sni).into_iter().find_map(|vh| self.first_l4(&vh.tls_rules, &at))
+    }
+
+    /// Decides where a connection that entered TCP gateway server `server` on `at.port` (plain,
+    /// or after its TLS was terminated) goes: as Istio's gateway, the VirtualServices bound to
+    /// the server in order, the first `tcp` rule matching. Returns the rule's label and target.
+    pub fn route_gateway_tcp<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
+        let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
+        let at = L4View { gateway: Some(&server.id.gateway), ..*at };
+        // A VirtualService bound by several hosts is one candidate, at its first place.
+        let mut seen: Vec<&str> = Vec::new();
+        server.virtual_hosts.iter().find_map(|vh| {
+            if seen.contains(&&*vh.virtual_service) {
+                return None;
+            }
+            seen.push(&vh.virtual_service);
+            self.first_l4(&vh.tcp_rules, &at)
+        })
     }
 
     /// Explains how a TLS connection naming `at.sni` is routed: captured, to `service`

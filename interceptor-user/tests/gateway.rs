@@ -13,12 +13,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use interceptor::config::{Settings, SettingsFile, Snapshot};
+use interceptor::config::{Diagnostic, Settings, SettingsFile, Snapshot};
 use interceptor::proxy::gateway::{prepare, GatewayListeners};
 use interceptor::proxy::limits::Limits;
-use interceptor::proxy::metrics::ProxyMetrics;
+use interceptor::proxy::metrics::{ProxyMetrics, SourceWorkload};
 use interceptor::proxy::{upstream_client, OriginalDestination, Proxy, ProxyInputs};
 use interceptor::routing::RouteTable;
+use interceptor::tls::Credentials;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -180,10 +181,15 @@ fn settings(credentials: &Path) -> Settings {
     .unwrap()
 }
 
+/// Prepares the gateway servers of `table` with the settings' `credentials` directory (files).
+fn prepare_files(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
+    prepare(table, settings, &Credentials::files(&settings.credentials))
+}
+
 /// Compiles `snapshot` and prepares its gateway servers as the agent does.
 fn table(snapshot: &Snapshot, settings: &Settings) -> RouteTable {
     let mut table = RouteTable::compile(snapshot).unwrap();
-    let findings = prepare(&mut table, settings);
+    let findings = prepare_files(&mut table, settings);
     assert!(findings.is_empty(), "{findings:?}");
     table
 }
@@ -193,6 +199,7 @@ struct Harness {
     mesh: SocketAddr,
     routes: Arc<ArcSwap<RouteTable>>,
     gateways: GatewayListeners,
+    registry: prometheus_client::registry::Registry,
 }
 
 async fn harness(table: RouteTable) -> Harness {
@@ -213,12 +220,31 @@ async fn harness_with(table: RouteTable, limits: Limits) -> Harness {
     let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs.clone()).await.unwrap();
     let mesh = proxy.local_addr().unwrap();
     tokio::spawn(proxy.run(std::future::pending(), Duration::from_secs(1)));
-    let mut gateways = GatewayListeners::new(inputs, Some(LOOPBACK), Duration::from_secs(1));
+    let workload = SourceWorkload { name: "ingress".into(), namespace: "istio-system".into() };
+    let mut gateways = GatewayListeners::new(inputs, Some(LOOPBACK), Duration::from_secs(1), workload);
     gateways.reconcile(&routes.load_full()).await;
-    Harness { mesh, routes, gateways }
+    Harness { mesh, routes, gateways, registry }
 }
 
 impl Harness {
+    /// The first `istio_requests_total` line holding every one of `labels`, once there is one (a
+    /// request is counted when its response body has ended, just after the client read it).
+    async fn requests_line(&self, labels: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("istio_requests_total{") && labels.iter().all(|label| l.contains(label)));
+            match line {
+                Some(line) => return line.to_owned(),
+                None if Instant::now() > deadline => panic!("no istio_requests_total line with {labels:?}:\n{text}"),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// Swaps in `table` and follows it with the listeners, as a reload does.
     async fn reload(&mut self, table: RouteTable) {
         self.routes.store(Arc::new(table));
@@ -384,6 +410,17 @@ spec:
     assert!(https_get(&plain, port, "c.example.com", "/").await.is_err());
     assert_eq!(v1.hits.load(Ordering::Relaxed), 4);
     assert_eq!(v2.hits.load(Ordering::Relaxed), 2);
+    // Istio's labels for a gateway: the gateway's own workload is the source.
+    let counted = h
+        .requests_line(&[
+            "source_workload=\"ingress\"",
+            "source_workload_namespace=\"istio-system\"",
+            "destination_version=\"v1\"",
+            "response_code=\"200\"",
+        ])
+        .await;
+    assert!(counted.contains("reporter=\"source\""), "{counted}");
+    assert!(counted.ends_with(" 4"), "4 requests to v1: {counted}");
     drop(h);
 }
 
@@ -612,7 +649,7 @@ spec:
 ";
     let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), gateway);
     let mut table = RouteTable::compile(&snapshot).unwrap();
-    let findings = prepare(&mut table, &settings(&pki.dir));
+    let findings = prepare_files(&mut table, &settings(&pki.dir));
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
     assert_eq!(
@@ -621,7 +658,11 @@ spec:
     );
     assert_eq!(f.line, 29, "{f}");
     assert!(f.message.contains("/nonexistent/tls.crt"), "{f}");
-    assert_eq!(table.gateways().ports().count(), 0, "the server is not served");
+    // (Files: the agent refuses such a config.) The server keeps its place, without a TLS
+    // config: its handshakes are refused rather than taken by another server's certificate.
+    let servers = table.gateways().servers(8443);
+    assert_eq!(servers.len(), 1);
+    assert!(servers[0].tls_config.is_none());
 }
 
 /// A loopback TLS endpoint with its own certificate (`<base>.crt`/`.key`), answering every HTTP/1
@@ -753,7 +794,7 @@ spec:
     );
     let snapshot = config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), &yaml);
     let mut table = RouteTable::compile(&snapshot).unwrap();
-    assert!(prepare(&mut table, &settings(&pki.dir)).is_empty());
+    assert!(prepare_files(&mut table, &settings(&pki.dir)).is_empty());
     let servers: Vec<String> = table.gateways().servers(9443).iter().map(|s| s.name.clone()).collect();
     assert_eq!(servers, ["pass", "https"]);
     assert!(table.gateways().servers(9444).is_empty());
@@ -852,4 +893,130 @@ spec:
         assert!(Instant::now() < deadline, "port {port} still open after the reload");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A plain TCP endpoint: greets with `<name>\n`, then echoes what it reads.
+async fn tcp_endpoint(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if stream.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads the endpoint's greeting, sends `ping` and reads it back: the endpoint's name.
+async fn greet_and_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(&mut stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    greeting.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn tcp_servers_forward_by_tcp_rules_plain_and_after_ending_tls() {
+    let (pki, ca, ca_key) = Pki::new("tcp");
+    let leaf = pki.leaf(&ca, &ca_key, "db", &["db.example.com"], false);
+    let (v1, v2) = (tcp_endpoint("backend-a").await, tcp_endpoint("backend-b").await);
+    let (plain, tls, unrouted) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {plain}, name: tcp, protocol: TCP}}
+    hosts: [\"*\"]
+  - port: {{number: {plain}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+  - port: {{number: {tls}, name: tls, protocol: TLS}}
+    hosts: [db.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {crt}, privateKey: {key}}}
+  - port: {{number: {unrouted}, name: mongo, protocol: MONGO}}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.example.com]
+  gateways: [istio-system/tcp]
+  tcp:
+  - match: [{{port: {tls}}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v2}}}}]
+  - match: [{{port: {plain}}}]
+    route: [{{destination: {{host: my-app.default.svc.cluster.local, subset: v1}}}}]
+",
+        crt = leaf.with_extension("crt").display(),
+        key = leaf.with_extension("key").display()
+    );
+    let settings = settings(&pki.dir);
+    let snapshot = config(v1, v2, &yaml);
+    let mut table = RouteTable::compile(&snapshot).unwrap();
+    assert!(prepare_files(&mut table, &settings).is_empty());
+    // Istio merges nothing onto an opaque TCP port: the HTTP server there is left out, warned.
+    let warned = table
+        .warnings()
+        .iter()
+        .any(|d| d.field == "spec.servers[1].port" && d.message.contains("this server is ignored"));
+    assert!(warned, "{:?}", table.warnings());
+    let described = table.describe();
+    assert!(described.contains(&format!("port {tls} (Simple TLS, then TCP)")), "{described}");
+    let at = |port: u16| interceptor::routing::L4View {
+        port,
+        destination: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+        source: "127.0.0.1:1".parse().unwrap(),
+        sni: None,
+        gateway: Some("istio-system/tcp"),
+    };
+    let explained = table.explain_tls("", &at(plain));
+    assert!(explained.contains("server: istio-system/tcp#0 (TCP)"), "{explained}");
+    assert!(explained.contains("✔ default/db#tcp-1"), "{explained}");
+    assert!(table.explain_tls("", &at(unrouted)).contains("result: no rule matched: closed"));
+    let mut harness = harness(table).await;
+
+    // Plain TCP: the bytes go to v1 as they are.
+    let stream = TcpStream::connect((LOOPBACK, plain)).await.unwrap();
+    assert_eq!(greet_and_echo(stream).await, "backend-a");
+    let mut kept = TcpStream::connect((LOOPBACK, plain)).await.unwrap();
+    assert_eq!(greet_and_echo(&mut kept).await, "backend-a");
+
+    // TLS ended at the gateway with the server's certificate; the endpoint speaks plain TCP.
+    let client = tls_client(&pki.ca, &[], None);
+    let stream = TcpStream::connect((LOOPBACK, tls)).await.unwrap();
+    let session = client.connect(ServerName::try_from("db.example.com").unwrap(), stream).await.unwrap();
+    let shown = session.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().unwrap();
+    assert_eq!(shown, CertificateDer::pem_file_iter(leaf.with_extension("crt")).unwrap().next().unwrap().unwrap());
+    assert_eq!(greet_and_echo(session).await, "backend-b");
+
+    // No tcp rule for the MONGO port: the connection is closed without a byte.
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect((LOOPBACK, unrouted)).await.unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert!(got.is_empty(), "{got:?}");
+
+    // The Gateway removed: its listeners drain (1 s in the harness) and a TCP stream still open
+    // then, which has no request boundary to stop at, is closed.
+    let mut without = RouteTable::compile(&config(v1, v2, "")).unwrap();
+    assert!(prepare_files(&mut without, &settings).is_empty());
+    harness.reload(without).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut got)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    assert!(TcpStream::connect((LOOPBACK, plain)).await.is_err(), "the port is closed");
 }

@@ -20,6 +20,8 @@ use interceptor::config::Snapshot;
 use interceptor::endpoints::ClusterStates;
 use interceptor::proxy::OriginalDestination;
 use interceptor::routing::{RequestView, RouteTable};
+use interceptor::tls::credential::Entries;
+use interceptor::tls::{Credentials, SecretSet};
 use prometheus_client::registry::Registry;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
@@ -244,7 +246,7 @@ spec:
     snapshot
 }
 
-async fn harness(snapshot: &Snapshot, port: u16, credentials: &Path) -> Harness {
+async fn harness(snapshot: &Snapshot, port: u16, credentials: &Credentials) -> Harness {
     let table = RouteTable::compile_with(snapshot, &ClusterStates::default(), credentials).unwrap();
     let table = Arc::new(ArcSwap::from_pointee(table));
     let (proxy, registry) = common::proxy(table.clone(), ToVip(port)).await;
@@ -315,8 +317,8 @@ spec:
     )
 }
 
-fn no_credentials() -> &'static Path {
-    Path::new("/nonexistent")
+fn no_credentials() -> Credentials {
+    Credentials::files("/nonexistent")
 }
 
 #[tokio::test]
@@ -325,7 +327,7 @@ async fn simple_with_ca_certificates_verifies_the_endpoint_and_the_relay_decline
     let server = pki.leaf("server", &[HOST], false);
     let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, &no_credentials()).await;
     for post in [false, true] {
         let answer = h.send(post, "/").await;
         assert_eq!((answer.status, answer.body.as_str(), answer.flags()), (StatusCode::OK, "v1", "-"), "post {post}");
@@ -359,7 +361,7 @@ async fn a_certificate_without_the_expected_name_is_a_connect_failure() {
         "{{tls: {{mode: SIMPLE, caCertificates: {}, subjectAltNames: [other.example.com]}}}}",
         pki.path("ca.pem")
     );
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, &no_credentials()).await;
     for post in [false, true] {
         let answer = h.send(post, "/").await;
         assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, "UF"), "{answer:?}");
@@ -378,7 +380,7 @@ async fn a_certificate_without_the_expected_name_is_a_connect_failure() {
         "{{tls: {{mode: SIMPLE, caCertificates: {}, subjectAltNames: [{HOST}], sni: api.example.com}}}}",
         pki.path("ca.pem")
     );
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, &no_credentials()).await;
     let answer = h.send(false, "/").await;
     assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"));
     assert_eq!(v1.seen().last().and_then(|s| s.sni.clone()).as_deref(), Some("api.example.com"));
@@ -396,7 +398,7 @@ async fn mutual_presents_the_client_certificate_and_simple_is_refused_by_such_an
         client.with_extension("crt").display(),
         client.with_extension("key").display()
     );
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&mutual, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&mutual, "", "")), 80, &no_credentials()).await;
     for post in [false, true] {
         let answer = h.send(post, "/").await;
         assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"), "post {post}");
@@ -410,14 +412,36 @@ async fn mutual_presents_the_client_certificate_and_simple_is_refused_by_such_an
         std::fs::copy(pki.dir.join(from), credentials.join("my-app-client").join(to)).unwrap();
     }
     let named = "{tls: {mode: MUTUAL, credentialName: my-app-client}}";
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(named, "", "")), 80, &credentials).await;
+    let h = harness(
+        &snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(named, "", "")),
+        80,
+        &Credentials::files(&credentials),
+    )
+    .await;
     let answer = h.send(false, "/").await;
     assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"));
+
+    // The same from Kubernetes Secrets (as the cluster source reads them): Istio's generic keys,
+    // the CA from the separate `<name>-cacert` Secret.
+    let entries = |pairs: &[(&str, &str)]| -> Entries {
+        pairs.iter().map(|(key, file)| ((*key).to_owned(), std::fs::read(pki.dir.join(file)).unwrap())).collect()
+    };
+    let secrets = [
+        ("my-app-client".to_owned(), entries(&[("cert", "client.crt"), ("key", "client.key")])),
+        ("my-app-client-cacert".to_owned(), entries(&[("ca.crt", "ca.pem")])),
+    ]
+    .into();
+    let from_secrets = Credentials::Secrets(Arc::new(SecretSet { namespace: "gateways".into(), secrets }));
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(named, "", "")), 80, &from_secrets).await;
+    let answer = h.send(false, "/").await;
+    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"));
+    let tls = h.table.load().clusters().iter().find_map(|c| c.tls.originate().map(|t| t.to_string())).unwrap();
+    assert!(tls.contains("ca Secret gateways/my-app-client-cacert key ca.crt"), "{tls}");
 
     // Without a client certificate the endpoint turns the connection down: 503 UF.
     let before = v1.requests.load(Ordering::Relaxed);
     let simple = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&simple, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&simple, "", "")), 80, &no_credentials()).await;
     for post in [false, true] {
         let answer = h.send(post, "/").await;
         assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, "UF"), "{answer:?}");
@@ -431,13 +455,13 @@ async fn insecure_skip_verify_accepts_an_unknown_ca_that_the_system_roots_refuse
     let server = pki.leaf("server", &["elsewhere.example.com"], false);
     let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let skip = "{tls: {mode: SIMPLE, insecureSkipVerify: true}}";
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(skip, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(skip, "", "")), 80, &no_credentials()).await;
     let answer = h.send(false, "/").await;
     assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"));
 
     // Without caCertificates the system's roots decide, and they do not know this CA.
     let system = "{tls: {mode: SIMPLE}}";
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(system, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(system, "", "")), 80, &no_credentials()).await;
     let answer = h.send(false, "/").await;
     assert_eq!((answer.status, answer.flags()), (StatusCode::SERVICE_UNAVAILABLE, "UF"), "{answer:?}");
     assert!(answer.body.contains("TLS_error"), "{}", answer.body);
@@ -451,7 +475,7 @@ async fn istio_mutual_is_refused_with_a_reason_and_nothing_reaches_the_endpoint(
     let h = harness(
         &snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules("{tls: {mode: ISTIO_MUTUAL}}", "", "")),
         80,
-        no_credentials(),
+        &no_credentials(),
     )
     .await;
     for post in [false, true] {
@@ -478,7 +502,7 @@ async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them()
 
     // The rule says ISTIO_MUTUAL; subset v1 says SIMPLE: v1 answers, v2 is refused.
     let yaml = rules("{tls: {mode: ISTIO_MUTUAL}}", &format!("{{tls: {good}}}"), "");
-    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, no_credentials()).await;
+    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, &no_credentials()).await;
     assert_eq!(h.send(false, "/").await.status, StatusCode::OK);
     let refused = h.send(false, "/v2").await;
     assert_eq!((refused.status, refused.flags()), (StatusCode::SERVICE_UNAVAILABLE, "UF"));
@@ -487,7 +511,7 @@ async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them()
     // The rule's port-level tls beats the rule's tls (both subsets inherit it).
     let yaml =
         rules(&format!("{{tls: {wrong_name}, portLevelSettings: [{{port: {{number: 80}}, tls: {good}}}]}}"), "", "");
-    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, no_credentials()).await;
+    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, &no_credentials()).await;
     assert_eq!(h.send(false, "/").await.status, StatusCode::OK);
     assert_eq!(h.send(true, "/v2").await.status, StatusCode::OK);
 
@@ -497,7 +521,7 @@ async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them()
         &format!("{{tls: {wrong_name}}}"),
         &format!("{{tls: {{mode: ISTIO_MUTUAL}}, portLevelSettings: [{{port: {{number: 80}}, tls: {good}}}]}}"),
     );
-    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, no_credentials()).await;
+    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, &no_credentials()).await;
     let wrong = h.send(false, "/").await;
     assert_eq!((wrong.status, wrong.flags()), (StatusCode::SERVICE_UNAVAILABLE, "UF"), "{wrong:?}");
     assert!(wrong.body.contains("TLS_error"), "{}", wrong.body);
@@ -508,7 +532,7 @@ async fn subset_and_port_level_settings_override_the_rule_as_istio_merges_them()
         "",
         "",
     );
-    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, no_credentials()).await;
+    let h = harness(&snapshot(&endpoints, 80, "HTTP", &yaml), 80, &no_credentials()).await;
     assert_eq!(h.send(false, "/").await.status, StatusCode::OK);
 }
 
@@ -518,7 +542,7 @@ async fn grpc_goes_upstream_over_tls_with_alpn_h2() {
     let server = pki.leaf("server", &[HOST], false);
     let v1 = tls_endpoint("v1", &server, None, Serve::Http).await;
     let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, &no_credentials()).await;
     let stream = TcpStream::connect(h.proxy).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
@@ -549,7 +573,7 @@ spec:
 ",
         pki.path("ca.pem")
     );
-    let h = harness(&snapshot(&[(echo.addr, "v1")], 5432, "TCP", &dr), 5432, no_credentials()).await;
+    let h = harness(&snapshot(&[(echo.addr, "v1")], 5432, "TCP", &dr), 5432, &no_credentials()).await;
     let mut stream = TcpStream::connect(h.proxy).await.unwrap();
     stream.write_all(b"hello over tls").await.unwrap();
     let mut got = [0u8; 14];
@@ -565,7 +589,7 @@ spec:
         &format!("mode: SIMPLE, caCertificates: {}, subjectAltNames: [{HOST}]", pki.path("ca.pem")),
         "mode: ISTIO_MUTUAL",
     );
-    let h = harness(&snapshot(&[(echo.addr, "v1")], 5432, "TCP", &dr), 5432, no_credentials()).await;
+    let h = harness(&snapshot(&[(echo.addr, "v1")], 5432, "TCP", &dr), 5432, &no_credentials()).await;
     let mut stream = TcpStream::connect(h.proxy).await.unwrap();
     let _ = stream.write_all(b"x").await;
     let mut rest = Vec::new();
@@ -582,7 +606,7 @@ async fn an_answer_that_ends_with_its_connection_ends_for_the_client_too() {
     let server = pki.leaf("server", &[HOST], false);
     let v1 = tls_endpoint("v1", &server, None, Serve::Http10).await;
     let tls = format!("{{tls: {{mode: SIMPLE, caCertificates: {}}}}}", pki.path("ca.pem"));
-    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, no_credentials()).await;
+    let h = harness(&snapshot(&[(v1.addr, "v1")], 80, "HTTP", &rules(&tls, "", "")), 80, &no_credentials()).await;
     for post in [false, true] {
         let answer = tokio::time::timeout(Duration::from_secs(5), h.send(post, "/")).await.expect("the answer ends");
         assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "v1"), "post {post}");

@@ -58,7 +58,9 @@ pub struct Verdict {
     pub envoy: &'static str,
     /// The agent's status line (empty: none) and whether it closed the connection.
     pub got: String,
-    /// Answered as expected.
+    /// The agent's resident memory once the case was over (KiB).
+    pub rss_kib: u64,
+    /// Answered as expected, with the agent's memory back near its baseline afterwards.
     pub ok: bool,
 }
 
@@ -381,7 +383,8 @@ pub fn catalogue() -> Vec<Case> {
 }
 
 /// Sends every case from the client pod to the service VIP, each on its own connection, judges
-/// the answers, and checks that `agent` still serves and its memory is back near its baseline.
+/// the answers and the agent's memory after each, and checks that `agent` still serves and its
+/// memory is back near its baseline at the end.
 /// `scratch` is a directory for the payload files.
 ///
 /// # Errors
@@ -418,7 +421,10 @@ pub fn run(node: &Node, agent: &Agent, scratch: &Path) -> Result<Report> {
             };
             (ok, format!("{status_line} ({answers} answers, {closed})"))
         };
-        verdicts.push(Verdict { name: case.name, expect: case.expect, envoy: case.envoy, got, ok });
+        // Memory after each case, so a case that leaks is named, not only the catalogue's sum.
+        let rss = rss_kib(pid)?;
+        let ok = ok && rss <= rss_before_kib + MEMORY_SLACK_KIB;
+        verdicts.push(Verdict { name: case.name, expect: case.expect, envoy: case.envoy, got, rss_kib: rss, ok });
     }
     let after = load(node, 20, &[]);
     let ready = node.node_get(ADMIN, "/ready").map(|(status, _)| status == 200).unwrap_or(false);

@@ -204,7 +204,7 @@ impl ControlPlane {
             next_kubeconfig: AtomicU32::new(0),
             dir,
         };
-        write_kubeconfig(&plane.kubeconfig, &plane.server(), &plane.dir.0.join("ca.crt"), ADMIN_TOKEN)?;
+        write_kubeconfig(&plane.kubeconfig, &plane.server(), &plane.dir.0.join("ca.crt"), ADMIN_TOKEN, None)?;
         plane.start_apiserver()?;
         plane.start_controller_manager()?;
         Ok(plane)
@@ -301,14 +301,16 @@ impl ControlPlane {
     }
 
     /// Writes a kubeconfig that authenticates with `token` against `server` (this control plane's
-    /// [`ControlPlane::server`], or a [`LoopbackBridge::url`] to it) and returns its path.
+    /// [`ControlPlane::server`], or a [`LoopbackBridge::url`] to it) and returns its path. Its
+    /// context's namespace is the agent's, [`AGENT_NAMESPACE`], as a pod's service account
+    /// gives it in a cluster (the agent reads its credential Secrets there).
     ///
     /// # Errors
     /// The file cannot be written.
     pub fn kubeconfig_for_token(&self, token: &str, server: &str) -> Result<PathBuf> {
         let n = self.next_kubeconfig.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.0.join(format!("token-{n}.kubeconfig"));
-        write_kubeconfig(&path, server, &self.ca_file(), token)?;
+        write_kubeconfig(&path, server, &self.ca_file(), token, Some(AGENT_NAMESPACE))?;
         Ok(path)
     }
 
@@ -543,18 +545,25 @@ fn openssl(args: &[&str]) -> Result<()> {
 }
 
 /// A kubeconfig (JSON, which kubeconfig readers accept as YAML) for `server`, trusting `ca`,
-/// authenticating with bearer `token`.
-fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> Result<()> {
+/// authenticating with bearer `token`, in `namespace` (else `default`).
+fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str, namespace: Option<&str>) -> Result<()> {
+    let mut context = json!({"cluster": "test", "user": "test"});
+    if let Some(namespace) = namespace {
+        context["namespace"] = json!(namespace);
+    }
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": ca}}],
         "users": [{"name": "test", "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        "contexts": [{"name": "test", "context": context}],
         "current-context": "test",
     });
     fs::write(path, serde_json::to_vec_pretty(&config)?).with_context(|| format!("writing {}", path.display()))
 }
+
+/// deploy/'s namespace, where the agent runs and reads its credential Secrets.
+pub const AGENT_NAMESPACE: &str = "interceptor-system";
 
 /// A TCP forwarder from 127.0.0.1:<port> inside a network namespace to an address on the host's
 /// loopback (which a namespace's own loopback cannot reach). Dropping it closes the listener and

@@ -96,8 +96,21 @@ impl SeedCluster {
     /// Polls until `check` holds (bounded).
     /// # Errors
     /// `check` fails or does not hold in time; the error carries the agent's log.
-    pub fn eventually(&self, what: &str, mut check: impl FnMut(&Self) -> Result<bool>) -> Result<()> {
-        poll_until(what, APPLY_TIMEOUT, || check(self)).with_context(|| format!("agent log:\n{}", self.agent.log()))
+    pub fn eventually(&self, what: &str, check: impl FnMut(&Self) -> Result<bool>) -> Result<()> {
+        self.eventually_within(what, APPLY_TIMEOUT, check)
+    }
+
+    /// As [`Self::eventually`], waiting up to `timeout`.
+    ///
+    /// # Errors
+    /// `check` fails, or is not true in time (the agent's log attached).
+    pub fn eventually_within(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        poll_until(what, timeout, || check(self)).with_context(|| format!("agent log:\n{}", self.agent.log()))
     }
 }
 

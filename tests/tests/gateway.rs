@@ -4,7 +4,8 @@
 //! seed (beta testers to v2, the rest 90/10); a Gateway removed on reload closes its port while
 //! captured traffic flows without a failure; a certificate rotated on disk is served without a
 //! restart; a Gateway from the Kubernetes API server (with the DaemonSet's RBAC) is served and
-//! its deletion closes its port.
+//! its deletion closes its port; its credentials from Kubernetes Secrets are served, rotated,
+//! awaited while missing (that server alone refusing handshakes) and kept when deleted.
 
 mod common;
 
@@ -12,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{assert_share, certificates, gateway_agent, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use testbed::cluster::AGENT_NAMESPACE;
 use testbed::seed_cluster::{seed_plane, NODE};
-use testbed::{poll_until, read_stdout, Agent, LoadReport, LoopbackBridge, Node, GATEWAY};
+use testbed::{poll_until, read_stdout, Agent, ControlPlane, LoadReport, LoopbackBridge, Node, GATEWAY};
 
 const HTTPS_PORT: u16 = 8443;
 const HTTP_PORT: u16 = 8080;
@@ -43,6 +45,16 @@ spec:
     )
 }
 
+/// A Gateway server on the HTTPS port: SIMPLE TLS for `host` with `credential` (port name `name`).
+fn https_server(name: &str, host: &str, credential: &str) -> String {
+    format!(
+        "  - port: {{number: {HTTPS_PORT}, name: {name}, protocol: HTTPS}}
+    hosts: [{host}]
+    tls: {{mode: SIMPLE, credentialName: {credential}}}
+"
+    )
+}
+
 /// The VirtualService `default/edge` for my-app.example.com, bound to `gateways`, routing all to `subset`.
 fn edge(gateways: &str, subset: &str) -> String {
     format!(
@@ -69,18 +81,13 @@ fn curl_from_outside_the_mesh_is_routed_by_the_gateway_over_https() {
     let node = node().unwrap();
     let dir = scratch("https");
     certificates(&dir.join("my-app-cert"), "my-app.example.com");
-    let gw = gateway(
-        "public",
-        &format!(
-            "  - port: {{number: {HTTPS_PORT}, name: https, protocol: HTTPS}}
-    hosts: [my-app.example.com]
-    tls: {{mode: SIMPLE, credentialName: my-app-cert}}
-  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
+    let redirect = format!(
+        "  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
     hosts: [my-app.example.com]
     tls: {{httpsRedirect: true}}
 "
-        ),
     );
+    let gw = gateway("public", &(https_server("https", "my-app.example.com", "my-app-cert") + &redirect));
     let vs = "apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: edge}
@@ -223,15 +230,7 @@ fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     certificates(&credentials.join("first"), "my-app.example.com");
     certificates(&credentials.join("second"), "my-app.example.com");
     std::os::unix::fs::symlink("first", credentials.join("my-app-cert")).unwrap();
-    let gw = gateway(
-        "public",
-        &format!(
-            "  - port: {{number: {HTTPS_PORT}, name: https, protocol: HTTPS}}
-    hosts: [my-app.example.com]
-    tls: {{mode: SIMPLE, credentialName: my-app-cert}}
-"
-        ),
-    );
+    let gw = gateway("public", &https_server("https", "my-app.example.com", "my-app-cert"));
     let vs = &edge("[public]", "v1");
     let mut agent = gateway_agent(
         &node,
@@ -258,6 +257,22 @@ fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An agent following `plane` with the DaemonSet's service account, serving gateways on the
+/// node's address (settings written in `dir`), ready; and its bridge to the API server.
+fn kubernetes_gateway_agent(node: &Node, plane: &ControlPlane, dir: &Path) -> (Agent, LoopbackBridge) {
+    let bridge = LoopbackBridge::open(&node.node_netns(), plane.address()).unwrap();
+    let token = plane.create_token(AGENT_NAMESPACE, "interceptor").unwrap();
+    let kubeconfig = plane.kubeconfig_for_token(&token, &bridge.url()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let settings = dir.join("agent.yaml");
+    std::fs::write(&settings, format!("labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\n")).unwrap();
+    let settings = settings.display().to_string();
+    let flags = ["--node-name", NODE, "--mode", "socket", "--settings", &settings];
+    let mut agent = Agent::start_kubernetes(node, &kubeconfig, &flags).unwrap();
+    agent.wait_for_log("agent ready", Duration::from_secs(60)).unwrap();
+    (agent, bridge)
+}
+
 #[test]
 fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
     let gw = gateway(
@@ -267,18 +282,9 @@ fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
     let vs = &edge("[public]", "v2");
     let node = node().unwrap();
     let plane = seed_plane(&[SUBSETS, &gw, vs]).unwrap();
-    let bridge = LoopbackBridge::open(&node.node_netns(), plane.address()).unwrap();
-    // The DaemonSet's service account: the ClusterRole must let it watch Gateways.
-    let token = plane.create_token("interceptor-system", "interceptor").unwrap();
-    let kubeconfig = plane.kubeconfig_for_token(&token, &bridge.url()).unwrap();
     let dir = scratch("kubernetes");
-    std::fs::create_dir_all(&dir).unwrap();
-    let settings = dir.join("agent.yaml");
-    std::fs::write(&settings, format!("labels: {{istio: ingressgateway}}\ngatewayAddress: {GATEWAY}\n")).unwrap();
-    let settings = settings.display().to_string();
-    let flags = ["--node-name", NODE, "--mode", "socket", "--settings", &settings];
-    let mut agent = Agent::start_kubernetes(&node, &kubeconfig, &flags).unwrap();
-    agent.wait_for_log("agent ready", Duration::from_secs(60)).unwrap();
+    // The DaemonSet's service account: the ClusterRole must let it watch Gateways.
+    let (mut agent, bridge) = kubernetes_gateway_agent(&node, &plane, &dir);
 
     let url = format!("http://{GATEWAY}:{HTTP_PORT}/");
     let via_gateway = || curl(&node, &["-sS", "--max-time", "5", "-H", "host: my-app.example.com", &url]);
@@ -290,6 +296,103 @@ fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
     agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(30)).unwrap();
     poll_until("the gateway port to close", Duration::from_secs(10), || Ok(via_gateway().is_err())).unwrap();
     assert!(!agent.log().contains("left out of the config"), "{}", agent.log());
+    drop(agent);
+    drop(bridge);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Secret `name` of the agent's namespace holding `dir`'s certificate and key (written by
+/// [`certificates`]) under `cert_key` and `key_key`: `tls.crt`/`tls.key` for a `kubernetes.io/tls`
+/// Secret, `cert`/`key` for Istio's generic form.
+fn secret(name: &str, kind: &str, dir: &Path, (cert_key, key_key): (&str, &str)) -> String {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": AGENT_NAMESPACE},
+        "type": kind,
+        "stringData": {cert_key: read("tls.crt"), key_key: read("tls.key")},
+    })
+    .to_string()
+}
+
+#[test]
+fn credentials_from_kubernetes_secrets_are_served_rotated_and_awaited_without_a_restart() {
+    let dir = scratch("secrets");
+    for set in ["first", "second", "late"] {
+        let host = if set == "late" { "late.example.com" } else { "my-app.example.com" };
+        certificates(&dir.join(set), host);
+    }
+    // One port, two servers told apart by SNI: one whose Secret exists, one whose Secret does not yet.
+    let servers = https_server("https", "my-app.example.com", "my-app-cert")
+        + &https_server("https-late", "late.example.com", "kubernetes://late-cert");
+    let gw = gateway("public", &servers);
+    let vs =
+        edge("[public]", "v2").replace("hosts: [my-app.example.com]", "hosts: [my-app.example.com, late.example.com]");
+    let tls_secret = |set: &str| secret("my-app-cert", "kubernetes.io/tls", &dir.join(set), ("tls.crt", "tls.key"));
+    let node = node().unwrap();
+    let plane = seed_plane(&[SUBSETS, &gw, &vs, &tls_secret("first")]).unwrap();
+    // The DaemonSet's service account: its Role must let it watch the Secrets of its namespace.
+    let (mut agent, bridge) = kubernetes_gateway_agent(&node, &plane, &dir);
+
+    // curl with SNI `host`, trusting the CA of certificate set `ca`.
+    let get = |host: &str, ca: &str| {
+        let ca = dir.join(ca).join("ca.pem").display().to_string();
+        let resolve = format!("{host}:{HTTPS_PORT}:{GATEWAY}");
+        let url = format!("https://{host}:{HTTPS_PORT}/");
+        curl(&node, &["-sS", "--max-time", "5", "--cacert", &ca, "--resolve", &resolve, &url])
+    };
+    let wait = |what: &str, check: &dyn Fn() -> bool| {
+        poll_until(what, Duration::from_secs(30), || Ok(check())).unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    };
+    wait("the Secret's certificate to be served", &|| get("my-app.example.com", "first").is_ok_and(|b| b == "v2"));
+
+    // The server whose Secret is missing refuses its handshakes; the other one serves on.
+    let refused = get("late.example.com", "late").unwrap_err();
+    assert!(!refused.is_empty(), "curl says why");
+    assert_eq!(get("my-app.example.com", "first").as_deref(), Ok("v2"));
+    let log = agent.log();
+    assert!(log.contains("spec.servers[1].tls.credentialName: Secret interceptor-system/late-cert not found"), "{log}");
+    wait("a Rejected event on the Gateway naming the Secret", &|| {
+        let Ok(events) = plane.kubectl(&["get", "events.events.k8s.io", "-n", "default", "-o", "json"]) else {
+            return false;
+        };
+        let events: serde_json::Value = serde_json::from_str(&events).unwrap_or_default();
+        events["items"].as_array().into_iter().flatten().any(|e| {
+            e["reason"] == "Rejected"
+                && e["regarding"]["kind"] == "Gateway"
+                && e["regarding"]["name"] == "public"
+                && e["note"].as_str().is_some_and(|n| n.contains("Secret interceptor-system/late-cert not found"))
+        })
+    });
+
+    // Created with PEM that does not parse: still refused, the key named.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("tls.crt"), "not a certificate").unwrap();
+    std::fs::copy(dir.join("late/tls.key"), broken.join("tls.key")).unwrap();
+    plane.apply(&secret("late-cert", "Opaque", &broken, ("cert", "key"))).unwrap();
+    wait("the broken Secret's error", &|| {
+        agent.log().contains("Secret interceptor-system/late-cert key cert: no PEM certificate in it")
+    });
+    assert!(get("late.example.com", "late").is_err(), "a broken Secret is not served");
+
+    // Fixed (Istio's generic form): served, without a restart.
+    plane.apply(&secret("late-cert", "Opaque", &dir.join("late"), ("cert", "key"))).unwrap();
+    wait("the late Secret to be served", &|| get("late.example.com", "late").is_ok_and(|b| b == "v2"));
+
+    // Rotated: the new certificate is served, the old one no longer.
+    plane.apply(&tls_secret("second")).unwrap();
+    wait("the rotated certificate to be served", &|| get("my-app.example.com", "second").is_ok_and(|b| b == "v2"));
+    assert!(get("my-app.example.com", "first").is_err(), "the old certificate is gone");
+
+    // Deleted: served on from its last version, as Istio's gateways do, with a warning.
+    let applied = agent.log().matches("config applied").count();
+    plane.kubectl(&["delete", "secret", "late-cert", "-n", AGENT_NAMESPACE]).unwrap();
+    agent.wait_for_log("Secret deleted", Duration::from_secs(30)).unwrap();
+    agent.wait_for_log_count("config applied", applied + 1, Duration::from_secs(30)).unwrap();
+    assert_eq!(get("late.example.com", "late").as_deref(), Ok("v2"), "{}", agent.log());
+    assert!(!agent.log().contains("panicked"), "{}", agent.log());
     drop(agent);
     drop(bridge);
     let _ = std::fs::remove_dir_all(&dir);

@@ -172,7 +172,9 @@ fn without_the_api_server_nothing_is_captured_and_the_last_config_keeps_serving(
     cluster.plane.apply(&split(0, 100)).unwrap();
     assert_eq!(load(&cluster.node, 20, &[]).count("v1"), 20, "the agent has not seen the change yet");
     cluster.bridge = Some(LoopbackBridge::open_on(&cluster.node.node_netns(), port, cluster.plane.address()).unwrap());
-    cluster.eventually("the change is picked up", |c| Ok(load(&c.node, 20, &[]).count("v2") == 20)).unwrap();
+    // The watches retried with kube-runtime's backoff all the while (up to 30 s between tries).
+    let picked_up = |c: &SeedCluster| Ok(load(&c.node, 20, &[]).count("v2") == 20);
+    cluster.eventually_within("the change is picked up", Duration::from_secs(45), picked_up).unwrap();
 
     // An agent started while the API server is unreachable captures nothing and says why.
     cluster.agent.stop().unwrap();
@@ -230,6 +232,9 @@ fn two_nodes_capture_their_own_pods_and_route_to_endpoints_on_either() {
         assert_eq!((report.failures, report.status(200)), (0, 400), "{client}: {report:?}");
         // Endpoints on both nodes: v1a, v1b, v2 on node-a; v2b on node-b.
         assert!(report.count("v1") > 0 && report.count("v2b") > 0, "{client}: {report:?}");
+        // A request is logged once its response has ended, which may be just after the client read it.
+        let logged = || Ok(access_lines(&mine.log()) >= mine_before + 400);
+        testbed::poll_until("every request logged", Duration::from_secs(10), logged).unwrap();
         assert_eq!(access_lines(&mine.log()) - mine_before, 400, "{client} is captured by its node's agent");
         assert_eq!(access_lines(&other.log()), other_before, "{client} is not captured by the other node's agent");
     }

@@ -13,7 +13,11 @@ pub fn run() -> Result<()> {
     let report = abuse::run(&node, &agent, &scratch)?;
     for v in &report.verdicts {
         let mark = if v.ok { "ok" } else { "FAIL" };
-        println!("ABUSE {mark} {:?}: expected {:?}, got {:?}; Envoy: {}", v.name, v.expect, v.got, v.envoy);
+        let grown = v.rss_kib.saturating_sub(report.rss_before_kib);
+        println!(
+            "ABUSE {mark} {:?}: expected {:?}, got {:?}, memory +{grown} KiB; Envoy: {}",
+            v.name, v.expect, v.got, v.envoy
+        );
     }
     println!(
         "ABUSE memory rss_before_kib={} rss_after_kib={} (slack {}) alive={}",

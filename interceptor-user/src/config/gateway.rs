@@ -77,7 +77,8 @@ pub struct ServerTlsSettings {
     /// Certificate revocation list: not supported yet.
     pub ca_crl: Option<String>,
     /// Name of the credential holding certificate, key and CA: with files, a directory of PEM
-    /// files under the agent's `credentials` directory.
+    /// files under the agent's `credentials` directory; from the API server, a Secret of the
+    /// agent's namespace.
     pub credential_name: Option<String>,
     /// Several credentials (RSA and ECDSA): not supported yet.
     #[serde(default)]

@@ -69,6 +69,9 @@ pub enum ConfigSource {
 /// The kubelet's pod cgroup under the cgroup v2 root: systemd driver first, then cgroupfs.
 pub const KUBELET_POD_CGROUPS: &[&str] = &["kubepods.slice", "kubepods"];
 
+/// This agent's workload name unless `workload` says otherwise (the DaemonSet's name).
+pub const DEFAULT_WORKLOAD_NAME: &str = "interceptor";
+
 /// Where `credentialName` directories are looked up by default.
 pub const DEFAULT_CREDENTIALS: &str = "/etc/interceptor/credentials";
 
@@ -119,8 +122,11 @@ pub struct SettingsFile {
     pub labels: Option<BTreeMap<String, String>>,
     /// Address the listeners of selected Gateways bind on; without it the agent serves no Gateway.
     pub gateway_address: Option<IpAddr>,
-    /// Directory of `credentialName` credentials: `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt`.
+    /// Directory of `credentialName` credentials (files source; from the API server they are
+    /// Secrets): `<dir>/<name>/tls.crt`, `tls.key`, `ca.crt` (or `cert`, `key`, `cacert`).
     pub credentials: Option<PathBuf>,
+    /// This agent's own workload, `namespace/name` (env `WORKLOAD`).
+    pub workload: Option<String>,
 }
 
 /// Resolved settings the agent runs with.
@@ -162,6 +168,28 @@ pub struct Settings {
     pub gateway_address: Option<IpAddr>,
     /// Directory of `credentialName` credentials.
     pub credentials: PathBuf,
+    /// This agent's own workload: the source Istio's metrics name for the requests it serves as a
+    /// gateway (an Istio ingress gateway reports them under its own deployment).
+    pub workload: Workload,
+}
+
+/// A workload by namespace and name.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Workload {
+    /// Reads `namespace/name`.
+    fn parse(written: &str) -> Result<Self, String> {
+        match written.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+            }
+            _ => Err(format!("workload: {written:?} is not `namespace/name`")),
+        }
+    }
 }
 
 impl SettingsFile {
@@ -205,6 +233,7 @@ impl SettingsFile {
             labels: over.labels.or(self.labels),
             gateway_address: over.gateway_address.or(self.gateway_address),
             credentials: over.credentials.or(self.credentials),
+            workload: over.workload.or(self.workload),
         }
     }
 
@@ -256,6 +285,11 @@ impl SettingsFile {
                  address of this node (e.g. the pods' gateway) and the listener's port"
             ));
         }
+        let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let workload = match &self.workload {
+            Some(written) => Workload::parse(written)?,
+            None => Workload { namespace: namespace.clone(), name: DEFAULT_WORKLOAD_NAME.into() },
+        };
         Ok(Settings {
             listen,
             redirect,
@@ -266,7 +300,7 @@ impl SettingsFile {
             mode: self.mode.unwrap_or_default(),
             interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
             failure_policy: self.failure_policy.unwrap_or_default(),
-            namespace: self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            namespace,
             admin,
             limits: self.limits.unwrap_or_default().resolve()?,
             source,
@@ -275,6 +309,7 @@ impl SettingsFile {
             labels: self.labels.unwrap_or_default(),
             gateway_address: self.gateway_address,
             credentials: self.credentials.unwrap_or_else(|| DEFAULT_CREDENTIALS.into()),
+            workload,
         })
     }
 }
@@ -335,6 +370,19 @@ mod tests {
         assert_eq!(concrete.resolve().unwrap().redirect6, Some("[fd00::1]:15002".parse().unwrap()));
         let unspecified = SettingsFile { listen6: Some("[::]:15001".parse().unwrap()), ..v4 };
         assert!(unspecified.resolve().unwrap_err().contains("redirect6"));
+    }
+
+    #[test]
+    fn the_workload_is_namespace_slash_name_and_defaults_to_the_namespace() {
+        let base = || SettingsFile { listen: Some("10.0.0.1:15001".parse().unwrap()), ..Default::default() };
+        let resolved = SettingsFile { namespace: Some("mesh".into()), ..base() }.resolve().unwrap();
+        assert_eq!(resolved.workload, Workload { namespace: "mesh".into(), name: "interceptor".into() });
+        let resolved = SettingsFile { workload: Some("istio-system/ingress".into()), ..base() }.resolve().unwrap();
+        assert_eq!(resolved.workload, Workload { namespace: "istio-system".into(), name: "ingress".into() });
+        for bad in ["ingress", "/ingress", "ns/", "a/b/c"] {
+            let err = SettingsFile { workload: Some(bad.into()), ..base() }.resolve().unwrap_err();
+            assert!(err.contains("is not `namespace/name`"), "{bad}: {err}");
+        }
     }
 
     #[test]

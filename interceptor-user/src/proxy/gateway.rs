@@ -18,12 +18,14 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
-use super::{client_hello, drain, limits, metrics, Outbound, ProxyInputs};
+use super::metrics::SourceWorkload;
+use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
+use crate::tls::Credentials;
 
 /// How a connection entered a gateway listener.
 #[derive(Clone, Debug)]
@@ -36,12 +38,16 @@ pub struct GatewayConnection {
     pub sni: Option<Box<str>>,
     /// The listener's address as the client reached it.
     pub local: Option<SocketAddr>,
+    /// The agent's own workload: the source its metrics name, as an Istio gateway's do.
+    pub workload: SourceWorkload,
 }
 
 /// Keeps the gateway servers this agent serves — those whose Gateway's selector its `labels`
-/// match, and none without a `gatewayAddress` — and builds their TLS from their files. A server
-/// whose TLS cannot be built is left out, with an error naming the Gateway's field.
-pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
+/// match, and none without a `gatewayAddress` — and builds their TLS from their files or
+/// credentials. A server whose TLS cannot be built keeps its place without a configuration, so
+/// its handshakes are refused while the other servers serve (Envoy's filter chain waiting for a
+/// secret), with an error naming the Gateway's field and the file or Secret.
+pub fn prepare(table: &mut RouteTable, settings: &Settings, credentials: &Credentials) -> Vec<Diagnostic> {
     let gateways = table.gateways_mut();
     let selected: HashSet<Arc<str>> = match settings.gateway_address {
         None => HashSet::new(),
@@ -53,16 +59,15 @@ pub fn prepare(table: &mut RouteTable, settings: &Settings) -> Vec<Diagnostic> {
     let mut findings = Vec::new();
     for server in gateways.servers_mut() {
         let Some(tls) = &server.tls else { continue };
-        match tls::server_config(tls, &settings.credentials) {
+        match tls::server_config(tls, credentials) {
             Ok(config) => server.tls_config = Some(Arc::new(config)),
             Err(err) => findings.push(server.source.diagnostic(
                 Severity::Error,
                 format!("{}.tls.{}", server.at, err.field),
-                err.message,
+                format!("{}; its TLS handshakes are refused until it loads", err.message),
             )),
         }
     }
-    gateways.retain_servers(|s| s.protocol != ServerProtocol::Https || s.tls_config.is_some());
     findings
 }
 
@@ -80,13 +85,16 @@ pub struct GatewayListeners {
     drain: Duration,
     /// `limits.maxConnections` over all gateway listeners together.
     permits: Arc<Semaphore>,
+    /// The agent's own workload, reported as the source of gateway requests.
+    workload: SourceWorkload,
 }
 
 impl GatewayListeners {
-    /// No listener yet; `address` `None` means this agent serves no gateway.
-    pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration) -> Self {
+    /// No listener yet; `address` `None` means this agent serves no gateway. `workload` is the
+    /// agent's own, which Istio's metrics name as the source of what a gateway serves.
+    pub fn new(inputs: ProxyInputs, address: Option<IpAddr>, drain: Duration, workload: SourceWorkload) -> Self {
         let permits = Arc::new(Semaphore::new(inputs.limits.max_connections));
-        Self { inputs, address, open: BTreeMap::new(), drain, permits }
+        Self { inputs, address, open: BTreeMap::new(), drain, permits, workload }
     }
 
     /// The ports listened on.
@@ -116,7 +124,12 @@ impl GatewayListeners {
                 Ok(listener) => {
                     let (stop, stopped) = oneshot::channel();
                     let span = tracing::info_span!("gateway", port);
-                    let accepting = Accepting { port, inputs: self.inputs.clone(), permits: self.permits.clone() };
+                    let accepting = Accepting {
+                        port,
+                        inputs: self.inputs.clone(),
+                        permits: self.permits.clone(),
+                        workload: self.workload.clone(),
+                    };
                     let task = tokio::spawn(listen(listener, accepting, stopped, self.drain).instrument(span));
                     self.open.insert(port, Listening { stop, task });
                     info!(%addr, "gateway listener open");
@@ -145,18 +158,25 @@ struct Accepting {
     port: u16,
     inputs: ProxyInputs,
     permits: Arc<Semaphore>,
+    workload: SourceWorkload,
 }
 
-/// Accepts on one gateway port until told to stop, then drains its connections. Over the
-/// connection cap a plain HTTP connection is answered 503 `OM` and a TLS one closed.
+/// Accepts on one gateway port until told to stop, then drains its connections: HTTP ones finish
+/// the request in flight; whatever is still open at the deadline — TCP and passthrough streams,
+/// which have no request boundary to stop at, included — is closed, as Envoy closes a drained
+/// listener's connections. Over the connection cap a plain HTTP connection is answered 503 `OM`
+/// and any other closed.
 async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Receiver<()>, deadline: Duration) {
-    let Accepting { port, inputs, permits } = accepting;
+    let Accepting { port, inputs, permits, workload } = accepting;
     let connections = drain::Drain::new();
+    let mut tasks = JoinSet::new();
     let stopped = async {
         let _ = stop.await;
     };
     tokio::pin!(stopped);
     while let Some((stream, client)) = super::accept(&listener, None, stopped.as_mut()).await {
+        // Finished connections leave the set here, so it holds only open ones.
+        while tasks.try_join_next().is_some() {}
         let inputs = inputs.clone();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%client, max = inputs.limits.max_connections, "gateway connection cap reached");
@@ -170,10 +190,11 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
         };
         let watch = connections.watch();
         let span = tracing::debug_span!("conn", %client);
-        tokio::spawn(
+        let workload = workload.clone();
+        tasks.spawn(
             async move {
                 let _permit = permit;
-                connection(inputs, port, stream, client, watch).await;
+                connection(inputs, port, workload, stream, client, watch).await;
             }
             .instrument(span),
         );
@@ -181,22 +202,40 @@ async fn listen(listener: TcpListener, accepting: Accepting, stop: oneshot::Rece
     drop(listener);
     tokio::select! {
         () = connections.drain() => debug!("gateway connections drained"),
-        () = tokio::time::sleep(deadline) => warn!(?deadline, "drain deadline passed; closing remaining gateway connections"),
+        () = tokio::time::sleep(deadline) => {
+            warn!(?deadline, open = tasks.len(), "drain deadline passed; closing remaining gateway connections");
+            tasks.abort_all();
+        }
     }
 }
 
 /// One downstream connection: TLS (when the port terminates it), then HTTP.
-async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, client: SocketAddr, watch: drain::Watch) {
+async fn connection(
+    inputs: ProxyInputs,
+    port: u16,
+    workload: SourceWorkload,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    watch: drain::Watch,
+) {
     let _open = inputs.metrics.open_connection();
     let local = stream.local_addr().ok();
-    let protocol = inputs.routes.load().gateways().servers(port).first().map(|s| s.protocol);
-    let Some(protocol) = protocol else {
+    let first = inputs.routes.load().gateways().servers(port).first().map(|s| (s.protocol, s.id.clone()));
+    let Some((protocol, first)) = first else {
         debug!("port no longer served by a gateway; closing");
         return;
     };
-    if protocol == ServerProtocol::Http {
-        let entered = GatewayConnection { port, server: None, sni: None, local };
-        return serve_http(inputs, entered, client, stream, watch).await;
+    match protocol {
+        ServerProtocol::Http => {
+            let entered = GatewayConnection { port, server: None, sni: None, local, workload };
+            return serve_http(inputs, entered, client, stream, watch).await;
+        }
+        // Alone on its port (Istio merges nothing with it).
+        ServerProtocol::Tcp => {
+            let entered = GatewayConnection { port, server: Some(first), sni: None, local, workload };
+            return opaque(inputs, entered, client, stream).await;
+        }
+        ServerProtocol::Https | ServerProtocol::Passthrough | ServerProtocol::TerminatedTcp => {}
     }
     // The ClientHello is read here, not by rustls' lazy acceptor, so that a passthrough server
     // can still send its bytes on untouched.
@@ -224,7 +263,11 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
     if protocol == ServerProtocol::Passthrough {
         return passthrough(inputs, port, server, stream, client, local, hello).await;
     }
-    let Some(config) = config else { return debug!(%server, "TLS server without its configuration; closing") };
+    let Some(config) = config else {
+        // Its certificate did not load (reported when the config was applied): no handshake.
+        inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
+        return debug!(%server, ?sni, "the server's certificate is not loaded; handshake refused");
+    };
     let replayed = client_hello::Prefixed::new(hello.bytes, stream);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), replayed);
     let start = match tokio::time::timeout(handshake_timeout, acceptor).await {
@@ -237,8 +280,32 @@ async fn connection(inputs: ProxyInputs, port: u16, mut stream: TcpStream, clien
         Ok(Err(err)) => return debug!(%err, ?sni, "TLS handshake failed"),
         Err(_) => return debug!(?sni, "TLS handshake not done in time"),
     };
-    let entered = GatewayConnection { port, server: Some(server), sni, local };
-    serve_http(inputs, entered, client, stream, watch).await;
+    let entered = GatewayConnection { port, server: Some(server), sni, local, workload };
+    match protocol {
+        ServerProtocol::TerminatedTcp => opaque(inputs, entered, client, stream).await,
+        _ => serve_http(inputs, entered, client, stream, watch).await,
+    }
+}
+
+/// A TCP server's connection (plain, or its TLS already ended here): the `tcp` rules of the
+/// VirtualServices bound to the server pick a destination and the bytes go there. No rule:
+/// closed, as Envoy closes a connection no filter chain takes.
+async fn opaque<I>(inputs: ProxyInputs, entered: GatewayConnection, client: SocketAddr, stream: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let GatewayConnection { port, server, sni, local, .. } = entered;
+    let Some(server) = server else { return };
+    let table = inputs.routes.load_full();
+    let destination = local.unwrap_or(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port));
+    let at = L4View { port, destination, source: client, sni: sni.as_deref(), gateway: None };
+    let Some(routed) = table.route_gateway_tcp(&server, &at) else {
+        inputs.metrics.rejected(metrics::REJECT_NO_ROUTE);
+        let sni = sni.as_deref().unwrap_or("-");
+        return info!(target: "access", "[tcp] gateway {server} port {port} from {client} sni={sni}: NR (no tcp rule matched)");
+    };
+    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
+    tcp::forward(&inputs, stream, &entry, routed, None).await;
 }
 
 /// A `PASSTHROUGH` server's connection: the `tls` rules of the VirtualServices bound to it pick
@@ -261,7 +328,9 @@ async fn passthrough(
         let sni = hello.sni.as_deref().unwrap_or("-");
         return info!(target: "access", "[tls] gateway {server} port {port} from {client} sni={sni}: NR (no tls rule matched)");
     };
-    super::tcp::forward(&inputs, stream, client, destination, None, routed, Some(hello)).await;
+    let sni = hello.sni.clone();
+    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
+    tcp::forward(&inputs, stream, &entry, routed, Some(hello)).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client

@@ -246,6 +246,7 @@ impl ProxyMetrics {
             REJECT_MISSING_HOST,
             REJECT_DUPLICATE_HOST,
             REJECT_CLIENT_HELLO,
+            REJECT_NO_ROUTE,
         ] {
             let _ = this.rejected.get_or_create(&RejectLabels { reason });
         }
@@ -321,6 +322,8 @@ fn tcp_labels(service: &str) -> TcpLabels {
 /// Reason label: a connection that opened as TLS sent no usable ClientHello (malformed, too
 /// large, too slow), or one no rule or gateway server admits; closed.
 pub const REJECT_CLIENT_HELLO: &str = "client_hello";
+/// Reason label: a connection to a gateway's TCP server that no `tcp` rule routes; closed.
+pub const REJECT_NO_ROUTE: &str = "no_route";
 /// Reason label: the connection cap was reached.
 pub const REJECT_OVERLOAD: &str = "overload";
 /// Reason label: the request head did not arrive in time.

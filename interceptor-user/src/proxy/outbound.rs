@@ -665,10 +665,15 @@ struct Finish {
 impl Finish {
     /// The observation of a request from `outbound`'s client, started at `started`.
     fn new(outbound: Arc<Outbound>, table: &RouteTable, seen: RequestInfo, served: Served, started: Instant) -> Self {
-        let source = table
-            .registry()
-            .workload(outbound.client.ip())
-            .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() });
+        // At a gateway the agent itself is the source, as Istio's ingress gateway reports its
+        // requests under its own workload.
+        let source = match &outbound.gateway {
+            Some(gateway) => Some(gateway.workload.clone()),
+            None => table
+                .registry()
+                .workload(outbound.client.ip())
+                .map(|w| SourceWorkload { name: w.workload.clone(), namespace: w.namespace.clone() }),
+        };
         Self { outbound, seen, served, status: None, started, source, response_bytes: 0, ended: false }
     }
 

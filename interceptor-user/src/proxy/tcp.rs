@@ -31,44 +31,53 @@ pub async fn serve(
     hello: Option<ClientHello>,
 ) {
     let table = inputs.routes.load_full();
-    let sni = hello.as_ref().and_then(|h| h.sni.as_deref());
+    let sni = hello.as_ref().and_then(|h| h.sni.clone());
     let routed = match &hello {
-        Some(_) => table.route_tls(&service, original.port(), original, client, sni),
+        Some(_) => table.route_tls(&service, original.port(), original, client, sni.as_deref()),
         None => table.route_tcp(&service, original.port(), original, client),
     };
-    let Some((rule, target)) = routed else {
+    let Some(routed) = routed else {
         let kind = if hello.is_some() { "tls" } else { "tcp" };
-        info!(target: "access", "[{kind}] {service} {original} from {client} sni={}: NR (no {kind} rule matched)", sni.unwrap_or("-"));
+        info!(target: "access", "[{kind}] {service} {original} from {client} sni={}: NR (no {kind} rule matched)", sni.as_deref().unwrap_or("-"));
         return;
     };
-    forward(&inputs, downstream, client, original, Some(&service), (rule, target), hello).await;
+    let entry = Entry { client, original, service: Some(&service), sni: sni.as_deref() };
+    forward(&inputs, downstream, &entry, routed, hello).await;
+}
+
+/// Where a forwarded connection came from, for its access log line and metrics.
+pub(super) struct Entry<'a> {
+    /// The client.
+    pub client: SocketAddr,
+    /// Where it connected: a service VIP, or the gateway listener.
+    pub original: SocketAddr,
+    /// The captured service; `None` at a gateway (metrics then count under the cluster's host).
+    pub service: Option<&'a str>,
+    /// The ClientHello's server name, when there was one.
+    pub sni: Option<&'a str>,
 }
 
 /// Forwards `downstream` to an endpoint of the target `routed` names (with the label of the rule
-/// that chose it), replaying the ClientHello's bytes first when there is one. Metrics count under
-/// `service`, else the cluster's host (a gateway's connections).
-pub(super) async fn forward(
+/// that chose it), replaying the ClientHello's bytes first when `replay` holds one (TLS passed
+/// through; a terminated one is not replayed).
+pub(super) async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
     inputs: &ProxyInputs,
-    mut downstream: TcpStream,
-    client: SocketAddr,
-    original: SocketAddr,
-    service: Option<&str>,
+    mut downstream: D,
+    entry: &Entry<'_>,
     (rule, target): (&str, &Target),
-    hello: Option<ClientHello>,
+    replay: Option<ClientHello>,
 ) {
-    let (kind, sni) = match &hello {
-        Some(h) => ("tls", h.sni.clone().unwrap_or_else(|| "-".to_owned())),
-        None => ("tcp", "-".to_owned()),
-    };
+    let kind = if replay.is_some() { "tls" } else { "tcp" };
+    let (client, original, sni) = (entry.client, entry.original, entry.sni.unwrap_or("-"));
     let cluster = match target {
         Target::Cluster(c) => c.clone(),
         Target::Missing { cluster } => {
-            let service = service.unwrap_or("-");
+            let service = entry.service.unwrap_or("-");
             info!(target: "access", "[{kind}] {service} {original} sni={sni} rule={rule}: NC (cluster {cluster} not found)");
             return;
         }
     };
-    let service = service.unwrap_or(&cluster.host);
+    let service = entry.service.unwrap_or(&cluster.host);
     if let Some(why) = cluster.tls.refusal() {
         // Never plaintext where TLS was asked for: nothing is dialled.
         info!(target: "access", "[{kind}] {service} {original} sni={sni} rule={rule} cluster={}: UF (upstream TLS: {why})", cluster.name);
@@ -86,7 +95,7 @@ pub(super) async fn forward(
         }
     };
     inputs.metrics.tcp_opened(service);
-    let replayed = match hello {
+    let replayed = match replay {
         Some(hello) => match upstream.write_all(&hello.bytes).await {
             Ok(()) => hello.bytes.len() as u64,
             Err(err) => {
@@ -129,8 +138,8 @@ struct Relayed {
 
 /// Copies both ways until both sides are done (or one fails), or until no byte moved either way
 /// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`).
-async fn relay<U: AsyncRead + AsyncWrite + Unpin>(
-    downstream: &mut TcpStream,
+async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin>(
+    downstream: &mut D,
     upstream: &mut U,
     idle: Duration,
 ) -> Relayed {

@@ -8,9 +8,9 @@ mod gateways;
 mod tcp;
 mod virtual_services;
 
+use crate::tls::Credentials;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use super::{Cluster, RouteTable, ServiceRoutes};
@@ -31,8 +31,8 @@ struct Compiler<'a> {
     /// Each (host, subset, port) cluster, built once so that rules sharing it share its balancer.
     clusters: HashMap<(String, String, u16), Arc<Cluster>>,
     diags: Vec<Diagnostic>,
-    /// Where upstream TLS finds `credentialName` directories.
-    credentials: &'a Path,
+    /// Where upstream TLS finds `credentialName` credentials.
+    credentials: &'a Credentials,
     /// Upstream TLS by (DestinationRule, field path of its `tls`, service host).
     tls: HashMap<(String, String, String), crate::tls::upstream::ClusterTls>,
     /// Upstream TLS files that did not load (see [`RouteTable::credential_errors`]).
@@ -42,7 +42,7 @@ struct Compiler<'a> {
 pub(super) fn compile(
     snapshot: &Snapshot,
     states: &ClusterStates,
-    credentials: &Path,
+    credentials: &Credentials,
 ) -> Result<RouteTable, ConfigError> {
     let mut diags = snapshot.warnings.clone();
     let registry = Registry::build(snapshot, &mut diags);
@@ -119,7 +119,7 @@ pub(super) fn compile(
         let http = Arc::new(http);
         let index = cx.index(vs, &http);
         cx.bind(vs, http.clone(), index.clone(), &l4, &mut routes);
-        cx.bind_gateways(vs, &http, &index, &l4.tls, &mut gateways);
+        cx.bind_gateways(vs, &http, &index, &l4, &mut gateways);
     }
 
     let Compiler { clusters, diags, credential_errors, .. } = cx;

@@ -221,31 +221,55 @@ pub(super) fn explain_tls<'t>(table: &'t RouteTable, service: &str, at: &L4View<
         false
     };
     if let Some(gateway) = at.gateway {
-        let _ = writeln!(out, "gateway: {gateway} port {} (TLS, SNI {sni})", at.port);
+        let _ = writeln!(out, "gateway: {gateway} port {} (SNI {sni})", at.port);
+        // An opaque TCP server is alone on its port; TLS servers are told apart by SNI.
         let server = table
             .gateways
             .servers(at.port)
             .iter()
-            .filter(|s| &*s.id.gateway == gateway && s.protocol.is_tls())
-            .filter_map(|s| s.sni_rank(at.sni).map(|rank| (rank, s)))
+            .filter(|s| &*s.id.gateway == gateway)
+            .filter_map(|s| match s.protocol {
+                ServerProtocol::Tcp => Some((usize::MAX, s)),
+                p if p.is_tls() => s.sni_rank(at.sni).map(|rank| (rank, s)),
+                _ => None,
+            })
             .fold(None, |best: Option<(usize, &GatewayServer)>, (rank, s)| match best {
                 Some((b, _)) if b >= rank => best,
                 _ => Some((rank, s)),
             })
             .map(|(_, s)| s);
         let Some(server) = server else {
-            let _ = writeln!(out, "  no TLS server of this gateway on this port admits the SNI: closed");
+            let _ = writeln!(out, "  no TCP or TLS server of this gateway on this port admits the SNI: closed");
             return out;
         };
-        if server.protocol != ServerProtocol::Passthrough {
-            let _ = writeln!(out, "server: {} terminates TLS: explain it with --host instead", server.id);
-            return out;
-        }
-        let _ = writeln!(out, "server: {} (PASSTHROUGH)", server.id);
-        for vh in super::passthrough_candidates(server, at.sni) {
-            let _ = writeln!(out, "virtual host: {} [{}]", vh.domain, vh.virtual_service);
-            if tried_rules(&vh.tls_rules, at) {
-                break;
+        match server.protocol {
+            ServerProtocol::Passthrough => {
+                let _ = writeln!(out, "server: {} (PASSTHROUGH)", server.id);
+                for vh in super::passthrough_candidates(server, at.sni) {
+                    let _ = writeln!(out, "virtual host: {} [{}]", vh.domain, vh.virtual_service);
+                    if tried_rules(&vh.tls_rules, at) {
+                        break;
+                    }
+                }
+            }
+            ServerProtocol::Tcp | ServerProtocol::TerminatedTcp => {
+                let how = if server.protocol == ServerProtocol::Tcp { "TCP" } else { "TLS terminated, then TCP" };
+                let _ = writeln!(out, "server: {} ({how})", server.id);
+                let mut seen: Vec<&str> = Vec::new();
+                for vh in &server.virtual_hosts {
+                    if seen.contains(&&*vh.virtual_service) {
+                        continue;
+                    }
+                    seen.push(&vh.virtual_service);
+                    let _ = writeln!(out, "virtual service: {}", vh.virtual_service);
+                    if tried_rules(&vh.tcp_rules, at) {
+                        break;
+                    }
+                }
+            }
+            ServerProtocol::Https | ServerProtocol::Http => {
+                let _ = writeln!(out, "server: {} terminates TLS: explain it with --host instead", server.id);
+                return out;
             }
         }
     } else {
@@ -367,6 +391,10 @@ pub(super) fn describe(table: &RouteTable) -> String {
                 server.hosts.iter().map(|h| format!("{}/{}", h.namespace.as_deref().unwrap_or("*"), h.host)).collect();
             let kind = match (&server.tls, server.https_redirect) {
                 _ if server.protocol == ServerProtocol::Passthrough => "PASSTHROUGH TLS".to_owned(),
+                _ if server.protocol == ServerProtocol::Tcp => "TCP".to_owned(),
+                (Some(tls), _) if server.protocol == ServerProtocol::TerminatedTcp => {
+                    format!("{:?} TLS, then TCP", tls.mode)
+                }
                 (Some(tls), _) => format!("{:?} TLS", tls.mode),
                 (None, true) => "HTTP, redirect to https".to_owned(),
                 (None, false) => "HTTP".to_owned(),

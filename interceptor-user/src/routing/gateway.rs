@@ -85,13 +85,34 @@ pub enum ServerProtocol {
     /// TLS not terminated (`tls.mode: PASSTHROUGH`): the SNI picks the server and the `tls`
     /// rules of the VirtualServices bound to it, the bytes go through untouched.
     Passthrough,
+    /// Opaque TCP (`TCP`, `MONGO`, `MYSQL`, `REDIS` without `tls`): the `tcp` rules of the
+    /// VirtualServices bound to it pick the destination. Istio merges nothing onto its port.
+    Tcp,
+    /// TLS terminated here, then opaque TCP by the `tcp` rules (`TLS` or `TCP` with a
+    /// terminating mode), as Istio's gateway builds a TLS filter chain with a TCP proxy.
+    TerminatedTcp,
 }
 
 impl ServerProtocol {
     /// Whether connections open with a TLS ClientHello (terminated or passed through); such
     /// servers share a port, told apart by SNI, as Istio's TLS filter chains are.
     pub fn is_tls(self) -> bool {
-        self != ServerProtocol::Http
+        matches!(self, ServerProtocol::Https | ServerProtocol::Passthrough | ServerProtocol::TerminatedTcp)
+    }
+
+    /// Whether the agent holds the certificate and ends TLS for this server.
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, ServerProtocol::Https | ServerProtocol::TerminatedTcp)
+    }
+
+    /// Whether servers of these two protocols may share a port (Istio's `MergeGateways`): plain
+    /// HTTP ones with each other, TLS ones with each other (SNI tells them apart), opaque TCP
+    /// with nothing.
+    pub fn shares_port_with(self, other: ServerProtocol) -> bool {
+        match (self, other) {
+            (ServerProtocol::Tcp, _) | (_, ServerProtocol::Tcp) => false,
+            _ => self.is_tls() == other.is_tls(),
+        }
     }
 }
 
@@ -106,7 +127,8 @@ pub struct ServerTls {
     pub private_key: Option<String>,
     /// CA file client certificates must chain to.
     pub ca_certificates: Option<String>,
-    /// Credential directory name (under the agent's `credentials`).
+    /// Credential name: a directory under the agent's `credentials` (files source) or a Secret
+    /// of the agent's namespace (cluster source).
     pub credential_name: Option<String>,
     /// Lowest version accepted.
     pub min_version: TlsProtocolVersion,
@@ -151,6 +173,8 @@ pub(super) struct VirtualHost {
     pub(super) index: Option<Arc<RuleIndex>>,
     /// The VirtualService's `tls` rules (for `PASSTHROUGH` servers).
     pub(super) tls_rules: Arc<Vec<TcpRule>>,
+    /// The VirtualService's `tcp` rules (for TCP servers, plain or TLS-terminated).
+    pub(super) tcp_rules: Arc<Vec<TcpRule>>,
 }
 
 /// One `servers[]` entry of a Gateway.
@@ -166,7 +190,7 @@ pub struct GatewayServer {
     pub protocol: ServerProtocol,
     /// Hosts it admits.
     pub hosts: Vec<ServerHost>,
-    /// TLS settings, for [`ServerProtocol::Https`].
+    /// TLS settings, for the protocols that terminate TLS.
     pub tls: Option<ServerTls>,
     /// `tls.httpsRedirect` on a plain HTTP server: every request gets a 301 to https.
     pub https_redirect: bool,
@@ -175,7 +199,8 @@ pub struct GatewayServer {
     /// Field path of the server (`spec.servers[0]`).
     pub at: String,
     /// The TLS configuration built from `tls` (certificates read) once the agent prepared the
-    /// table; `None` until then, or for plain HTTP.
+    /// table; `None` until then, for plain HTTP, or when its certificate did not load (cluster
+    /// source: its handshakes are refused).
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub(super) virtual_hosts: Vec<VirtualHost>,
 }

@@ -403,6 +403,14 @@ fn tcp_rules_match_port_and_fall_back_to_the_service() {
     let (rule, target) =
         table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
     assert_eq!((rule, &**target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
+
+    // Rules that all miss (another port) leave the connection to the service too, as Istio's
+    // sidecar appends the service's own filter chain after them.
+    let missing = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db}\nspec:\n  hosts: [db]\n  tcp:\n  - match: [{port: 6432}]\n    route: [{destination: {host: other.example.com}}]\n";
+    let table = compile(&format!("{tcp}{missing}")).unwrap();
+    let (rule, target) =
+        table.route_tcp(host, 5432, "10.96.0.40:5432".parse().unwrap(), "10.244.0.10:1000".parse().unwrap()).unwrap();
+    assert_eq!((rule, &**target.name()), (DEFAULT_RULE, "outbound|5432||db.default.svc.cluster.local"));
 }
 
 #[test]
@@ -431,9 +439,12 @@ fn a_cluster_config_leaves_out_a_broken_resource_alone() {
     assert!(errors.is_empty(), "{errors:?}");
     assert!(RouteTable::compile(&snapshot).is_err(), "files refuse the whole change");
 
-    let (table, applied, rejected) =
-        RouteTable::compile_isolating(snapshot, &ClusterStates::default(), std::path::Path::new("/nonexistent"))
-            .unwrap();
+    let (table, applied, rejected) = RouteTable::compile_isolating(
+        snapshot,
+        &ClusterStates::default(),
+        &crate::tls::Credentials::files("/nonexistent"),
+    )
+    .unwrap();
     assert!(!rejected.is_empty());
     assert!(rejected.iter().all(|d| d.resource == "VirtualService default/broken"), "{rejected:?}");
     assert_eq!(applied.virtual_services.len(), 1);
@@ -480,8 +491,10 @@ fn compile_pair(before: &str, after: &str) -> (RouteTable, RouteTable, ClusterSt
         assert!(errors.is_empty(), "{errors:?}");
         snapshot
     };
-    let old = RouteTable::compile_with(&parse(before), &states, std::path::Path::new("/nonexistent")).unwrap();
-    let new = RouteTable::compile_with(&parse(after), &states, std::path::Path::new("/nonexistent")).unwrap();
+    let old =
+        RouteTable::compile_with(&parse(before), &states, &crate::tls::Credentials::files("/nonexistent")).unwrap();
+    let new =
+        RouteTable::compile_with(&parse(after), &states, &crate::tls::Credentials::files("/nonexistent")).unwrap();
     (old, new, states)
 }
 
@@ -561,10 +574,11 @@ fn state_of_clusters_no_table_uses_is_pruned_after_a_compile() {
     drop(old);
     let mut snapshot = Snapshot::default();
     snapshot.add_file(Path::new("mesh.yaml"), &format!("{SERVICES}---\n{v2}"), "default", &mut Vec::new());
-    let third = RouteTable::compile_with(&snapshot, &states, std::path::Path::new("/nonexistent")).unwrap();
+    let third = RouteTable::compile_with(&snapshot, &states, &crate::tls::Credentials::files("/nonexistent")).unwrap();
     assert_eq!(states.len(), before, "a request still running on the old table keeps its cluster's state");
     drop(request);
-    let _fourth = RouteTable::compile_with(&snapshot, &states, std::path::Path::new("/nonexistent")).unwrap();
+    let _fourth =
+        RouteTable::compile_with(&snapshot, &states, &crate::tls::Credentials::files("/nonexistent")).unwrap();
     assert_eq!(states.len(), before - 1, "then it goes");
     drop((new, third));
 }

@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{credential_ca, credential_dir, error, first_existing, parse_certificates, parse_private_key, parse_roots};
-use super::{read, TlsError};
+use super::credential::KeyPair;
+use super::{error, Credentials, Pem, TlsError};
 use crate::config::ClientTlsSettings;
 
 /// What a cluster does about TLS.
@@ -151,8 +151,8 @@ pub struct Settings<'a> {
     pub tls: &'a ClientTlsSettings,
     /// The cluster's service host (auto SNI).
     pub host: &'a str,
-    /// Where `credentialName` directories are.
-    pub credentials: &'a Path,
+    /// Where `credentialName` credentials come from.
+    pub credentials: &'a Credentials,
 }
 
 /// Builds what a cluster does about TLS, reading the files the settings name.
@@ -180,50 +180,36 @@ pub fn build(settings: &Settings<'_>) -> Result<ClusterTls, TlsError> {
         v.as_deref().filter(|s| !s.is_empty())
     }
 
-    // Where the client certificate, key and CA come from.
-    let (cert_file, key_file, ca_file) = match set(&tls.credential_name) {
+    // The client certificate and key (MUTUAL) and the CA, from the credential or from files.
+    let (pair, ca) = match set(&tls.credential_name) {
         Some(name) => {
-            let dir = credential_dir(settings.credentials, name)?;
-            let pair = |names: &[&str]| (first_existing(&dir, names), "credentialName");
-            let client = (mode == Mode::Mutual).then(|| (pair(&["tls.crt", "cert"]), pair(&["tls.key", "key"])));
-            let ca = credential_ca(settings.credentials, name, &dir).map(|p| (p, "credentialName"));
-            match client {
-                Some((cert, key)) => (Some(cert), Some(key), ca),
-                None => (None, None, ca),
-            }
+            let pair = if mode == Mode::Mutual { Some(settings.credentials.key_pair(name)?) } else { None };
+            (pair, settings.credentials.ca(name)?)
         }
         None => {
-            let file = |v: &Option<String>, field| set(v).map(|p| (Path::new(p).to_path_buf(), field));
-            let (cert, key) = match mode {
-                Mode::Mutual => (
-                    Some(
-                        file(&tls.client_certificate, "clientCertificate")
-                            .ok_or_else(|| error("clientCertificate", "not set"))?,
-                    ),
-                    Some(file(&tls.private_key, "privateKey").ok_or_else(|| error("privateKey", "not set"))?),
-                ),
-                Mode::Simple => (None, None),
+            let file = |v: &Option<String>, field| set(v).map(|p| Pem::read(Path::new(p), field)).transpose();
+            let pair = match mode {
+                Mode::Mutual => Some(KeyPair {
+                    certificate: file(&tls.client_certificate, "clientCertificate")?
+                        .ok_or_else(|| error("clientCertificate", "not set"))?,
+                    key: file(&tls.private_key, "privateKey")?.ok_or_else(|| error("privateKey", "not set"))?,
+                }),
+                Mode::Simple => None,
             };
-            (cert, key, file(&tls.ca_certificates, "caCertificates"))
+            (pair, file(&tls.ca_certificates, "caCertificates")?)
         }
     };
-    let mut load = |file: &(std::path::PathBuf, &'static str)| -> Result<Vec<u8>, TlsError> {
-        let bytes = read(&file.0, file.1)?;
-        bytes.hash(&mut fingerprint);
-        Ok(bytes)
-    };
-    let client_auth = match (&cert_file, &key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = parse_certificates(&load(cert)?, &cert.0, cert.1)?;
-            let private_key = parse_private_key(&load(key)?, &key.0, key.1)?;
-            Some((chain, private_key, key))
-        }
-        _ => None,
+    for pem in pair.iter().flat_map(|p| [&p.certificate, &p.key]).chain(ca.as_ref()) {
+        pem.bytes.hash(&mut fingerprint);
+    }
+    let client_auth = match &pair {
+        Some(pair) => Some((pair.certificate.certificates()?, pair.key.private_key()?, &pair.key)),
+        None => None,
     };
     let skip_verify = tls.insecure_skip_verify == Some(true);
-    let roots = match (&ca_file, skip_verify) {
+    let roots = match (&ca, skip_verify) {
         (_, true) => None,
-        (Some(ca), false) => Some(Arc::new(parse_roots(&load(ca)?, &ca.0, ca.1)?)),
+        (Some(ca), false) => Some(Arc::new(ca.roots()?)),
         (None, false) => Some(system_roots().map_err(|message| error("caCertificates", message))?),
     };
 
@@ -254,7 +240,7 @@ pub fn build(settings: &Settings<'_>) -> Result<ClusterTls, TlsError> {
             Some(roots) => Some(
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .build()
-                    .map_err(|e| error(ca_file.as_ref().map_or("caCertificates", |f| f.1), format!("{e}")))?,
+                    .map_err(|e| error(ca.as_ref().map_or("caCertificates", |c| c.field), format!("{e}")))?,
             ),
         };
         Ok(Arc::new(Verifier { webpki, names, algorithms: provider.signature_verification_algorithms }))
@@ -267,10 +253,8 @@ pub fn build(settings: &Settings<'_>) -> Result<ClusterTls, TlsError> {
             .with_custom_certificate_verifier(verifier);
         let mut config = match &client_auth {
             None => builder.with_no_client_auth(),
-            Some((chain, key, key_file)) => {
-                builder.with_client_auth_cert(chain.clone(), key.clone_key()).map_err(|e| {
-                    error(key_file.1, format!("{} does not fit the certificate: {e}", key_file.0.display()))
-                })?
+            Some((chain, key, key_pem)) => {
+                builder.with_client_auth_cert(chain.clone(), key.clone_key()).map_err(|e| key_pem.mismatch(e))?
             }
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -302,9 +286,9 @@ pub fn build(settings: &Settings<'_>) -> Result<ClusterTls, TlsError> {
     if skip_verify {
         summary.push_str(", insecureSkipVerify");
     } else {
-        match &ca_file {
-            Some((path, _)) => {
-                let _ = write!(summary, ", ca {}", path.display());
+        match &ca {
+            Some(ca) => {
+                let _ = write!(summary, ", ca {}", ca.origin);
             }
             None => summary.push_str(", ca system"),
         }
@@ -315,8 +299,8 @@ pub fn build(settings: &Settings<'_>) -> Result<ClusterTls, TlsError> {
             summary.push_str(", san = sni");
         }
     }
-    if let Some((cert, _)) = &cert_file {
-        let _ = write!(summary, ", cert {}", cert.display());
+    if let Some(pair) = &pair {
+        let _ = write!(summary, ", cert {}", pair.certificate.origin);
     }
     Ok(ClusterTls::Originate(Arc::new(UpstreamTls { mode, id: fingerprint.finish(), http1, h2, tcp, summary })))
 }
@@ -446,8 +430,12 @@ mod tests {
     #[test]
     fn istio_mutual_is_refused_and_disable_is_plaintext() {
         let at = |yaml: &str| {
-            build(&Settings { tls: &settings(yaml), host: "a.example.com", credentials: Path::new("/nonexistent") })
-                .unwrap()
+            build(&Settings {
+                tls: &settings(yaml),
+                host: "a.example.com",
+                credentials: &Credentials::files("/nonexistent"),
+            })
+            .unwrap()
         };
         assert!(at("{mode: ISTIO_MUTUAL}").refusal().is_some_and(|r| r.contains("Istio's CA")));
         assert!(at("{mode: DISABLE}").is_plaintext());
@@ -470,7 +458,8 @@ mod tests {
     fn the_identity_pools_key_on_changes_with_the_settings_and_the_files_bytes() {
         let path = ca_file("identity");
         let id = |yaml: &str, host: &str| {
-            let built = build(&Settings { tls: &settings(yaml), host, credentials: Path::new("/nonexistent") });
+            let built =
+                build(&Settings { tls: &settings(yaml), host, credentials: &Credentials::files("/nonexistent") });
             built.unwrap().originate().map(|t| t.id).unwrap()
         };
         let simple = format!("{{mode: SIMPLE, caCertificates: {}}}", path.display());
@@ -491,8 +480,12 @@ mod tests {
     #[test]
     fn missing_files_name_their_field_and_path() {
         let err = |yaml: &str| {
-            build(&Settings { tls: &settings(yaml), host: "a.example.com", credentials: Path::new("/nonexistent") })
-                .unwrap_err()
+            build(&Settings {
+                tls: &settings(yaml),
+                host: "a.example.com",
+                credentials: &Credentials::files("/nonexistent"),
+            })
+            .unwrap_err()
         };
         let e = err("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}");
         assert_eq!(e.field, "caCertificates");

@@ -391,7 +391,7 @@ fn from_a_cluster_a_rule_whose_files_do_not_load_stays_and_its_cluster_refuses()
     let snapshot = upstream_tls_config("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}");
     let states = crate::endpoints::ClusterStates::default();
     let (table, applied, rejected) =
-        RouteTable::compile_isolating(snapshot, &states, Path::new("/nonexistent")).unwrap();
+        RouteTable::compile_isolating(snapshot, &states, &crate::tls::Credentials::files("/nonexistent")).unwrap();
     // Left in: leaving it out would send plaintext where TLS was asked for.
     assert_eq!(applied.destination_rules.len(), 1);
     assert_eq!(rejected.len(), 1, "{rejected:?}");

@@ -1,64 +1,51 @@
 //! A gateway server's TLS, built with rustls from its settings: certificate chain and key from PEM
-//! files (or a `credentialName` directory), client certificates checked against the CA for
-//! MUTUAL, versions and TLS 1.2 cipher suites as configured, ALPN offering h2 and http/1.1.
+//! files or a `credentialName` credential (a directory, or a Kubernetes Secret), client
+//! certificates checked against the CA for MUTUAL, versions and TLS 1.2 cipher suites as
+//! configured, ALPN offering h2 and http/1.1.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CipherSuite, ProtocolVersion, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{CipherSuite, ProtocolVersion, ServerConfig, SupportedProtocolVersion};
 
 use crate::config::{TlsMode, TlsProtocolVersion};
 use crate::routing::ServerTls;
+use crate::tls::credential::KeyPair;
 pub use crate::tls::TlsError;
-use crate::tls::{certificates, credential_ca, credential_dir, error, first_existing};
+use crate::tls::{error, Credentials, Pem};
 
 /// ALPN protocols offered, in preference order.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The files a server's certificate, key and CA come from.
-struct Files {
-    certificate: (PathBuf, &'static str),
-    key: (PathBuf, &'static str),
-    ca: Option<(PathBuf, &'static str)>,
+/// A server's certificate, key and (MUTUAL) client CA, read from wherever its settings say.
+struct Material {
+    pair: KeyPair,
+    ca: Option<Pem>,
 }
 
-impl Files {
-    fn of(tls: &ServerTls, credentials: &Path) -> Result<Self, TlsError> {
+impl Material {
+    fn of(tls: &ServerTls, credentials: &Credentials) -> Result<Self, TlsError> {
+        let wants_ca = tls.mode != TlsMode::Simple;
         if let Some(name) = &tls.credential_name {
-            let dir = credential_dir(credentials, name)?;
-            let ca = match tls.mode {
-                TlsMode::Simple => None,
-                // Istio reads the CA from the same Secret, or from `<name>-cacert`; when neither
-                // exists the error names the Secret's own file.
-                _ => Some((
-                    credential_ca(credentials, name, &dir).unwrap_or_else(|| dir.join("ca.crt")),
-                    "credentialName",
-                )),
-            };
-            return Ok(Files {
-                certificate: (first_existing(&dir, &["tls.crt", "cert"]), "credentialName"),
-                key: (first_existing(&dir, &["tls.key", "key"]), "credentialName"),
-                ca,
-            });
+            let pair = credentials.key_pair(name)?;
+            // Istio reads the CA from `<name>-cacert`, else from the credential itself.
+            let ca = if wants_ca { Some(credentials.required_ca(name)?) } else { None };
+            return Ok(Material { pair, ca });
         }
         let certificate = tls.certificate.as_deref().ok_or_else(|| error("serverCertificate", "not set"))?;
         let key = tls.private_key.as_deref().ok_or_else(|| error("privateKey", "not set"))?;
-        let ca = match tls.mode {
-            TlsMode::Simple => None,
-            _ => Some((
-                PathBuf::from(tls.ca_certificates.as_deref().ok_or_else(|| error("caCertificates", "not set"))?),
-                "caCertificates",
-            )),
+        let pair = KeyPair {
+            certificate: Pem::read(Path::new(certificate), "serverCertificate")?,
+            key: Pem::read(Path::new(key), "privateKey")?,
         };
-        Ok(Files {
-            certificate: (PathBuf::from(certificate), "serverCertificate"),
-            key: (PathBuf::from(key), "privateKey"),
-            ca,
-        })
+        let ca = match (wants_ca, tls.ca_certificates.as_deref()) {
+            (false, _) => None,
+            (true, None) => return Err(error("caCertificates", "not set")),
+            (true, Some(path)) => Some(Pem::read(Path::new(path), "caCertificates")?),
+        };
+        Ok(Material { pair, ca })
     }
 }
 
@@ -90,18 +77,15 @@ fn versions(min: TlsProtocolVersion, max: TlsProtocolVersion) -> Vec<&'static Su
     out
 }
 
-/// Builds the server's rustls configuration, reading its files (`credentialName` directories
-/// under `credentials`).
+/// Builds the server's rustls configuration, reading its files or credential.
 ///
 /// # Errors
-/// A file that cannot be read or holds no usable PEM, a key that does not fit, a CA bundle
-/// without certificates, or versions that leave nothing to speak.
-pub fn server_config(tls: &ServerTls, credentials: &Path) -> Result<ServerConfig, TlsError> {
-    let files = Files::of(tls, credentials)?;
-    let chain = certificates(&files.certificate.0, files.certificate.1)?;
-    let (key_path, key_field) = (&files.key.0, files.key.1);
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| error(key_field, format!("{}: no usable private key: {e}", key_path.display())))?;
+/// A file or credential that cannot be read or holds no usable PEM, a key that does not fit, a
+/// CA bundle without certificates, or versions that leave nothing to speak.
+pub fn server_config(tls: &ServerTls, credentials: &Credentials) -> Result<ServerConfig, TlsError> {
+    let material = Material::of(tls, credentials)?;
+    let chain = material.pair.certificate.certificates()?;
+    let key = material.pair.key.private_key()?;
 
     let mut provider = rustls::crypto::ring::default_provider();
     let wanted: Vec<CipherSuite> = tls.cipher_suites.iter().filter_map(|s| rustls_suite(s)).collect();
@@ -119,26 +103,18 @@ pub fn server_config(tls: &ServerTls, credentials: &Path) -> Result<ServerConfig
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| error("cipherSuites", format!("no cipher suite left for the versions: {e}")))?;
-    let builder = match &files.ca {
+    let builder = match &material.ca {
         None => builder.with_no_client_auth(),
-        Some((path, field)) => {
-            let field = *field;
-            let mut roots = RootCertStore::empty();
-            for cert in certificates(path, field)? {
-                roots.add(cert).map_err(|e| error(field, format!("{}: not a CA certificate: {e}", path.display())))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()?), provider);
             let verifier =
                 if tls.mode == TlsMode::OptionalMutual { verifier.allow_unauthenticated() } else { verifier };
-            let verifier = verifier
-                .build()
-                .map_err(|e| error(field, format!("{}: cannot verify clients: {e}", path.display())))?;
+            let verifier =
+                verifier.build().map_err(|e| error(ca.field, format!("{}: cannot verify clients: {e}", ca.origin)))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| error(key_field, format!("{} does not fit the certificate: {e}", key_path.display())))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| material.pair.key.mismatch(e))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -178,8 +154,58 @@ mod tests {
             max_version: TlsProtocolVersion::Auto,
             cipher_suites: Vec::new(),
         };
-        let err = server_config(&tls, Path::new("/nonexistent")).unwrap_err();
+        let err = server_config(&tls, &Credentials::files("/nonexistent")).unwrap_err();
         assert_eq!(err.field, "serverCertificate");
         assert!(err.message.contains("/nonexistent/cert.pem"), "{err}");
+    }
+
+    /// A CA and a leaf for `name` signed by it, as PEM: (ca, cert, key).
+    fn pki(name: &str) -> (String, String, String) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.pem(), leaf.pem(), key.serialize_pem())
+    }
+
+    use crate::tls::credential::test_secrets as secrets;
+
+    fn server(mode: TlsMode, credential: &str) -> ServerTls {
+        ServerTls {
+            mode,
+            certificate: None,
+            private_key: None,
+            ca_certificates: None,
+            credential_name: Some(credential.into()),
+            min_version: TlsProtocolVersion::Auto,
+            max_version: TlsProtocolVersion::Auto,
+            cipher_suites: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_secret_gives_a_server_its_certificate_and_mutual_its_ca_from_the_cacert_secret() {
+        let (ca, cert, key) = pki("a.example.com");
+        let (_, _, other_key) = pki("b.example.com");
+        let c = secrets(&[
+            ("tls", &[("tls.crt", &cert), ("tls.key", &key)]),
+            ("tls-cacert", &[("ca.crt", &ca)]),
+            ("mismatch", &[("tls.crt", &cert), ("tls.key", &other_key)]),
+            ("badca", &[("cert", &cert), ("key", &key), ("cacert", "garbage")]),
+        ]);
+        assert!(server_config(&server(TlsMode::Simple, "tls"), &c).is_ok());
+        assert!(server_config(&server(TlsMode::Mutual, "tls"), &c).is_ok());
+        let err = server_config(&server(TlsMode::Simple, "mismatch"), &c).unwrap_err();
+        assert_eq!(err.field, "credentialName");
+        assert!(err.message.starts_with("Secret gw/mismatch key tls.key does not fit the certificate"), "{err}");
+        let err = server_config(&server(TlsMode::Mutual, "badca"), &c).unwrap_err();
+        assert!(err.message.starts_with("Secret gw/badca key cacert: no PEM certificate"), "{err}");
+        let err = server_config(&server(TlsMode::Mutual, "mismatch"), &c).unwrap_err();
+        assert!(err.message.starts_with("Secret gw/mismatch: no CA"), "{err}");
+        let no_ca = secrets(&[("tls", &[("tls.crt", &cert), ("tls.key", &key)])]);
+        let err = server_config(&server(TlsMode::Mutual, "tls"), &no_ca).unwrap_err();
+        assert!(err.message.contains("Secret gw/tls: no CA to verify client certificates with"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::virtual_services::L4Rules;
 use super::Compiler;
 use crate::config::{
     Gateway, Resource, Server, ServerTlsSettings, Severity, Source, TlsMode, TlsProtocolVersion, VirtualService,
@@ -15,7 +16,7 @@ use crate::routing::gateway::{
     ServerProtocol, ServerTls, VirtualHost, MESH,
 };
 use crate::routing::index::RuleIndex;
-use crate::routing::{Rule, TcpRule};
+use crate::routing::Rule;
 
 fn creation_timestamp<T>(resource: &Resource<T>) -> &str {
     resource.meta.other.get("creationTimestamp").and_then(|v| v.as_str()).unwrap_or("~")
@@ -37,8 +38,8 @@ impl Compiler<'_> {
                 let Some(server) = self.server(gw, &name, i, server) else { continue };
                 let on_port = table.ports.entry(server.port).or_default();
                 // Istio merges TLS servers on one port (terminated or passed through, told apart
-                // by SNI) and plain HTTP ones, never the two kinds.
-                if let Some(first) = on_port.iter().find(|s| s.protocol.is_tls() != server.protocol.is_tls()) {
+                // by SNI) and plain HTTP ones, never the two kinds, and nothing with opaque TCP.
+                if let Some(first) = on_port.iter().find(|s| !s.protocol.shares_port_with(server.protocol)) {
                     self.diags.push(server.source.diagnostic(
                         Severity::Warning,
                         format!("{}.port", server.at),
@@ -75,12 +76,18 @@ impl Compiler<'_> {
             ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", tls) => {
                 (ServerProtocol::Http, None, tls.as_ref().is_some_and(|t| t.https_redirect))
             }
+            ("TCP" | "MONGO" | "MYSQL" | "REDIS", None) => (ServerProtocol::Tcp, None, false),
             // An absent mode is PASSTHROUGH (Istio's default).
-            ("HTTPS" | "TLS", Some(t)) if t.mode.unwrap_or_default() == TlsMode::Passthrough => {
+            ("HTTPS" | "TLS" | "TCP" | "MONGO" | "MYSQL" | "REDIS", Some(t))
+                if t.mode.unwrap_or_default() == TlsMode::Passthrough =>
+            {
                 (ServerProtocol::Passthrough, None, false)
             }
-            ("HTTPS" | "TLS", Some(t)) => {
-                (ServerProtocol::Https, Some(self.server_tls(t, src, &format!("{at}.tls"))?), false)
+            ("HTTPS", Some(t)) => (ServerProtocol::Https, Some(self.server_tls(t, src, &format!("{at}.tls"))?), false),
+            // Istio: a non-HTTP server with terminating TLS is a TLS filter chain in front of a TCP
+            // proxy routed by the `tcp` rules.
+            ("TLS" | "TCP" | "MONGO" | "MYSQL" | "REDIS", Some(t)) => {
+                (ServerProtocol::TerminatedTcp, Some(self.server_tls(t, src, &format!("{at}.tls"))?), false)
             }
             _ => {
                 let message = format!("{} servers are not supported yet; this server is not served", port.protocol);
@@ -148,14 +155,14 @@ impl Compiler<'_> {
         })
     }
 
-    /// Binds `vs` (compiled to `rules`, and `tls_rules` for passthrough servers) to the servers
-    /// of the gateways it names, host by host.
+    /// Binds `vs` (compiled to `rules`, and `l4` rules for passthrough and TCP servers) to the
+    /// servers of the gateways it names, host by host.
     pub(super) fn bind_gateways(
         &mut self,
         vs: &Resource<VirtualService>,
         rules: &Arc<Vec<Rule>>,
         index: &Option<Arc<RuleIndex>>,
-        tls_rules: &Arc<Vec<TcpRule>>,
+        l4: &L4Rules,
         table: &mut GatewayTable,
     ) {
         let namespace = vs.meta.namespace.as_str();
@@ -197,7 +204,8 @@ impl Compiler<'_> {
                         virtual_service: label.clone(),
                         rules: rules.clone(),
                         index: index.clone(),
-                        tls_rules: tls_rules.clone(),
+                        tls_rules: l4.tls.clone(),
+                        tcp_rules: l4.tcp.clone(),
                     });
                 }
             }
