@@ -19,10 +19,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ClusterObject, Diagnostic, Snapshot};
-use crate::tls::credential::Entries;
+use crate::tls::credential::{check_entries, Entries};
 use crate::tls::{Credentials, SecretSet};
 
 pub use events::RejectionReporter;
@@ -64,13 +64,17 @@ struct State {
     secrets: Mutex<SecretMemory>,
 }
 
-/// Secrets as last seen: a deleted Secret's credential keeps serving, as at Istio's gateways
-/// (istiod pushes nothing for a Secret that is gone and Envoy keeps the last one it had;
-/// istio/istio#45432), until a Secret of that name appears again.
+/// Secrets as last seen usable: a deleted Secret's credential keeps serving, as at Istio's
+/// gateways (istiod pushes nothing for a Secret that is gone and Envoy keeps the last one it had;
+/// istio/istio#45432), until a Secret of that name appears again; a Secret updated into one
+/// whose certificate or key does not parse keeps its last good version too (bad input leaves
+/// the running state alone), with an error naming the key, until it is fixed.
 #[derive(Default)]
 struct SecretMemory {
     last: HashMap<String, Entries>,
     deleted: HashSet<String>,
+    /// Secrets whose current version is broken while their last good one serves.
+    held: HashSet<String>,
 }
 
 struct Stores {
@@ -303,14 +307,32 @@ impl Cluster {
                 .collect(),
         };
         let mut memory = lock(&self.state.secrets);
-        let SecretMemory { last, deleted } = &mut *memory;
+        let SecretMemory { last, deleted, held } = &mut *memory;
         for name in last.keys().filter(|n| !current.contains_key(*n)) {
             if deleted.insert(name.clone()) {
                 warn!(secret = %format!("{namespace}/{name}"), "Secret deleted: credentials naming it keep serving its last certificate (as Istio's gateways do) until it is created again");
             }
         }
         deleted.retain(|n| !current.contains_key(n));
-        last.extend(current);
+        held.retain(|n| current.contains_key(n));
+        for (name, entries) in current {
+            let origin = format!("Secret {namespace}/{name}");
+            match (check_entries(&origin, &entries), last.contains_key(&name)) {
+                (Err(err), true) => {
+                    if held.insert(name.clone()) {
+                        error!(%err, "Secret updated into one that does not parse: its last good version keeps serving until it is fixed");
+                    }
+                }
+                // Never good: taken as it is, so whatever uses it says what is wrong.
+                (Err(_), false) => {
+                    last.insert(name, entries);
+                }
+                (Ok(()), _) => {
+                    held.remove(&name);
+                    last.insert(name, entries);
+                }
+            }
+        }
         Credentials::Secrets(Arc::new(SecretSet { namespace, secrets: last.clone() }))
     }
 

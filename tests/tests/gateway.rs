@@ -386,6 +386,15 @@ fn credentials_from_kubernetes_secrets_are_served_rotated_and_awaited_without_a_
     wait("the rotated certificate to be served", &|| get("my-app.example.com", "second").is_ok_and(|b| b == "v2"));
     assert!(get("my-app.example.com", "first").is_err(), "the old certificate is gone");
 
+    // Updated into one that does not parse: the last good version serves on, the key named.
+    plane.apply(&secret("my-app-cert", "kubernetes.io/tls", &broken, ("tls.crt", "tls.key"))).unwrap();
+    wait("the held Secret's error", &|| {
+        let log = agent.log();
+        log.contains("last good version keeps serving")
+            && log.contains("Secret interceptor-system/my-app-cert key tls.crt: no PEM certificate in it")
+    });
+    assert_eq!(get("my-app.example.com", "second").as_deref(), Ok("v2"), "{}", agent.log());
+
     // Deleted: served on from its last version, as Istio's gateways do, with a warning.
     let applied = agent.log().matches("config applied").count();
     plane.kubectl(&["delete", "secret", "late-cert", "-n", AGENT_NAMESPACE]).unwrap();

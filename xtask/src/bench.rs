@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: the interceptor against Envoy, HAProxy, nginx and a direct connection on
 //! one test node, same backends and same job for all, contenders taking turns so machine noise
-//! hits all of them alike. Writes `target/bench/report.{md,json}` and ends with a `BENCH …` line.
+//! hits all of them alike — in front of the mesh, then as an HTTPS gateway. Writes
+//! `target/bench/report.{md,json}` and ends with a `BENCH …` line.
 
 mod contenders;
+mod gateway;
 mod load;
 mod prereqs;
 mod procstat;
@@ -18,7 +20,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use testbed::{Node, PodSpec};
 
-use contenders::{Kind, Running, BACKENDS, CLIENT};
+use contenders::{Front, Kind, Running, BACKENDS, CLIENT};
+pub use gateway::GatewayResults;
 
 /// Host header of the seed service.
 const HOST: &str = "my-app.default.svc.cluster.local";
@@ -44,6 +47,17 @@ pub struct Plan {
     pub release: bool,
     /// perf-sample each proxy during its first saturation turn.
     pub profile: bool,
+    /// Length of each gateway turn (keep-alive saturation, fixed rate, handshakes).
+    pub gateway_seconds: u64,
+}
+
+/// A part of the bench, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Captured mesh traffic (plain HTTP): req/s, latency, idle memory.
+    Mesh,
+    /// HTTPS terminated at the gateway: req/s, latency, handshakes per second.
+    Gateway,
 }
 
 impl Plan {
@@ -60,6 +74,7 @@ impl Plan {
                 // Profiling a debug build would show the wrong hot spots.
                 release: profile,
                 profile,
+                gateway_seconds: 1,
             }
         } else {
             Plan {
@@ -72,6 +87,7 @@ impl Plan {
                 idle_connections: 10_000,
                 release: true,
                 profile,
+                gateway_seconds: 5,
             }
         }
     }
@@ -129,12 +145,12 @@ impl Results {
     }
 }
 
-/// Runs the bench (`quick`: a few seconds per contender, for CI).
+/// Runs the bench (`quick`: a few seconds per contender, for CI), every phase or `only` one.
 ///
 /// # Errors
 /// The harness is broken: a tool cannot be installed, a contender does not start or does not do
 /// the job (wrong routing, failed requests). Missing a performance target is not an error.
-pub fn run(quick: bool, profile: bool) -> Result<()> {
+pub fn run(quick: bool, profile: bool, only: Option<Phase>) -> Result<()> {
     let root = crate::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -155,11 +171,19 @@ pub fn run(quick: bool, profile: bool) -> Result<()> {
         }
     }
     procstat::raise_nofile_limit(plan.idle_connections as u64 + 1024)?;
-    let results = measure(&plan, &tools, &root.join("config/mesh"), &dir)?;
-    report::write(&plan, &results, &dir)
+    let measured = measure(&plan, &tools, &root.join("config/mesh"), &dir, only)?;
+    report::write(&plan, measured.mesh.as_deref(), measured.gateway.as_deref(), &dir)
 }
 
-fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path) -> Result<Vec<Results>> {
+/// The results of the phases that ran.
+struct Measured {
+    mesh: Option<Vec<Results>>,
+    gateway: Option<Vec<GatewayResults>>,
+}
+
+/// The node and its backends, then each selected phase with its own contenders (one interceptor
+/// at a time: both would attach to the node's cgroup).
+fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only: Option<Phase>) -> Result<Measured> {
     let mut pods = vec![PodSpec::new(CLIENT.0, CLIENT.1)];
     pods.extend(BACKENDS.iter().map(|(pod, ip, _)| PodSpec::new(pod, *ip)));
     let mut node = Node::create(&pods)?;
@@ -167,99 +191,201 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path) -> R
         testbed::bench::serve_sized(&mut node, pod, ip.into(), version, RESPONSE_BYTES)?;
     }
     let run_dir = dir.join("run");
-    let mut running = Vec::new();
-    for kind in Kind::ALL {
-        eprintln!("bench: starting {}", kind.name());
-        running.push(contenders::start(&mut node, kind, tools, mesh, &run_dir)?);
-    }
-    let outcome = phases(plan, &node, &running, &run_dir);
-    for r in running.iter().rev() {
-        contenders::stop(&mut node, r);
-    }
+    let wanted = |phase| only.is_none_or(|o| o == phase);
+    let mesh_results = if wanted(Phase::Mesh) {
+        let kinds = Kind::ALL;
+        Some(with_contenders(&mut node, &kinds, Front::Mesh, tools, mesh, &run_dir, |node, running| {
+            phases(plan, node, running, &run_dir)
+        })?)
+    } else {
+        None
+    };
+    let gateway_results = if wanted(Phase::Gateway) {
+        let certificate = gateway::certificate(&run_dir)?;
+        let front = Front::Gateway(&certificate);
+        Some(with_contenders(&mut node, &gateway::KINDS, front, tools, mesh, &run_dir, |node, running| {
+            gateway::phases(plan, node, running, &certificate, &run_dir)
+        })?)
+    } else {
+        None
+    };
     drop(node);
+    Ok(Measured { mesh: mesh_results, gateway: gateway_results })
+}
+
+/// Starts `kinds` fronting `front`, runs `measure` with them, and stops them (also on failure).
+fn with_contenders<T>(
+    node: &mut Node,
+    kinds: &[Kind],
+    front: Front<'_>,
+    tools: &contenders::Tools,
+    mesh: &Path,
+    run_dir: &Path,
+    measure: impl FnOnce(&Node, &[Running]) -> Result<T>,
+) -> Result<T> {
+    let mut running = Vec::new();
+    let mut started = Ok(());
+    for &kind in kinds {
+        eprintln!("bench: starting {} ({front})", kind.name());
+        match contenders::start(node, kind, front, tools, mesh, run_dir) {
+            Ok(r) => running.push(r),
+            Err(err) => {
+                started = Err(err);
+                break;
+            }
+        }
+    }
+    let outcome = started.and_then(|()| measure(node, &running));
+    for r in running.iter().rev() {
+        contenders::stop(node, r);
+    }
     outcome
 }
 
-fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Result<Vec<Results>> {
-    let mut results: Vec<Results> =
-        running.iter().map(|r| Results { name: r.kind.name().into(), ..Results::default() }).collect();
-    let log = run_dir.join("h2load.tsv");
-    let spec = |r: &Running, connections, seconds, rate| load::Spec {
+/// A load run of `r` from the client pod.
+fn spec<'a>(r: &'a Running, log: &'a Path, connections: u32, seconds: u64, rate: Option<u32>) -> load::Spec<'a> {
+    load::Spec {
         target: r.target,
         captured: r.captured,
         connections,
         duration: Duration::from_secs(seconds),
+        requests: None,
         rate_per_connection: rate,
-        log: &log,
-    };
-
-    for r in running {
-        check_job(node, r)?;
-        // Warm-up: pools, allocators, page cache; not measured.
-        load::run(node, CLIENT.0, &spec(r, plan.connections, 1, None))?;
+        sni: r.sni,
+        new_connections: false,
+        log,
     }
+}
 
+/// What [`turns`] measured for one contender.
+#[derive(Clone, Debug, Default)]
+struct Turns {
+    /// req/s of each turn.
+    rps: Vec<f64>,
+    requests: u64,
+    /// Proxy CPU seconds over all turns (none for direct).
+    cpu_seconds: Option<f64>,
+    /// Peak RSS after the last turn, KiB.
+    hwm_kib: Option<u64>,
+    latencies_us: Vec<u64>,
+    /// The TLS of the last turn (HTTPS contenders).
+    tls: Option<load::TlsInfo>,
+}
+
+impl Turns {
+    fn mean_rps(&self) -> f64 {
+        self.rps.iter().sum::<f64>() / self.rps.len().max(1) as f64
+    }
+}
+
+/// `plan.rounds` load runs per contender, in rotation (A B C, B C A, …) so that machine noise
+/// hits all alike; `profile`: perf-sample each proxy's first turn, its report named
+/// `<contender><profile>`.
+fn turns<'a>(
+    plan: &Plan,
+    node: &Node,
+    running: &'a [Running],
+    label: &str,
+    profile: Option<&str>,
+    spec: impl Fn(&'a Running) -> load::Spec<'a>,
+) -> Result<Vec<Turns>> {
     let n = running.len();
-    let mut saturation_samples: Vec<Vec<u64>> = vec![Vec::new(); n];
+    let mut out = vec![Turns::default(); n];
     for round in 0..plan.rounds {
         for turn in 0..n {
             let i = (turn + round) % n;
             let r = &running[i];
+            let spec = spec(r);
             let before = r.pid.map(procstat::usage).transpose()?;
-            let recording = match r.pid {
-                Some(pid) if plan.profile && round == 0 => {
-                    Some(profile::start(pid, plan.saturation_seconds, run_dir, r.kind.name())?)
-                }
+            let recording = match (r.pid, profile) {
+                (Some(pid), Some(suffix)) if round == 0 => Some(profile::start(
+                    pid,
+                    spec.duration.as_secs(),
+                    spec.log.parent().unwrap_or(Path::new(".")),
+                    &format!("{}{suffix}", r.kind.name()),
+                )?),
                 _ => None,
             };
-            let outcome = load::run(node, CLIENT.0, &spec(r, plan.connections, plan.saturation_seconds, None))?;
+            let outcome = load::run(node, CLIENT.0, &spec)?;
             let after = r.pid.map(procstat::usage).transpose()?;
             if let Some(recording) = recording {
                 eprintln!("bench: profile of {} in {}", r.kind.name(), recording.finish()?.display());
             }
-            eprintln!("bench: round {round} {:<12} {:>9.0} req/s", r.kind.name(), outcome.rps);
-            let res = &mut results[i];
-            res.rps_turns.push(outcome.rps);
-            res.requests += outcome.done;
-            res.load_seconds += plan.saturation_seconds as f64;
+            eprintln!("bench: {label} round {round} {:<12} {:>9.0} req/s", r.kind.name(), outcome.rps);
+            let t = &mut out[i];
+            t.rps.push(outcome.rps);
+            t.requests += outcome.done;
             if let (Some(b), Some(a)) = (before, after) {
-                *res.cpu_seconds.get_or_insert(0.0) += a.cpu_seconds - b.cpu_seconds;
-                res.rss_peak_kib = Some(a.hwm_kib);
+                *t.cpu_seconds.get_or_insert(0.0) += a.cpu_seconds - b.cpu_seconds;
+                t.hwm_kib = Some(a.hwm_kib);
             }
-            saturation_samples[i].extend(outcome.latencies_us);
+            t.latencies_us.extend(outcome.latencies_us);
+            t.tls = outcome.tls;
         }
     }
-    for (res, samples) in results.iter_mut().zip(saturation_samples) {
-        res.saturation = latency(0.0, 0.0, res.rps(), samples);
-    }
+    Ok(out)
+}
 
+impl Results {
+    /// Saturation results of contender `name` from its turns of `seconds` each.
+    fn saturated(name: &str, t: Turns, seconds: u64) -> Results {
+        let rps = t.mean_rps();
+        Results {
+            name: name.into(),
+            load_seconds: (seconds as usize * t.rps.len()) as f64,
+            requests: t.requests,
+            cpu_seconds: t.cpu_seconds,
+            rss_peak_kib: t.hwm_kib,
+            saturation: latency(0.0, 0.0, rps, t.latencies_us),
+            rps_turns: t.rps,
+            ..Results::default()
+        }
+    }
+}
+
+/// The rate at `fraction` of `slowest` spread over `connections` (per connection, at least 1/s).
+fn per_connection(slowest: f64, fraction: f64, connections: u32) -> u32 {
+    ((slowest * fraction / f64::from(connections)).round() as u32).max(1)
+}
+
+/// The lowest saturation req/s among the routing contenders.
+fn slowest(results: &[Results], running: &[Running]) -> Result<f64> {
     let slowest =
         results.iter().zip(running).filter(|(_, r)| r.routes).map(|(res, _)| res.rps()).fold(f64::INFINITY, f64::min);
     if !slowest.is_finite() || slowest < 10.0 {
         bail!("the slowest proxy answered {slowest} req/s: too slow to measure latency at fixed rates");
     }
+    Ok(slowest)
+}
+
+fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Result<Vec<Results>> {
+    let log = run_dir.join("h2load.tsv");
+    for r in running {
+        check_job(node, r, None)?;
+        // Warm-up: pools, allocators, page cache; not measured.
+        load::run(node, CLIENT.0, &spec(r, &log, plan.connections, 1, None))?;
+    }
+
+    let profile = plan.profile.then_some("");
+    let saturated = turns(plan, node, running, "saturation", profile, |r| {
+        spec(r, &log, plan.connections, plan.saturation_seconds, None)
+    })?;
+    let mut results: Vec<Results> = saturated
+        .into_iter()
+        .zip(running)
+        .map(|(t, r)| Results::saturated(r.kind.name(), t, plan.saturation_seconds))
+        .collect();
+
+    let slowest = slowest(&results, running)?;
     for fraction in RATE_FRACTIONS {
-        let offered = slowest * fraction;
-        let per_connection = ((offered / f64::from(plan.rate_connections)).round() as u32).max(1);
-        let mut samples: Vec<Vec<u64>> = vec![Vec::new(); n];
-        let mut achieved = vec![0.0; n];
-        for round in 0..plan.rounds {
-            for turn in 0..n {
-                let i = (turn + round) % n;
-                let r = &running[i];
-                let outcome = load::run(
-                    node,
-                    CLIENT.0,
-                    &spec(r, plan.rate_connections, plan.rate_seconds, Some(per_connection)),
-                )?;
-                achieved[i] += outcome.rps / plan.rounds as f64;
-                samples[i].extend(outcome.latencies_us);
-            }
-        }
-        let offered = f64::from(per_connection * plan.rate_connections);
+        let rate = per_connection(slowest, fraction, plan.rate_connections);
+        let rated = turns(plan, node, running, "fixed rate", None, |r| {
+            spec(r, &log, plan.rate_connections, plan.rate_seconds, Some(rate))
+        })?;
+        let offered = f64::from(rate * plan.rate_connections);
         eprintln!("bench: fixed rate {:.0}% of {slowest:.0} req/s = {offered:.0} req/s done", fraction * 100.0);
-        for (i, s) in samples.into_iter().enumerate() {
-            results[i].rates.push(latency(fraction, offered, achieved[i], s));
+        for (res, t) in results.iter_mut().zip(rated) {
+            res.rates.push(latency(fraction, offered, t.mean_rps(), t.latencies_us));
         }
     }
 
@@ -284,26 +410,42 @@ fn latency(fraction: f64, offered: f64, achieved: f64, mut samples: Vec<u64>) ->
     }
 }
 
+/// The user agent of the seed's beta testers.
+const BETA_AGENT: &str = "Mozilla/5.0 (beta-tester)";
+
+/// Answers to `n` requests by backend version (v1, v2) and a description for errors; the beta
+/// tester's user agent when `beta`.
+type Ask<'a> = dyn Fn(usize, bool) -> Result<(usize, usize, String)> + 'a;
+
 /// Checks that a contender does the seed's job: 90/10 for plain requests, v2 for beta testers.
-fn check_job(node: &Node, r: &Running) -> Result<()> {
+/// Plain HTTP contenders are asked by `pod load`; HTTPS ones by [`gateway::ask`].
+fn check_job(node: &Node, r: &Running, ask: Option<&Ask<'_>>) -> Result<()> {
     let target = r.target.to_string();
-    let base = ["--target", target.as_str(), "--host", HOST];
-    let plain = node.load(CLIENT.0, &[&base[..], &["-n", "400"]].concat())?;
-    let answered = plain.count("v1") + plain.count("v2");
-    if answered != 400 {
-        bail!("{}: {answered} of 400 requests answered by a backend: {plain:?}", r.kind.name());
+    let plain_ask = |n: usize, beta: bool| -> Result<(usize, usize, String)> {
+        let n = n.to_string();
+        let mut args = vec!["--target", target.as_str(), "--host", HOST, "-n", &n];
+        let agent = format!("user-agent: {BETA_AGENT}");
+        if beta {
+            args.extend(["-H", &agent]);
+        }
+        let report = node.load(CLIENT.0, &args)?;
+        Ok((report.count("v1"), report.count("v2"), format!("{report:?}")))
+    };
+    let ask = ask.unwrap_or(&plain_ask);
+    let (v1, v2, plain) = ask(400, false)?;
+    if v1 + v2 != 400 {
+        bail!("{}: {} of 400 requests answered by a backend: {plain}", r.kind.name(), v1 + v2);
     }
     if !r.routes {
         return Ok(());
     }
     // 400 draws at 10%: 40 ± 6 (σ); 12..=80 is far outside chance.
-    if !(12..=80).contains(&plain.count("v2")) {
-        bail!("{}: v2 answered {} of 400 plain requests, not ~10%", r.kind.name(), plain.count("v2"));
+    if !(12..=80).contains(&v2) {
+        bail!("{}: v2 answered {v2} of 400 plain requests, not ~10%", r.kind.name());
     }
-    let beta =
-        node.load(CLIENT.0, &[&base[..], &["-n", "40", "-H", "user-agent: Mozilla/5.0 (beta-tester)"]].concat())?;
-    if beta.count("v2") != 40 {
-        bail!("{}: beta testers reached v2 {} of 40 times: {beta:?}", r.kind.name(), beta.count("v2"));
+    let (_, v2, beta) = ask(40, true)?;
+    if v2 != 40 {
+        bail!("{}: beta testers reached v2 {v2} of 40 times: {beta}", r.kind.name());
     }
     Ok(())
 }

@@ -117,8 +117,7 @@ fn demo_gateway(mode: Mode) -> Result<String> {
 
     let scratch = std::env::temp_dir().join(format!("interceptor-demo-gateway-{}", std::process::id()));
     let credential = scratch.join("credentials/my-app-cert");
-    std::fs::create_dir_all(&credential)?;
-    let ca = certificates(&credential, "my-app.example.com")?;
+    let ca = crate::certificate::issue(&credential, "my-app.example.com")?;
     println!("demo: certificate for my-app.example.com (made now, rcgen) in {}", credential.display());
     let settings = scratch.join("agent.yaml");
     let base = std::fs::read_to_string(root.join("config/agent.yaml"))?;
@@ -189,23 +188,6 @@ fn demo_gateway(mode: Mode) -> Result<String> {
             (code == Some(0), "the agent did not exit 0 on SIGTERM"),
         ],
     ))
-}
-
-/// A CA and a server certificate for `name`: `tls.crt` and `tls.key` in `dir`; returns the CA's
-/// PEM file (written beside `dir`) for the client.
-fn certificates(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "interceptor demo CA");
-    let ca_key = rcgen::KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &ca, &ca_key)?;
-    std::fs::write(dir.join("tls.crt"), leaf.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-    let ca_file = dir.parent().context("credential directory")?.join("demo-ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
-    Ok(ca_file)
 }
 
 /// `DEMO OK v1=<n> v2=<n> beta_v2=<k>/<m>` when the split and the beta routing hold and every

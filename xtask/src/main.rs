@@ -3,6 +3,7 @@
 
 mod abuse;
 mod bench;
+mod certificate;
 mod cluster_bench;
 mod controlplane;
 mod demo;
@@ -74,7 +75,8 @@ enum Task {
         #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,1")]
         steps: Vec<f64>,
     },
-    /// Benchmark against Envoy, HAProxy, nginx and a direct connection (report in target/bench/).
+    /// Benchmark against Envoy, HAProxy, nginx and a direct connection, in front of the mesh and as
+    /// an HTTPS gateway (report in target/bench/).
     Bench {
         /// A few seconds per contender and 1,000 idle connections (what CI runs).
         #[arg(long)]
@@ -82,6 +84,9 @@ enum Task {
         /// Sample each proxy with perf during its first saturation turn (target/bench/run/profile-*.txt).
         #[arg(long)]
         profile: bool,
+        /// Run one phase only: `mesh` (captured plain HTTP) or `gateway` (HTTPS termination).
+        #[arg(long, value_enum)]
+        only: Option<bench::Phase>,
     },
 }
 
@@ -100,7 +105,7 @@ fn main() {
             let size = cluster_bench::Size { services, endpoints_per_service, virtual_services, changes };
             setup::run().and_then(|()| build()).and_then(|()| cluster_bench::run(&size, &steps))
         }
-        Task::Bench { quick, profile } => setup::run().and_then(|()| bench::run(quick, profile)),
+        Task::Bench { quick, profile, only } => setup::run().and_then(|()| bench::run(quick, profile, only)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -147,7 +152,7 @@ fn test() -> Result<()> {
     total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
     // The quick bench keeps the harness from rotting: it fails only when the harness is broken
     // (a contender cannot start or does not do the job), never on a performance target.
-    bench::run(true, false).context("quick bench (cargo xtask bench --quick)")?;
+    bench::run(true, false, None).context("quick bench (cargo xtask bench --quick)")?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {} passed, {} failed", total.passed, total.failed);
     if total.passed == 0 {

@@ -145,6 +145,20 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
+    // rustls hands over all its pending TLS records as one vectored write; without these, the
+    // default would send only the first record per call, so one system call per record.
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -256,5 +270,21 @@ mod tests {
         let mut all = String::new();
         prefixed.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_socket_writes_every_buffer_of_a_vectored_write_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut prefixed = Prefixed::new(Vec::new(), client);
+        assert!(tokio::io::AsyncWrite::is_write_vectored(&prefixed));
+        let bufs = [std::io::IoSlice::new(b"first record "), std::io::IoSlice::new(b"second record")];
+        let written = tokio::io::AsyncWriteExt::write_vectored(&mut prefixed, &bufs).await.unwrap();
+        assert_eq!(written, 26, "both buffers in one write");
+        drop(prefixed);
+        let mut all = String::new();
+        server.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "first record second record");
     }
 }

@@ -118,6 +118,25 @@ impl Found {
     }
 }
 
+/// Whether every certificate and key a credential's entries hold parses (its CA keys as
+/// certificates too); the first one that does not, named by `origin` and key. What makes an
+/// updated Secret usable.
+///
+/// # Errors
+/// A certificate or key entry that does not parse.
+pub fn check_entries(origin: &str, entries: &Entries) -> Result<(), TlsError> {
+    let found = Found { entries: entries.clone(), origin: origin.to_owned() };
+    for key in entries.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k) {
+        let pem = found.pem(key);
+        if KEY_PAIRS.iter().any(|(cert, _)| cert == key) || CA_KEYS.contains(&key.as_str()) {
+            pem.certificates()?;
+        } else if KEY_PAIRS.iter().any(|(_, k)| k == key) {
+            pem.private_key()?;
+        }
+    }
+    Ok(())
+}
+
 impl Credentials {
     /// The files source: credentials in directories under `dir`.
     pub fn files(dir: impl Into<PathBuf>) -> Self {
@@ -274,6 +293,25 @@ mod tests {
         assert_eq!(c.ca("generic").unwrap().unwrap().origin, "Secret gw/generic key cacert");
         assert_eq!(c.key_pair("both").unwrap().certificate.bytes, b"c");
         assert_eq!(c.ca("both").unwrap(), None);
+    }
+
+    #[test]
+    fn entries_check_their_certificates_and_keys_and_ignore_other_keys() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let entries = |pairs: &[(&str, String)]| -> Entries {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone().into_bytes())).collect()
+        };
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        let good = entries(&[("tls.crt", cert.clone()), ("tls.key", key.clone()), ("note", "x".into())]);
+        assert!(check_entries("Secret gw/good", &good).is_ok());
+        assert!(check_entries("Secret gw/ca", &entries(&[("ca.crt", cert.clone())])).is_ok());
+        let bad_cert = entries(&[("cert", "nope".into()), ("key", key)]);
+        let err = check_entries("Secret gw/bad", &bad_cert).unwrap_err();
+        assert!(err.message.contains("Secret gw/bad key cert"), "{err}");
+        let bad_key = entries(&[("tls.crt", cert), ("tls.key", "nope".into())]);
+        let err = check_entries("Secret gw/bad", &bad_key).unwrap_err();
+        assert!(err.message.contains("Secret gw/bad key tls.key"), "{err}");
     }
 
     #[test]

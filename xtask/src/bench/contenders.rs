@@ -1,13 +1,14 @@
 //! The contenders and their configs: every proxy does the seed's job (user agents matching
 //! `beta-tester` go to v2, everyone else 90/10 between v1 and v2) over the same three backends,
-//! with one worker thread and no access log.
+//! with one worker thread and no access log — in front of the mesh (plain HTTP; the interceptor
+//! through the capture path) or as an HTTPS gateway (TLS terminated with one certificate).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use testbed::wait_for_listener;
 use testbed::{Node, GATEWAY};
 
@@ -19,6 +20,43 @@ pub const BACKENDS: [(&str, [u8; 4], &str); 3] =
 /// Where the load generator runs.
 pub const CLIENT: (&str, [u8; 4]) = ("client", [10, 244, 0, 10]);
 const INTERCEPTOR_PORT: u16 = 15001;
+/// The HTTPS port of config/gateway's Gateway, which the interceptor serves in the gateway phase.
+const GATEWAY_PORT: u16 = 8443;
+/// The host name config/gateway's Gateway serves: the SNI and Host of gateway requests.
+pub const GATEWAY_HOST: &str = "my-app.example.com";
+
+/// What the proxies front.
+#[derive(Clone, Copy, Debug)]
+pub enum Front<'a> {
+    /// Captured mesh traffic over plain HTTP.
+    Mesh,
+    /// HTTPS from outside the mesh, terminated with this certificate.
+    Gateway(&'a Certificate),
+}
+
+impl std::fmt::Display for Front<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Front::Mesh => "mesh",
+            Front::Gateway(_) => "gateway",
+        })
+    }
+}
+
+/// The gateway certificate's files, one set read by every proxy.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// The `credentials` directory of the interceptor's settings (`<name>/tls.crt`, `tls.key`).
+    pub credentials: PathBuf,
+    /// Leaf certificate (PEM).
+    pub chain: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Both in one file, as HAProxy's `crt` reads them.
+    pub combined: PathBuf,
+    /// The CA that signed it, for clients that verify.
+    pub ca: PathBuf,
+}
 
 /// Who serves the requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,19 +83,24 @@ impl Kind {
         }
     }
 
-    /// The node-side listener of the third-party proxies.
-    fn listen(self) -> SocketAddrV4 {
-        let port = match self {
-            Kind::Envoy => 15101,
-            Kind::Haproxy => 15102,
-            Kind::Nginx => 15103,
-            Kind::Direct | Kind::Interceptor => INTERCEPTOR_PORT,
+    /// The node-side listener of the third-party proxies (and the interceptor's gateway).
+    fn listen(self, front: Front<'_>) -> SocketAddrV4 {
+        let port = match (self, front) {
+            (Kind::Envoy, Front::Mesh) => 15101,
+            (Kind::Haproxy, Front::Mesh) => 15102,
+            (Kind::Nginx, Front::Mesh) => 15103,
+            (Kind::Envoy, Front::Gateway(_)) => 15111,
+            (Kind::Haproxy, Front::Gateway(_)) => 15112,
+            (Kind::Nginx, Front::Gateway(_)) => 15113,
+            (Kind::Interceptor, Front::Gateway(_)) => GATEWAY_PORT,
+            (Kind::Direct | Kind::Interceptor, Front::Mesh) | (Kind::Direct, Front::Gateway(_)) => INTERCEPTOR_PORT,
         };
         SocketAddrV4::new(GATEWAY, port)
     }
 }
 
 /// A started contender.
+#[derive(Clone, Debug)]
 pub struct Running {
     pub kind: Kind,
     /// The proxy process (none for direct).
@@ -68,6 +111,8 @@ pub struct Running {
     pub captured: bool,
     /// Only the direct contender skips routing (it always reaches one v1 backend).
     pub routes: bool,
+    /// HTTPS with this SNI and Host (gateway contenders); `None`: plain HTTP.
+    pub sni: Option<&'static str>,
 }
 
 /// Paths of the tools, found or installed by the bench setup.
@@ -81,30 +126,60 @@ fn backend(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(BACKENDS[i].1), 8080)
 }
 
-/// Starts `kind` in the node namespace with its config under `dir`.
+/// The interceptor's config: `config/mesh`'s directory, or for the gateway a directory under
+/// `dir` with config/mesh's and config/gateway's files together.
+fn interceptor_config(front: Front<'_>, mesh: &Path, dir: &Path) -> Result<PathBuf> {
+    let Front::Gateway(_) = front else { return Ok(mesh.to_path_buf()) };
+    let combined = dir.join("gateway-config");
+    std::fs::create_dir_all(&combined)?;
+    let gateway = mesh.parent().context("config/mesh has a parent")?.join("gateway");
+    for source in [mesh, gateway.as_path()] {
+        for entry in std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))? {
+            let path = entry?.path();
+            std::fs::copy(&path, combined.join(path.file_name().context("file name")?))?;
+        }
+    }
+    Ok(combined)
+}
+
+/// Starts `kind` in the node namespace with its config under `dir`, fronting `front`.
 ///
 /// # Errors
 /// The process cannot start or does not listen within 30 s; the error carries its log.
-pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path) -> Result<Running> {
+pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh: &Path, dir: &Path) -> Result<Running> {
     std::fs::create_dir_all(dir)?;
-    let log = dir.join(format!("{}.log", kind.name()));
+    let suffix = match front {
+        Front::Mesh => "",
+        Front::Gateway(_) => "-gateway",
+    };
+    let log = dir.join(format!("{}{suffix}.log", kind.name()));
+    let listen_at = kind.listen(front);
     let (program, args, env): (PathBuf, Vec<String>, Vec<(&str, &str)>) = match kind {
         Kind::Direct => {
             let target = SocketAddr::V4(backend(0));
-            return Ok(Running { kind, pid: None, target, captured: false, routes: false });
+            return Ok(Running { kind, pid: None, target, captured: false, routes: false, sni: None });
         }
         Kind::Interceptor => {
             let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INTERCEPTOR_PORT).to_string();
             // The other proxies have no connection cap; lift ours (10,000 by default) above the
             // idle-connection phase so it measures memory, not the cap.
-            let settings = dir.join("interceptor.yaml");
-            std::fs::write(&settings, "limits:\n  maxConnections: 50000\n")?;
+            let settings = dir.join(format!("interceptor{suffix}.yaml"));
+            let mut text = String::from("limits:\n  maxConnections: 50000\n");
+            if let Front::Gateway(cert) = front {
+                // config/gateway's Gateway on the node's address, as `cargo xtask demo --gateway`.
+                text.push_str(&format!(
+                    "gatewayAddress: {GATEWAY}\nlabels: {{istio: ingressgateway}}\ncredentials: {}\n",
+                    cert.credentials.display()
+                ));
+            }
+            std::fs::write(&settings, text)?;
+            let config = interceptor_config(front, mesh, dir)?;
             let args = vec![
                 "run".into(),
                 "--settings".into(),
                 settings.display().to_string(),
                 "--config".into(),
-                mesh.display().to_string(),
+                config.display().to_string(),
                 "--cgroup".into(),
                 node.cgroup().display().to_string(),
                 "--bpffs".into(),
@@ -112,15 +187,15 @@ pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path
                 "--listen".into(),
                 listen,
                 "--redirect".into(),
-                kind.listen().to_string(),
+                Kind::Interceptor.listen(Front::Mesh).to_string(),
             ];
             // No access log, as for the others; one worker thread, as for the others.
             let env = vec![("RUST_LOG", "warn,interceptor=info"), ("TOKIO_WORKER_THREADS", "1")];
             (testbed::workspace_binary("interceptor"), args, env)
         }
         Kind::Envoy => {
-            let conf = dir.join("envoy.yaml");
-            std::fs::write(&conf, envoy_config(kind.listen()))?;
+            let conf = dir.join(format!("envoy{suffix}.yaml"));
+            std::fs::write(&conf, envoy_config(listen_at, front))?;
             let args =
                 ["-c", &conf.display().to_string(), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"]
                     .map(String::from)
@@ -128,15 +203,18 @@ pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path
             (tools.envoy.clone(), args, Vec::new())
         }
         Kind::Haproxy => {
-            let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_config(kind.listen()))?;
+            let conf = dir.join(format!("haproxy{suffix}.cfg"));
+            std::fs::write(&conf, haproxy_config(listen_at, front))?;
             (tools.haproxy.clone(), vec!["-db".into(), "-f".into(), conf.display().to_string()], Vec::new())
         }
         Kind::Nginx => {
+            if let Front::Gateway(_) = front {
+                bail!("nginx is not a gateway contender");
+            }
             let prefix = dir.join("nginx");
             std::fs::create_dir_all(prefix.join("logs"))?;
             let conf = prefix.join("nginx.conf");
-            std::fs::write(&conf, nginx_config(kind.listen(), &prefix))?;
+            std::fs::write(&conf, nginx_config(listen_at, &prefix))?;
             let args = ["-p", &prefix.display().to_string(), "-c", &conf.display().to_string(), "-e", "stderr"]
                 .map(String::from)
                 .to_vec();
@@ -149,10 +227,11 @@ pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path
     cmd.envs(env).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
     let pid = node.spawn(cmd)?;
     let netns = node.node_netns();
-    let listen = kind.listen().to_string();
+    let listen = listen_at.to_string();
     let listening = wait_until(pid, Duration::from_secs(30), || {
         if kind == Kind::Interceptor {
             std::fs::read_to_string(&log).is_ok_and(|t| t.contains("agent ready"))
+                && (matches!(front, Front::Mesh) || wait_for_listener(&netns, &listen, Duration::ZERO).is_ok())
         } else {
             wait_for_listener(&netns, &listen, Duration::ZERO).is_ok()
         }
@@ -161,11 +240,12 @@ pub fn start(node: &mut Node, kind: Kind, tools: &Tools, mesh: &Path, dir: &Path
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         bail!("{} did not start: {err:#}\n{text}", kind.name());
     }
-    let (target, captured) = match kind {
-        Kind::Interceptor => (SocketAddr::V4(VIP), true),
-        _ => (SocketAddr::V4(kind.listen()), false),
+    let (target, captured, sni) = match (kind, front) {
+        (Kind::Interceptor, Front::Mesh) => (SocketAddr::V4(VIP), true, None),
+        (_, Front::Mesh) => (SocketAddr::V4(listen_at), false, None),
+        (_, Front::Gateway(_)) => (SocketAddr::V4(listen_at), false, Some(GATEWAY_HOST)),
     };
-    Ok(Running { kind, pid: Some(pid), target, captured, routes: true })
+    Ok(Running { kind, pid: Some(pid), target, captured, routes: true, sni })
 }
 
 /// Polls `ready` until it holds, `pid` exits, or `timeout` passes.
@@ -205,7 +285,9 @@ pub fn stop(node: &mut Node, running: &Running) {
 }
 
 /// Envoy: weighted clusters and a header regex, LEAST_REQUEST inside a subset (Istio's default).
-pub fn envoy_config(listen: SocketAddrV4) -> String {
+/// As a gateway, as Istio configures its gateway Envoy: the TLS inspector, a filter chain for the
+/// Gateway's server name with the certificate, and the virtual host of that name.
+pub fn envoy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
     let endpoints = |idx: &[usize]| {
         idx.iter()
             .map(|&i| {
@@ -218,21 +300,47 @@ pub fn envoy_config(listen: SocketAddrV4) -> String {
             })
             .collect::<String>()
     };
+    let (listener_filters, chain_match, transport, domains) = match front {
+        Front::Mesh => (String::new(), String::new(), String::new(), r#"["*"]"#.to_owned()),
+        Front::Gateway(cert) => (
+            "    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
+"
+            .to_owned(),
+            format!("    - filter_chain_match: {{server_names: [{GATEWAY_HOST}]}}\n      filters:\n"),
+            format!(
+                r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{filename: {chain}}}
+              private_key: {{filename: {key}}}
+"#,
+                chain = cert.chain.display(),
+                key = cert.key.display(),
+            ),
+            format!(r#"["{GATEWAY_HOST}", "{GATEWAY_HOST}:*"]"#),
+        ),
+    };
+    let chain_start = if chain_match.is_empty() { "    - filters:\n".to_owned() } else { chain_match };
     format!(
         r#"static_resources:
   listeners:
   - name: bench
     address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
+{listener_filters}    filter_chains:
+{chain_start}      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           route_config:
             virtual_hosts:
             - name: my-app
-              domains: ["*"]
+              domains: {domains}
               routes:
               - match:
                   prefix: "/"
@@ -249,7 +357,7 @@ pub fn envoy_config(listen: SocketAddrV4) -> String {
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+{transport}  clusters:
   - name: v1
     type: STATIC
     connect_timeout: 10s
@@ -274,8 +382,14 @@ pub fn envoy_config(listen: SocketAddrV4) -> String {
     )
 }
 
-/// HAProxy: the header rule as an ACL, the 90/10 split as server weights (45+45 : 10).
-pub fn haproxy_config(listen: SocketAddrV4) -> String {
+/// HAProxy: the header rule as an ACL, the 90/10 split as server weights (45+45 : 10). As a
+/// gateway: `ssl crt` with the certificate, ALPN as the others offer it, and `strict-sni` so that
+/// a name without a certificate is refused, as the other gateways refuse it.
+pub fn haproxy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
+    let tls = match front {
+        Front::Mesh => String::new(),
+        Front::Gateway(cert) => format!(" ssl crt {} alpn h2,http/1.1 strict-sni", cert.combined.display()),
+    };
     format!(
         "global
   nbthread 1
@@ -292,7 +406,7 @@ defaults
   timeout http-keep-alive 300s
 
 frontend bench
-  bind {listen}
+  bind {listen}{tls}
   acl beta req.hdr(user-agent) -m reg beta-tester
   use_backend v2 if beta
   default_backend split
@@ -358,14 +472,34 @@ mod tests {
     #[test]
     fn every_config_carries_the_header_rule_and_the_split() {
         let listen = SocketAddrV4::new(GATEWAY, 1);
-        let envoy = envoy_config(listen);
+        let envoy = envoy_config(listen, Front::Mesh);
         assert!(envoy.contains(".*beta-tester.*") && envoy.contains("weight: 90") && envoy.contains("weight: 10"));
         assert!(["10.244.0.11", "10.244.0.12", "10.244.0.13"].iter().all(|ip| envoy.contains(ip)), "{envoy}");
-        let haproxy = haproxy_config(listen);
+        let haproxy = haproxy_config(listen, Front::Mesh);
         assert!(
             haproxy.contains("-m reg beta-tester") && haproxy.contains("weight 45") && haproxy.contains("weight 10")
         );
         let nginx = nginx_config(listen, Path::new("/x"));
         assert!(nginx.contains("~beta-tester") && nginx.contains("90% v1") && nginx.contains("split_clients"));
+    }
+
+    #[test]
+    fn gateway_configs_terminate_tls_with_the_one_certificate() {
+        let listen = SocketAddrV4::new(GATEWAY, 1);
+        let cert = Certificate {
+            credentials: "/c".into(),
+            chain: "/c/my-app-cert/tls.crt".into(),
+            key: "/c/my-app-cert/tls.key".into(),
+            combined: "/c/combined.pem".into(),
+            ca: "/c/ca.pem".into(),
+        };
+        let envoy = envoy_config(listen, Front::Gateway(&cert));
+        assert!(
+            envoy.contains("filename: /c/my-app-cert/tls.crt") && envoy.contains("filename: /c/my-app-cert/tls.key")
+        );
+        assert!(envoy.contains("server_names: [my-app.example.com]") && envoy.contains("weight: 90"), "{envoy}");
+        assert!(!envoy_config(listen, Front::Mesh).contains("transport_socket"));
+        let haproxy = haproxy_config(listen, Front::Gateway(&cert));
+        assert!(haproxy.contains("bind 10.244.0.1:1 ssl crt /c/combined.pem alpn h2,http/1.1 strict-sni"), "{haproxy}");
     }
 }

@@ -1,5 +1,6 @@
-//! The load generator: h2load (nghttp2-client) speaking HTTP/1.1 with keep-alive from the client
-//! pod, at saturation or at a fixed rate, with per-request latencies from its log file.
+//! The load generator: h2load (nghttp2-client) speaking HTTP/1.1 — plain or over TLS 1.3, with
+//! keep-alive or a new connection per request — from the client pod, at saturation or at a fixed
+//! rate, with per-request latencies from its log file.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,6 +12,11 @@ use testbed::Node;
 
 /// Where h2load lives (Debian's nghttp2-client).
 pub const H2LOAD: &str = "/usr/bin/h2load";
+/// The one TLS 1.3 cipher suite every HTTPS contender is offered, so that all do the same work
+/// (servers would otherwise pick by their own preferences).
+pub const TLS13_CIPHER: &str = "TLS_AES_128_GCM_SHA256";
+/// The one key-exchange group offered.
+pub const TLS_GROUP: &str = "X25519";
 
 /// One load run.
 pub struct Spec<'a> {
@@ -22,8 +28,16 @@ pub struct Spec<'a> {
     pub connections: u32,
     /// Measured duration.
     pub duration: Duration,
+    /// Send this many requests instead of loading for `duration` (h2load 1.52 never ends a
+    /// timed run whose connections close after each request: it keeps reconnecting).
+    pub requests: Option<u64>,
     /// Requests per second per connection; `None`: as fast as the target answers.
     pub rate_per_connection: Option<u32>,
+    /// HTTPS with this SNI and Host (TLS 1.3, [`TLS13_CIPHER`]); `None`: plain HTTP.
+    pub sni: Option<&'a str>,
+    /// `connection: close` on every request: each request on a new connection (and, over TLS,
+    /// after a full handshake — this h2load resumes no session).
+    pub new_connections: bool,
     /// Per-request log (start, status, µs).
     pub log: &'a Path,
 }
@@ -37,6 +51,18 @@ pub struct Outcome {
     pub done: u64,
     /// Latencies of the 2xx answers, µs.
     pub latencies_us: Vec<u64>,
+    /// What TLS the first connection negotiated (HTTPS runs).
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS h2load reports for its first connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TlsInfo {
+    pub protocol: String,
+    pub cipher: String,
+    /// The server's key-exchange key (`X25519 253 bits`).
+    pub key_exchange: String,
+    pub alpn: String,
 }
 
 /// Runs h2load from pod `client` of `node`.
@@ -48,13 +74,28 @@ pub fn run(node: &Node, client: &str, spec: &Spec<'_>) -> Result<Outcome> {
     let secs = spec.duration.as_secs().max(1).to_string();
     let conns = spec.connections.to_string();
     let log = spec.log.display().to_string();
-    let url = format!("http://{}/", spec.target);
     let mut args: Vec<String> =
-        ["--h1", "-t", "1", "-c", &conns, "-m", "1", "-D", &secs, "--log-file", &log].map(String::from).to_vec();
+        ["--h1", "-t", "1", "-c", &conns, "-m", "1", "--log-file", &log].map(String::from).to_vec();
+    match spec.requests {
+        Some(n) => args.extend(["-n".into(), n.to_string()]),
+        None => args.extend(["-D".into(), secs]),
+    }
     if let Some(r) = spec.rate_per_connection {
         args.push(format!("--rps={r}"));
     }
-    args.push(url);
+    if spec.new_connections {
+        args.extend(["-H".into(), "connection: close".into()]);
+    }
+    match spec.sni {
+        None => args.push(format!("http://{}/", spec.target)),
+        Some(host) => {
+            // The URL's host is the SNI and the Host header; --connect-to says where to connect.
+            args.push(format!("--connect-to={}", spec.target));
+            args.push(format!("--tls13-ciphers={TLS13_CIPHER}"));
+            args.push(format!("--groups={TLS_GROUP}"));
+            args.push(format!("https://{host}/"));
+        }
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = node
         .command_in(&node.pod_netns(client), spec.captured, Path::new(H2LOAD), &args)
@@ -79,7 +120,22 @@ pub fn run(node: &Node, client: &str, spec: &Spec<'_>) -> Result<Outcome> {
     let log_text = std::fs::read_to_string(spec.log).with_context(|| format!("reading {log}"))?;
     let latencies_us = parse_log(&log_text);
     let _ = std::fs::remove_file(spec.log);
-    Ok(Outcome { rps: summary.rps, done: summary.done, latencies_us })
+    let tls = parse_tls(&text);
+    if spec.sni.is_some() && tls.is_none() {
+        bail!("h2load reported no TLS for {}:\n{text}", spec.target);
+    }
+    Ok(Outcome { rps: summary.rps, done: summary.done, latencies_us, tls })
+}
+
+/// Reads `TLS Protocol: …`, `Cipher: …`, `Server Temp Key: …` and `Application protocol: …`.
+fn parse_tls(text: &str) -> Option<TlsInfo> {
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned());
+    Some(TlsInfo {
+        protocol: field("TLS Protocol: ")?,
+        cipher: field("Cipher: ")?,
+        key_exchange: field("Server Temp Key: ").unwrap_or_default(),
+        alpn: field("Application protocol: ").unwrap_or_default(),
+    })
 }
 
 #[derive(Debug, PartialEq)]
@@ -147,6 +203,15 @@ traffic: 27.05MB (28361430) total, 3.00MB (3143701) headers (space savings 0.00%
         let s = parse_summary(OUTPUT).unwrap();
         assert_eq!(s, Summary { rps: 12990.5, done: 25981, failed: 1, non_2xx: 1 });
         assert_eq!(parse_summary("nothing"), None);
+    }
+
+    #[test]
+    fn reads_the_negotiated_tls() {
+        let text = "TLS Protocol: TLSv1.3\nCipher: TLS_AES_128_GCM_SHA256\nServer Temp Key: X25519 253 bits\nApplication protocol: http/1.1\n";
+        let tls = parse_tls(&format!("starting benchmark...\n{text}{OUTPUT}")).unwrap();
+        assert_eq!((tls.protocol.as_str(), tls.cipher.as_str()), ("TLSv1.3", "TLS_AES_128_GCM_SHA256"));
+        assert_eq!((tls.key_exchange.as_str(), tls.alpn.as_str()), ("X25519 253 bits", "http/1.1"));
+        assert_eq!(parse_tls(OUTPUT), None);
     }
 
     #[test]

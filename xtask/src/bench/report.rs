@@ -1,5 +1,5 @@
-//! The bench report: a markdown table and JSON under `target/bench/`, ratios of the interceptor
-//! against each proxy from the same run, and the closing `BENCH …` line.
+//! The bench report: markdown tables and JSON under `target/bench/`, ratios of the interceptor
+//! against each proxy from the same run (mesh, then gateway), and the closing `BENCH …` line.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,41 +7,81 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::{Latency, Plan, Results};
+use super::gateway::RATE_FRACTION;
+use super::{GatewayResults, Latency, Plan, Results};
 
 /// Added latency below this (µs) counts as this much in ratios.
 const ADDED_FLOOR_US: i64 = 50;
 
-/// Writes `report.md` and `report.json` into `dir`, prints the table, and prints the `BENCH` line last.
+/// Writes `report.md` and `report.json` into `dir` for the phases that ran, prints the tables,
+/// and prints the `BENCH` line last.
 ///
 /// # Errors
 /// The files cannot be written, or a contender is missing from the results.
-pub fn write(plan: &Plan, results: &[Results], dir: &Path) -> Result<()> {
-    let get = |name: &str| results.iter().find(|r| r.name == name).with_context(|| format!("no results for {name}"));
-    let (direct, me, envoy) = (get("direct")?, get("interceptor")?, get("envoy")?);
-    let markdown = markdown(plan, results, direct, me);
-    let ratios: Vec<_> = results
-        .iter()
-        .filter(|r| r.name != "direct" && r.name != "interceptor")
-        .map(|other| (other.name.clone(), Ratios::of(me, other, direct)))
-        .collect();
-    let json = json!({
-        "plan": plan,
-        "results": results,
-        "interceptor_vs": ratios.iter().map(|(n, r)| (n.clone(), json!(r))).collect::<serde_json::Map<_, _>>(),
-    });
+pub fn write(plan: &Plan, mesh: Option<&[Results]>, gateway: Option<&[GatewayResults]>, dir: &Path) -> Result<()> {
+    let mut markdown = String::new();
+    let mut json = serde_json::Map::new();
+    json.insert("plan".into(), json!(plan));
+    let mut bench = Vec::new();
+    if let Some(results) = mesh {
+        let get =
+            |name: &str| results.iter().find(|r| r.name == name).with_context(|| format!("no results for {name}"));
+        let (direct, me, envoy) = (get("direct")?, get("interceptor")?, get("envoy")?);
+        markdown.push_str(&mesh_markdown(plan, results, direct, me));
+        let ratios: serde_json::Map<_, _> = results
+            .iter()
+            .filter(|r| r.name != "direct" && r.name != "interceptor")
+            .map(|other| (other.name.clone(), json!(Ratios::of(me, other, direct))))
+            .collect();
+        json.insert("results".into(), json!(results));
+        json.insert("interceptor_vs".into(), json!(ratios));
+        let vs_envoy = Ratios::of(me, envoy, direct);
+        bench.push(format!("rps_vs_envoy={}", fmt_ratio(vs_envoy.rps)));
+        bench.push(format!("p99_added_vs_envoy={}", fmt_ratio(vs_envoy.p99_added_at_50)));
+        bench.push(format!("rss_idle_vs_envoy={}", fmt_ratio(vs_envoy.rss_idle)));
+    }
+    if let Some(results) = gateway {
+        let get = |name: &str| {
+            results.iter().find(|r| r.name == name).with_context(|| format!("no gateway results for {name}"))
+        };
+        let (direct, me) = (get("direct")?, get("interceptor")?);
+        if !markdown.is_empty() {
+            markdown.push('\n');
+        }
+        markdown.push_str(&gateway_markdown(plan, results, direct, me));
+        let ratios: serde_json::Map<_, _> = results
+            .iter()
+            .filter(|r| r.name != "direct" && r.name != "interceptor")
+            .map(|other| (other.name.clone(), json!(GatewayRatios::of(me, other, direct))))
+            .collect();
+        json.insert("gateway".into(), json!({ "results": results, "interceptor_vs": ratios }));
+        for peer in ["envoy", "haproxy"] {
+            let x = GatewayRatios::of(me, get(peer)?, direct);
+            bench.push(format!("gw_rps_per_core_vs_{peer}={}", fmt_ratio(x.rps_per_core)));
+            bench.push(format!("gw_p99_added_vs_{peer}={}", fmt_ratio(x.p99_added)));
+            bench.push(format!("gw_handshakes_vs_{peer}={}", fmt_ratio(x.handshakes)));
+        }
+    }
     std::fs::write(dir.join("report.md"), &markdown)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
     println!("{markdown}");
     println!("bench: wrote {} and {}", dir.join("report.md").display(), dir.join("report.json").display());
-    let vs_envoy = Ratios::of(me, envoy, direct);
-    println!(
-        "BENCH rps_vs_envoy={} p99_added_vs_envoy={} rss_idle_vs_envoy={}",
-        fmt_ratio(vs_envoy.rps),
-        fmt_ratio(vs_envoy.p99_added_at_50),
-        fmt_ratio(vs_envoy.rss_idle)
-    );
+    println!("BENCH {}", bench.join(" "));
     Ok(())
+}
+
+/// The ratio `a ÷ b` when both are known and `b` is positive.
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// p99 added over direct at `fraction`, floored at [`ADDED_FLOOR_US`] for ratios.
+fn added_for_ratio(r: &Results, direct: &Results, fraction: f64) -> Option<f64> {
+    // Below 50 µs the difference is noise on a shared machine; the floor keeps the ratio finite.
+    added_p99(r, direct, fraction).map(|us| us.max(ADDED_FLOOR_US) as f64)
 }
 
 /// Interceptor ÷ another contender.
@@ -55,23 +95,49 @@ struct Ratios {
 
 impl Ratios {
     fn of(me: &Results, other: &Results, direct: &Results) -> Ratios {
-        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        // Below 50 µs the difference is noise on a shared machine; the floor keeps the ratio finite.
-        let added = |r: &Results| added_p99(r, direct, 0.5).map(|us| us.max(ADDED_FLOOR_US) as f64);
         Ratios {
             rps: div(Some(me.rps()), Some(other.rps())),
             rps_per_core: div(me.rps_per_core(), other.rps_per_core()),
-            p99_added_at_50: div(added(me), added(other)),
+            p99_added_at_50: div(added_for_ratio(me, direct, 0.5), added_for_ratio(other, direct, 0.5)),
             rss_idle: div(me.rss_idle_kib.map(|k| k as f64), other.rss_idle_kib.map(|k| k as f64)),
+        }
+    }
+}
+
+/// Interceptor ÷ another gateway.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct GatewayRatios {
+    /// Keep-alive req/s at saturation.
+    rps: Option<f64>,
+    rps_per_core: Option<f64>,
+    /// p99 added over direct at the fixed rate.
+    p99_added: Option<f64>,
+    /// Handshakes per second (a new connection per request).
+    handshakes: Option<f64>,
+    handshakes_per_core: Option<f64>,
+}
+
+impl GatewayRatios {
+    fn of(me: &GatewayResults, other: &GatewayResults, direct: &GatewayResults) -> GatewayRatios {
+        let added = |g: &GatewayResults| added_for_ratio(&g.keep_alive, &direct.keep_alive, RATE_FRACTION);
+        GatewayRatios {
+            rps: div(Some(me.keep_alive.rps()), Some(other.keep_alive.rps())),
+            rps_per_core: div(me.keep_alive.rps_per_core(), other.keep_alive.rps_per_core()),
+            p99_added: div(added(me), added(other)),
+            handshakes: div(Some(me.handshakes.rps()), Some(other.handshakes.rps())),
+            handshakes_per_core: div(me.handshakes.rps_per_core(), other.handshakes.rps_per_core()),
         }
     }
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "nan".into(), |r| format!("{r:.2}"))
+}
+
+/// A table row: `name`, then each ratio.
+fn ratio_row(md: &mut String, name: &str, ratios: &[Option<f64>]) {
+    let cells: Vec<String> = ratios.iter().map(|r| fmt_ratio(*r)).collect();
+    let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
 }
 
 fn at(r: &Results, fraction: f64) -> Option<&Latency> {
@@ -91,7 +157,20 @@ fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "–".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
-fn markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Results) -> String {
+/// Met, not met, or not measured.
+fn target(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    }
+}
+
+fn per_core(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:.0}"))
+}
+
+fn mesh_markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -123,7 +202,7 @@ fn markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Results) ->
             "| {} | {:.0} | {} | {} | {} / {} / {} | {} | {} | {} | {} |",
             r.name,
             r.rps(),
-            r.rps_per_core().map_or_else(|| "–".into(), |v| format!("{v:.0}")),
+            per_core(r.rps_per_core()),
             r.cpu_per_1k().map_or_else(|| "–".into(), |v| format!("{v:.3}")),
             ms(s.p50_us),
             ms(s.p90_us),
@@ -141,21 +220,8 @@ fn markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Results) ->
     md.push_str("| vs | req/s | req/s per core | added p99 at 50% | RSS idle |\n|---|---:|---:|---:|---:|\n");
     for other in results.iter().filter(|r| r.name != "direct" && r.name != "interceptor") {
         let x = Ratios::of(me, other, direct);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} |",
-            other.name,
-            fmt_ratio(x.rps),
-            fmt_ratio(x.rps_per_core),
-            fmt_ratio(x.p99_added_at_50),
-            fmt_ratio(x.rss_idle)
-        );
+        ratio_row(&mut md, &other.name, &[x.rps, x.rps_per_core, x.p99_added_at_50, x.rss_idle]);
     }
-    let target = |ok: Option<bool>| match ok {
-        Some(true) => "met",
-        Some(false) => "NOT met",
-        None => "not measured",
-    };
     let envoy = results.iter().find(|r| r.name == "envoy");
     let haproxy = results.iter().find(|r| r.name == "haproxy");
     if let (Some(envoy), Some(haproxy)) = (envoy, haproxy) {
@@ -166,6 +232,72 @@ fn markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Results) ->
         let _ = writeln!(md, "- added p99 at 50% load ≤ 0.5× Envoy: {}", target(e.p99_added_at_50.map(|x| x <= 0.5)));
         let _ = writeln!(md, "- RSS with idle connections ≤ 0.5× Envoy: {}", target(e.rss_idle.map(|x| x <= 0.5)));
         let _ = writeln!(md, "- req/s ≥ 1.0× HAProxy: {}", target(h.rps.map(|x| x >= 1.0)));
+    }
+    md
+}
+
+fn gateway_markdown(plan: &Plan, results: &[GatewayResults], direct: &GatewayResults, me: &GatewayResults) -> String {
+    let mut md = String::new();
+    let tls =
+        me.tls.as_ref().map_or_else(String::new, |t| format!("{} {}, {}, ", t.protocol, t.cipher, t.key_exchange));
+    let _ = writeln!(
+        md,
+        "## Gateway: HTTPS terminated ({tls}ECDSA P-256 certificate; h2load HTTP/1.1 from outside the mesh; {} turns of {} s; {} connections at saturation, {} at the fixed rate)\n",
+        plan.rounds, plan.gateway_seconds, plan.connections, plan.rate_connections,
+    );
+    let _ = writeln!(
+        md,
+        "| contender | keep-alive req/s | req/s per proxy core | p50 / p90 / p99 ms at saturation | p99 ms at {pct:.0}% | added p99 ms at {pct:.0}% | handshakes/s | handshakes per proxy core |",
+        pct = RATE_FRACTION * 100.0
+    );
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for g in results {
+        let (k, h) = (&g.keep_alive, &g.handshakes);
+        let is_direct = g.name == "direct";
+        let dash = || "–".to_owned();
+        let s = &k.saturation;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            if is_direct { "direct (plain HTTP, baseline)" } else { g.name.as_str() },
+            if is_direct { dash() } else { format!("{:.0}", k.rps()) },
+            per_core(k.rps_per_core()),
+            if is_direct { dash() } else { format!("{} / {} / {}", ms(s.p50_us), ms(s.p90_us), ms(s.p99_us)) },
+            at(k, RATE_FRACTION).map_or_else(dash, |l| ms(l.p99_us)),
+            if is_direct {
+                dash()
+            } else {
+                added_p99(k, &direct.keep_alive, RATE_FRACTION)
+                    .map_or_else(dash, |us| format!("{:.2}", us as f64 / 1000.0))
+            },
+            if is_direct { dash() } else { format!("{:.0}", h.rps()) },
+            per_core(h.rps_per_core()),
+        );
+    }
+    if let Some(l) = at(&direct.keep_alive, RATE_FRACTION) {
+        let _ = writeln!(md, "\nFixed rate: {:.0} req/s offered.", l.offered_rps);
+    }
+    let _ = writeln!(md, "\n### Interceptor ÷ each gateway (same run)\n");
+    md.push_str("| vs | req/s | req/s per core | added p99 | handshakes/s | handshakes per core |\n|---|---:|---:|---:|---:|---:|\n");
+    for other in results.iter().filter(|r| r.name != "direct" && r.name != "interceptor") {
+        let x = GatewayRatios::of(me, other, direct);
+        let ratios = [x.rps, x.rps_per_core, x.p99_added, x.handshakes, x.handshakes_per_core];
+        ratio_row(&mut md, &other.name, &ratios);
+    }
+    let envoy = results.iter().find(|r| r.name == "envoy");
+    let haproxy = results.iter().find(|r| r.name == "haproxy");
+    if let (Some(envoy), Some(haproxy)) = (envoy, haproxy) {
+        let (e, h) = (GatewayRatios::of(me, envoy, direct), GatewayRatios::of(me, haproxy, direct));
+        let _ = writeln!(md, "\n### Gateway targets (ahead of Envoy, at HAProxy's level or better)\n");
+        let above = |x: Option<f64>, floor: f64| target(x.map(|x| x > floor));
+        let at_least = |x: Option<f64>| target(x.map(|x| x >= 1.0));
+        let at_most = |x: Option<f64>, ceiling: f64| target(x.map(|x| x <= ceiling));
+        let _ = writeln!(md, "- req/s per proxy core > 1.0× Envoy: {}", above(e.rps_per_core, 1.0));
+        let _ = writeln!(md, "- req/s per proxy core ≥ 1.0× HAProxy: {}", at_least(h.rps_per_core));
+        let _ = writeln!(md, "- added p99 < 1.0× Envoy: {}", target(e.p99_added.map(|x| x < 1.0)));
+        let _ = writeln!(md, "- added p99 ≤ 1.0× HAProxy: {}", at_most(h.p99_added, 1.0));
+        let _ = writeln!(md, "- handshakes/s > 1.0× Envoy: {}", above(e.handshakes, 1.0));
+        let _ = writeln!(md, "- handshakes/s ≥ 1.0× HAProxy: {}", at_least(h.handshakes));
     }
     md
 }
@@ -197,5 +329,26 @@ mod tests {
         assert_eq!(r.rss_idle, Some(0.25));
         assert_eq!(r.rps_per_core, Some(1.0));
         assert_eq!(fmt_ratio(Ratios::of(&me, &direct, &direct).rss_idle), "nan");
+    }
+
+    #[test]
+    fn gateway_ratios_read_keep_alive_and_handshakes() {
+        let gateway = |name: &str, rps: f64, p99: u64, handshakes: f64| GatewayResults {
+            name: name.into(),
+            keep_alive: Results {
+                rates: vec![Latency { fraction: RATE_FRACTION, p99_us: p99, ..Latency::default() }],
+                ..contender(name, rps, 0, None)
+            },
+            handshakes: contender(name, handshakes, 0, None),
+            tls: None,
+        };
+        let direct = gateway("direct", 0.0, 100, 0.0);
+        let me = gateway("interceptor", 3000.0, 400, 900.0);
+        let envoy = gateway("envoy", 2000.0, 700, 600.0);
+        let r = GatewayRatios::of(&me, &envoy, &direct);
+        assert_eq!((r.rps, r.rps_per_core, r.p99_added), (Some(1.5), Some(1.0), Some(0.5)));
+        assert_eq!((r.handshakes, r.handshakes_per_core), (Some(1.5), Some(1.0)));
+        let md = gateway_markdown(&Plan::new(true, false), &[direct.clone(), me.clone(), envoy.clone()], &direct, &me);
+        assert!(md.contains("| envoy | 1.50 | 1.00 | 0.50 | 1.50 | 1.00 |"), "{md}");
     }
 }
