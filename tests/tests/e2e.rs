@@ -232,33 +232,47 @@ fn the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched
 }
 
 fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself(mode: Mode) {
+    proxy_inside_the_captured_cgroup(mode, Family::V4);
+}
+
+fn the_proxy_inside_the_captured_cgroup_does_not_capture_itself_over_ipv6(mode: Mode) {
+    proxy_inside_the_captured_cgroup(mode, Family::V6);
+}
+
+fn proxy_inside_the_captured_cgroup(mode: Mode, family: Family) {
     let node = node().unwrap();
+    let service = family.service();
     // The v1 pods' own address is captured too, so the proxy's upstream connects would loop back
     // to it if its marked sockets were not skipped.
-    let looped = SERVICE
+    let (vip, pod, upstream, hook) = match family {
+        Family::V4 => ("10.96.0.10", "10.244.0.11", " \"10.244.0.1", 0),
+        Family::V6 => ("fd00:10:96::10", "fd00:10:244::11", " \"[fd00:10:244::1", 4),
+    };
+    let looped = service
         .replace("name: my-app", "name: direct")
         .replace("- my-app.default", "- direct.default")
-        .replace("  - 10.96.0.10\n", "  - 10.244.0.11\n")
+        .replace(&format!("  - {vip}\n"), &format!("  - {pod}\n"))
         .replace("number: 80", "number: 8080")
         .replace("    targetPort: 8080\n", "");
     let mut agent = Agent::start_in(
         &node,
-        &[("svc.yaml", SERVICE), ("direct.yaml", &looped), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))],
+        &[("svc.yaml", &service), ("direct.yaml", &looped), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0))],
         true,
         mode,
         "open",
     )
     .unwrap();
-    let report = load(&node, 100, &[]);
+    let report = load_to(&node, family.vip(), 100, &[]);
     assert_eq!((report.count("v1"), report.failures), (100, 0), "{report:?}");
-    // Socket mode: the connect hook did see the proxy's connects to the captured pod address, and
-    // let them be. (Packet mode never sees them: XDP runs on packets coming from pods.)
-    let bypassed = program_counter(&node, 0, "bypassed");
-    assert_eq!(bypassed > 0, mode == Mode::Socket, "connect4 bypassed {bypassed}");
+    // Socket mode: the connect hook of the family (slot 0 connect4, 4 connect6) did see the
+    // proxy's connects to the captured pod address, and let them be. (Packet mode never sees
+    // them: XDP runs on packets coming from pods.)
+    let bypassed = program_counter(&node, hook, "bypassed");
+    assert_eq!(bypassed > 0, mode == Mode::Socket, "slot {hook} bypassed {bypassed}");
     let (code, log) = agent.stop().unwrap();
     assert_eq!(code, Some(0), "{log}");
     // The access log's "%UPSTREAM_HOST%" field: every request went to a v1 pod.
-    assert_eq!(log.matches(" \"10.244.0.1").count(), 100, "{log}");
+    assert_eq!(log.matches(upstream).count(), 100, "{log}");
 }
 
 #[test]
@@ -415,6 +429,7 @@ in_both_modes!(
     a_config_change_applies_live_without_a_failed_request,
     the_pinned_counter_equals_the_connections_made_and_other_traffic_is_untouched,
     the_proxy_inside_the_captured_cgroup_does_not_capture_itself,
+    the_proxy_inside_the_captured_cgroup_does_not_capture_itself_over_ipv6,
     killing_the_proxy_fails_open,
     killing_the_proxy_fails_closed,
     killing_the_proxy_fails_open_over_ipv6,
