@@ -1,5 +1,6 @@
 //! Consistent-hash tables: Envoy's ring hash (ketama-style) and Maglev.
 
+use std::fmt::Write;
 use std::net::SocketAddr;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -15,10 +16,17 @@ impl Ring {
     pub fn new(endpoints: &[SocketAddr], min_size: usize) -> Self {
         let per_endpoint = min_size.div_ceil(endpoints.len().max(1)).max(1);
         let mut points = Vec::with_capacity(per_endpoint * endpoints.len());
+        // One key buffer, `<endpoint>_<replica>`, rewritten in place: rings run to millions of
+        // points, and a string per point was most of their cost.
+        let mut key = String::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
-            let name = endpoint.to_string();
+            key.clear();
+            let _ = write!(key, "{endpoint}_");
+            let stem = key.len();
             for replica in 0..per_endpoint {
-                points.push((xxh3_64(format!("{name}_{replica}").as_bytes()), index));
+                key.truncate(stem);
+                let _ = write!(key, "{replica}");
+                points.push((xxh3_64(key.as_bytes()), index));
             }
         }
         points.sort_unstable();
