@@ -2,7 +2,7 @@
 //! the load balancers that pick an endpoint, and the runtime state they keep across reloads.
 
 mod balancer;
-mod hash;
+pub mod hash;
 mod limits;
 mod outlier;
 mod state;

@@ -5,6 +5,12 @@ use std::net::SocketAddr;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+/// The most points a ring gets, whatever `minimumRingSize` asks: 2^20, 16 MiB per ring. Envoy
+/// allows 2^23 (128 MiB per cluster, and a reload holds two tables); on an agent that runs on
+/// every node one DestinationRule line should not cost half a gigabyte, and at 2^20 points the
+/// spread over even thousands of endpoints is already even.
+pub const MAX_RING_SIZE: u64 = 1 << 20;
+
 /// A hash ring: each endpoint at many points, a key goes to the next point clockwise.
 #[derive(Debug)]
 pub struct Ring {

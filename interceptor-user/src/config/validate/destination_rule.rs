@@ -7,6 +7,7 @@ use crate::config::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, LocalityFailover, ObjectMeta,
     OutlierDetection, TrafficPolicy,
 };
+use crate::endpoints::hash::MAX_RING_SIZE;
 
 /// Node topology labels, which failover priorities may not name where failover is by region.
 const TOPOLOGY_LABELS: &[&str] =
@@ -358,6 +359,20 @@ fn load_balancer(lb: &LoadBalancerSettings, outlier: Option<&OutlierDetection>, 
                 f.error(
                     format!("{cat}.minimumRingSize"),
                     "only one of MinimumRingSize or Maglev/Ringhash can be specified",
+                );
+            }
+        }
+        let rings = [
+            (format!("{cat}.minimumRingSize"), ch.minimum_ring_size),
+            (format!("{cat}.ringHash.minimumRingSize"), ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size)),
+        ];
+        for (field, size) in rings {
+            if size.is_some_and(|n| n > MAX_RING_SIZE) {
+                f.warning(
+                    field,
+                    format!(
+                        "rings are capped at {MAX_RING_SIZE} points here (16 bytes each, per cluster; Envoy allows 8388608)"
+                    ),
                 );
             }
         }

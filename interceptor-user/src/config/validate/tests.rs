@@ -171,6 +171,8 @@ const DESTINATION_RULES: &[Row] = &[
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 0s}}}}}", Accepts),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: '', ttl: 10s}}}}}", Refuses("name required for HttpCookie")),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {minimumRingSize: 1024, ringHash: {minimumRingSize: 1024}, useSourceIp: true}}}}", Refuses("only one of MinimumRingSize")),
+    // Istio takes any size (Envoy caps at 2^23); the agent caps rings at 2^20 points and says so.
+    (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {ringHash: {minimumRingSize: 6411111111111111111}, useSourceIp: true}}}}", Warns("rings are capped at 1048576 points")),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {consistentHash: {minimumRingSize: 1024, useSourceIp: true}}}}", Warns("MinimumRingSize is deprecated")),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: a/b/c, to: {a/b/c: 100}}], failover: [{from: a, to: b}]}}}}", Refuses("simultaneously specify 'distribute' and 'failover'")),
     (DR, META, "{host: reviews, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: 'us/*', to: {'us/a/*': 60, 'us/b/*': 30}}]}}}}", Refuses("total locality weight 90 != 100")),

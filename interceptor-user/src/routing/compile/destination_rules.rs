@@ -339,8 +339,11 @@ fn consistent_hash(ch: &config::ConsistentHashLb) -> Result<(Policy, Option<Hash
             Policy::Maglev(size as usize)
         }
         (ring, None) => Policy::RingHash(
-            ring.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024).clamp(1, 1 << 23)
-                as usize,
+            ring.as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size)
+                .unwrap_or(1024)
+                .clamp(1, crate::endpoints::hash::MAX_RING_SIZE) as usize,
         ),
     };
     Ok((policy, Some(key)))
