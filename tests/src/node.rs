@@ -510,6 +510,21 @@ impl Node {
     }
 }
 
+/// Removes `dir`, one of this node's cgroups, once it is empty: its remaining members — all
+/// started by this node's processes — are killed by PID, then removal is retried for up to 5 s
+/// (a killed process leaves its cgroup only when it has exited, which takes a while under load).
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+        let members = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in members.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+            // SAFETY: kill(2) on a process in this node's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (bounded by `timeout`; zero: looks once) until something listens on TCP `addr` inside
 /// `netns`.
 ///
@@ -535,17 +550,10 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Processes that joined the cgroup through `command_in` are children we waited for above.
-        for dir in self.sub_cgroups.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-        if self.cgroup.exists() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&self.cgroup).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        // Processes that joined the cgroups through `command_in` are children we waited for
+        // above; what a child started itself may still be exiting (or alive) there.
+        for dir in self.sub_cgroups.iter().rev().chain([&self.cgroup]) {
+            remove_cgroup(dir);
         }
         for ns in self.created_netns.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
