@@ -53,10 +53,6 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 pub use self::maps::OrigDstTable;
 
-/// A peer address as the kernel maps key it: an IPv4-mapped IPv6 peer is its IPv4 address.
-pub fn canonical_peer(peer: SocketAddr) -> SocketAddr {
-    addr::canonical(peer)
-}
 pub use self::sync::SyncReport;
 use self::{
     follow::Follower,

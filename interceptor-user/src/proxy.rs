@@ -130,7 +130,7 @@ async fn accept(
             Ok((stream, client)) => {
                 let _ = stream.set_nodelay(true);
                 // A dual-stack peer `::ffff:a.b.c.d` is the IPv4 client the kernel keyed.
-                return Some((stream, crate::bpf::canonical_peer(client)));
+                return Some((stream, SocketAddr::new(client.ip().to_canonical(), client.port())));
             }
             Err(err) => {
                 warn!(%err, "accept failed");

@@ -700,15 +700,7 @@ impl RouteTable {
     pub fn route_gateway_tcp<'t>(&'t self, server: &ServerId, at: &L4View<'_>) -> Option<(&'t str, &'t Target)> {
         let server = self.gateways.servers(at.port).iter().find(|s| s.id == *server)?;
         let at = L4View { gateway: Some(&server.id.gateway), ..*at };
-        // A VirtualService bound by several hosts is one candidate, at its first place.
-        let mut seen: Vec<&str> = Vec::new();
-        server.virtual_hosts.iter().find_map(|vh| {
-            if seen.contains(&&*vh.virtual_service) {
-                return None;
-            }
-            seen.push(&vh.virtual_service);
-            self.first_l4(&vh.tcp_rules, &at)
-        })
+        tcp_candidates(server).find_map(|vh| self.first_l4(&vh.tcp_rules, &at))
     }
 
     /// Explains how a TLS connection naming `at.sni` is routed: captured, to `service`
@@ -749,6 +741,19 @@ impl RouteTable {
     pub fn describe(&self) -> String {
         explain::describe(self)
     }
+}
+
+/// The virtual hosts of a TCP gateway server in the order their `tcp` rules are tried: one per
+/// VirtualService, oldest first (one bound by several hosts is one candidate, at its first place).
+fn tcp_candidates(server: &GatewayServer) -> impl Iterator<Item = &gateway::VirtualHost> {
+    let mut seen: Vec<&str> = Vec::new();
+    server.virtual_hosts.iter().filter(move |vh| {
+        let first = !seen.contains(&&*vh.virtual_service);
+        if first {
+            seen.push(&vh.virtual_service);
+        }
+        first
+    })
 }
 
 /// The virtual hosts of a `PASSTHROUGH` server `sni` may reach, most specific domain first

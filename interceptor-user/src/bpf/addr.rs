@@ -24,12 +24,6 @@ pub(crate) fn from_kernel(addr: SockAddr) -> SocketAddr {
     }
 }
 
-/// `addr` as the kernel sees a peer: an IPv4-mapped IPv6 peer (a dual-stack listener's IPv4
-/// client) is the IPv4 address it maps.
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    from_kernel(to_kernel(addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +59,7 @@ mod tests {
     #[test]
     fn a_mapped_peer_is_its_ipv4_address() {
         let peer: SocketAddr = "[::ffff:10.244.0.10]:40000".parse().unwrap();
-        assert_eq!(canonical(peer), "10.244.0.10:40000".parse::<SocketAddr>().unwrap());
+        assert_eq!(from_kernel(to_kernel(peer)), "10.244.0.10:40000".parse::<SocketAddr>().unwrap());
         assert_eq!(to_kernel(peer), to_kernel("10.244.0.10:40000".parse().unwrap()));
     }
 

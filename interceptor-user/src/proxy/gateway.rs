@@ -233,7 +233,7 @@ async fn connection(
         // Alone on its port (Istio merges nothing with it).
         ServerProtocol::Tcp => {
             let entered = GatewayConnection { port, server: Some(first), sni: None, local, workload };
-            return opaque(inputs, entered, client, stream).await;
+            return forward(inputs, entered, client, stream, None).await;
         }
         ServerProtocol::Https | ServerProtocol::Passthrough | ServerProtocol::TerminatedTcp => {}
     }
@@ -261,7 +261,8 @@ async fn connection(
         return debug!(?sni, "no gateway server for this SNI; closing");
     };
     if protocol == ServerProtocol::Passthrough {
-        return passthrough(inputs, port, server, stream, client, local, hello).await;
+        let entered = GatewayConnection { port, server: Some(server), sni, local, workload };
+        return forward(inputs, entered, client, stream, Some(hello)).await;
     }
     let Some(config) = config else {
         // Its certificate did not load (reported when the config was applied): no handshake.
@@ -282,16 +283,22 @@ async fn connection(
     };
     let entered = GatewayConnection { port, server: Some(server), sni, local, workload };
     match protocol {
-        ServerProtocol::TerminatedTcp => opaque(inputs, entered, client, stream).await,
+        ServerProtocol::TerminatedTcp => forward(inputs, entered, client, stream, None).await,
         _ => serve_http(inputs, entered, client, stream, watch).await,
     }
 }
 
-/// A TCP server's connection (plain, or its TLS already ended here): the `tcp` rules of the
-/// VirtualServices bound to the server pick a destination and the bytes go there. No rule:
+/// A connection a gateway server sends on as bytes, to the destination its rules pick: a
+/// `PASSTHROUGH` server's (`hello`, replayed first) by the `tls` rules of the VirtualServices bound
+/// to it; a TCP server's (plain, or its TLS already ended here) by their `tcp` rules. No rule:
 /// closed, as Envoy closes a connection no filter chain takes.
-async fn opaque<I>(inputs: ProxyInputs, entered: GatewayConnection, client: SocketAddr, stream: I)
-where
+async fn forward<I>(
+    inputs: ProxyInputs,
+    entered: GatewayConnection,
+    client: SocketAddr,
+    stream: I,
+    hello: Option<client_hello::ClientHello>,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let GatewayConnection { port, server, sni, local, .. } = entered;
@@ -299,38 +306,17 @@ where
     let table = inputs.routes.load_full();
     let destination = local.unwrap_or(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port));
     let at = L4View { port, destination, source: client, sni: sni.as_deref(), gateway: None };
-    let Some(routed) = table.route_gateway_tcp(&server, &at) else {
-        inputs.metrics.rejected(metrics::REJECT_NO_ROUTE);
+    let (routed, kind, reason) = match hello {
+        Some(_) => (table.route_passthrough(&server, &at), "tls", metrics::REJECT_CLIENT_HELLO),
+        None => (table.route_gateway_tcp(&server, &at), "tcp", metrics::REJECT_NO_ROUTE),
+    };
+    let Some(routed) = routed else {
+        inputs.metrics.rejected(reason);
         let sni = sni.as_deref().unwrap_or("-");
-        return info!(target: "access", "[tcp] gateway {server} port {port} from {client} sni={sni}: NR (no tcp rule matched)");
+        return info!(target: "access", "[{kind}] gateway {server} port {port} from {client} sni={sni}: NR (no {kind} rule matched)");
     };
     let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
-    tcp::forward(&inputs, stream, &entry, routed, None).await;
-}
-
-/// A `PASSTHROUGH` server's connection: the `tls` rules of the VirtualServices bound to it pick
-/// a destination by SNI, and the TLS bytes go there untouched (the ClientHello first). No rule:
-/// closed, as Envoy closes a connection no filter chain takes.
-async fn passthrough(
-    inputs: ProxyInputs,
-    port: u16,
-    server: ServerId,
-    stream: TcpStream,
-    client: SocketAddr,
-    local: Option<SocketAddr>,
-    hello: client_hello::ClientHello,
-) {
-    let table = inputs.routes.load_full();
-    let destination = local.unwrap_or(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port));
-    let at = L4View { port, destination, source: client, sni: hello.sni.as_deref(), gateway: None };
-    let Some(routed) = table.route_passthrough(&server, &at) else {
-        inputs.metrics.rejected(metrics::REJECT_CLIENT_HELLO);
-        let sni = hello.sni.as_deref().unwrap_or("-");
-        return info!(target: "access", "[tls] gateway {server} port {port} from {client} sni={sni}: NR (no tls rule matched)");
-    };
-    let sni = hello.sni.clone();
-    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
-    tcp::forward(&inputs, stream, &entry, routed, Some(hello)).await;
+    tcp::forward(&inputs, stream, &entry, routed, hello).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client

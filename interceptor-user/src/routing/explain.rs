@@ -255,12 +255,7 @@ pub(super) fn explain_tls<'t>(table: &'t RouteTable, service: &str, at: &L4View<
             ServerProtocol::Tcp | ServerProtocol::TerminatedTcp => {
                 let how = if server.protocol == ServerProtocol::Tcp { "TCP" } else { "TLS terminated, then TCP" };
                 let _ = writeln!(out, "server: {} ({how})", server.id);
-                let mut seen: Vec<&str> = Vec::new();
-                for vh in &server.virtual_hosts {
-                    if seen.contains(&&*vh.virtual_service) {
-                        continue;
-                    }
-                    seen.push(&vh.virtual_service);
+                for vh in super::tcp_candidates(server) {
                     let _ = writeln!(out, "virtual service: {}", vh.virtual_service);
                     if tried_rules(&vh.tcp_rules, at) {
                         break;
