@@ -408,6 +408,29 @@ pub fn route(rules: &[Vec<HttpMatchRequest>], requests: &[RouteRequest]) {
     }
 }
 
+/// Whether `value` matches all of `pattern` (case-insensitively with `ci`). Compiled patterns are
+/// kept per thread (at most a few thousand): the fuzz target asks the same few patterns for every
+/// request, and compiling them anew each time was most of its cost.
+fn full_match(pattern: &str, ci: bool, value: &str) -> bool {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static COMPILED: RefCell<HashMap<(String, bool), regex::Regex>> = RefCell::new(HashMap::new());
+    }
+    COMPILED.with_borrow_mut(|compiled| {
+        if compiled.len() > 4096 {
+            compiled.clear();
+        }
+        compiled
+            .entry((pattern.to_owned(), ci))
+            .or_insert_with(|| {
+                let flags = if ci { "(?i)" } else { "" };
+                regex::Regex::new(&format!("^{flags}(?:{pattern})$")).expect("a valid regex")
+            })
+            .is_match(value)
+    })
+}
+
 /// Istio's first-match semantics read straight off the rules' match blocks (`uri`, `method`,
 /// `headers`, `withoutHeaders`, `ignoreUriCase`), with nothing precompiled: the index of the
 /// first rule with a matching block (or none). `header` gives a request header's value by name.
@@ -424,14 +447,7 @@ pub fn naive_route(
         match (&m.exact, &m.prefix, &m.regex) {
             (Some(e), ..) => v == fold(e),
             (_, Some(p), _) => v.starts_with(&fold(p)),
-            (.., Some(r)) => {
-                let flags = if ci { "(?i)" } else { "" };
-                regex::Regex::new(&format!("^{flags}(?:{r})$")).expect("a valid regex").is_match(if ci {
-                    path
-                } else {
-                    &v
-                })
-            }
+            (.., Some(r)) => full_match(r, ci, if ci { path } else { &v }),
             _ => true,
         }
     };
