@@ -43,6 +43,14 @@ pub struct ProxyTarget {
     pub fail_closed: u32,
     /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads) of the agent's last heartbeat.
     pub heartbeat_ns: u64,
+    /// Non-zero: `sockops` pairs the sockets of captured connections for the `sk_msg` fast path
+    /// (see `crate::fastpath`).
+    pub fast_path: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The proxy's network namespace cookie (`SO_NETNS_COOKIE`): only sockets there are the
+    /// proxy's, whatever mark a pod puts on its own.
+    pub proxy_netns: u64,
 }
 
 /// A heartbeat older than this (ns) means the proxy is gone: 700 ms, so with the agent beating every
@@ -65,7 +73,7 @@ impl ProxyTarget {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 56);
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 72);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod capture;
+pub mod fastpath;
 pub mod origdst;
 pub mod packet;
 pub mod stats;

@@ -45,12 +45,15 @@ pub enum Program {
     TcEgress = 3,
     /// `cgroup/connect6`.
     Connect6 = 4,
+    /// `sk_msg` on the paired sockets (the fast path): `captured` counts sends moved into the
+    /// peer, `bypassed` sends of a paired socket that went through TCP (no peer, budget spent).
+    SkMsg = 5,
 }
 
 impl Program {
     /// Every program, in slot order.
-    pub const ALL: [Program; 5] =
-        [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress, Program::Connect6];
+    pub const ALL: [Program; 6] =
+        [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress, Program::Connect6, Program::SkMsg];
 
     /// Name as printed by the agent.
     pub const fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Program {
             Program::Xdp => "xdp",
             Program::TcEgress => "tc_egress",
             Program::Connect6 => "connect6",
+            Program::SkMsg => "sk_msg",
         }
     }
 }

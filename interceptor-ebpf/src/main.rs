@@ -15,6 +15,7 @@ extern crate std;
 
 mod connect;
 mod ctx_addr;
+mod fastpath;
 mod maps;
 mod packet;
 mod sockops;

@@ -2,11 +2,12 @@
 //! name is the map name the loader opens, checked against `interceptor-common` at build time.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     macros::btf_map,
 };
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
+    fastpath::{FastPath, SockPair, FAST_PATH_MAP, FAST_PATH_MAX_ENTRIES, SOCK_PAIRS_MAP},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
     packet::{
         Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
@@ -53,6 +54,14 @@ pub static IFACE_STATS: PerCpuHashMap<u32, PacketStats, { IFACE_STATS_MAX_ENTRIE
 #[btf_map]
 pub static PACKET_STATS: PerCpuHashMap<SockAddr, PacketStats, { CAPTURE_MAX_ENTRIES as usize }> = PerCpuHashMap::new();
 
+/// Fast path: the paired sockets, each by its own view of its connection.
+#[btf_map]
+pub static SOCK_PAIRS: SockHash<SockPair, { FAST_PATH_MAX_ENTRIES as usize }> = SockHash::new();
+
+/// Fast path: each paired (or expected) socket's state and bytes moved.
+#[btf_map]
+pub static FAST_PATH: LruHashMap<SockPair, FastPath, { FAST_PATH_MAX_ENTRIES as usize }> = LruHashMap::new();
+
 /// `a == b` for `&str` in const context.
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -79,3 +88,5 @@ const _: () = assert!(same(PROGRAM_STATS_MAP, "PROGRAM_STATS"));
 const _: () = assert!(same(CONNTRACK_MAP, "CONNTRACK"));
 const _: () = assert!(same(IFACE_STATS_MAP, "IFACE_STATS"));
 const _: () = assert!(same(PACKET_STATS_MAP, "PACKET_STATS"));
+const _: () = assert!(same(SOCK_PAIRS_MAP, "SOCK_PAIRS"));
+const _: () = assert!(same(FAST_PATH_MAP, "FAST_PATH"));

@@ -155,6 +155,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
             CaptureMode::Packet => CaptureKind::Packet { interfaces: settings.interfaces.clone() },
         },
         fail_closed: settings.failure_policy == FailurePolicy::Closed,
+        fast_path: settings.fast_path,
     })?;
     let report = capture.sync_capture(&table.capture_set())?;
     info!(added = report.added, "capture set loaded");

@@ -31,7 +31,8 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, Xdp},
+    maps::SockHash,
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SkMsg, SockOps, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -41,6 +42,7 @@ pub use interceptor_common::{
 };
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
+    fastpath::{SockPair, SOCK_PAIRS_MAP},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
     packet::{
         Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
@@ -68,6 +70,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/in
 const CONNECT4: &str = "connect4";
 const CONNECT6: &str = "connect6";
 const SOCKOPS: &str = "sockops_handover";
+const SK_MSG: &str = "sk_msg_fast_path";
 const XDP: &str = "xdp_capture";
 const TC: &str = "tc_egress";
 
@@ -128,6 +131,8 @@ pub struct CaptureSettings {
     pub kind: CaptureKind,
     /// Keep capturing while the proxy is down (connections fail) instead of letting them through.
     pub fail_closed: bool,
+    /// Socket mode: pair the sockets of captured connections and move their bytes with `sk_msg`.
+    pub fast_path: bool,
 }
 
 /// Failures of the capture subsystem. Each names the map, program or path involved.
@@ -232,6 +237,13 @@ pub enum BpfError {
     /// The interface list or the rtnetlink socket failed.
     #[error("following interfaces")]
     Interfaces {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The fast path needs this network namespace's cookie (Linux 5.14 and later).
+    #[error("fast path: reading the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)")]
+    NetnsCookie {
         /// The I/O error.
         #[source]
         source: io::Error,
@@ -356,6 +368,13 @@ impl Capture {
             ready: 0,
             fail_closed: u32::from(settings.fail_closed),
             heartbeat_ns: 0,
+            fast_path: u32::from(settings.fast_path),
+            _pad: 0,
+            proxy_netns: if settings.fast_path {
+                netns_cookie().map_err(|source| BpfError::NetnsCookie { source })?
+            } else {
+                0
+            },
         })?;
 
         // Forward kernel log records to the `log` facade (which `tracing-subscriber` picks up).
@@ -429,6 +448,17 @@ impl Capture {
             links.pin(name, FdLink::try_from(link).map_err(not_a_link(name))?)?;
         }
 
+        if self.settings.fast_path {
+            // Attached to the map, not the cgroup: it runs on every send of a paired socket and
+            // stays with the map, which lives as long as the pinned `sockops` link uses it.
+            let map_err = |source| BpfError::Map { name: SOCK_PAIRS_MAP, source };
+            let map = ebpf.map(SOCK_PAIRS_MAP).ok_or(BpfError::MissingMap { name: SOCK_PAIRS_MAP })?;
+            let pairs: SockHash<_, SockPair> = SockHash::try_from(map).map_err(map_err)?;
+            let fd = pairs.fd().try_clone().map_err(|e| map_err(aya::maps::MapError::from(e)))?;
+            let prog: &mut SkMsg = program(&mut ebpf, SK_MSG)?;
+            prog.load().map_err(prog_err(SK_MSG, "loading"))?;
+            prog.attach(&fd).map_err(prog_err(SK_MSG, "attaching"))?;
+        }
         let prog: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         prog.load().map_err(prog_err(SOCKOPS, "loading"))?;
         let id = prog.attach(&cgroup, mode).map_err(prog_err(SOCKOPS, "attaching"))?;
@@ -571,6 +601,28 @@ fn beat(target: &Mutex<ProxyTargetMap>, ready: Option<bool>) -> Result<(), BpfEr
         value.ready = u32::from(ready);
     }
     map.set(value)
+}
+
+/// This process's network namespace cookie, as `bpf_get_netns_cookie` reads it for its sockets.
+fn netns_cookie() -> io::Result<u64> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.

@@ -146,6 +146,10 @@ struct SettingsArgs {
     /// While the proxy is down: `open` (connections go to their original destination) or `closed`.
     #[arg(long)]
     failure_policy: Option<FailurePolicy>,
+    /// Socket mode: move bytes between pods and the proxy through the kernel's sockmap (`true`)
+    /// instead of TCP/IP and the veth.
+    #[arg(long)]
+    fast_path: Option<bool>,
     /// Namespace of resources that do not name one.
     #[arg(long)]
     namespace: Option<String>,
@@ -188,6 +192,7 @@ impl SettingsArgs {
             mode: self.mode,
             interfaces: self.interfaces,
             failure_policy: self.failure_policy,
+            fast_path: self.fast_path,
             namespace: self.namespace,
             admin: self.admin,
             limits: None,
@@ -281,7 +286,8 @@ fn run(config: Option<PathBuf>, kubernetes: bool, settings: SettingsArgs) -> Exi
                 Resources::Cluster(cluster)
             }
         };
-        interceptor::agent::run(settings, resources).await.map_err(|e| e.to_string())
+        // With every cause: a verifier rejection's log is the source of "loading program".
+        interceptor::agent::run(settings, resources).await.map_err(|e| format!("{:#}", anyhow::Error::new(e)))
     };
     match runtime.block_on(agent) {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,13 +49,23 @@ impl Agent {
     /// # Errors
     /// The agent exits or does not report ready in time; the error carries its log.
     pub fn start(node: &Node, files: &[(&str, &str)], in_captured_cgroup: bool) -> Result<Agent> {
+        Self::start_adding(node, files, &[], in_captured_cgroup)
+    }
+
+    /// Like [`Agent::start`], with `extra` agent flags after the default listener and redirects.
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub fn start_adding(
+        node: &Node,
+        files: &[(&str, &str)],
+        extra: &[&str],
+        in_captured_cgroup: bool,
+    ) -> Result<Agent> {
         let (redirect, redirect6) = redirects();
-        Self::start_with(
-            node,
-            files,
-            &["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--redirect6", &redirect6],
-            in_captured_cgroup,
-        )
+        let mut flags = vec!["--listen", "0.0.0.0:15001", "--redirect", &redirect, "--redirect6", &redirect6];
+        flags.extend_from_slice(extra);
+        Self::start_with(node, files, &flags, in_captured_cgroup)
     }
 
     /// Like [`Agent::start`], capturing in `mode` with `failure_policy` (`open` or `closed`).

@@ -150,6 +150,24 @@ pub fn virtual_service(http: &str) -> String {
     )
 }
 
+/// A VirtualService sending paths under `prefix` to v2, everything else to v1.
+pub fn v2_under(prefix: &str) -> String {
+    virtual_service(&format!(
+        "  - match:
+    - uri:
+        prefix: {prefix}
+    route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v2
+  - route:
+    - destination:
+        host: my-app.default.svc.cluster.local
+        subset: v1
+"
+    ))
+}
+
 /// A node with the client pod and the three my-app pods, not yet serving.
 ///
 /// # Errors
@@ -211,4 +229,17 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .find(|l| labels.iter().all(|label| l.contains(label)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The body `pod serve --body-bytes n` answers with: `name`, then numbered records (`.0000000`,
+/// `.0000001`, …) up to `n` bytes, so a byte out of place anywhere shows.
+pub fn numbered_body(name: &str, n: usize) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    let mut record = 0u32;
+    while body.len() < n {
+        body.extend_from_slice(format!(".{:07}", record % 10_000_000).as_bytes());
+        record += 1;
+    }
+    body.truncate(n.max(name.len()));
+    body
 }

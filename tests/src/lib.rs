@@ -4,7 +4,6 @@
 
 pub mod abuse;
 mod agent;
-pub mod bench;
 pub mod cluster;
 pub mod fixtures;
 mod node;

@@ -342,6 +342,19 @@ impl Node {
     /// # Errors
     /// As [`Node::serve`].
     pub fn serve_with(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<u32> {
+        self.serve_in(pod, name, extra, false)
+    }
+
+    /// Like [`Node::serve_with`], inside the capture cgroup, as kubelet's pods all are (the
+    /// sockets of a server there are seen by the agent's `sockops`).
+    ///
+    /// # Errors
+    /// As [`Node::serve`].
+    pub fn serve_captured(&mut self, pod: &str, name: &str, extra: &[&str]) -> Result<u32> {
+        self.serve_in(pod, name, extra, true)
+    }
+
+    fn serve_in(&mut self, pod: &str, name: &str, extra: &[&str], captured: bool) -> Result<u32> {
         if !self.pods.iter().any(|p| p.name == pod) {
             bail!("no pod {pod}");
         }
@@ -349,7 +362,7 @@ impl Node {
         let listen = "[::]:8080".to_owned();
         let mut args = vec!["serve", "--listen", &listen, "--name", name];
         args.extend_from_slice(extra);
-        let mut cmd = self.command_in(&self.pod_netns(pod), false, &crate::workspace_binary("pod"), &args);
+        let mut cmd = self.command_in(&self.pod_netns(pod), captured, &crate::workspace_binary("pod"), &args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let pid = self.spawn(cmd)?;
         wait_for_listener(&self.pod_netns(pod), &listen, Duration::from_secs(5))?;

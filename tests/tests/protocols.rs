@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{load, sample, split, CLIENT, SERVICE, SUBSETS};
+use common::{load, sample, split, v2_under, CLIENT, SERVICE, SUBSETS};
 use testbed::{Agent, Node, PodSpec, ADMIN};
 
 const ECHO: &str = "\
@@ -65,34 +65,15 @@ fn non_http_connections_are_forwarded_as_tcp_to_their_service() {
     assert!(opened.ends_with(" 2"), "{opened}");
 }
 
-/// gRPC calls (by path prefix) go to v2, everything else to v1.
-const GRPC_TO_V2: &str = "\
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: my-app-vs
-spec:
-  hosts:
-  - my-app.default.svc.cluster.local
-  http:
-  - match:
-    - uri:
-        prefix: /pkg.Greeter/
-    route:
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v2
-  - route:
-    - destination:
-        host: my-app.default.svc.cluster.local
-        subset: v1
-";
-
 #[test]
 fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
     let node = common::node().unwrap();
-    let _agent =
-        Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", GRPC_TO_V2)], false).unwrap();
+    let _agent = Agent::start(
+        &node,
+        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &v2_under("/pkg.Greeter/"))],
+        false,
+    )
+    .unwrap();
     // HTTP/2 with prior knowledge, plain requests: routed like HTTP/1 (and sent upstream as HTTP/1.1).
     let h2 = load(&node, 20, &["--h2", "--path", "/index.html"]);
     assert_eq!((h2.count("v1"), h2.failures), (20, 0), "{h2:?}");
@@ -119,7 +100,7 @@ fn http2_and_grpc_are_routed_by_path_with_trailers_preserved() {
 #[test]
 fn an_http_upgrade_is_routed_then_tunnelled() {
     let node = common::node().unwrap();
-    let vs = GRPC_TO_V2.replace("prefix: /pkg.Greeter/", "prefix: /ws");
+    let vs = v2_under("/ws");
     let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
     // The bytes after the head travel once both sides switched; v2 (chosen by the path) prefixes
     // its name and echoes them.
@@ -203,7 +184,7 @@ fn curl(node: &Node, args: &[&str]) -> (String, String) {
 #[test]
 fn an_h2c_upgrade_is_served_as_http2_and_routed() {
     let node = common::node().unwrap();
-    let vs = GRPC_TO_V2.replace("prefix: /pkg.Greeter/", "prefix: /h2c");
+    let vs = v2_under("/h2c");
     let _agent = Agent::start(&node, &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &vs)], false).unwrap();
     // The upgrade request is answered on stream 1 (v2, by its path), the second URL on the same
     // connection (no new connect) by the rules too (v1).

@@ -58,6 +58,9 @@ pub enum Phase {
     Mesh,
     /// HTTPS terminated at the gateway: req/s, latency, handshakes per second.
     Gateway,
+    /// Captured mesh traffic with the sockmap fast path (`fastPath: true`): as `mesh`, against
+    /// HAProxy and direct (the interceptor without it is the `mesh` phase's).
+    FastPath,
 }
 
 impl Plan {
@@ -172,13 +175,14 @@ pub fn run(quick: bool, profile: bool, only: Option<Phase>) -> Result<()> {
     }
     procstat::raise_nofile_limit(plan.idle_connections as u64 + 1024)?;
     let measured = measure(&plan, &tools, &root.join("config/mesh"), &dir, only)?;
-    report::write(&plan, measured.mesh.as_deref(), measured.gateway.as_deref(), &dir)
+    report::write(&plan, &measured, &dir)
 }
 
 /// The results of the phases that ran.
-struct Measured {
-    mesh: Option<Vec<Results>>,
-    gateway: Option<Vec<GatewayResults>>,
+pub struct Measured {
+    pub mesh: Option<Vec<Results>>,
+    pub gateway: Option<Vec<GatewayResults>>,
+    pub fast_path: Option<Vec<Results>>,
 }
 
 /// The node and its backends, then each selected phase with its own contenders (one interceptor
@@ -187,8 +191,10 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     let mut pods = vec![PodSpec::new(CLIENT.0, CLIENT.1)];
     pods.extend(BACKENDS.iter().map(|(pod, ip, _)| PodSpec::new(pod, *ip)));
     let mut node = Node::create(&pods)?;
-    for (pod, ip, version) in BACKENDS {
-        testbed::bench::serve_sized(&mut node, pod, ip.into(), version, RESPONSE_BYTES)?;
+    // In the capture cgroup, as kubelet's pods all are: the fast path pairs their sockets.
+    let size = RESPONSE_BYTES.to_string();
+    for (pod, _, version) in BACKENDS {
+        node.serve_captured(pod, version, &["--size", &size])?;
     }
     let run_dir = dir.join("run");
     let wanted = |phase| only.is_none_or(|o| o == phase);
@@ -209,8 +215,40 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     } else {
         None
     };
+    let fast_path_results = if wanted(Phase::FastPath) {
+        let kinds = [Kind::Direct, Kind::InterceptorFastPath, Kind::Haproxy];
+        Some(with_contenders(&mut node, &kinds, Front::Mesh, tools, mesh, &run_dir, |node, running| {
+            let results = phases(plan, node, running, &run_dir)?;
+            report_fast_path_use(node)?;
+            Ok(results)
+        })?)
+    } else {
+        None
+    };
     drop(node);
-    Ok(Measured { mesh: mesh_results, gateway: gateway_results })
+    Ok(Measured { mesh: mesh_results, gateway: gateway_results, fast_path: fast_path_results })
+}
+
+/// Prints how many sends the fast path moved and how many went through TCP (the kernel's
+/// `sk_msg` counters), so a report is never read as the fast path's when it did not take.
+///
+/// # Errors
+/// The agent's admin endpoint does not answer, or the fast path moved nothing.
+fn report_fast_path_use(node: &Node) -> Result<()> {
+    let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
+    let counter = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("program=\"sk_msg\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (moved, through_tcp) =
+        (counter("interceptor_program_captured_total"), counter("interceptor_program_bypassed_total"));
+    eprintln!("bench: the fast path moved {moved:.0} sends; {through_tcp:.0} went through TCP");
+    if moved == 0.0 {
+        bail!("the fast path moved nothing: its figures would be the plain path's");
+    }
+    Ok(())
 }
 
 /// Starts `kinds` fronting `front`, runs `measure` with them, and stops them (also on failure).

@@ -84,7 +84,8 @@ enum Task {
         /// Sample each proxy with perf during its first saturation turn (target/bench/run/profile-*.txt).
         #[arg(long)]
         profile: bool,
-        /// Run one phase only: `mesh` (captured plain HTTP) or `gateway` (HTTPS termination).
+        /// Run one phase only: `mesh` (captured plain HTTP), `gateway` (HTTPS termination) or
+        /// `fast-path` (captured plain HTTP over the sockmap fast path).
         #[arg(long, value_enum)]
         only: Option<bench::Phase>,
     },

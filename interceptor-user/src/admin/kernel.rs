@@ -51,8 +51,16 @@ pub(crate) fn encode_stats(stats: &CaptureStats, encoder: &mut DescriptorEncoder
     type Field = fn(&crate::bpf::ProgramStats) -> u64;
     let fields: [(&str, &str, Field); 4] = [
         ("interceptor_program_events", "Times each kernel program ran", |s| s.events),
-        ("interceptor_program_captured", "Connections redirected or handed over", |s| s.captured),
-        ("interceptor_program_bypassed", "Captured destinations left alone (not ready, proxy's own)", |s| s.bypassed),
+        (
+            "interceptor_program_captured",
+            "Connections redirected or handed over; for sk_msg, sends moved into the local peer",
+            |s| s.captured,
+        ),
+        (
+            "interceptor_program_bypassed",
+            "Captured destinations left alone (not ready, proxy's own); for sk_msg, sends through TCP",
+            |s| s.bypassed,
+        ),
         ("interceptor_program_errors", "Kernel program failures (fail open)", |s| s.errors),
     ];
     for (name, help, field) in fields {

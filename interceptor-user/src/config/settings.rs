@@ -103,6 +103,9 @@ pub struct SettingsFile {
     pub interfaces: Option<Vec<String>>,
     /// What happens while the proxy is down.
     pub failure_policy: Option<FailurePolicy>,
+    /// Socket mode: move the bytes between a pod and the proxy on this node through the kernel's
+    /// sockmap instead of TCP/IP and the veth (`sk_msg`). Off by default.
+    pub fast_path: Option<bool>,
     /// Namespace of resources without one.
     pub namespace: Option<String>,
     /// Admin listener; must be a loopback address.
@@ -150,6 +153,8 @@ pub struct Settings {
     pub interfaces: Vec<String>,
     /// What happens while the proxy is down.
     pub failure_policy: FailurePolicy,
+    /// Socket mode: the sockmap fast path between local sockets.
+    pub fast_path: bool,
     /// Namespace of resources without one.
     pub namespace: String,
     /// Admin listener (loopback).
@@ -223,6 +228,7 @@ impl SettingsFile {
             mode: over.mode.or(self.mode),
             interfaces: over.interfaces.or(self.interfaces),
             failure_policy: over.failure_policy.or(self.failure_policy),
+            fast_path: over.fast_path.or(self.fast_path),
             namespace: over.namespace.or(self.namespace),
             admin: over.admin.or(self.admin),
             limits: over.limits.or(self.limits),
@@ -285,6 +291,13 @@ impl SettingsFile {
                  address of this node (e.g. the pods' gateway) and the listener's port"
             ));
         }
+        let mode = self.mode.unwrap_or_default();
+        let fast_path = self.fast_path.unwrap_or(false);
+        if fast_path && mode != CaptureMode::Socket {
+            // Packet mode rewrites addresses under the sockets: the pod's and the proxy's views
+            // of a connection differ, so they cannot be paired.
+            return Err("fastPath: the sockmap fast path needs `mode: socket`".into());
+        }
         let namespace = self.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         let workload = match &self.workload {
             Some(written) => Workload::parse(written)?,
@@ -297,9 +310,10 @@ impl SettingsFile {
             redirect6,
             cgroup,
             bpffs: self.bpffs.unwrap_or_else(|| DEFAULT_BPFFS.into()),
-            mode: self.mode.unwrap_or_default(),
+            mode,
             interfaces: self.interfaces.unwrap_or_else(|| DEFAULT_INTERFACES.iter().map(|s| (*s).to_owned()).collect()),
             failure_policy: self.failure_policy.unwrap_or_default(),
+            fast_path,
             namespace,
             admin,
             limits: self.limits.unwrap_or_default().resolve()?,
@@ -426,6 +440,15 @@ mod tests {
         let settings = settings.resolve().unwrap();
         assert_eq!((settings.mode, settings.failure_policy), (CaptureMode::Socket, FailurePolicy::Open));
         assert_eq!(settings.interfaces, ["veth*"]);
+        assert!(!settings.fast_path);
+    }
+
+    #[test]
+    fn the_fast_path_is_a_socket_mode_setting() {
+        let file: SettingsFile = serde_yaml::from_str("fastPath: true\nredirect: 10.0.0.1:15001\n").unwrap();
+        assert!(file.clone().resolve().unwrap().fast_path);
+        let packet = SettingsFile { mode: Some(CaptureMode::Packet), ..file }.resolve().unwrap_err();
+        assert!(packet.starts_with("fastPath:") && packet.contains("mode: socket"), "{packet}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ enum Command {
         /// Wait this long before answering, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
-        /// Answer with a body of this many bytes instead (`name`, then `.` padding), with a
+        /// Answer with a body of this many bytes instead (`testbed::fixtures::numbered_body`), with a
         /// Content-Length, streamed in 16 chunks spread over `--body-ms`.
         #[arg(long)]
         body_bytes: Option<usize>,
@@ -117,6 +117,9 @@ enum Command {
         /// The answer is HTTP/2: also report it frame by frame.
         #[arg(long)]
         h2: bool,
+        /// Wait this long after sending before reading anything (a slow reader), in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
     },
     /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
     /// the body.
@@ -209,13 +212,14 @@ fn h2_frames(mut bytes: &[u8]) -> Vec<H2Frame> {
     frames
 }
 
-async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration, h2: bool) -> Result<RawReport> {
+async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration, wait: Duration, h2: bool) -> Result<RawReport> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
     // A server may answer and close before it has read everything (a head over its limit): the
     // write then fails, and the answer is still there to read.
     let _ = stream.write_all(&payload).await;
+    tokio::time::sleep(wait).await;
     let start = Instant::now();
     let mut response = Vec::new();
     let mut buf = [0u8; 16384];
@@ -295,12 +299,13 @@ async fn main() -> Result<()> {
             serve(listen, name, options).await
         }
         Command::Echo { listen, banner } => echo(listen, banner).await,
-        Command::Raw { target, send, send_file, read_ms, h2 } => {
+        Command::Raw { target, send, send_file, read_ms, h2, wait_ms } => {
             let payload = match send_file {
                 Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
             };
-            let report = raw(target, payload, Duration::from_millis(read_ms), h2).await?;
+            let (read_for, wait) = (Duration::from_millis(read_ms), Duration::from_millis(wait_ms));
+            let report = raw(target, payload, read_for, wait, h2).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -383,11 +388,7 @@ async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Resul
     eprintln!("serving {name} on {listen}");
     let header_name: hyper::header::HeaderValue = name.parse().context("backend names are header-safe")?;
     let body = match (options.body_bytes, options.size) {
-        (Some(n), _) => {
-            let mut text = name.into_bytes();
-            text.resize(n.max(text.len()), b'.');
-            Bytes::from(text)
-        }
+        (Some(n), _) => Bytes::from(testbed::fixtures::numbered_body(&name, n)),
         (None, size) => Bytes::from(padded_body(&name, size)),
     };
     let served = Arc::new(AtomicUsize::new(0));

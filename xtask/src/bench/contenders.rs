@@ -65,6 +65,10 @@ pub enum Kind {
     Direct,
     /// The agent, through the real socket-mode capture path.
     Interceptor,
+    /// The agent with `fastPath: true`, itself in the capture cgroup as kubelet's pods all are
+    /// (so its sockets and the pods' are paired). Never beside [`Kind::Interceptor`]: both would
+    /// attach to the node's cgroup.
+    InterceptorFastPath,
     Envoy,
     Haproxy,
     Nginx,
@@ -77,6 +81,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Interceptor => "interceptor",
+            Kind::InterceptorFastPath => "interceptor-fastpath",
             Kind::Envoy => "envoy",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
@@ -92,8 +97,9 @@ impl Kind {
             (Kind::Envoy, Front::Gateway(_)) => 15111,
             (Kind::Haproxy, Front::Gateway(_)) => 15112,
             (Kind::Nginx, Front::Gateway(_)) => 15113,
-            (Kind::Interceptor, Front::Gateway(_)) => GATEWAY_PORT,
-            (Kind::Direct | Kind::Interceptor, Front::Mesh) | (Kind::Direct, Front::Gateway(_)) => INTERCEPTOR_PORT,
+            (Kind::Interceptor | Kind::InterceptorFastPath, Front::Gateway(_)) => GATEWAY_PORT,
+            (Kind::Direct | Kind::Interceptor | Kind::InterceptorFastPath, Front::Mesh)
+            | (Kind::Direct, Front::Gateway(_)) => INTERCEPTOR_PORT,
         };
         SocketAddrV4::new(GATEWAY, port)
     }
@@ -159,12 +165,15 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
             let target = SocketAddr::V4(backend(0));
             return Ok(Running { kind, pid: None, target, captured: false, routes: false, sni: None });
         }
-        Kind::Interceptor => {
+        Kind::Interceptor | Kind::InterceptorFastPath => {
             let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INTERCEPTOR_PORT).to_string();
             // The other proxies have no connection cap; lift ours (10,000 by default) above the
             // idle-connection phase so it measures memory, not the cap.
-            let settings = dir.join(format!("interceptor{suffix}.yaml"));
+            let settings = dir.join(format!("{}{suffix}.yaml", kind.name()));
             let mut text = String::from("limits:\n  maxConnections: 50000\n");
+            if kind == Kind::InterceptorFastPath {
+                text.push_str("fastPath: true\n");
+            }
             if let Front::Gateway(cert) = front {
                 // config/gateway's Gateway on the node's address, as `cargo xtask demo --gateway`.
                 text.push_str(&format!(
@@ -222,14 +231,14 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
         }
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = node.command_in(&node.node_netns(), false, &program, &args);
+    let mut cmd = node.command_in(&node.node_netns(), kind == Kind::InterceptorFastPath, &program, &args);
     let log_file = std::fs::File::create(&log)?;
     cmd.envs(env).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
     let pid = node.spawn(cmd)?;
     let netns = node.node_netns();
     let listen = listen_at.to_string();
     let listening = wait_until(pid, Duration::from_secs(30), || {
-        if kind == Kind::Interceptor {
+        if matches!(kind, Kind::Interceptor | Kind::InterceptorFastPath) {
             std::fs::read_to_string(&log).is_ok_and(|t| t.contains("agent ready"))
                 && (matches!(front, Front::Mesh) || wait_for_listener(&netns, &listen, Duration::ZERO).is_ok())
         } else {
@@ -241,7 +250,7 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
         bail!("{} did not start: {err:#}\n{text}", kind.name());
     }
     let (target, captured, sni) = match (kind, front) {
-        (Kind::Interceptor, Front::Mesh) => (SocketAddr::V4(VIP), true, None),
+        (Kind::Interceptor | Kind::InterceptorFastPath, Front::Mesh) => (SocketAddr::V4(VIP), true, None),
         (_, Front::Mesh) => (SocketAddr::V4(listen_at), false, None),
         (_, Front::Gateway(_)) => (SocketAddr::V4(listen_at), false, Some(GATEWAY_HOST)),
     };

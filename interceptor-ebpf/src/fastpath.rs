@@ -1,0 +1,173 @@
+//! The fast path between local sockets: `sockops` pairs a pod's socket with the proxy's end of the
+//! same connection in `SOCK_PAIRS`, and `sk_msg` moves what one of them sends straight into the
+//! other's receive queue, skipping TCP/IP and the veth on both ends.
+//!
+//! Order is kept per direction: a socket decides at its first send whether its peer is there, and
+//! a socket that once sent through TCP never switches to the fast path (its bytes in flight would
+//! be overtaken). The other way is safe — the receiver reads its fast-path queue before its TCP
+//! one — so a socket falls back to TCP when its peer is gone or its budget is spent.
+
+use aya_ebpf::{
+    bindings::{sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST},
+    helpers::bpf_get_netns_cookie,
+    macros::sk_msg,
+    programs::{SkMsgContext, SockOpsContext},
+    EbpfContext as _,
+};
+use interceptor_common::{
+    capture::PROXY_SOCKET_MARK,
+    fastpath::{FastPath, SockPair, FAST_PATH_BUDGET, FAST_PATH_EXPECTED, FAST_PATH_OFF, FAST_PATH_ON},
+    stats::Program,
+    SockAddr,
+};
+
+use crate::{
+    ctx_addr::read_ip6,
+    maps::{FAST_PATH, PROXY_TARGET, SOCK_PAIRS},
+    stats::{count, Outcome},
+};
+
+/// `AF_INET` from `<linux/socket.h>`.
+const AF_INET: u32 = 2;
+
+/// The proxy's network namespace cookie, when the agent turned the fast path on.
+#[inline(always)]
+pub fn proxy_netns() -> Option<u64> {
+    PROXY_TARGET.get(0).filter(|target| target.fast_path != 0).map(|target| target.proxy_netns)
+}
+
+/// A socket's own network namespace.
+#[inline(always)]
+fn netns(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper taking the program's own context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+/// The proxy's own upstream sockets: its mark, in its network namespace (a pod may mark its
+/// sockets too, in its own namespace).
+#[inline(always)]
+pub fn is_proxy_socket(ctx: &SockOpsContext, proxy_netns: u64) -> bool {
+    // SAFETY: `sk` is the context's PTR_TO_SOCKET_OR_NULL (a full socket once established);
+    // `mark` is a readable `bpf_sock` field.
+    let mark = unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        (*sk).mark
+    };
+    mark == PROXY_SOCKET_MARK && netns(ctx) == proxy_netns
+}
+
+/// The established socket of `ctx` as it sees the connection. Ports: `local_port` is host order,
+/// `remote_port` network order in the upper half (the kernel shifts it there).
+#[inline(always)]
+fn own_pair(ctx: &SockOpsContext) -> SockPair {
+    let (local_port, remote_port) = (ctx.local_port() as u16, u32::from_be(ctx.remote_port()) as u16);
+    if ctx.family() == AF_INET {
+        SockPair {
+            local: SockAddr::v4(ctx.local_ip4().to_ne_bytes(), local_port),
+            remote: SockAddr::v4(ctx.remote_ip4().to_ne_bytes(), remote_port),
+        }
+    } else {
+        // SAFETY: readable 4-word context fields of the program's own context.
+        let (local, remote) =
+            unsafe { (read_ip6(&raw const (*ctx.ops).local_ip6), read_ip6(&raw const (*ctx.ops).remote_ip6)) };
+        SockPair { local: SockAddr::v6(local, local_port), remote: SockAddr::v6(remote, remote_port) }
+    }
+}
+
+/// Any network namespace, for [`open`]'s `peer_netns`.
+pub const ANY_NETNS: u64 = 0;
+
+/// The connecting end of a connection the fast path takes (a captured pod's socket to the proxy,
+/// or the proxy's to an endpoint): pairs it and expects its peer, in `peer_netns` (or any).
+#[inline(always)]
+pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
+    let mut own = own_pair(ctx);
+    let expected = FastPath { state: FAST_PATH_EXPECTED, netns: peer_netns, ..FastPath::default() };
+    FAST_PATH.insert(&own.peer(), &expected, u64::from(BPF_ANY))?;
+    join(ctx, &mut own)
+}
+
+/// The accepting end: paired only when its connecting peer expects it, from the namespace it
+/// expects (the proxy's accepted socket of a captured pod, or a pod's socket the proxy connected to).
+#[inline(always)]
+pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
+    let mut own = own_pair(ctx);
+    let Some(expected) = FAST_PATH.get_ptr(&own) else {
+        return Ok(());
+    };
+    // SAFETY: copied out at once; a stale value only leaves the socket out of the fast path.
+    let expected: FastPath = unsafe { *expected };
+    if expected.state == FAST_PATH_EXPECTED && (expected.netns == ANY_NETNS || expected.netns == netns(ctx)) {
+        join(ctx, &mut own)
+    } else {
+        Ok(())
+    }
+}
+
+#[inline(always)]
+fn join(ctx: &SockOpsContext, own: &mut SockPair) -> Result<(), i32> {
+    let on = FastPath { state: FAST_PATH_ON, ..FastPath::default() };
+    FAST_PATH.insert(&*own, &on, u64::from(BPF_ANY))?;
+    // Never over another socket's entry (a closed socket leaves the map by itself): a key taken
+    // over would receive that connection's bytes.
+    // SAFETY: the program's own context, an established full socket.
+    SOCK_PAIRS.update(own, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))
+}
+
+#[sk_msg]
+pub fn sk_msg_fast_path(ctx: SkMsgContext) -> u32 {
+    let outcome = send(&ctx);
+    count(Program::SkMsg, outcome);
+    // Always: a failed redirect leaves the message on the socket's own TCP path.
+    SK_PASS
+}
+
+#[inline(always)]
+fn send(ctx: &SkMsgContext) -> Outcome {
+    let own = msg_pair(ctx);
+    let Some(state) = FAST_PATH.get_ptr_mut(&own) else {
+        return Outcome::Bypassed;
+    };
+    // SAFETY: this socket's own entry; its sends run one at a time under the socket lock.
+    let state = unsafe { &mut *state };
+    if state.state != FAST_PATH_ON {
+        return Outcome::Bypassed;
+    }
+    let size = u64::from(ctx.size());
+    if state.moved + size > FAST_PATH_BUDGET {
+        state.state = FAST_PATH_OFF;
+        return Outcome::Bypassed;
+    }
+    let mut peer = own.peer();
+    if SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
+        state.moved += size;
+        Outcome::Captured
+    } else {
+        state.state = FAST_PATH_OFF;
+        Outcome::Bypassed
+    }
+}
+
+/// The sending socket as it sees the connection (ports as in [`own_pair`]).
+#[inline(always)]
+fn msg_pair(ctx: &SkMsgContext) -> SockPair {
+    let md = ctx.msg;
+    // SAFETY: readable fields of the program's own context.
+    unsafe {
+        let (local_port, remote_port) = ((*md).local_port as u16, u32::from_be((*md).remote_port) as u16);
+        if (*md).family == AF_INET {
+            SockPair {
+                local: SockAddr::v4((*md).local_ip4.to_ne_bytes(), local_port),
+                remote: SockAddr::v4((*md).remote_ip4.to_ne_bytes(), remote_port),
+            }
+        } else {
+            SockPair {
+                local: SockAddr::v6(read_ip6(&raw const (*md).local_ip6), local_port),
+                remote: SockAddr::v6(read_ip6(&raw const (*md).remote_ip6), remote_port),
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! End-to-end: the sockmap fast path (`fastPath: true`) carries the same bytes as TCP — kept-alive
+//! load, pipelined requests, a body larger than the per-socket budget (which then falls back to
+//! TCP mid-stream), a client that resets mid-body — with pods and agent in the capture cgroup as
+//! kubelet's pods are, so both legs (client ↔ proxy, proxy ↔ endpoint) are paired.
+
+mod common;
+
+use common::{node_with_pods, numbered_body, sample, v2_under, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use testbed::{Agent, Node, ADMIN};
+
+/// Larger than `FAST_PATH_BUDGET` (4 MiB): the endpoint's socket moves 4 MiB, then sends the rest
+/// through TCP.
+const BIG: usize = 6 << 20;
+
+/// What one run saw.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    /// Bodies of two pipelined requests on one connection, in order.
+    pipelined: Vec<String>,
+    /// Length of the big body and whether it is exactly what the endpoint sent.
+    big: (usize, bool),
+    /// The same for a client that reads nothing for a second, while a load runs beside it.
+    slow_reader: (usize, bool),
+    /// Answers of a kept-alive load run by version.
+    load_v1: usize,
+    /// A request after a client reset mid-body is answered.
+    after_reset: bool,
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+fn counters(node: &Node, name: &str) -> f64 {
+    let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
+    sample(&text, name, &["program=\"sk_msg\""]).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn run(fast_path: bool) -> (Seen, f64, f64) {
+    let mut node = node_with_pods().unwrap();
+    let size = BIG.to_string();
+    node.serve_captured("v1a", "v1", &[]).unwrap();
+    node.serve_captured("v1b", "v1", &[]).unwrap();
+    node.serve_captured("v2", "v2", &["--body-bytes", &size]).unwrap();
+    let on = if fast_path { "true" } else { "false" };
+    // `/big` goes to v2, which answers with BIG bytes; anything else to v1.
+    let rules = v2_under("/big");
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
+    let agent = Agent::start_adding(&node, &files, &["--fast-path", on], true).unwrap();
+
+    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n");
+    let two = format!("{}{}", get("/", ""), get("/", "Connection: close\\r\\n"));
+    let r = node.raw(CLIENT, &["--target", VIP, "--send", &two, "--read-ms", "5000"]).unwrap();
+    let pipelined: Vec<String> =
+        r.response.split("HTTP/1.1 ").skip(1).map(|answer| body(answer).trim_end().to_owned()).collect();
+
+    let big_request = get("/big", "Connection: close\\r\\n");
+    let r = node.raw(CLIENT, &["--target", VIP, "--send", &big_request, "--read-ms", "20000"]).unwrap();
+    assert!(r.closed, "the big answer did not end: {} bytes", r.response.len());
+    let got = body(&r.response);
+    let big = (got.len(), got.as_bytes() == numbered_body("v2", BIG));
+
+    let report = common::load(&node, 300, &[]);
+
+    let beside = node.load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "2000"]).unwrap();
+    let r = node
+        .raw(CLIENT, &["--target", VIP, "--send", &big_request, "--wait-ms", "1000", "--read-ms", "20000"])
+        .unwrap();
+    let got = body(&r.response);
+    let slow_reader = (got.len(), got.as_bytes() == numbered_body("v2", BIG));
+    let beside: testbed::LoadReport = serde_json::from_str(&testbed::read_stdout(&mut { beside }).unwrap()).unwrap();
+    assert_eq!(beside.count("v1"), 2000, "{beside:?}");
+
+    // The client stops reading 20 ms into the big body and exits: its socket resets.
+    node.raw(CLIENT, &["--target", VIP, "--send", &get("/big", ""), "--read-ms", "20"]).unwrap();
+    let after =
+        node.raw(CLIENT, &["--target", VIP, "--send", &get("/", "Connection: close\\r\\n"), "--read-ms", "5000"]);
+    let after_reset = after.is_ok_and(|r| r.response.starts_with("HTTP/1.1 200 OK\r\n") && body(&r.response) == "v1");
+
+    let seen = Seen { pipelined, big, slow_reader, load_v1: report.count("v1"), after_reset };
+    let moved = counters(&node, "interceptor_program_captured_total");
+    let through_tcp = counters(&node, "interceptor_program_bypassed_total");
+    drop(agent);
+    (seen, moved, through_tcp)
+}
+
+#[test]
+fn the_fast_path_carries_the_same_bytes_as_tcp() {
+    let (plain, moved, _) = run(false);
+    assert_eq!(moved, 0.0, "fast path off, yet sends were moved");
+    assert_eq!(
+        plain,
+        Seen {
+            pipelined: vec!["v1".into(), "v1".into()],
+            big: (BIG, true),
+            slow_reader: (BIG, true),
+            load_v1: 300,
+            after_reset: true
+        }
+    );
+
+    let (fast, moved, through_tcp) = run(true);
+    eprintln!("fast path: {moved} sends moved, {through_tcp} through TCP");
+    assert_eq!(fast, plain, "the fast path changed what the client saw");
+    // Every request and answer of the load run crosses two pairs: at least 4 moves each.
+    assert!(moved >= 4.0 * 300.0, "only {moved} sends moved");
+    // The big body outgrew the endpoint socket's budget and went on through TCP.
+    assert!(through_tcp >= 1.0, "the budget never ran out ({through_tcp} sends through TCP)");
+}
