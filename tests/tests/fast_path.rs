@@ -5,11 +5,13 @@
 
 mod common;
 
-use common::{node_with_pods, numbered_body, sample, v2_under, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use common::{
+    load_to, node_with_pods, numbered_body, sample, service_dual_stack, v2_under, CLIENT, HOST, SUBSETS, VIP, VIP6,
+};
 use testbed::{Agent, Node, ADMIN};
 
 /// Larger than `FAST_PATH_BUDGET` (4 MiB): the endpoint's socket moves 4 MiB, then sends the rest
-/// through TCP.
+/// through TCP, mid-body.
 const BIG: usize = 6 << 20;
 
 /// What one run saw.
@@ -25,6 +27,8 @@ struct Seen {
     load_v1: usize,
     /// A request after a client reset mid-body is answered.
     after_reset: bool,
+    /// Answers of a kept-alive load run over IPv6 (the dual-stack service's other VIP).
+    load_v6_v1: usize,
 }
 
 fn body(response: &str) -> &str {
@@ -44,8 +48,8 @@ fn run(fast_path: bool) -> (Seen, f64, f64) {
     node.serve_captured("v2", "v2", &["--body-bytes", &size]).unwrap();
     let on = if fast_path { "true" } else { "false" };
     // `/big` goes to v2, which answers with BIG bytes; anything else to v1.
-    let rules = v2_under("/big");
-    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
+    let (rules, service) = (v2_under("/big"), service_dual_stack());
+    let files = [("svc.yaml", service.as_str()), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
     let agent = Agent::start_adding(&node, &files, &["--fast-path", on], true).unwrap();
 
     let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n");
@@ -77,8 +81,14 @@ fn run(fast_path: bool) -> (Seen, f64, f64) {
         node.raw(CLIENT, &["--target", VIP, "--send", &get("/", "Connection: close\\r\\n"), "--read-ms", "5000"]);
     let after_reset = after.is_ok_and(|r| r.response.starts_with("HTTP/1.1 200 OK\r\n") && body(&r.response) == "v1");
 
-    let seen = Seen { pipelined, big, slow_reader, load_v1: report.count("v1"), after_reset };
+    let moved_v4 = counters(&node, "interceptor_program_captured_total");
+    let v6 = load_to(&node, VIP6, 200, &[]);
     let moved = counters(&node, "interceptor_program_captured_total");
+    // Every request and answer crosses two pairs: at least 4 moves each.
+    assert!(!fast_path || moved - moved_v4 >= 4.0 * 200.0, "IPv6: only {} sends moved", moved - moved_v4);
+
+    let seen =
+        Seen { pipelined, big, slow_reader, load_v1: report.count("v1"), after_reset, load_v6_v1: v6.count("v1") };
     let through_tcp = counters(&node, "interceptor_program_bypassed_total");
     drop(agent);
     (seen, moved, through_tcp)
@@ -95,15 +105,15 @@ fn the_fast_path_carries_the_same_bytes_as_tcp() {
             big: (BIG, true),
             slow_reader: (BIG, true),
             load_v1: 300,
-            after_reset: true
+            after_reset: true,
+            load_v6_v1: 200,
         }
     );
 
     let (fast, moved, through_tcp) = run(true);
-    eprintln!("fast path: {moved} sends moved, {through_tcp} through TCP");
     assert_eq!(fast, plain, "the fast path changed what the client saw");
-    // Every request and answer of the load run crosses two pairs: at least 4 moves each.
-    assert!(moved >= 4.0 * 300.0, "only {moved} sends moved");
-    // The big body outgrew the endpoint socket's budget and went on through TCP.
+    // Every request and answer of the load runs crosses two pairs: at least 4 moves each.
+    assert!(moved >= 4.0 * (300.0 + 2000.0 + 200.0), "only {moved} sends moved");
+    // The big bodies outgrew the endpoint socket's budget and went on through TCP.
     assert!(through_tcp >= 1.0, "the budget never ran out ({through_tcp} sends through TCP)");
 }

@@ -148,12 +148,12 @@ impl Results {
     }
 }
 
-/// Runs the bench (`quick`: a few seconds per contender, for CI), every phase or `only` one.
+/// Runs the bench (`quick`: a few seconds per contender, for CI), every phase or the `only` ones.
 ///
 /// # Errors
 /// The harness is broken: a tool cannot be installed, a contender does not start or does not do
 /// the job (wrong routing, failed requests). Missing a performance target is not an error.
-pub fn run(quick: bool, profile: bool, only: Option<Phase>) -> Result<()> {
+pub fn run(quick: bool, profile: bool, only: &[Phase]) -> Result<()> {
     let root = crate::workspace_root();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -187,7 +187,7 @@ pub struct Measured {
 
 /// The node and its backends, then each selected phase with its own contenders (one interceptor
 /// at a time: both would attach to the node's cgroup).
-fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only: Option<Phase>) -> Result<Measured> {
+fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only: &[Phase]) -> Result<Measured> {
     let mut pods = vec![PodSpec::new(CLIENT.0, CLIENT.1)];
     pods.extend(BACKENDS.iter().map(|(pod, ip, _)| PodSpec::new(pod, *ip)));
     let mut node = Node::create(&pods)?;
@@ -197,7 +197,7 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
         node.serve_captured(pod, version, &["--size", &size])?;
     }
     let run_dir = dir.join("run");
-    let wanted = |phase| only.is_none_or(|o| o == phase);
+    let wanted = |phase| only.is_empty() || only.contains(&phase);
     let mesh_results = if wanted(Phase::Mesh) {
         let kinds = Kind::ALL;
         Some(with_contenders(&mut node, &kinds, Front::Mesh, tools, mesh, &run_dir, |node, running| {

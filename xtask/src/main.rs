@@ -84,10 +84,10 @@ enum Task {
         /// Sample each proxy with perf during its first saturation turn (target/bench/run/profile-*.txt).
         #[arg(long)]
         profile: bool,
-        /// Run one phase only: `mesh` (captured plain HTTP), `gateway` (HTTPS termination) or
-        /// `fast-path` (captured plain HTTP over the sockmap fast path).
+        /// Run these phases only (repeatable): `mesh` (captured plain HTTP), `gateway` (HTTPS
+        /// termination), `fast-path` (captured plain HTTP over the sockmap fast path).
         #[arg(long, value_enum)]
-        only: Option<bench::Phase>,
+        only: Vec<bench::Phase>,
     },
 }
 
@@ -106,7 +106,7 @@ fn main() {
             let size = cluster_bench::Size { services, endpoints_per_service, virtual_services, changes };
             setup::run().and_then(|()| build()).and_then(|()| cluster_bench::run(&size, &steps))
         }
-        Task::Bench { quick, profile, only } => setup::run().and_then(|()| bench::run(quick, profile, only)),
+        Task::Bench { quick, profile, only } => setup::run().and_then(|()| bench::run(quick, profile, &only)),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -153,7 +153,7 @@ fn test() -> Result<()> {
     total += cargo_test(&["test", "-p", "interceptor-tests", "--", "--test-threads=1"])?;
     // The quick bench keeps the harness from rotting: it fails only when the harness is broken
     // (a contender cannot start or does not do the job), never on a performance target.
-    bench::run(true, false, None).context("quick bench (cargo xtask bench --quick)")?;
+    bench::run(true, false, &[]).context("quick bench (cargo xtask bench --quick)")?;
     // One closing line for the whole run (cargo prints one per test binary).
     println!("tests: {} passed, {} failed", total.passed, total.failed);
     if total.passed == 0 {
