@@ -50,17 +50,24 @@ pub struct FastPath {
     /// [`FAST_PATH_EXPECTED`]: the network namespace cookie the socket must be in to join (the
     /// proxy's, for the proxy's end of a pod's connection), or 0 for any.
     pub netns: u64,
+    /// The socket's own cookie, once paired.
+    pub cookie: u64,
+    /// The cookie of the socket it is paired with (for [`FAST_PATH_EXPECTED`]: of the opener
+    /// that expects it); 0 until the peer joins. Moves go only to that socket.
+    pub peer_cookie: u64,
 }
 
 /// The socket that will be this key's peer is in the sockhash; this one is not connected yet.
 pub const FAST_PATH_EXPECTED: u32 = 1;
 /// In the sockhash: its sends go to its peer while the peer is there and the budget lasts.
 pub const FAST_PATH_ON: u32 = 2;
-/// Sends through TCP for the rest of the connection: its first send found no peer, or the
-/// budget ran out. Never back: data still in flight through TCP would be overtaken.
+/// Sends through TCP for the rest of the connection: its first send found no peer bound to it,
+/// the peer went back to TCP, or the budget ran out. Never back: data still in flight through
+/// TCP would be overtaken. Also written for the peer of an opener that could not pair, so the
+/// peer does not join.
 pub const FAST_PATH_OFF: u32 = 3;
 
-const _: () = assert!(core::mem::size_of::<FastPath>() == 24);
+const _: () = assert!(core::mem::size_of::<FastPath>() == 40);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, no padding (SockAddr's is explicit), every bit pattern valid.

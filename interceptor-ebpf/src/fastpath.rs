@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST},
-    helpers::bpf_get_netns_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sk_msg,
     programs::{SkMsgContext, SockOpsContext},
     EbpfContext as _,
@@ -81,17 +81,33 @@ fn own_pair(ctx: &SockOpsContext) -> SockPair {
 pub const ANY_NETNS: u64 = 0;
 
 /// The connecting end of a connection the fast path takes (a captured pod's socket to the proxy,
-/// or the proxy's to an endpoint): pairs it and expects its peer, in `peer_netns` (or any).
+/// or the proxy's to an endpoint): pairs it and expects its peer, in `peer_netns` (or any), bound
+/// to this socket's cookie.
 #[inline(always)]
 pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
     let mut own = own_pair(ctx);
-    let expected = FastPath { state: FAST_PATH_EXPECTED, netns: peer_netns, ..FastPath::default() };
+    // SAFETY: a readable field of the program's own context.
+    let sent = unsafe { (*ctx.ops).data_segs_out };
+    // Bytes already sent through TCP (TCP Fast Open's SYN data) would be overtaken by moved ones.
+    let paired = if sent == 0 { pair(ctx, &mut own).map(Some) } else { Ok(None) };
+    let Ok(Some(cookie)) = paired else {
+        // Not paired — in particular when another socket (a pod forging this 4-tuple in a
+        // namespace of its own) holds the key: the peer must not join, or it would send this
+        // connection's bytes to that socket.
+        let off = FastPath { state: FAST_PATH_OFF, ..FastPath::default() };
+        FAST_PATH.insert(&own.peer(), &off, u64::from(BPF_ANY))?;
+        return paired.map(|_| ());
+    };
+    let expected =
+        FastPath { state: FAST_PATH_EXPECTED, netns: peer_netns, peer_cookie: cookie, ..FastPath::default() };
     FAST_PATH.insert(&own.peer(), &expected, u64::from(BPF_ANY))?;
-    join(ctx, &mut own)
+    let on = FastPath { state: FAST_PATH_ON, cookie, ..FastPath::default() };
+    FAST_PATH.insert(&own, &on, u64::from(BPF_ANY))
 }
 
 /// The accepting end: paired only when its connecting peer expects it, from the namespace it
-/// expects (the proxy's accepted socket of a captured pod, or a pod's socket the proxy connected to).
+/// expects (the proxy's accepted socket of a captured pod, or a pod's socket the proxy connected
+/// to); the two sockets' cookies bind them to each other.
 #[inline(always)]
 pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
     let mut own = own_pair(ctx);
@@ -100,21 +116,30 @@ pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
     };
     // SAFETY: copied out at once; a stale value only leaves the socket out of the fast path.
     let expected: FastPath = unsafe { *expected };
-    if expected.state == FAST_PATH_EXPECTED && (expected.netns == ANY_NETNS || expected.netns == netns(ctx)) {
-        join(ctx, &mut own)
-    } else {
-        Ok(())
+    if expected.state != FAST_PATH_EXPECTED || (expected.netns != ANY_NETNS && expected.netns != netns(ctx)) {
+        return Ok(());
     }
+    let cookie = pair(ctx, &mut own)?;
+    let on = FastPath { state: FAST_PATH_ON, cookie, peer_cookie: expected.peer_cookie, ..FastPath::default() };
+    FAST_PATH.insert(&own, &on, u64::from(BPF_ANY))?;
+    if let Some(opener) = FAST_PATH.get_ptr_mut(&own.peer()) {
+        // SAFETY: a plain value; the opener reads it only in its own sends, which now wait for it.
+        let opener = unsafe { &mut *opener };
+        if opener.cookie == expected.peer_cookie && opener.peer_cookie == 0 {
+            opener.peer_cookie = cookie;
+        }
+    }
+    Ok(())
 }
 
+/// Puts the socket in `SOCK_PAIRS` under its own key — never over another socket's (a closed
+/// socket leaves the map by itself) — and returns its cookie.
 #[inline(always)]
-fn join(ctx: &SockOpsContext, own: &mut SockPair) -> Result<(), i32> {
-    let on = FastPath { state: FAST_PATH_ON, ..FastPath::default() };
-    FAST_PATH.insert(&*own, &on, u64::from(BPF_ANY))?;
-    // Never over another socket's entry (a closed socket leaves the map by itself): a key taken
-    // over would receive that connection's bytes.
+fn pair(ctx: &SockOpsContext, own: &mut SockPair) -> Result<u64, i32> {
     // SAFETY: the program's own context, an established full socket.
-    SOCK_PAIRS.update(own, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))
+    SOCK_PAIRS.update(own, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))?;
+    // SAFETY: helper taking the program's own context.
+    Ok(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) })
 }
 
 #[sk_msg]
@@ -136,12 +161,18 @@ fn send(ctx: &SkMsgContext) -> Outcome {
     if state.state != FAST_PATH_ON {
         return Outcome::Bypassed;
     }
+    let mut peer = own.peer();
+    // SAFETY: copied out at once.
+    let partner = FAST_PATH.get_ptr(&peer).map(|p| unsafe { *p });
+    // Only into the very socket this one was paired with, and only while it moves too: a peer
+    // not joined yet (this is the first send), gone back to TCP, or another socket under the key.
+    let bound = partner
+        .is_some_and(|p| p.state == FAST_PATH_ON && p.cookie == state.peer_cookie && p.peer_cookie == state.cookie);
     let size = u64::from(ctx.size());
-    if state.moved + size > FAST_PATH_BUDGET {
+    if !bound || state.moved + size > FAST_PATH_BUDGET {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     }
-    let mut peer = own.peer();
     if SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
         state.moved += size;
         Outcome::Captured

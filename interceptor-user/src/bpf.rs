@@ -241,8 +241,9 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
-    /// The fast path needs this network namespace's cookie (Linux 5.14 and later).
-    #[error("fast path: reading the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)")]
+    /// The fast path needs this network namespace's cookie (Linux 5.14 and later; the fast path
+    /// as a whole needs 5.15, for `bpf_get_netns_cookie` in sockops).
+    #[error("fast path: reading the network namespace cookie (SO_NETNS_COOKIE; the fast path needs Linux 5.15+)")]
     NetnsCookie {
         /// The I/O error.
         #[source]
