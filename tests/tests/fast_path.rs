@@ -1,14 +1,19 @@
 //! End-to-end: the sockmap fast path (`fastPath: true`) carries the same bytes as TCP — kept-alive
 //! load, pipelined requests, a body larger than the per-socket budget (which then falls back to
 //! TCP mid-stream), a client that resets mid-body — with pods and agent in the capture cgroup as
-//! kubelet's pods are, so both legs (client ↔ proxy, proxy ↔ endpoint) are paired.
+//! kubelet's pods are, so both legs (client ↔ proxy, proxy ↔ endpoint) are paired; and a pod
+//! forging a client's connection in its own namespace gets none of the client's bytes.
 
 mod common;
 
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use common::{
-    load_to, node_with_pods, numbered_body, sample, service_dual_stack, v2_under, CLIENT, HOST, SUBSETS, VIP, VIP6,
+    load_to, node_with_pods, numbered_body, sample, service_dual_stack, v2_under, BETA, CLIENT, HOST, SERVICE, SUBSETS,
+    VIP, VIP6,
 };
-use testbed::{Agent, Node, ADMIN};
+use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, ADMIN, GATEWAY};
 
 /// Larger than `FAST_PATH_BUDGET` (4 MiB): the endpoint's socket moves 4 MiB, then sends the rest
 /// through TCP, mid-body.
@@ -116,4 +121,48 @@ fn the_fast_path_carries_the_same_bytes_as_tcp() {
     assert!(moved >= 4.0 * (300.0 + 2000.0 + 200.0), "only {moved} sends moved");
     // The big bodies outgrew the endpoint socket's budget and went on through TCP.
     assert!(through_tcp >= 1.0, "the budget never ran out ({through_tcp} sends through TCP)");
+}
+
+/// A pod with `NET_ADMIN` in its own namespace forges a client's 4-tuple there (the client's
+/// address and the proxy's on its loopback, a listener posing as the proxy) before the client
+/// connects from the same port: the client must still get its answer, the forger nothing of it.
+#[test]
+fn a_pod_forging_a_clients_connection_gets_none_of_its_bytes() {
+    let mut node = node_with_pods().unwrap();
+    for pod in ["v1a", "v1b", "v2"] {
+        node.serve_captured(pod, pod, &[]).unwrap();
+    }
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", BETA)];
+    let _agent = Agent::start_adding(&node, &files, &["--fast-path", "true"], true).unwrap();
+
+    let (forger, client_ip, proxy) = ("v2", "10.244.0.10", format!("{GATEWAY}:15001"));
+    for address in [client_ip.to_owned(), GATEWAY.to_string()] {
+        node.exec_in_pod(forger, "ip", &["addr", "add", &format!("{address}/32"), "dev", "lo"]).unwrap();
+    }
+    let pod = testbed::workspace_binary("pod");
+    let mut fake_proxy =
+        node.command_in(&node.pod_netns(forger), false, &pod, &["echo", "--listen", &proxy, "--banner", "forged"]);
+    fake_proxy.stdout(Stdio::null()).stderr(Stdio::null());
+    node.spawn(fake_proxy).unwrap();
+    wait_for_listener(&node.pod_netns(forger), &proxy, Duration::from_secs(5)).unwrap();
+
+    // The forger's captured connect goes to "the proxy" on its own loopback: its socket holds
+    // the key the client's socket will have.
+    let source = format!("{client_ip}:40001");
+    let forged = ["raw", "--target", VIP, "--bind", &source, "--read-ms", "4000"];
+    let mut forged =
+        node.command_in(&node.pod_netns(forger), true, &pod, &forged).stdout(Stdio::piped()).spawn().unwrap();
+    let netns = node.pod_netns(forger);
+    poll_until("the forged connection", Duration::from_secs(5), || {
+        let out = Command::new("ip").args(["netns", "exec", &netns, "ss", "-Htn", "state", "established"]).output();
+        Ok(out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&proxy)))
+    })
+    .unwrap();
+
+    let request = format!("GET / HTTP/1.1\\r\\nHost: {HOST}\\r\\nConnection: close\\r\\n\\r\\n");
+    let client =
+        node.raw(CLIENT, &["--target", VIP, "--bind", &source, "--send", &request, "--read-ms", "5000"]).unwrap();
+    assert!(client.response.starts_with("HTTP/1.1 200 OK\r\n"), "the client got {:?}", client.response);
+    let forged: testbed::RawReport = serde_json::from_str(&read_stdout(&mut forged).unwrap()).unwrap();
+    assert_eq!(forged.response, "forged", "the forger received the client's answer");
 }

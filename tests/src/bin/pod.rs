@@ -120,6 +120,9 @@ enum Command {
         /// Wait this long after sending before reading anything (a slow reader), in milliseconds.
         #[arg(long, default_value_t = 0)]
         wait_ms: u64,
+        /// Connect from this local address (ip:port) instead of one the kernel picks.
+        #[arg(long)]
+        bind: Option<SocketAddr>,
     },
     /// One GET to `addr` (e.g. the agent's admin port); prints the status on the first line, then
     /// the body.
@@ -212,10 +215,26 @@ fn h2_frames(mut bytes: &[u8]) -> Vec<H2Frame> {
     frames
 }
 
-async fn raw(target: SocketAddr, payload: Vec<u8>, read_for: Duration, wait: Duration, h2: bool) -> Result<RawReport> {
+async fn raw(
+    target: SocketAddr,
+    bind: Option<SocketAddr>,
+    payload: Vec<u8>,
+    read_for: Duration,
+    wait: Duration,
+    h2: bool,
+) -> Result<RawReport> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let mut stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    let mut stream = match bind {
+        None => TcpStream::connect(target).await,
+        Some(local) => {
+            let socket =
+                if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(local).with_context(|| format!("bind {local}"))?;
+            socket.connect(target).await
+        }
+    }
+    .with_context(|| format!("connect {target}"))?;
     // A server may answer and close before it has read everything (a head over its limit): the
     // write then fails, and the answer is still there to read.
     let _ = stream.write_all(&payload).await;
@@ -299,13 +318,13 @@ async fn main() -> Result<()> {
             serve(listen, name, options).await
         }
         Command::Echo { listen, banner } => echo(listen, banner).await,
-        Command::Raw { target, send, send_file, read_ms, h2, wait_ms } => {
+        Command::Raw { target, send, send_file, read_ms, h2, wait_ms, bind } => {
             let payload = match send_file {
                 Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
             };
             let (read_for, wait) = (Duration::from_millis(read_ms), Duration::from_millis(wait_ms));
-            let report = raw(target, payload, read_for, wait, h2).await?;
+            let report = raw(target, bind, payload, read_for, wait, h2).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
