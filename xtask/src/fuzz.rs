@@ -8,8 +8,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::setup::run_checked;
 
-/// Each target, how long a full run lasts by default (long enough for 10 million executions at
-/// the rate measured on two busy cores, see README), and the largest input it is given: the
+/// Executions of a full run: it ends there, or at its target's `secs` if the machine is slower.
+const FULL_RUN: u64 = 10_000_000;
+
+/// Each target, how long a full run may last (long enough for [`FULL_RUN`] executions at the rate
+/// measured on two busy cores, see README), and the largest input it is given: the
 /// byte targets feed their input in many reads, each re-reading what came before (as the proxy
 /// does), so large inputs cost quadratically and smuggling needs only a few hundred bytes.
 pub const TARGETS: &[Target] = &[
@@ -43,9 +46,9 @@ pub struct Outcome {
     pub crashes: usize,
 }
 
-/// Builds every target, then runs `only` (or each target) for `secs` seconds (or its default),
-/// one after the other; prints `FUZZ target=<name> execs=<n> crashes=<k>` per target and fails
-/// when any crashed.
+/// Builds every target, then runs `only` (or each target) for `secs` seconds — by default a full
+/// run: [`FULL_RUN`] executions, bounded by the target's `secs` — one after the other; prints
+/// `FUZZ target=<name> execs=<n> crashes=<k>` per target and fails when any crashed.
 pub fn run(secs: Option<u64>, only: Option<&str>) -> Result<()> {
     let targets: Vec<Target> = match only {
         Some(name) => match TARGETS.iter().find(|t| t.name == name) {
@@ -58,7 +61,10 @@ pub fn run(secs: Option<u64>, only: Option<&str>) -> Result<()> {
     build(&cargo_fuzz)?;
     let mut crashed = Vec::new();
     for target in targets {
-        let outcome = run_target(&target, secs.unwrap_or(target.secs))?;
+        let outcome = match secs {
+            Some(secs) => run_target(&target, secs, None)?,
+            None => run_target(&target, target.secs, Some(FULL_RUN))?,
+        };
         println!("FUZZ target={} execs={} crashes={}", target.name, outcome.execs, outcome.crashes);
         if outcome.crashes > 0 {
             crashed.push(target.name);
@@ -99,10 +105,10 @@ fn build(cargo_fuzz: &Path) -> Result<()> {
     run_checked(&mut cmd)
 }
 
-/// Runs one built target for `secs` seconds over a scratch copy of its checked-in corpus (new
-/// inputs go to the scratch copy, seeds stay as they are); crash inputs go to
-/// `fuzz/artifacts/<target>/`.
-fn run_target(target: &Target, secs: u64) -> Result<Outcome> {
+/// Runs one built target for `secs` seconds (or until `runs` executions) over a scratch copy of
+/// its checked-in corpus (new inputs go to the scratch copy, seeds stay as they are); crash inputs
+/// go to `fuzz/artifacts/<target>/`.
+fn run_target(target: &Target, secs: u64, runs: Option<u64>) -> Result<Outcome> {
     let name = target.name;
     let fuzz = fuzz_dir();
     let binary = fuzz.join("target/x86_64-unknown-linux-gnu/debug").join(name);
@@ -117,6 +123,7 @@ fn run_target(target: &Target, secs: u64) -> Result<Outcome> {
     artifact_prefix.push("/");
     let output = Command::new(&binary)
         .arg(format!("-max_total_time={secs}"))
+        .args(runs.map(|runs| format!("-runs={runs}")))
         .arg(format!("-max_len={}", target.max_len))
         .arg(format!("-timeout={HANG_SECS}"))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
