@@ -43,13 +43,9 @@ pub struct ProxyTarget {
     pub fail_closed: u32,
     /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads) of the agent's last heartbeat.
     pub heartbeat_ns: u64,
-    /// Non-zero: `sockops` pairs the sockets of captured connections for the `sk_msg` fast path
-    /// (see `crate::fastpath`).
-    pub fast_path: u32,
-    /// Explicit padding.
-    pub _pad: u32,
-    /// The proxy's network namespace cookie (`SO_NETNS_COOKIE`): only sockets there are the
-    /// proxy's, whatever mark a pod puts on its own.
+    /// With the `sk_msg` fast path on (see `crate::fastpath`), the proxy's network namespace
+    /// cookie (`SO_NETNS_COOKIE`; cookies start at 1): only sockets there are the proxy's,
+    /// whatever mark a pod puts on its own. 0: the fast path is off.
     pub proxy_netns: u64,
 }
 
@@ -73,7 +69,7 @@ impl ProxyTarget {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 72);
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.

@@ -18,22 +18,18 @@ use interceptor_common::{
     capture::PROXY_SOCKET_MARK,
     fastpath::{FastPath, SockPair, FAST_PATH_BUDGET, FAST_PATH_EXPECTED, FAST_PATH_OFF, FAST_PATH_ON},
     stats::Program,
-    SockAddr,
 };
 
 use crate::{
-    ctx_addr::read_ip6,
+    ctx_addr::{sk_msg_pair, sock_ops_pair},
     maps::{FAST_PATH, PROXY_TARGET, SOCK_PAIRS},
     stats::{count, Outcome},
 };
 
-/// `AF_INET` from `<linux/socket.h>`.
-const AF_INET: u32 = 2;
-
 /// The proxy's network namespace cookie, when the agent turned the fast path on.
 #[inline(always)]
 pub fn proxy_netns() -> Option<u64> {
-    PROXY_TARGET.get(0).filter(|target| target.fast_path != 0).map(|target| target.proxy_netns)
+    PROXY_TARGET.get(0).map(|target| target.proxy_netns).filter(|&netns| netns != 0)
 }
 
 /// A socket's own network namespace.
@@ -59,24 +55,6 @@ pub fn is_proxy_socket(ctx: &SockOpsContext, proxy_netns: u64) -> bool {
     mark == PROXY_SOCKET_MARK && netns(ctx) == proxy_netns
 }
 
-/// The established socket of `ctx` as it sees the connection. Ports: `local_port` is host order,
-/// `remote_port` network order in the upper half (the kernel shifts it there).
-#[inline(always)]
-fn own_pair(ctx: &SockOpsContext) -> SockPair {
-    let (local_port, remote_port) = (ctx.local_port() as u16, u32::from_be(ctx.remote_port()) as u16);
-    if ctx.family() == AF_INET {
-        SockPair {
-            local: SockAddr::v4(ctx.local_ip4().to_ne_bytes(), local_port),
-            remote: SockAddr::v4(ctx.remote_ip4().to_ne_bytes(), remote_port),
-        }
-    } else {
-        // SAFETY: readable 4-word context fields of the program's own context.
-        let (local, remote) =
-            unsafe { (read_ip6(&raw const (*ctx.ops).local_ip6), read_ip6(&raw const (*ctx.ops).remote_ip6)) };
-        SockPair { local: SockAddr::v6(local, local_port), remote: SockAddr::v6(remote, remote_port) }
-    }
-}
-
 /// Any network namespace, for [`open`]'s `peer_netns`.
 pub const ANY_NETNS: u64 = 0;
 
@@ -85,7 +63,7 @@ pub const ANY_NETNS: u64 = 0;
 /// to this socket's cookie.
 #[inline(always)]
 pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
-    let mut own = own_pair(ctx);
+    let mut own = sock_ops_pair(ctx);
     // SAFETY: a readable field of the program's own context.
     let sent = unsafe { (*ctx.ops).data_segs_out };
     // Bytes already sent through TCP (TCP Fast Open's SYN data) would be overtaken by moved ones.
@@ -110,7 +88,7 @@ pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
 /// to); the two sockets' cookies bind them to each other.
 #[inline(always)]
 pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
-    let mut own = own_pair(ctx);
+    let mut own = sock_ops_pair(ctx);
     let Some(expected) = FAST_PATH.get_ptr(&own) else {
         return Ok(());
     };
@@ -152,7 +130,7 @@ pub fn sk_msg_fast_path(ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn send(ctx: &SkMsgContext) -> Outcome {
-    let own = msg_pair(ctx);
+    let own = sk_msg_pair(ctx);
     let Some(state) = FAST_PATH.get_ptr_mut(&own) else {
         return Outcome::Bypassed;
     };
@@ -179,26 +157,5 @@ fn send(ctx: &SkMsgContext) -> Outcome {
     } else {
         state.state = FAST_PATH_OFF;
         Outcome::Bypassed
-    }
-}
-
-/// The sending socket as it sees the connection (ports as in [`own_pair`]).
-#[inline(always)]
-fn msg_pair(ctx: &SkMsgContext) -> SockPair {
-    let md = ctx.msg;
-    // SAFETY: readable fields of the program's own context.
-    unsafe {
-        let (local_port, remote_port) = ((*md).local_port as u16, u32::from_be((*md).remote_port) as u16);
-        if (*md).family == AF_INET {
-            SockPair {
-                local: SockAddr::v4((*md).local_ip4.to_ne_bytes(), local_port),
-                remote: SockAddr::v4((*md).remote_ip4.to_ne_bytes(), remote_port),
-            }
-        } else {
-            SockPair {
-                local: SockAddr::v6(read_ip6(&raw const (*md).local_ip6), local_port),
-                remote: SockAddr::v6(read_ip6(&raw const (*md).remote_ip6), remote_port),
-            }
-        }
     }
 }

@@ -13,16 +13,12 @@ use aya_log_ebpf::warn;
 use interceptor_common::{stats::Program, SockAddr};
 
 use crate::{
-    ctx_addr::read_ip6,
+    ctx_addr::{sock_ops_pair, AF_INET, AF_INET6},
     fastpath,
     maps::{ORIG_DST, ORIG_DST_COOKIE},
     stats::{count, Outcome},
 };
 
-/// `AF_INET` from `<linux/socket.h>`.
-const AF_INET: u32 = 2;
-/// `AF_INET6` from `<linux/socket.h>`.
-const AF_INET6: u32 = 10;
 /// The program's return value: "handled", per the sockops convention.
 const DONE: u32 = 1;
 
@@ -79,7 +75,6 @@ fn fast_path(result: Result<(), i32>) {
 /// The original destination of a redirected connection, re-keyed by client address.
 #[inline(always)]
 fn hand_over(ctx: &SockOpsContext) -> Result<Outcome, i32> {
-    let family = ctx.family();
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(orig) = ORIG_DST_COOKIE.get_ptr(cookie) else {
@@ -87,16 +82,8 @@ fn hand_over(ctx: &SockOpsContext) -> Result<Outcome, i32> {
     };
     // SAFETY: copied out right away, before any update of the map can recycle the slot.
     let orig: SockAddr = unsafe { *orig };
-    // `local_ip4`/`local_ip6` are network order (in-memory bytes are the address bytes),
-    // `local_port` host order. A dual-stack socket connected to an IPv4 address is AF_INET6 with
-    // an IPv4-mapped `local_ip6`: the same key as the IPv4 peer the proxy accepts.
-    let port = ctx.local_port() as u16;
-    let client = if family == AF_INET {
-        SockAddr::v4(ctx.local_ip4().to_ne_bytes(), port)
-    } else {
-        // SAFETY: `local_ip6` is a readable 4-word context field of the program's context.
-        SockAddr::v6(unsafe { read_ip6(&raw const (*ctx.ops).local_ip6) }, port)
-    };
+    // The client address the proxy will see as its peer on `accept`.
+    let client = sock_ops_pair(ctx).local;
     ORIG_DST.insert(&client, &orig, u64::from(BPF_ANY))?;
     // Already handed over; a failed delete only leaves an entry for the LRU to evict.
     let _ = ORIG_DST_COOKIE.remove(cookie);

@@ -369,8 +369,6 @@ impl Capture {
             ready: 0,
             fail_closed: u32::from(settings.fail_closed),
             heartbeat_ns: 0,
-            fast_path: u32::from(settings.fast_path),
-            _pad: 0,
             proxy_netns: if settings.fast_path {
                 netns_cookie().map_err(|source| BpfError::NetnsCookie { source })?
             } else {

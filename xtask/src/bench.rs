@@ -236,12 +236,7 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
 /// The agent's admin endpoint does not answer, or the fast path moved nothing.
 fn report_fast_path_use(node: &Node) -> Result<()> {
     let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
-    let counter = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l.contains("program=\"sk_msg\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let counter = |name| testbed::fixtures::sample(&text, name, &["program=\"sk_msg\""]).unwrap_or(0.0);
     let (moved, through_tcp) =
         (counter("interceptor_program_captured_total"), counter("interceptor_program_bypassed_total"));
     eprintln!("bench: the fast path moved {moved:.0} sends; {through_tcp:.0} went through TCP");

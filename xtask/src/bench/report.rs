@@ -23,12 +23,9 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
     let mut json = serde_json::Map::new();
     json.insert("plan".into(), json!(plan));
     let mut bench = Vec::new();
-    let find = |results: &[Results], name: &str| {
-        results.iter().find(|r| r.name == name).cloned().with_context(|| format!("no results for {name}"))
-    };
     if let Some(results) = measured.mesh.as_deref() {
         let get = |name: &str| find(results, name);
-        let (direct, me, envoy) = (&get("direct")?, &get("interceptor")?, &get("envoy")?);
+        let (direct, me, envoy) = (get("direct")?, get("interceptor")?, get("envoy")?);
         markdown.push_str(&mesh_markdown(plan, results, direct, me));
         let ratios: serde_json::Map<_, _> = results
             .iter()
@@ -66,14 +63,14 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
     }
     if let Some(results) = measured.fast_path.as_deref() {
         let (direct, fast, haproxy) =
-            (&find(results, "direct")?, &find(results, "interceptor-fastpath")?, &find(results, "haproxy")?);
+            (find(results, "direct")?, find(results, "interceptor-fastpath")?, find(results, "haproxy")?);
         let off = measured.mesh.as_deref().and_then(|mesh| find(mesh, "interceptor").ok());
         if !markdown.is_empty() {
             markdown.push('\n');
         }
-        markdown.push_str(&fast_path_markdown(plan, results, direct, fast, off.as_ref()));
+        markdown.push_str(&fast_path_markdown(plan, results, direct, fast, off));
         let vs_haproxy = Ratios::of(fast, haproxy, direct);
-        let vs_off = off.as_ref().map(|off| Ratios::of(fast, off, direct));
+        let vs_off = off.map(|off| Ratios::of(fast, off, direct));
         json.insert("fast_path".into(), json!({ "results": results, "vs_haproxy": vs_haproxy, "vs_off": vs_off }));
         bench.push(format!("fp_rps_vs_haproxy={}", fmt_ratio(vs_haproxy.rps)));
         bench.push(format!("fp_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
@@ -86,6 +83,11 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
     println!("bench: wrote {} and {}", dir.join("report.md").display(), dir.join("report.json").display());
     println!("BENCH {}", bench.join(" "));
     Ok(())
+}
+
+/// The contender `name` of a phase's results.
+fn find<'a>(results: &'a [Results], name: &str) -> Result<&'a Results> {
+    results.iter().find(|r| r.name == name).with_context(|| format!("no results for {name}"))
 }
 
 /// The ratio `a ÷ b` when both are known and `b` is positive.
