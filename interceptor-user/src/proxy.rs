@@ -5,6 +5,7 @@ pub mod access_log;
 mod body_count;
 pub mod client_hello;
 mod cutoff;
+mod downstream;
 mod drain;
 pub(crate) mod framing;
 pub mod gateway;

@@ -1020,3 +1020,119 @@ spec:
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
     assert!(TcpStream::connect((LOOPBACK, plain)).await.is_err(), "the port is closed");
 }
+
+/// The value of the counter `name` (without labels) in the harness's metrics.
+fn counter(h: &Harness, name: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &h.registry).unwrap();
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name}:\n{text}"))
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`, keeping what follows it in
+/// `buf`: status, headers (lower-case names) and body.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut slots);
+        if let httparse::Status::Complete(len) = response.parse(buf).unwrap() {
+            let headers: Vec<(String, String)> = response
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect();
+            let length: usize = headers.iter().find(|(n, _)| n == "content-length").unwrap().1.parse().unwrap();
+            let status = response.code.unwrap();
+            while buf.len() < len + length {
+                assert_ne!(stream.read_buf(buf).await.unwrap(), 0, "closed inside a response");
+            }
+            let body = String::from_utf8_lossy(&buf[len..len + length]).into_owned();
+            buf.drain(..len + length);
+            return (status, headers, body);
+        }
+        assert_ne!(stream.read_buf(buf).await.unwrap(), 0, "closed before a response head");
+    }
+}
+
+#[tokio::test]
+async fn https_requests_are_relayed_until_one_needs_hyper_which_then_serves_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, ca, ca_key) = Pki::new("relay");
+    pki.leaf(&ca, &ca_key, "app", &["app.example.com"], false);
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [\"app.example.com\"]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+{vs}",
+        cert = pki.path("app.crt"),
+        key = pki.path("app.key"),
+        vs = virtual_service("[edge]", "[app.example.com]"),
+    );
+    let limits = Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() };
+    let h = harness_with(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir)), limits).await;
+    let connector = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let connect = || async {
+        let stream = TcpStream::connect((LOOPBACK, port)).await.unwrap();
+        connector.connect(ServerName::try_from("app.example.com").unwrap(), stream).await.unwrap()
+    };
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n");
+
+    let mut tls = connect().await;
+    let mut buf = Vec::new();
+    // Relayed: a plain GET, then one whose head comes in two TLS records.
+    tls.write_all(get("/a").as_bytes()).await.unwrap();
+    let (status, headers, body) = read_response(&mut tls, &mut buf).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert!(headers.contains(&("x-seen-proto".into(), "https".into())), "{headers:?}");
+    let split = get("/v2/split");
+    tls.write_all(&split.as_bytes()[..20]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tls.write_all(&split.as_bytes()[20..]).await.unwrap();
+    assert_eq!(read_response(&mut tls, &mut buf).await.2, "v2");
+    assert_eq!(counter(&h, "interceptor_relayed_requests_total"), 2);
+
+    // Two pipelined in one record: not the relay's; hyper answers both, in order, and keeps the
+    // connection, then a POST with a body and a GET.
+    tls.write_all(format!("{}{}", get("/v2/one"), get("/two")).as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls, &mut buf).await.2, "v2");
+    assert_eq!(read_response(&mut tls, &mut buf).await.2, "v1");
+    tls.write_all(b"POST /v2 HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    assert_eq!(read_response(&mut tls, &mut buf).await.2, "v2");
+    tls.write_all(get("/after").as_bytes()).await.unwrap();
+    let (status, headers, body) = read_response(&mut tls, &mut buf).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert!(headers.contains(&("x-seen-proto".into(), "https".into())), "{headers:?}");
+    assert_eq!(counter(&h, "interceptor_relayed_requests_total"), 2, "hyper keeps the connection it took");
+    assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 6);
+    // Relayed and not, requests are reported alike: the gateway as source, the service routed to.
+    for version in ["destination_version=\"v1\"", "destination_version=\"v2\""] {
+        let service = "destination_service=\"my-app.default.svc.cluster.local\"";
+        let line = h.requests_line(&[service, "source_workload=\"ingress\"", version]).await;
+        assert!(line.ends_with(" 3"), "{line}");
+    }
+
+    // Part of a head and then nothing: 408 at the header read timeout, then the close.
+    let mut slow = connect().await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app").await.unwrap();
+    let (status, _, _) = read_response(&mut slow, &mut Vec::new()).await;
+    assert_eq!(status, 408);
+    assert_eq!(slow.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after the 408");
+    // An idle connection is closed without a word (close_notify, then the end).
+    let mut idle = connect().await;
+    assert_eq!(idle.read(&mut [0u8; 16]).await.unwrap(), 0);
+    drop(tls);
+}

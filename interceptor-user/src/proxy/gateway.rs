@@ -1,11 +1,12 @@
 //! Gateway listeners: one per port the Gateways this agent serves use, bound on the settings'
 //! `gatewayAddress`. The ClientHello's SNI picks the server: a `PASSTHROUGH` one sends the TLS
 //! bytes on by its `tls` rules; otherwise TLS is terminated with that server's certificate,
-//! client verification and versions, HTTP/1.1 or HTTP/2 is then served by hyper,
+//! client verification and versions, HTTP is then served (`http`: the relay, else hyper),
 //! and every request goes through the same decision (`plan`, with the gateway as part of its
 //! input) and try loop as captured traffic. Listeners follow the route table: a reload opens the
 //! ports that appeared and closes those that went, leaving the others' connections alone.
 
+mod http;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -13,8 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
@@ -22,7 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::metrics::SourceWorkload;
-use super::{client_hello, drain, limits, metrics, tcp, Outbound, ProxyInputs};
+use super::{client_hello, drain, limits, metrics, tcp, ProxyInputs};
 use crate::config::{Diagnostic, Settings, Severity};
 use crate::routing::{selects, L4View, RouteTable, ServerId, ServerProtocol};
 use crate::tls::Credentials;
@@ -228,7 +227,7 @@ async fn connection(
     match protocol {
         ServerProtocol::Http => {
             let entered = GatewayConnection { port, server: None, sni: None, local, workload };
-            return serve_http(inputs, entered, client, stream, watch).await;
+            return http::serve(inputs, entered, client, stream, false, watch).await;
         }
         // Alone on its port (Istio merges nothing with it).
         ServerProtocol::Tcp => {
@@ -284,7 +283,10 @@ async fn connection(
     let entered = GatewayConnection { port, server: Some(server), sni, local, workload };
     match protocol {
         ServerProtocol::TerminatedTcp => forward(inputs, entered, client, stream, None).await,
-        _ => serve_http(inputs, entered, client, stream, watch).await,
+        _ => {
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            http::serve(inputs, entered, client, stream, http2, watch).await;
+        }
     }
 }
 
@@ -317,35 +319,4 @@ async fn forward<I>(
     };
     let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
     tcp::forward(&inputs, stream, &entry, routed, hello).await;
-}
-
-/// Serves HTTP/1.1 or HTTP/2 (by preface, which follows ALPN over TLS) on `io` until the client
-/// leaves or the drain ends it.
-async fn serve_http<I>(
-    inputs: ProxyInputs,
-    entered: GatewayConnection,
-    client: SocketAddr,
-    io: I,
-    mut watch: drain::Watch,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = inputs.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let outbound = Arc::new(Outbound::at_gateway(inputs, client, entered));
-    let service = hyper::service::service_fn(move |req| outbound.clone().handle(req));
-    let conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-    if let Err(err) = watch.run(conn, |conn| conn.graceful_shutdown()).await {
-        debug!(%err, "gateway connection ended with an error");
-    }
 }

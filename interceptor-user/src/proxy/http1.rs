@@ -72,7 +72,7 @@ pub async fn serve(
         io.request = served_before + 1;
         if let Some(request) = io.lone_request() {
             // Boxed, so that a parked connection's task does not keep room for it.
-            match Box::pin(outbound.relay(&request, &spare, &watch)).await {
+            match Box::pin(outbound.relay(&request, &mut &*spare, &watch)).await {
                 Relayed::Declined => {}
                 Relayed::Close => return,
                 Relayed::KeepAlive => {
@@ -101,7 +101,7 @@ pub async fn serve(
             Err(err) if err.is_timeout() => {
                 debug!("request head not received in time; answering 408");
                 metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-                return limits::request_timeout(spare).await;
+                return limits::request_timeout(&*spare).await;
             }
             Err(err) => {
                 debug!(%err, "downstream connection ended with an error");

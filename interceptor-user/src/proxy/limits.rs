@@ -3,12 +3,11 @@
 //! (503 and close), and the HTTP/1 parser settings and refusals (400) that keep request smuggling
 //! and host confusion out.
 
-use std::time::Duration;
-
 use tokio::net::TcpStream;
 
 pub use crate::config::Limits;
 
+use super::downstream::{answer_and_close, Downstream};
 use super::local_reply::LocalReply;
 use crate::routing::ResponseFlag;
 
@@ -119,31 +118,15 @@ impl Refusal {
     }
 }
 
-/// Answers 408 on the proxy's end of a connection hyper gave up on, and closes it.
-pub async fn request_timeout(spare: std::sync::Arc<TcpStream>) {
-    answer_and_close(&spare, REQUEST_TIMEOUT).await;
+/// Answers 408 to a client too slow to send its request head (on the proxy's end of a connection
+/// hyper gave up on, or a gateway's stream), and closes.
+pub async fn request_timeout(downstream: impl Downstream) {
+    answer_and_close(downstream, REQUEST_TIMEOUT).await;
 }
 
 /// Answers 503 (overloaded) on a connection over the cap and closes it.
 pub async fn overloaded(stream: TcpStream) {
-    answer_and_close(&stream, OVERLOADED).await;
-}
-
-async fn answer_and_close(stream: &TcpStream, answer: &[u8]) {
-    // Best effort: the client may be gone already.
-    let write = async {
-        let mut rest = answer;
-        while !rest.is_empty() {
-            stream.writable().await?;
-            match stream.try_write(rest) {
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        super::shared_io::shutdown_write(stream)
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    answer_and_close(stream, OVERLOADED).await;
 }
 
 #[cfg(test)]

@@ -290,11 +290,7 @@ impl Outbound {
         served: &mut Served,
     ) -> Response<ProxyBody> {
         let plan = plan::decide(table, &self.plan_request(&req, authority, path_and_query), &mut rand::thread_rng());
-        served.note(&plan);
-        if let (Some(_), Outcome::Forward(forward)) = (&self.gateway, &plan.outcome) {
-            // At a gateway the virtual host is a public name; Istio reports the service routed to.
-            served.service = forward.cluster.host.as_str().into();
-        }
+        self.note(served, &plan);
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
@@ -309,6 +305,15 @@ impl Outbound {
             policy.response_headers(origin, response.headers_mut());
         }
         response
+    }
+
+    /// Records what was decided for the log and metrics ([`Served::note`]).
+    fn note(&self, served: &mut Served, plan: &Plan<'_>) {
+        served.note(plan);
+        if let (Some(_), Outcome::Forward(forward)) = (&self.gateway, &plan.outcome) {
+            // At a gateway the virtual host is a public name; Istio reports the service routed to.
+            served.service = forward.cluster.host.as_str().into();
+        }
     }
 
     /// The request as deciding sees it.

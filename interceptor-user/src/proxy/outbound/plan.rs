@@ -77,9 +77,11 @@ pub struct Routed<'t> {
 
 impl Routed<'_> {
     /// Whether the raw relay may carry out the plan: its rule only forwards (decided when the
-    /// route was compiled, for all its destinations, so declining never skews the split).
+    /// route was compiled, for all its destinations, so declining never skews the split) and no
+    /// gateway's `httpsRedirect` answers instead.
     pub fn relayable(&self) -> bool {
-        self.rule.is_some_and(|rule| matches!(&rule.action, Action::Route(route) if route.relayable))
+        !self.https_redirect
+            && self.rule.is_some_and(|rule| matches!(&rule.action, Action::Route(route) if route.relayable))
     }
 }
 

@@ -4,7 +4,6 @@
 //! It carries out the same plan as hyper, through the same try loop; whatever it does not handle
 //! it declines before any I/O or random draw, and hyper serves that request the usual way.
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use super::tries::{self, Exchange, Tries, TryError};
 use super::{Finish, Outbound, Received, Served};
 use crate::proxy::access_log::RequestInfo;
 use crate::proxy::body_count::{Ended, Tally};
+use crate::proxy::downstream::Downstream;
 use crate::proxy::drain::Watch;
 use crate::proxy::framing::push_header;
 use crate::proxy::framing::response::{invalid, BodyProgress, Framing, ResponseHead};
@@ -59,9 +59,11 @@ impl Outbound {
     /// Serves `raw`, which holds exactly one request head and nothing more, answering on
     /// `downstream`; declines (having done nothing) whenever the request needs the full path.
     /// Once `drain` is draining, the answer is the connection's last.
-    pub async fn relay(self: &Arc<Self>, raw: &Bytes, downstream: &TcpStream, drain: &Watch) -> Relayed {
+    pub async fn relay(self: &Arc<Self>, raw: &Bytes, downstream: &mut impl Downstream, drain: &Watch) -> Relayed {
         let started = Instant::now();
-        let Some(parsed) = parse_request(raw, self.inputs.limits.max_headers) else { return Relayed::Declined };
+        let Some(parsed) = parse_request(raw, self.inputs.limits.max_headers, self.scheme()) else {
+            return Relayed::Declined;
+        };
         let table = self.inputs.routes.load_full();
         let seen = RequestInfo::of(&parsed.request);
         let request = self.plan_request(&parsed.request, seen.authority(), seen.path());
@@ -78,7 +80,7 @@ impl Outbound {
         // Committed: from here on the request is observed once, like any other.
         self.inputs.metrics.relayed();
         let mut served = Served { received: Received::Buffered(0), ..Served::default() };
-        served.note(&plan);
+        self.note(&mut served, &plan);
         let mut finish = Finish::new(self.clone(), &table, seen, served, started);
         let tries = Tries {
             cluster: forward.cluster,
@@ -97,7 +99,7 @@ impl Outbound {
             biased;
             tried = tries::run(&mut exchange, tries, &mut finish.served) => tried,
             // As Envoy resets the upstream request: dropped, and observed with code 0 and DC.
-            () = client_left(downstream) => return Relayed::Close,
+            () = downstream.left() => return Relayed::Close,
         };
         match tried {
             Ok((endpoint, response)) => self.respond(&mut finish, downstream, response, endpoint, drain).await,
@@ -109,7 +111,7 @@ impl Outbound {
     async fn respond(
         &self,
         finish: &mut Finish,
-        downstream: &TcpStream,
+        downstream: &mut impl Downstream,
         response: RawResponse,
         endpoint: SocketAddr,
         drain: &Watch,
@@ -135,7 +137,7 @@ impl Outbound {
                 Err(err) => {
                     debug!(%endpoint, %err, "response body framing broke");
                     if let Some(head) = head_out {
-                        let _ = write_all(downstream, &head, &[]).await;
+                        let _ = downstream.send(&head, &[]).await;
                     }
                     finish.end(Ended::Failed);
                     return Relayed::Close;
@@ -145,7 +147,7 @@ impl Outbound {
             finish.add(step.data);
             // The head goes out with the first body bytes, in one write.
             let head = head_out.take().unwrap_or_default();
-            if !(head.is_empty() && body.is_empty()) && write_all(downstream, &head, body).await.is_err() {
+            if !(head.is_empty() && body.is_empty()) && downstream.send(&head, body).await.is_err() {
                 finish.end(Ended::Dropped);
                 return Relayed::Close;
             }
@@ -171,7 +173,7 @@ impl Outbound {
                 biased;
                 read = conn.read_buf(&mut buf) => read,
                 // A slow or endless body (long polling, events) must not outlive its client.
-                () = client_left(downstream) => {
+                () = downstream.left() => {
                     finish.end(Ended::Dropped);
                     return Relayed::Close;
                 }
@@ -264,9 +266,10 @@ impl Exchange for RawExchange<'_> {
 }
 
 /// Parses a request head the fast path can take: HTTP/1.1, keep-alive, exactly one `Host`, no
-/// body, no upgrade or `Expect`, not HEAD or CONNECT, not gRPC, in origin form.
+/// body, no upgrade or `Expect`, not HEAD or CONNECT, not gRPC, in origin form. The endpoint is
+/// told the client's `scheme` (`x-forwarded-proto`).
 /// Header values and the target are slices of `raw`, not copies.
-fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
+fn parse_request(raw: &Bytes, max_headers: usize, scheme: &str) -> Option<Parsed> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let httparse::Status::Complete(len) = req.parse(raw).ok()? else { return None };
@@ -309,7 +312,9 @@ fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
             push_header(&mut upstream_head, h.name, h.value);
         }
     }
-    upstream_head.extend_from_slice(b"x-forwarded-proto: http\r\n\r\n");
+    for part in ["x-forwarded-proto: ", scheme, "\r\n\r\n"] {
+        upstream_head.extend_from_slice(part.as_bytes());
+    }
     drop(named);
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -319,10 +324,15 @@ fn parse_request(raw: &Bytes, max_headers: usize) -> Option<Parsed> {
 }
 
 /// Answers with a reply the proxy made, observed like the full path's local replies.
-async fn local_reply(finish: &mut Finish, downstream: &TcpStream, reply: &LocalReply, drain: &Watch) -> Relayed {
+async fn local_reply(
+    finish: &mut Finish,
+    downstream: &mut impl Downstream,
+    reply: &LocalReply,
+    drain: &Watch,
+) -> Relayed {
     let close = drain.is_draining();
     finish.status = Some(reply.status);
-    if write_all(downstream, &reply.to_http1(close), &[]).await.is_err() {
+    if downstream.send(&reply.to_http1(close), &[]).await.is_err() {
         finish.end(Ended::Dropped);
         return Relayed::Close;
     }
@@ -333,32 +343,6 @@ async fn local_reply(finish: &mut Finish, downstream: &TcpStream, reply: &LocalR
     } else {
         Relayed::KeepAlive
     }
-}
-
-/// Resolves when the client closes its connection (or it fails); never while it is open, whether
-/// or not it sends more (a pipelined request waits for its turn).
-async fn client_left(downstream: &TcpStream) {
-    let mut byte = [0u8; 1];
-    if let Ok(1..) = downstream.peek(&mut byte).await {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Writes all of `first` and then `second` to the downstream socket (shared with the parked
-/// connection), in one system call when the socket takes them.
-async fn write_all(stream: &TcpStream, mut first: &[u8], mut second: &[u8]) -> std::io::Result<()> {
-    while !first.is_empty() || !second.is_empty() {
-        match stream.try_write_vectored(&[IoSlice::new(first), IoSlice::new(second)]) {
-            Ok(n) => {
-                let from_first = n.min(first.len());
-                first = &first[from_first..];
-                second = &second[n - from_first..];
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 /// A response head read on an upstream connection, and what was read past it.
@@ -376,15 +360,18 @@ mod tests {
 
     #[test]
     fn plain_gets_are_taken_and_anything_with_a_body_or_upgrade_is_declined() {
-        let parsed = parse_request(&Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\nUser-Agent: curl\r\nX-Forwarded-Proto: https\r\n\r\n"), 100).unwrap();
+        let parsed = parse_request(&Bytes::from_static(b"GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\nUser-Agent: curl\r\nX-Forwarded-Proto: https\r\n\r\n"), 100, "http").unwrap();
         assert_eq!(
             String::from_utf8(parsed.upstream_head).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nHost: my-app\r\nUser-Agent: curl\r\nx-forwarded-proto: http\r\n\r\n"
         );
         assert_eq!(parsed.request.headers()["user-agent"], "curl");
         assert_eq!(parsed.request.uri().query(), Some("b=1"));
-        let fragment = parse_request(&Bytes::from_static(b"GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n"), 100).unwrap();
+        let fragment =
+            parse_request(&Bytes::from_static(b"GET /a#x HTTP/1.1\r\nHost: a\r\n\r\n"), 100, "https").unwrap();
         assert!(fragment.upstream_head.starts_with(b"GET /a HTTP/1.1\r\n"));
+        // At a gateway that ended TLS the endpoint hears `https`.
+        assert!(fragment.upstream_head.ends_with(b"\r\nx-forwarded-proto: https\r\n\r\n"));
         for declined in [
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -398,9 +385,9 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
-            assert!(parse_request(&Bytes::from(declined), 100).is_none(), "{declined}");
+            assert!(parse_request(&Bytes::from(declined), 100, "http").is_none(), "{declined}");
         }
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "x: 1\r\n".repeat(10));
-        assert!(parse_request(&Bytes::from(many), 5).is_none());
+        assert!(parse_request(&Bytes::from(many), 5, "http").is_none());
     }
 }
