@@ -60,7 +60,12 @@ async fn endpoint_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 hits.fetch_add(1, Ordering::Relaxed);
                 let proto = req.headers().get("x-forwarded-proto").map(|v| v.to_str().unwrap_or("").to_owned());
+                let hang = req.uri().path() == "/hang";
                 async move {
+                    if hang {
+                        // Longer than any test waits.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
                     let mut response = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
                     if let Some(proto) = proto {
                         response.headers_mut().insert("x-seen-proto", proto.parse().unwrap());
@@ -466,19 +471,7 @@ spec:
 async fn over_the_connection_cap_a_plain_gateway_connection_gets_503_om() {
     let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
     let (pki, _, _) = Pki::new("cap");
-    let port = free_port();
-    let gateway = format!(
-        "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: default}}
-spec:
-  servers:
-  - port: {{number: {port}, name: http, protocol: HTTP}}
-    hosts: [\"*\"]
----
-{vs}",
-        vs = virtual_service("[edge]", "[app.example.com]"),
-    );
+    let (port, gateway) = http_gateway();
     let limits = Limits { max_connections: 1, ..Limits::default() };
     let _h = harness_with(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir)), limits).await;
     let addr = SocketAddr::new(LOOPBACK, port);
@@ -1021,8 +1014,8 @@ spec:
     assert!(TcpStream::connect((LOOPBACK, plain)).await.is_err(), "the port is closed");
 }
 
-/// The value of the counter `name` (without labels) in the harness's metrics.
-fn counter(h: &Harness, name: &str) -> u64 {
+/// The value of the metric `name` (without labels) in the harness's metrics.
+fn metric(h: &Harness, name: &str) -> u64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &h.registry).unwrap();
     let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
@@ -1064,30 +1057,10 @@ async fn https_requests_are_relayed_until_one_needs_hyper_which_then_serves_the_
 
     let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
     let (pki, ca, ca_key) = Pki::new("relay");
-    pki.leaf(&ca, &ca_key, "app", &["app.example.com"], false);
-    let port = free_port();
-    let gateway = format!(
-        "apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: default}}
-spec:
-  servers:
-  - port: {{number: {port}, name: https, protocol: HTTPS}}
-    hosts: [\"app.example.com\"]
-    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
----
-{vs}",
-        cert = pki.path("app.crt"),
-        key = pki.path("app.key"),
-        vs = virtual_service("[edge]", "[app.example.com]"),
-    );
+    let (port, gateway) = https_gateway(&pki, &ca, &ca_key);
     let limits = Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() };
     let h = harness_with(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir)), limits).await;
-    let connector = tls_client(&pki.ca, &[b"http/1.1"], None);
-    let connect = || async {
-        let stream = TcpStream::connect((LOOPBACK, port)).await.unwrap();
-        connector.connect(ServerName::try_from("app.example.com").unwrap(), stream).await.unwrap()
-    };
+    let connect = || https_connect(&pki, port);
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n");
 
     let mut tls = connect().await;
@@ -1103,7 +1076,7 @@ spec:
     tokio::time::sleep(Duration::from_millis(20)).await;
     tls.write_all(&split.as_bytes()[20..]).await.unwrap();
     assert_eq!(read_response(&mut tls, &mut buf).await.2, "v2");
-    assert_eq!(counter(&h, "interceptor_relayed_requests_total"), 2);
+    assert_eq!(metric(&h, "interceptor_relayed_requests_total"), 2);
 
     // Two pipelined in one record: not the relay's; hyper answers both, in order, and keeps the
     // connection, then a POST with a body and a GET.
@@ -1116,7 +1089,7 @@ spec:
     let (status, headers, body) = read_response(&mut tls, &mut buf).await;
     assert_eq!((status, body.as_str()), (200, "v1"));
     assert!(headers.contains(&("x-seen-proto".into(), "https".into())), "{headers:?}");
-    assert_eq!(counter(&h, "interceptor_relayed_requests_total"), 2, "hyper keeps the connection it took");
+    assert_eq!(metric(&h, "interceptor_relayed_requests_total"), 2, "hyper keeps the connection it took");
     assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 6);
     // Relayed and not, requests are reported alike: the gateway as source, the service routed to.
     for version in ["destination_version=\"v1\"", "destination_version=\"v2\""] {
@@ -1135,4 +1108,197 @@ spec:
     let mut idle = connect().await;
     assert_eq!(idle.read(&mut [0u8; 16]).await.unwrap(), 0);
     drop(tls);
+}
+
+#[tokio::test]
+async fn requests_the_capture_listener_refuses_are_refused_at_a_gateway_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, _, _) = Pki::new("refusals");
+    let (port, gateway) = http_gateway();
+    let _h = harness(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir))).await;
+    let host = "Host: app.example.com\r\n";
+    for (request, flag) in [
+        (format!("GET / HTTP/1.1\r\n{host}Host: other.example.com\r\n\r\n"), Some("DPE")),
+        ("GET / HTTP/1.1\r\n\r\n".to_owned(), None),
+        (
+            format!("POST / HTTP/1.1\r\n{host}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Some("DPE"),
+        ),
+        // Behind a request the relay answered.
+        (format!("GET / HTTP/1.1\r\n{host}\r\nGET / HTTP/1.1\r\n{host}{host}\r\n"), Some("DPE")),
+    ] {
+        let mut stream = TcpStream::connect((LOOPBACK, port)).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut status = read_response(&mut stream, &mut buf).await;
+        if request.matches("GET").count() == 2 {
+            assert_eq!((status.0, status.2.as_str()), (200, "v1"));
+            status = read_response(&mut stream, &mut buf).await;
+        }
+        let (status, headers, _) = status;
+        assert_eq!(status, 400, "{request:?}");
+        let flags = headers.iter().find(|(n, _)| n == "x-interceptor-flags").map(|(_, v)| v.as_str());
+        assert_eq!(flags, flag, "{request:?}");
+        assert!(headers.contains(&("connection".into(), "close".into())), "{request:?}: {headers:?}");
+        assert_eq!(stream.read(&mut [0u8; 64]).await.unwrap(), 0, "{request:?}: closed after the 400");
+    }
+    assert_eq!(v1.hits.load(Ordering::Relaxed) + v2.hits.load(Ordering::Relaxed), 1, "only the valid request");
+}
+
+/// A plain HTTP gateway for any host on a fresh port, with the tests' VirtualService bound to it.
+fn http_gateway() -> (u16, String) {
+    let port = free_port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: [\"*\"]
+---
+{vs}",
+        vs = virtual_service("[edge]", "[app.example.com]"),
+    );
+    (port, yaml)
+}
+
+/// The HTTPS gateway of the relay tests: `app.example.com` on a fresh port, `/v2` to v2.
+fn https_gateway(pki: &Pki, ca: &rcgen::Certificate, ca_key: &KeyPair) -> (u16, String) {
+    pki.leaf(ca, ca_key, "app", &["app.example.com"], false);
+    let port = free_port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: default}}
+spec:
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [\"app.example.com\"]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+---
+{vs}",
+        cert = pki.path("app.crt"),
+        key = pki.path("app.key"),
+        vs = virtual_service("[edge]", "[app.example.com]"),
+    );
+    (port, yaml)
+}
+
+/// An HTTP/1.1 TLS connection to the gateway at `port` for `app.example.com`.
+async fn https_connect(pki: &Pki, port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tls_client(&pki.ca, &[b"http/1.1"], None);
+    let stream = TcpStream::connect((LOOPBACK, port)).await.unwrap();
+    connector.connect(ServerName::try_from("app.example.com").unwrap(), stream).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_closing_its_tls_mid_request_ends_the_relayed_request_as_dc() {
+    use tokio::io::AsyncWriteExt;
+
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, ca, ca_key) = Pki::new("close-notify");
+    let (port, yaml) = https_gateway(&pki, &ca, &ca_key);
+    let h = harness(table(&config(v1.addr, v2.addr, &yaml), &settings(&pki.dir))).await;
+    let mut tls = https_connect(&pki, port).await;
+    tls.write_all(b"GET /hang HTTP/1.1\r\nHost: app.example.com\r\n\r\n").await.unwrap();
+    let hung = async {
+        while v1.hits.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), hung).await.expect("the request reached the endpoint");
+    // close_notify, then FIN: what curl, Go and Envoy send when they give up.
+    tls.shutdown().await.unwrap();
+    // The endpoint answers after 60 s: only the relay noticing the client gone ends it sooner.
+    let line = h.requests_line(&["response_code=\"0\"", "response_flags=\"DC\""]).await;
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+/// An endpoint that answers every connection's first request with a head without length and
+/// `body`, then ends the connection: with a FIN, or with a reset when `reset`.
+async fn until_close_endpoint(body: &'static str, reset: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}");
+                let _ = stream.write_all(answer.as_bytes()).await;
+                if reset {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_connection_ends_cleanly_over_tls_only_when_the_endpoint_ended_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (pki, ca, ca_key) = Pki::new("until-close");
+    let (complete, cut) = (until_close_endpoint("whole", false).await, until_close_endpoint("part", true).await);
+    let (port, yaml) = https_gateway(&pki, &ca, &ca_key);
+    let _h = harness(table(&config(complete, cut, &yaml), &settings(&pki.dir))).await;
+    for (path, body, clean) in [("/", "whole", true), ("/v2", "part", false)] {
+        let mut tls = https_connect(&pki, port).await;
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let end = tls.read_to_end(&mut got).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with(body), "{path}: {got}");
+        assert!(got.to_ascii_lowercase().contains("connection: close\r\n"), "{path}: {got}");
+        // A clean TLS end (close_notify) only when the whole body came; a cut one shows as an
+        // end without it, which a client can tell from a complete body.
+        assert_eq!(end.is_ok(), clean, "{path}: {end:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_completed_after_the_drain_began_is_answered_before_the_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (v1, v2) = (endpoint("v1").await, endpoint("v2").await);
+    let (pki, _, _) = Pki::new("drain");
+    let (port, gateway) = http_gateway();
+    let h = harness(table(&config(v1.addr, v2.addr, &gateway), &settings(&pki.dir))).await;
+    let mut stream = TcpStream::connect((LOOPBACK, port)).await.unwrap();
+    // A request with a body (not the relay's), its head cut short.
+    stream.write_all(b"POST /v2 HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n").await.unwrap();
+    let started = async {
+        while metric(&h, "interceptor_downstream_connections") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), started).await.expect("the connection is served");
+    // The agent shuts down: the listener closes and its connections drain.
+    let Harness { gateways, .. } = h;
+    let shutdown = tokio::spawn(gateways.shutdown());
+    let closed = async {
+        while TcpStream::connect((LOOPBACK, port)).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the listener closed");
+    stream.write_all(b"\r\nhello").await.unwrap();
+    let mut buf = Vec::new();
+    let (status, headers, body) = read_response(&mut stream, &mut buf).await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    assert!(headers.contains(&("connection".into(), "close".into())), "{headers:?}");
+    assert_eq!(stream.read(&mut [0u8; 16]).await.unwrap(), 0, "closed after the answer");
+    tokio::time::timeout(Duration::from_secs(5), shutdown).await.expect("drained").unwrap();
 }

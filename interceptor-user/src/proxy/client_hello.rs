@@ -113,11 +113,6 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self { prefix, at: 0, inner }
     }
-
-    /// The stream under the replayed bytes.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -4,43 +4,24 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use super::client_hello::Prefixed;
 
 /// A client connection the proxy writes to directly.
 pub trait Downstream {
-    /// The TCP socket under it, watched for the client leaving.
-    fn socket(&self) -> &TcpStream;
-
     /// Writes all of `first`, then all of `second`, in one write when the connection takes them.
     fn send(&mut self, first: &[u8], second: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Ends the sending side (after a TLS close_notify, over TLS).
+    /// Ends the sending side cleanly (after a TLS close_notify, over TLS).
     fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Resolves when the client closes its connection (or it fails); never while it is open,
-    /// whether or not it sends more (a pipelined request waits for its turn). Over TLS it peeks
-    /// at records rustls has not read: a client that sent close_notify before its FIN counts as
-    /// sending more, so it is noticed only when the answer is written.
-    fn left(&self) -> impl Future<Output = ()> + Send {
-        let socket = self.socket();
-        async move {
-            let mut byte = [0u8; 1];
-            if let Ok(1..) = socket.peek(&mut byte).await {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
+    /// whether or not it sends more (a pipelined request waits for its turn).
+    fn left(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// A captured connection: the socket its parked connection shares, written as it is ready.
 impl Downstream for &TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
-    }
-
     async fn send(&mut self, mut first: &[u8], mut second: &[u8]) -> io::Result<()> {
         while !first.is_empty() || !second.is_empty() {
             match self.try_write_vectored(&[IoSlice::new(first), IoSlice::new(second)]) {
@@ -55,42 +36,29 @@ impl Downstream for &TcpStream {
     async fn close(&mut self) -> io::Result<()> {
         super::shared_io::shutdown_write(self)
     }
-}
 
-/// A gateway's plain HTTP connection, or one over the cap.
-impl Downstream for TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
-    }
-
-    async fn send(&mut self, first: &[u8], second: &[u8]) -> io::Result<()> {
-        (&*self).send(first, second).await
-    }
-
-    async fn close(&mut self) -> io::Result<()> {
-        super::shared_io::shutdown_write(self)
-    }
-}
-
-/// A gateway's connection whose TLS ended here: both parts go into one TLS record when they fit.
-impl Downstream for tokio_rustls::server::TlsStream<Prefixed<TcpStream>> {
-    fn socket(&self) -> &TcpStream {
-        self.get_ref().0.get_ref()
-    }
-
-    async fn send(&mut self, mut first: &[u8], mut second: &[u8]) -> io::Result<()> {
-        while !first.is_empty() || !second.is_empty() {
-            match self.write_vectored(&[IoSlice::new(first), IoSlice::new(second)]).await? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => (first, second) = advance(first, second, n),
-            }
+    /// Peeks, so that the bytes stay for the next request (read by the parked connection).
+    async fn left(&mut self) {
+        let mut byte = [0u8; 1];
+        if let Ok(1..) = self.peek(&mut byte).await {
+            std::future::pending::<()>().await;
         }
-        self.flush().await
     }
+}
 
-    async fn close(&mut self) -> io::Result<()> {
-        AsyncWriteExt::shutdown(self).await
+/// Writes all of `first` and `second` to `out` and flushes it: for streams that buffer (TLS puts
+/// both into one record when they fit).
+pub async fn write_all_vectored<W>(out: &mut W, mut first: &[u8], mut second: &[u8]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    while !first.is_empty() || !second.is_empty() {
+        match out.write_vectored(&[IoSlice::new(first), IoSlice::new(second)]).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => (first, second) = advance(first, second, n),
+        }
     }
+    out.flush().await
 }
 
 /// What is left of `first` and `second` once `n` bytes of them were written.

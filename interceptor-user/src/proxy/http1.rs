@@ -51,7 +51,7 @@ pub async fn serve(
     let idle_timeout = inputs.limits.header_read_timeout;
     let h2c = Arc::new(h2c::Switch::new(inputs.limits, watch.clone()));
     let outbound = Arc::new(Outbound::new(inputs, client, original));
-    let mut service = service(outbound.clone(), h2c, verdicts.clone(), metrics.clone());
+    let mut service = service(outbound.clone(), h2c, verdicts.clone());
     let mut io = RequestIo {
         inner: Watched::new(stream, framing),
         request: 1,
@@ -74,7 +74,7 @@ pub async fn serve(
             // Boxed, so that a parked connection's task does not keep room for it.
             match Box::pin(outbound.relay(&request, &mut &*spare, &watch)).await {
                 Relayed::Declined => {}
-                Relayed::Close => return,
+                Relayed::Close | Relayed::Abort => return,
                 Relayed::KeepAlive => {
                     io.relayed();
                     if watch.is_draining() || !park(&mut io, &spare, &mut watch, idle_timeout).await {
@@ -157,8 +157,9 @@ async fn park(io: &mut RequestIo, spare: &TcpStream, watch: &mut Watch, idle_tim
     }
 }
 
-/// What the per-request service's future is: boxed, since hyper keeps room for it.
-type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+/// What the per-request service's future is: boxed, since hyper keeps room for it (and a `Send`
+/// bound the compiler cannot prove through hyper's service for an unboxed one).
+pub(super) type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 /// The per-request service: refuses what the framing watcher judged unframeable and requests
 /// without exactly one `Host` where one is required, routes the rest.
@@ -166,19 +167,16 @@ fn service(
     outbound: Arc<Outbound>,
     h2c: Arc<h2c::Switch>,
     verdicts: Arc<Verdicts>,
-    metrics: Arc<metrics::ProxyMetrics>,
 ) -> impl Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible, Future = ServiceFuture> + Send
 {
     hyper::service::service_fn(move |req| {
         let refusal = verdicts.next_refusal().or_else(|| Refusal::of_host(&req));
-        let (outbound, h2c, verdicts, metrics) = (outbound.clone(), h2c.clone(), verdicts.clone(), metrics.clone());
+        let (outbound, h2c, verdicts) = (outbound.clone(), h2c.clone(), verdicts.clone());
         Box::pin(async move {
             if let Some(refusal) = refusal {
-                debug!(?refusal, "request refused; answering 400");
-                metrics.rejected(refusal.reason());
                 verdicts.close_after();
                 verdicts.responded();
-                return Ok(outbound.refuse(&req, refusal.reply()));
+                return Ok(outbound.refuse(&req, refusal));
             }
             let response = h2c.serve(req, outbound).await?;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {

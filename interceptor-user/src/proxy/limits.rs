@@ -126,7 +126,7 @@ pub async fn request_timeout(downstream: impl Downstream) {
 
 /// Answers 503 (overloaded) on a connection over the cap and closes it.
 pub async fn overloaded(stream: TcpStream) {
-    answer_and_close(stream, OVERLOADED).await;
+    answer_and_close(&stream, OVERLOADED).await;
 }
 
 #[cfg(test)]

@@ -261,9 +261,12 @@ impl Outbound {
         Ok(response.map(|body| Counted::new(body, finish).boxed()))
     }
 
-    /// Answers `req` with `reply`, made before routing because the request itself was refused
-    /// (its flag, if any, says why); observed like any other request.
-    pub fn refuse<B>(self: Arc<Self>, req: &Request<B>, reply: LocalReply) -> Response<ProxyBody> {
+    /// Answers `req` with the 400 its `refusal` calls for, counted under its reason and observed
+    /// like any other request.
+    pub fn refuse<B>(self: Arc<Self>, req: &Request<B>, refusal: Refusal) -> Response<ProxyBody> {
+        debug!(?refusal, "request refused; answering 400");
+        self.inputs.metrics.rejected(refusal.reason());
+        let reply = refusal.reply();
         let mut served = Served::default();
         served.flags.extend(reply.flag);
         let response = reply.into_response();

@@ -44,8 +44,11 @@ pub enum Relayed {
     Declined,
     /// Answered; the connection can take the next request.
     KeepAlive,
-    /// Answered, or the client left: close the connection.
+    /// Answered in full: close the connection (cleanly).
     Close,
+    /// The answer broke off, or the client left: close the connection without a clean end (over
+    /// TLS, no close_notify), so that a client reading to the end of the connection can tell.
+    Abort,
 }
 
 /// A request head the fast path can take: parsed for routing and logging, and re-serialized for
@@ -99,7 +102,7 @@ impl Outbound {
             biased;
             tried = tries::run(&mut exchange, tries, &mut finish.served) => tried,
             // As Envoy resets the upstream request: dropped, and observed with code 0 and DC.
-            () = downstream.left() => return Relayed::Close,
+            () = downstream.left() => return Relayed::Abort,
         };
         match tried {
             Ok((endpoint, response)) => self.respond(&mut finish, downstream, response, endpoint, drain).await,
@@ -140,7 +143,7 @@ impl Outbound {
                         let _ = downstream.send(&head, &[]).await;
                     }
                     finish.end(Ended::Failed);
-                    return Relayed::Close;
+                    return Relayed::Abort;
                 }
             };
             let body = &buf[pos..pos + step.consumed];
@@ -149,7 +152,7 @@ impl Outbound {
             let head = head_out.take().unwrap_or_default();
             if !(head.is_empty() && body.is_empty()) && downstream.send(&head, body).await.is_err() {
                 finish.end(Ended::Dropped);
-                return Relayed::Close;
+                return Relayed::Abort;
             }
             pos += step.consumed;
             if step.done {
@@ -164,7 +167,7 @@ impl Outbound {
             if buf.len() >= MAX_RESPONSE_HEAD {
                 debug!(%endpoint, "chunk-size line or trailers too long");
                 finish.end(Ended::Failed);
-                return Relayed::Close;
+                return Relayed::Abort;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -175,14 +178,14 @@ impl Outbound {
                 // A slow or endless body (long polling, events) must not outlive its client.
                 () = downstream.left() => {
                     finish.end(Ended::Dropped);
-                    return Relayed::Close;
+                    return Relayed::Abort;
                 }
             };
             match read {
                 Ok(0) if framing.ends_at_close() => break,
                 Ok(0) | Err(_) => {
                     finish.end(Ended::Failed);
-                    return Relayed::Close;
+                    return Relayed::Abort;
                 }
                 Ok(_) => {}
             }
@@ -334,7 +337,7 @@ async fn local_reply(
     finish.status = Some(reply.status);
     if downstream.send(&reply.to_http1(close), &[]).await.is_err() {
         finish.end(Ended::Dropped);
-        return Relayed::Close;
+        return Relayed::Abort;
     }
     finish.add(reply.body.len() as u64);
     finish.end(Ended::Complete);
