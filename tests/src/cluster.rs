@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::interrupt::{on_interrupt, OnInterrupt};
+
 /// The Kubernetes release the control plane is built from (`xtask/controlplane/go.mod`).
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
 /// The binaries `cargo xtask setup` builds into [`controlplane_bin_dir`].
@@ -72,6 +74,9 @@ fn free_port() -> Result<u16> {
 struct Process {
     name: &'static str,
     child: Child,
+    /// SIGKILL should this process be told to stop first; unregistered before the child is reaped,
+    /// so that its PID is never signalled once it may have been reused.
+    interrupt: Option<OnInterrupt>,
 }
 
 impl Process {
@@ -85,12 +90,18 @@ impl Process {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {} (run `cargo xtask setup`)", binary.display()))?;
-        Ok(Process { name, child })
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped (see `interrupt`).
+        let interrupt = Some(on_interrupt(move || unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }));
+        Ok(Process { name, child, interrupt })
     }
 
     /// Fails with the log's tail if the process has exited.
     fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
+            self.interrupt = None;
             bail!("{} exited ({status})", self.name);
         }
         Ok(())
@@ -98,6 +109,7 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
     fn stop(&mut self) {
+        self.interrupt = None;
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -117,6 +129,7 @@ impl Process {
 
     /// SIGKILL, and reaps it.
     fn kill(&mut self) {
+        self.interrupt = None;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -148,20 +161,27 @@ pub fn poll_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> Resu
     Ok(())
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+/// A temporary directory removed on drop (or should the process be told to stop).
+struct TempDir {
+    path: PathBuf,
+    _interrupt: OnInterrupt,
+}
 
 impl TempDir {
     fn create() -> Result<TempDir> {
         let path = std::env::temp_dir().join(format!("icp-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir(path))
+        let removed = path.clone();
+        let interrupt = on_interrupt(move || {
+            let _ = fs::remove_dir_all(&removed);
+        });
+        Ok(TempDir { path, _interrupt: interrupt })
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        let _ = fs::remove_dir_all(&self.path);
     }
 }
 
@@ -189,22 +209,23 @@ impl ControlPlane {
     pub fn start() -> Result<ControlPlane> {
         let dir = TempDir::create()?;
         let bin = controlplane_bin_dir();
-        write_pki(&dir.0)?;
-        fs::write(dir.0.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"))?;
+        write_pki(&dir.path)?;
+        fs::write(dir.path.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"))?;
         let etcd_url = format!("http://127.0.0.1:{}", free_port()?);
-        let etcd = Process::spawn("etcd", &bin.join("etcd"), &etcd_args(&dir.0, &etcd_url)?, dir.0.join("etcd.log"))?;
+        let etcd =
+            Process::spawn("etcd", &bin.join("etcd"), &etcd_args(&dir.path, &etcd_url)?, dir.path.join("etcd.log"))?;
         let port = free_port()?;
         let mut plane = ControlPlane {
             controller_manager: None,
             apiserver: None,
             etcd: Some(etcd),
-            apiserver_args: apiserver_args(&dir.0, port, &etcd_url),
+            apiserver_args: apiserver_args(&dir.path, port, &etcd_url),
             port,
-            kubeconfig: dir.0.join("admin.kubeconfig"),
+            kubeconfig: dir.path.join("admin.kubeconfig"),
             next_kubeconfig: AtomicU32::new(0),
             dir,
         };
-        write_kubeconfig(&plane.kubeconfig, &plane.server(), &plane.dir.0.join("ca.crt"), ADMIN_TOKEN, None)?;
+        write_kubeconfig(&plane.kubeconfig, &plane.server(), &plane.dir.path.join("ca.crt"), ADMIN_TOKEN, None)?;
         plane.start_apiserver()?;
         plane.start_controller_manager()?;
         Ok(plane)
@@ -223,7 +244,7 @@ impl ControlPlane {
     /// The directory holding the logs (`etcd.log`, `kube-apiserver.log`,
     /// `kube-controller-manager.log`), certificates and kubeconfigs; removed on drop.
     pub fn dir(&self) -> &Path {
-        &self.dir.0
+        &self.dir.path
     }
 
     /// The admin kubeconfig (token of a system:masters user).
@@ -234,7 +255,7 @@ impl ControlPlane {
     /// The CA that signed the API server's serving certificate (SANs: 127.0.0.1, localhost,
     /// 10.96.0.1, kubernetes.default.svc…).
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.0.join("ca.crt")
+        self.dir.path.join("ca.crt")
     }
 
     /// Runs `kubectl args…` as admin and returns its stdout.
@@ -309,7 +330,7 @@ impl ControlPlane {
     /// The file cannot be written.
     pub fn kubeconfig_for_token(&self, token: &str, server: &str) -> Result<PathBuf> {
         let n = self.next_kubeconfig.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.0.join(format!("token-{n}.kubeconfig"));
+        let path = self.dir.path.join(format!("token-{n}.kubeconfig"));
         write_kubeconfig(&path, server, &self.ca_file(), token, Some(AGENT_NAMESPACE))?;
         Ok(path)
     }
@@ -397,7 +418,7 @@ impl ControlPlane {
     /// It exits or is not ready in time; the error carries its log's tail.
     pub fn start_apiserver(&mut self) -> Result<()> {
         let binary = controlplane_bin_dir().join("kube-apiserver");
-        let log = self.dir.0.join("kube-apiserver.log");
+        let log = self.dir.path.join("kube-apiserver.log");
         self.apiserver = Some(Process::spawn("kube-apiserver", &binary, &self.apiserver_args, log)?);
         self.wait_for_apiserver()
     }
@@ -415,7 +436,7 @@ impl ControlPlane {
     fn start_controller_manager(&mut self) -> Result<()> {
         let binary = controlplane_bin_dir().join("kube-controller-manager");
         let args = controller_manager_args(&self.kubeconfig);
-        let log = self.dir.0.join("kube-controller-manager.log");
+        let log = self.dir.path.join("kube-controller-manager.log");
         self.controller_manager = Some(Process::spawn("kube-controller-manager", &binary, &args, log)?);
         // The serviceaccount controller creating `default/default` shows the controllers run.
         let result = poll_until("kube-controller-manager (ServiceAccount default/default)", READY_TIMEOUT, || {
@@ -436,7 +457,7 @@ impl ControlPlane {
     }
 
     fn log_tails(&self, names: &[&str]) -> String {
-        let tail = |name: &&str| format!("--- {name}.log:\n{}", log_tail(&self.dir.0.join(format!("{name}.log"))));
+        let tail = |name: &&str| format!("--- {name}.log:\n{}", log_tail(&self.dir.path.join(format!("{name}.log"))));
         names.iter().map(tail).collect::<Vec<_>>().join("\n")
     }
 }

@@ -6,6 +6,7 @@ pub mod abuse;
 mod agent;
 pub mod cluster;
 pub mod fixtures;
+mod interrupt;
 mod node;
 pub mod seed_cluster;
 

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::interrupt::{on_interrupt, OnInterrupt};
 use serde::Deserialize;
 
 /// The node's address on every pod link: pods' default gateway and the proxy's redirect address.
@@ -125,10 +127,10 @@ pub struct Node {
     suffix: String,
     pods: Vec<PodSpec>,
     cgroup: PathBuf,
-    sub_cgroups: Vec<PathBuf>,
     bpffs: PathBuf,
     children: Vec<Child>,
-    created_netns: Vec<String>,
+    /// The same teardown as dropping, should the process be told to stop.
+    _interrupt: OnInterrupt,
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -182,14 +184,16 @@ impl Node {
     /// Any `ip` command failing; what was created so far is removed.
     pub fn create(pods: &[PodSpec]) -> Result<Node> {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let cgroup = cgroup2_root()?.join(format!("interceptor-test-{suffix}"));
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}"));
+        let made = (suffix.clone(), cgroup.clone(), bpffs.clone());
         let mut node = Node {
-            cgroup: cgroup2_root()?.join(format!("interceptor-test-{suffix}")),
-            sub_cgroups: Vec::new(),
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}")),
+            cgroup,
+            bpffs,
             suffix,
             pods: pods.to_vec(),
             children: Vec::new(),
-            created_netns: Vec::new(),
+            _interrupt: on_interrupt(move || tear_down(&made.0, &made.1, &made.2)),
         };
         node.build().context("building the test node")?;
         Ok(node)
@@ -198,7 +202,6 @@ impl Node {
     fn build(&mut self) -> Result<()> {
         let node = self.node_netns();
         ip(&["netns", "add", &node])?;
-        self.created_netns.push(node.clone());
         ip(&["-n", &node, "link", "set", "lo", "up"])?;
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))?;
@@ -219,7 +222,6 @@ impl Node {
         let gateway = GATEWAY.to_string();
         let ns = self.pod_netns(&pod.name);
         ip(&["netns", "add", &ns])?;
-        self.created_netns.push(ns.clone());
         no_dad(&ns)?;
         let host_if = format!("ic{i}-{}", self.suffix);
         ip(&["-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
@@ -263,9 +265,7 @@ impl Node {
     /// `ip netns del` fails.
     pub fn remove_pod_netns(&mut self, pod: &str) -> Result<()> {
         let ns = self.pod_netns(pod);
-        ip(&["netns", "del", &ns])?;
-        self.created_netns.retain(|n| n != &ns);
-        Ok(())
+        ip(&["netns", "del", &ns])
     }
 
     /// The node namespace's name.
@@ -310,10 +310,9 @@ impl Node {
     ///
     /// # Errors
     /// The directory cannot be created.
-    pub fn add_cgroup(&mut self, name: &str) -> Result<PathBuf> {
+    pub fn add_cgroup(&self, name: &str) -> Result<PathBuf> {
         let dir = self.cgroup.join(name);
         std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-        self.sub_cgroups.push(dir.clone());
         Ok(dir)
     }
 
@@ -523,17 +522,56 @@ impl Node {
     }
 }
 
-/// Removes `dir`, one of this node's cgroups, once it is empty: its remaining members — all
-/// started by this node's processes — are killed by PID, then removal is retried for up to 5 s
-/// (a killed process leaves its cgroup only when it has exited, which takes a while under load).
+/// Removes what a node made (named with its `suffix`), whatever its processes are doing: kills
+/// the processes left in its namespaces and cgroups (by PID: all started by the node's own), then
+/// removes its cgroups innermost first, its namespaces and its bpffs directory (the agent's pins).
+fn tear_down(suffix: &str, cgroup: &Path, bpffs: &Path) {
+    let namespaces = node_namespaces(suffix);
+    for ns in &namespaces {
+        let out = Command::new("ip").args(["netns", "pids", ns]).output();
+        kill_all(&out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default());
+    }
+    remove_cgroup(cgroup);
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(bpffs);
+}
+
+/// The network namespaces of the node with `suffix` (`ic-<name>-<suffix>`).
+fn node_namespaces(suffix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let ending = format!("-{suffix}");
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with("ic-") && ns.ends_with(&ending))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// SIGKILLs every PID listed one per line in `pids` (a cgroup's members, a namespace's processes).
+fn kill_all(pids: &str) {
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+        // SAFETY: kill(2) on a process in one of this node's own namespaces or cgroups.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Removes `dir`, one of this node's cgroups, with the cgroups under it: each once empty, its
+/// remaining members killed, removal retried for up to 5 s (a killed process leaves its cgroup
+/// only when it has exited, which takes a while under load).
 fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path());
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-        let members = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in members.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
-            // SAFETY: kill(2) on a process in this node's own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        kill_all(&std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -563,14 +601,7 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Processes that joined the cgroups through `command_in` are children we waited for
-        // above; what a child started itself may still be exiting (or alive) there.
-        for dir in self.sub_cgroups.iter().rev().chain([&self.cgroup]) {
-            remove_cgroup(dir);
-        }
-        for ns in self.created_netns.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        // What a child started itself may still be exiting (or alive) in the namespaces.
+        tear_down(&self.suffix, &self.cgroup, &self.bpffs);
     }
 }

@@ -114,3 +114,40 @@ fn pins_of_the_ipv4_only_layout_are_replaced_with_a_warning_not_a_failed_start()
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
     assert!(text.contains("interceptor_capture_connections_total{service=\"10.96.0.10:80\"} 4"), "{text}");
 }
+
+#[test]
+fn a_test_node_is_torn_down_when_its_process_is_told_to_stop() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut holder = Command::new(env!("CARGO_BIN_EXE_testnode"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("testnode runs");
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let made: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let netns: Vec<&str> = made["netns"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        let (cgroup, bpffs) = (made["cgroup"].as_str().unwrap(), made["bpffs"].as_str().unwrap());
+        let pod = made["pid"].as_u64().unwrap();
+        let listed = || String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+        assert!(netns.iter().all(|ns| listed().contains(ns)), "made: {line}");
+
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(libc::pid_t::try_from(holder.id()).unwrap(), signal) };
+        let status = holder.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + signal), "exits as the signal would have ({signal})");
+        let listed = listed();
+        for ns in &netns {
+            assert!(!listed.contains(ns), "{ns} left after signal {signal}");
+        }
+        assert!(!std::path::Path::new(cgroup).exists(), "{cgroup} left");
+        assert!(!std::path::Path::new(bpffs).exists(), "{bpffs} left");
+        // Gone, or a zombie until whoever inherited it reaps it.
+        let stat = std::fs::read_to_string(format!("/proc/{pod}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        assert!(matches!(state, None | Some('Z')), "the pod's process {pod} outlived its node: {stat}");
+    }
+}
