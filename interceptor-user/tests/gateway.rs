@@ -1247,25 +1247,38 @@ async fn until_close_endpoint(body: &'static str, reset: bool) -> SocketAddr {
 }
 
 #[tokio::test]
-async fn a_body_that_ends_with_the_connection_ends_cleanly_over_tls_only_when_the_endpoint_ended_it() {
+async fn a_body_that_ends_with_the_endpoints_connection_goes_on_in_chunks_and_a_cut_one_without_its_last() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (pki, ca, ca_key) = Pki::new("until-close");
     let (complete, cut) = (until_close_endpoint("whole", false).await, until_close_endpoint("part", true).await);
     let (port, yaml) = https_gateway(&pki, &ca, &ca_key);
     let _h = harness(table(&config(complete, cut, &yaml), &settings(&pki.dir))).await;
-    for (path, body, clean) in [("/", "whole", true), ("/v2", "part", false)] {
-        let mut tls = https_connect(&pki, port).await;
-        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n").as_bytes()).await.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n");
+
+    // Whole: chunked, its last chunk sent, and the client's connection kept for the next one.
+    let mut tls = https_connect(&pki, port).await;
+    for _ in 0..2 {
+        tls.write_all(get("/").as_bytes()).await.unwrap();
         let mut got = Vec::new();
-        let end = tls.read_to_end(&mut got).await;
-        let got = String::from_utf8_lossy(&got);
-        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with(body), "{path}: {got}");
-        assert!(got.to_ascii_lowercase().contains("connection: close\r\n"), "{path}: {got}");
-        // A clean TLS end (close_notify) only when the whole body came; a cut one shows as an
-        // end without it, which a client can tell from a complete body.
-        assert_eq!(end.is_ok(), clean, "{path}: {end:?}");
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            assert_ne!(tls.read_buf(&mut got).await.unwrap(), 0, "{}", String::from_utf8_lossy(&got));
+        }
+        let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(got.starts_with("http/1.1 200 ok\r\n"), "{got}");
+        assert!(got.contains("\r\ntransfer-encoding: chunked\r\n") && !got.contains("connection: close"), "{got}");
+        assert!(got.ends_with("\r\n\r\n5\r\nwhole\r\n0\r\n\r\n"), "{got}");
     }
+
+    // Cut (the endpoint reset mid-body): no last chunk, and the connection ends without a
+    // close_notify, so the client can tell.
+    let mut tls = https_connect(&pki, port).await;
+    tls.write_all(get("/v2").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let end = tls.read_to_end(&mut got).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && !got.ends_with("0\r\n\r\n"), "{got}");
+    assert!(end.is_err(), "a cut body ended cleanly: {got}");
 }
 
 #[tokio::test]

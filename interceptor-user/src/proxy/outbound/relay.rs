@@ -121,14 +121,20 @@ impl Outbound {
     ) -> Relayed {
         let RawResponse { mut conn, head, mut buf, body_start } = response;
         finish.status = StatusCode::from_u16(head.status).ok();
-        // A body that ends with the connection cannot be framed for a kept connection.
-        let close = drain.is_draining() || head.framing == Framing::UntilClose;
-        let mut head_out = head.downstream;
-        if close {
-            head_out.extend_from_slice(b"connection: close\r\n");
+        let close = drain.is_draining();
+        // A body that ends with the endpoint's connection goes on in chunks, as hyper sends it on
+        // the full path and Envoy to an HTTP/1.1 client: the client's connection can stay, and a
+        // body cut short shows (no last chunk).
+        let rechunk = head.framing == Framing::UntilClose;
+        // What goes out before the next body bytes: the head, then a chunk's closing CRLF.
+        let mut out = head.downstream;
+        if rechunk {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        head_out.extend_from_slice(b"\r\n");
-        let mut head_out = Some(head_out);
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
         let mut framing = BodyProgress::new(head.framing);
         let mut done = false;
         let mut upstream_reusable = head.keep_alive;
@@ -139,20 +145,24 @@ impl Outbound {
                 Ok(step) => step,
                 Err(err) => {
                     debug!(%endpoint, %err, "response body framing broke");
-                    if let Some(head) = head_out {
-                        let _ = downstream.send(&head, &[]).await;
-                    }
+                    let _ = downstream.send(&out, &[]).await;
                     finish.end(Ended::Failed);
                     return Relayed::Abort;
                 }
             };
             let body = &buf[pos..pos + step.consumed];
             finish.add(step.data);
+            if rechunk && !body.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            }
             // The head goes out with the first body bytes, in one write.
-            let head = head_out.take().unwrap_or_default();
-            if !(head.is_empty() && body.is_empty()) && downstream.send(&head, body).await.is_err() {
+            if !(out.is_empty() && body.is_empty()) && downstream.send(&out, body).await.is_err() {
                 finish.end(Ended::Dropped);
                 return Relayed::Abort;
+            }
+            out.clear();
+            if rechunk && !body.is_empty() {
+                out.extend_from_slice(b"\r\n");
             }
             pos += step.consumed;
             if step.done {
@@ -188,6 +198,13 @@ impl Outbound {
                     return Relayed::Abort;
                 }
                 Ok(_) => {}
+            }
+        }
+        if rechunk {
+            out.extend_from_slice(b"0\r\n\r\n");
+            if downstream.send(&out, &[]).await.is_err() {
+                finish.end(Ended::Dropped);
+                return Relayed::Abort;
             }
         }
         finish.end(Ended::Complete);
