@@ -65,7 +65,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Downstream for Client<I> {
     /// client leaving. Past `ahead` bytes it only waits.
     async fn left(&mut self) {
         while self.read.len() < self.ahead {
-            self.read.reserve(READ_SIZE);
+            // What the head's read left of the buffer, when it has room: the request still holds
+            // the rest of it.
+            if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+                self.read.reserve(READ_SIZE);
+            }
             if let Ok(0) | Err(_) = self.io.read_buf(&mut self.read).await {
                 return;
             }
