@@ -27,6 +27,9 @@ pub use gateway::GatewayResults;
 const HOST: &str = "my-app.default.svc.cluster.local";
 /// Body size of every backend answer.
 const RESPONSE_BYTES: usize = 1024;
+/// Body size of the large answers (throughput), and the path the backends answer them on.
+const LARGE_BYTES: usize = 1024 * 1024;
+const LARGE_PATH: &str = "/__large";
 /// Fixed rates, as fractions of the slowest proxy's peak.
 const RATE_FRACTIONS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -130,6 +133,25 @@ pub struct Results {
     /// RSS while the idle connections are open, KiB.
     pub rss_idle_kib: Option<u64>,
     pub idle_open: usize,
+    /// Throughput with [`LARGE_BYTES`] answers at saturation.
+    pub large: Option<Throughput>,
+}
+
+/// Bytes per second of large answers at saturation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Throughput {
+    /// MB (10^6 bytes) of answer bodies per second.
+    pub mb_per_s: f64,
+    pub megabytes: f64,
+    /// Proxy CPU seconds spent on them (none for direct).
+    pub cpu_seconds: Option<f64>,
+}
+
+impl Throughput {
+    /// MB/s per proxy core.
+    pub fn per_core(&self) -> Option<f64> {
+        self.cpu_seconds.filter(|s| *s > 0.0).map(|s| self.megabytes / s)
+    }
 }
 
 impl Results {
@@ -192,9 +214,9 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     pods.extend(BACKENDS.iter().map(|(pod, ip, _)| PodSpec::new(pod, *ip)));
     let mut node = Node::create(&pods)?;
     // In the capture cgroup, as kubelet's pods all are: the fast path pairs their sockets.
-    let size = RESPONSE_BYTES.to_string();
+    let (size, large) = (RESPONSE_BYTES.to_string(), LARGE_BYTES.to_string());
     for (pod, _, version) in BACKENDS {
-        node.serve_captured(pod, version, &["--size", &size])?;
+        node.serve_captured(pod, version, &["--size", &size, "--large", &large])?;
     }
     let run_dir = dir.join("run");
     let wanted = |phase| only.is_empty() || only.contains(&phase);
@@ -287,6 +309,7 @@ fn spec<'a>(r: &'a Running, log: &'a Path, connections: u32, seconds: u64, rate:
         sni: r.sni,
         new_connections: false,
         log,
+        path: "/",
     }
 }
 
@@ -420,6 +443,15 @@ fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Resu
         for (res, t) in results.iter_mut().zip(rated) {
             res.rates.push(latency(fraction, offered, t.mean_rps(), t.latencies_us));
         }
+    }
+
+    let large = turns(plan, node, running, "large answers", None, |r| load::Spec {
+        path: LARGE_PATH,
+        ..spec(r, &log, plan.connections, plan.saturation_seconds, None)
+    })?;
+    for (res, t) in results.iter_mut().zip(large) {
+        let (bytes, megabytes) = (LARGE_BYTES as f64 / 1e6, t.requests as f64 * LARGE_BYTES as f64 / 1e6);
+        res.large = Some(Throughput { mb_per_s: t.mean_rps() * bytes, megabytes, cpu_seconds: t.cpu_seconds });
     }
 
     for (res, r) in results.iter_mut().zip(running) {

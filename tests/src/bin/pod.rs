@@ -53,6 +53,10 @@ enum Command {
         /// Pad the body to this many bytes: the name, a newline, then filler (benchmarks).
         #[arg(long)]
         size: Option<usize>,
+        /// Answer requests for `/__large` with a body padded to this many bytes instead
+        /// (benchmarks: throughput with large answers).
+        #[arg(long)]
+        large: Option<usize>,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -306,7 +310,7 @@ struct Mode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, chunked, size } => {
+        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, chunked, size, large } => {
             let options = ServeOptions {
                 status: hyper::StatusCode::from_u16(status)?,
                 delay: Duration::from_millis(delay_ms),
@@ -314,6 +318,7 @@ async fn main() -> Result<()> {
                 body_time: Duration::from_millis(body_ms),
                 chunked,
                 size,
+                large,
             };
             serve(listen, name, options).await
         }
@@ -387,6 +392,8 @@ async fn main() -> Result<()> {
 const COUNT_PATH: &str = "/__count";
 /// Answered with the full body's length but half the body, then the connection breaks off.
 const BREAK_PATH: &str = "/__break";
+/// Answered with the `--large` body.
+const LARGE_PATH: &str = "/__large";
 
 /// How `serve` answers.
 #[derive(Clone, Copy)]
@@ -397,6 +404,7 @@ struct ServeOptions {
     body_time: Duration,
     chunked: bool,
     size: Option<usize>,
+    large: Option<usize>,
 }
 
 /// Answers `name` (HTTP/1.1 or HTTP/2, upgrades and gRPC-style calls too) with the options'
@@ -410,13 +418,18 @@ async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Resul
         (Some(n), _) => Bytes::from(testbed::fixtures::numbered_body(&name, n)),
         (None, size) => Bytes::from(padded_body(&name, size)),
     };
+    let large = options.large.map(|size| Bytes::from(padded_body(&name, Some(size))));
     let served = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, _) = listener.accept().await?;
         let (body, served, header_name) = (body.clone(), served.clone(), header_name.clone());
+        let large = large.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                let (body, served, header_name) = (body.clone(), served.clone(), header_name.clone());
+                let (mut body, served, header_name) = (body.clone(), served.clone(), header_name.clone());
+                if let (Some(large), LARGE_PATH) = (&large, req.uri().path()) {
+                    body = large.clone();
+                }
                 // An upgrade (e.g. WebSocket): agree, then say our name and echo the bytes.
                 let upgrade = req
                     .headers()

@@ -40,6 +40,8 @@ pub struct Spec<'a> {
     pub new_connections: bool,
     /// Per-request log (start, status, µs).
     pub log: &'a Path,
+    /// The request path.
+    pub path: &'a str,
 }
 
 /// What one run measured.
@@ -87,13 +89,13 @@ pub fn run(node: &Node, client: &str, spec: &Spec<'_>) -> Result<Outcome> {
         args.extend(["-H".into(), "connection: close".into()]);
     }
     match spec.sni {
-        None => args.push(format!("http://{}/", spec.target)),
+        None => args.push(format!("http://{}{}", spec.target, spec.path)),
         Some(host) => {
             // The URL's host is the SNI and the Host header; --connect-to says where to connect.
             args.push(format!("--connect-to={}", spec.target));
             args.push(format!("--tls13-ciphers={TLS13_CIPHER}"));
             args.push(format!("--groups={TLS_GROUP}"));
-            args.push(format!("https://{host}/"));
+            args.push(format!("https://{host}{}", spec.path));
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -76,6 +76,8 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
         bench.push(format!("fp_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
         bench.push(format!("fp_p99_added_vs_haproxy={}", fmt_ratio(vs_haproxy.p99_added_at_50)));
         bench.push(format!("fp_rps_per_core_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps_per_core))));
+        bench.push(format!("fp_large_vs_haproxy={}", fmt_ratio(vs_haproxy.large)));
+        bench.push(format!("fp_large_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.large))));
     }
     std::fs::write(dir.join("report.md"), &markdown)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
@@ -111,18 +113,33 @@ struct Ratios {
     rps_per_core: Option<f64>,
     p99_added_at_50: Option<f64>,
     rss_idle: Option<f64>,
+    /// MB/s with large answers, and per proxy core.
+    large: Option<f64>,
+    large_per_core: Option<f64>,
 }
 
 impl Ratios {
     fn of(me: &Results, other: &Results, direct: &Results) -> Ratios {
+        let large = |r: &Results| r.large.as_ref().map(|l| l.mb_per_s);
+        let large_per_core = |r: &Results| r.large.as_ref().and_then(super::Throughput::per_core);
         Ratios {
             rps: div(Some(me.rps()), Some(other.rps())),
             rps_per_core: div(me.rps_per_core(), other.rps_per_core()),
             p99_added_at_50: div(added_for_ratio(me, direct, 0.5), added_for_ratio(other, direct, 0.5)),
             rss_idle: div(me.rss_idle_kib.map(|k| k as f64), other.rss_idle_kib.map(|k| k as f64)),
+            large: div(large(me), large(other)),
+            large_per_core: div(large_per_core(me), large_per_core(other)),
         }
     }
+
+    /// The ratio table's cells (p99 as given: across phases it is left out).
+    fn cells(&self, p99: Option<f64>) -> [Option<f64>; 6] {
+        [self.rps, self.rps_per_core, p99, self.rss_idle, self.large, self.large_per_core]
+    }
 }
+
+/// The header of a ratio table of [`Ratios::cells`].
+const RATIO_HEADER: &str = "| vs | req/s | req/s per core | added p99 at 50% | RSS idle | MB/s, large answers | MB/s per core |\n|---|---:|---:|---:|---:|---:|---:|\n";
 
 /// Interceptor ÷ another gateway.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -195,10 +212,10 @@ fn mesh_markdown(plan: &Plan, results: &[Results], direct: &Results, me: &Result
     let _ = writeln!(md, "## Bench ({})\n", setup(plan));
     contender_table(&mut md, plan, results, direct);
     let _ = writeln!(md, "\n### Interceptor ÷ each proxy (same run)\n");
-    md.push_str("| vs | req/s | req/s per core | added p99 at 50% | RSS idle |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(RATIO_HEADER);
     for other in results.iter().filter(|r| r.name != "direct" && r.name != "interceptor") {
         let x = Ratios::of(me, other, direct);
-        ratio_row(&mut md, &other.name, &[x.rps, x.rps_per_core, x.p99_added_at_50, x.rss_idle]);
+        ratio_row(&mut md, &other.name, &x.cells(x.p99_added_at_50));
     }
     let envoy = results.iter().find(|r| r.name == "envoy");
     let haproxy = results.iter().find(|r| r.name == "haproxy");
@@ -232,10 +249,11 @@ fn setup(plan: &Plan) -> String {
 fn contender_table(md: &mut String, plan: &Plan, results: &[Results], direct: &Results) {
     let _ = writeln!(
         md,
-        "| contender | req/s | req/s per proxy core | proxy CPU s / 1k req | p50 / p90 / p99 ms at saturation | p99 ms at 25% / 50% / 75% | added p99 ms at 50% | RSS peak MiB | RSS MiB with {} idle conns |",
-        plan.idle_connections
+        "| contender | req/s | req/s per proxy core | proxy CPU s / 1k req | p50 / p90 / p99 ms at saturation | p99 ms at 25% / 50% / 75% | added p99 ms at 50% | RSS peak MiB | RSS MiB with {} idle conns | MB/s, {} KiB answers | MB/s per proxy core |",
+        plan.idle_connections,
+        super::LARGE_BYTES / 1024,
     );
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let s = &r.saturation;
         let p99s: Vec<String> = r.rates.iter().map(|l| ms(l.p99_us)).collect();
@@ -246,7 +264,7 @@ fn contender_table(md: &mut String, plan: &Plan, results: &[Results], direct: &R
         };
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {} | {} / {} / {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.rps(),
             per_core(r.rps_per_core()),
@@ -258,6 +276,8 @@ fn contender_table(md: &mut String, plan: &Plan, results: &[Results], direct: &R
             added,
             mib(r.rss_peak_kib),
             mib(r.rss_idle_kib),
+            r.large.as_ref().map_or_else(|| "–".into(), |l| format!("{:.0}", l.mb_per_s)),
+            per_core(r.large.as_ref().and_then(super::Throughput::per_core)),
         );
     }
     if let Some(l) = at(direct, 0.5) {
@@ -278,13 +298,13 @@ fn fast_path_markdown(
     let _ = writeln!(md, "## Fast path: `fastPath: true`, agent and pods in the capture cgroup ({})\n", setup(plan));
     contender_table(&mut md, plan, results, direct);
     let _ = writeln!(md, "\n### Fast path ÷ each (HAProxy: same phase; interceptor without it: mesh phase)\n");
-    md.push_str("| vs | req/s | req/s per core | added p99 at 50% | RSS idle |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(RATIO_HEADER);
     for other in results.iter().filter(|r| r.name == "haproxy").chain(off) {
         let x = Ratios::of(fast, other, direct);
         // Fixed rates are fractions of each phase's slowest contender: across phases the p99s
         // were taken at different offered rates, so only the same phase's ratio is shown.
         let p99 = if other.name == "haproxy" { x.p99_added_at_50 } else { None };
-        ratio_row(&mut md, &other.name, &[x.rps, x.rps_per_core, p99, x.rss_idle]);
+        ratio_row(&mut md, &other.name, &x.cells(p99));
     }
     if let Some(haproxy) = results.iter().find(|r| r.name == "haproxy") {
         let h = Ratios::of(fast, haproxy, direct);
@@ -388,6 +408,14 @@ mod tests {
         assert_eq!(r.rss_idle, Some(0.25));
         assert_eq!(r.rps_per_core, Some(1.0));
         assert_eq!(fmt_ratio(Ratios::of(&me, &direct, &direct).rss_idle), "nan");
+        assert_eq!((r.large, r.large_per_core), (None, None), "not measured");
+        let large = |mb_per_s: f64, cpu: f64| {
+            Some(super::super::Throughput { mb_per_s, megabytes: mb_per_s * 8.0, cpu_seconds: Some(cpu) })
+        };
+        let me = Results { large: large(900.0, 4.0), ..me };
+        let envoy = Results { large: large(600.0, 8.0), ..envoy };
+        let r = Ratios::of(&me, &envoy, &direct);
+        assert_eq!((r.large, r.large_per_core), (Some(1.5), Some(3.0)));
     }
 
     #[test]
