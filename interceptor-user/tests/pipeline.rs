@@ -22,6 +22,7 @@ use interceptor::proxy::OriginalDestination;
 use interceptor::routing::RouteTable;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 
@@ -439,4 +440,81 @@ async fn host_lines_are_required_once_in_http_1_1_and_never_twice() {
         assert!(status_line(&answer).ends_with(" 200 OK") && answer.ends_with("ok"), "{request}: {answer}");
     }
     assert_eq!(up.hits.load(Ordering::Relaxed), 2);
+}
+
+/// An endpoint that answers each connection's request (its head, and a body by
+/// `Content-Length`) with a head without length, then sends `pieces` one by one, each when `go`
+/// grants a permit, and closes the connection.
+async fn until_close_endpoint(pieces: &'static [&'static str], go: Arc<Semaphore>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut request = Vec::new();
+            let body_end = loop {
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head.lines().find_map(|l| l.strip_prefix("content-length:"));
+                    break end + 4 + length.map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                }
+                if stream.read_buf(&mut request).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            };
+            while request.len() < body_end {
+                if stream.read_buf(&mut request).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n").await.unwrap();
+            for piece in pieces {
+                go.acquire().await.unwrap().forget();
+                stream.write_all(piece.as_bytes()).await.unwrap();
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_endpoints_connection_goes_on_in_chunks_as_it_comes_on_both_transports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let go = Arc::new(Semaphore::new(0));
+    let pieces: [(&[&str], &str); 2] =
+        [(&["first", "second piece"], "5\r\nfirst\r\nc\r\nsecond piece\r\n0\r\n\r\n"), (&[], "0\r\n\r\n")];
+    for (pieces, chunked) in pieces {
+        let up = until_close_endpoint(pieces, go.clone()).await;
+        let h = harness(&[(up, "v1")], PLAIN).await;
+        let mut client = TcpStream::connect(h.proxy).await.unwrap();
+        // Each piece reaches the client before the endpoint sends the next, on either transport,
+        // and the connection stays for the next request.
+        for transport in BOTH {
+            let before = h.relayed();
+            let request = match transport {
+                Transport::Relay => "GET / HTTP/1.1\r\nHost: my-app\r\n\r\n",
+                Transport::Hyper => "POST / HTTP/1.1\r\nHost: my-app\r\nContent-Length: 2\r\n\r\nhi",
+            };
+            client.write_all(request.as_bytes()).await.unwrap();
+            let (mut got, mut seen) = (Vec::new(), 0);
+            for piece in pieces {
+                go.add_permits(1);
+                while !got[seen..].windows(piece.len()).any(|w| w == piece.as_bytes()) {
+                    assert_ne!(client.read_buf(&mut got).await.unwrap(), 0, "{transport:?} {pieces:?}");
+                }
+                seen = got.len();
+            }
+            while !got.ends_with(b"0\r\n\r\n") {
+                assert_ne!(client.read_buf(&mut got).await.unwrap(), 0, "{transport:?} {pieces:?}");
+            }
+            assert_eq!(h.relayed() - before, u64::from(matches!(transport, Transport::Relay)), "{transport:?}");
+            // A chunk per piece, as it came; the connection kept (the next request goes on it).
+            let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(got.contains("\r\ntransfer-encoding: chunked\r\n") && !got.contains("connection: close"), "{got}");
+            assert!(got.ends_with(&format!("\r\n\r\n{chunked}")), "{transport:?}: {got}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! HTTP/1 responses from an endpoint on a raw connection: the head parsed (httparse) and
 //! re-serialized for the client without its hop-by-hop headers, and the body's framing followed
-//! as it arrives, so it can be relayed byte for byte.
+//! as it arrives, so it can be relayed as framed (a body that ends at the close, in chunks).
 
 use http::StatusCode;
 
@@ -31,7 +31,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The endpoint keeps the connection after this response.
     pub keep_alive: bool,
-    /// The head for the client, without hop-by-hop headers and without its final CRLF.
+    /// The head for the client, without hop-by-hop headers and without its final CRLF. A body
+    /// that ends with the endpoint's connection goes on in chunks, so this head says `chunked`.
     pub downstream: Vec<u8>,
 }
 
@@ -68,6 +69,7 @@ impl ResponseHead {
         let mut named: Vec<&str> = Vec::new();
         let (mut says_close, mut says_keep_alive) = (false, false);
         let mut chunked = false;
+        let mut chunked_codings = 0;
         let mut transfer_encoding = false;
         let mut length: Option<u64> = None;
         let mut grpc_status = None;
@@ -82,7 +84,9 @@ impl ResponseHead {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encoding = true;
-                chunked = value().rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+                let is_chunked = |t: &str| t.trim().eq_ignore_ascii_case("chunked");
+                chunked = value().rsplit(',').next().is_some_and(is_chunked);
+                chunked_codings += value().split(',').filter(|t| is_chunked(t)).count();
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 let n = content_length(value()).ok_or_else(|| invalid("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -92,6 +96,11 @@ impl ResponseHead {
             } else if h.name.eq_ignore_ascii_case("grpc-status") {
                 grpc_status = value().trim().parse().ok();
             }
+        }
+        // Chunked applied twice, or not last, is invalid (RFC 9112 §7), and the relay adds it
+        // to a body that ends at the close.
+        if chunked_codings > usize::from(chunked) {
+            return Err(invalid("chunked is not the only and last transfer coding"));
         }
         // HTTP/1.0 keeps the connection only when asked to; `close` wins over anything.
         let close = says_close || (!http11 && !says_keep_alive);
@@ -129,6 +138,10 @@ impl ResponseHead {
             if !hop && !ignored_length {
                 push_header(&mut downstream, h.name, h.value);
             }
+        }
+        if framing == Framing::UntilClose {
+            // The last coding, after any the endpoint applied (`gzip` becomes `gzip, chunked`).
+            downstream.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         Ok(Self { status, grpc_status, framing, keep_alive: !close && framing != Framing::UntilClose, downstream })
     }
@@ -234,7 +247,16 @@ mod tests {
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!String::from_utf8(h.downstream).unwrap().contains("Content-Length"));
-        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::UntilClose);
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
+        assert_eq!(
+            String::from_utf8(h.downstream).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n"
+        );
+        for twice in ["chunked, gzip", "chunked, chunked", "chunked\r\nTransfer-Encoding: gzip"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {twice}\r\n\r\n");
+            assert!(ResponseHead::parse(raw.as_bytes()).is_err(), "{twice:?}");
+        }
         assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive);

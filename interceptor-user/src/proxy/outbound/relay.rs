@@ -1,9 +1,11 @@
 //! The fast path for the commonest request: HTTP/1.1 without a body, whose route the compiler
 //! marked relayable (it only forwards). Its head is parsed once, copied upstream on a pooled raw
-//! connection, and the response is relayed byte for byte, with no hyper connection on either side.
+//! connection, and the response is relayed as the endpoint framed it (a body that ends at the
+//! close, in chunks), with no hyper connection on either side.
 //! It carries out the same plan as hyper, through the same try loop; whatever it does not handle
 //! it declines before any I/O or random draw, and hyper serves that request the usual way.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +112,8 @@ impl Outbound {
         }
     }
 
-    /// Sends the response head and relays the body as the endpoint sends it.
+    /// Sends the response head and relays the body as the endpoint frames it, one that ends at the
+    /// close in chunks.
     async fn respond(
         &self,
         finish: &mut Finish,
@@ -122,15 +125,12 @@ impl Outbound {
         let RawResponse { mut conn, head, mut buf, body_start } = response;
         finish.status = StatusCode::from_u16(head.status).ok();
         let close = drain.is_draining();
-        // A body that ends with the endpoint's connection goes on in chunks, as hyper sends it on
-        // the full path and Envoy to an HTTP/1.1 client: the client's connection can stay, and a
-        // body cut short shows (no last chunk).
+        // A body that ends with the endpoint's connection goes on in chunks (its head says so), as
+        // hyper sends it on the full path and Envoy to an HTTP/1.1 client: the client's
+        // connection can stay, and a body cut short shows (no last chunk).
         let rechunk = head.framing == Framing::UntilClose;
         // What goes out before the next body bytes: the head, then a chunk's closing CRLF.
         let mut out = head.downstream;
-        if rechunk {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -153,7 +153,8 @@ impl Outbound {
             let body = &buf[pos..pos + step.consumed];
             finish.add(step.data);
             if rechunk && !body.is_empty() {
-                out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{:x}\r\n", body.len());
             }
             // The head goes out with the first body bytes, in one write.
             if !(out.is_empty() && body.is_empty()) && downstream.send(&out, body).await.is_err() {
