@@ -47,6 +47,9 @@ fn install() {
         return;
     }
     let [read, write] = fds;
+    // A handler never blocks: with the pipe full, a teardown is under way already.
+    // SAFETY: fcntl(2) on the descriptor just made.
+    unsafe { libc::fcntl(write, libc::F_SETFL, libc::O_NONBLOCK) };
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let byte = signal as u8;
         // SAFETY: the action only calls write(2), which is async-signal-safe.
@@ -66,7 +69,8 @@ fn install() {
         eprintln!("interrupt: signal {byte}: removing test nodes and stopping the processes they started");
         let teardowns = std::mem::take(&mut *lock());
         for teardown in teardowns.values().rev() {
-            teardown();
+            // One that panics must not keep the others from running, nor the process alive.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(teardown));
         }
         std::process::exit(128 + i32::from(byte));
     });

@@ -13,8 +13,8 @@ pub mod seed_cluster;
 pub use agent::{read_stdout, run_agent_command, Agent, Mode, ADMIN};
 pub use cluster::{controlplane_bin_dir, poll_until, ControlPlane, LoopbackBridge};
 pub use node::{
-    ipv6_twin, wait_for_listener, H2Frame, LoadReport, Node, PodSpec, RawReport, GATEWAY, GATEWAY6, POD_PREFIX6,
-    SERVICE_PREFIX6,
+    ipv6_twin, tear_down, wait_for_listener, H2Frame, LoadReport, Node, PodSpec, RawReport, GATEWAY, GATEWAY6,
+    POD_PREFIX6, SERVICE_PREFIX6,
 };
 
 /// The binary of the workspace target directory named `name` (built by `cargo xtask`), next to

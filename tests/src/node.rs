@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -128,6 +129,9 @@ pub struct Node {
     pods: Vec<PodSpec>,
     cgroup: PathBuf,
     bpffs: PathBuf,
+    /// The network namespaces this node added and has not removed: the only ones its teardown
+    /// touches (another node's names could share a suffix left behind by a killed run).
+    namespaces: Arc<Mutex<Vec<String>>>,
     children: Vec<Child>,
     /// The same teardown as dropping, should the process be told to stop.
     _interrupt: OnInterrupt,
@@ -183,25 +187,33 @@ impl Node {
     /// # Errors
     /// Any `ip` command failing; what was created so far is removed.
     pub fn create(pods: &[PodSpec]) -> Result<Node> {
-        let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let cgroup = cgroup2_root()?.join(format!("interceptor-test-{suffix}"));
+        let (suffix, cgroup) = claim_suffix()?;
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}"));
-        let made = (suffix.clone(), cgroup.clone(), bpffs.clone());
+        let namespaces = Arc::new(Mutex::new(Vec::new()));
+        let made = (namespaces.clone(), cgroup.clone(), bpffs.clone());
         let mut node = Node {
             cgroup,
             bpffs,
             suffix,
             pods: pods.to_vec(),
+            namespaces,
             children: Vec::new(),
-            _interrupt: on_interrupt(move || tear_down(&made.0, &made.1, &made.2)),
+            _interrupt: on_interrupt(move || tear_down(&lock(&made.0), &made.1, &made.2)),
         };
         node.build().context("building the test node")?;
         Ok(node)
     }
 
+    /// Adds network namespace `ns`, recorded as this node's once it exists.
+    fn add_netns(&self, ns: &str) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        lock(&self.namespaces).push(ns.to_owned());
+        Ok(())
+    }
+
     fn build(&mut self) -> Result<()> {
         let node = self.node_netns();
-        ip(&["netns", "add", &node])?;
+        self.add_netns(&node)?;
         ip(&["-n", &node, "link", "set", "lo", "up"])?;
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         run(Command::new("ip").args(["netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))?;
@@ -212,7 +224,6 @@ impl Node {
         for (i, pod) in self.pods.clone().iter().enumerate() {
             self.plug(i, pod)?;
         }
-        std::fs::create_dir(&self.cgroup).with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
         Ok(())
     }
 
@@ -221,7 +232,7 @@ impl Node {
         let node = self.node_netns();
         let gateway = GATEWAY.to_string();
         let ns = self.pod_netns(&pod.name);
-        ip(&["netns", "add", &ns])?;
+        self.add_netns(&ns)?;
         no_dad(&ns)?;
         let host_if = format!("ic{i}-{}", self.suffix);
         ip(&["-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
@@ -265,7 +276,9 @@ impl Node {
     /// `ip netns del` fails.
     pub fn remove_pod_netns(&mut self, pod: &str) -> Result<()> {
         let ns = self.pod_netns(pod);
-        ip(&["netns", "del", &ns])
+        ip(&["netns", "del", &ns])?;
+        lock(&self.namespaces).retain(|n| *n != ns);
+        Ok(())
     }
 
     /// The node namespace's name.
@@ -522,32 +535,47 @@ impl Node {
     }
 }
 
-/// Removes what a node made (named with its `suffix`), whatever its processes are doing: kills
-/// the processes left in its namespaces and cgroups (by PID: all started by the node's own), then
-/// removes its cgroups innermost first, its namespaces and its bpffs directory (the agent's pins).
-fn tear_down(suffix: &str, cgroup: &Path, bpffs: &Path) {
-    let namespaces = node_namespaces(suffix);
-    for ns in &namespaces {
+/// Picks a suffix no node uses (none of its names exists) and claims it by creating the capture
+/// cgroup, which only one process can: names are never shared, so a teardown removes only its own.
+fn claim_suffix() -> Result<(String, PathBuf)> {
+    let root = cgroup2_root()?;
+    let listed = Command::new("ip").args(["netns", "list"]).output().context("running ip netns list")?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for _ in 0..16 {
+        let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ending = format!("-{suffix}");
+        let in_use = listed.lines().filter_map(|l| l.split_whitespace().next()).any(|ns| ns.ends_with(&ending))
+            || Path::new(&format!("/sys/fs/bpf/interceptor-test-{suffix}")).exists();
+        if in_use {
+            continue;
+        }
+        let cgroup = root.join(format!("interceptor-test-{suffix}"));
+        match std::fs::create_dir(&cgroup) {
+            Ok(()) => return Ok((suffix, cgroup)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err).with_context(|| format!("creating cgroup {}", cgroup.display())),
+        }
+    }
+    bail!("no free test node suffix after 16 tries (leftovers of earlier runs?)")
+}
+
+/// Removes what a node made, whatever its processes are doing: kills the processes left in its
+/// namespaces and cgroups (by PID: all started by the node's own), then removes its cgroups
+/// innermost first, its namespaces and its bpffs directory (the agent's pins).
+pub fn tear_down(namespaces: &[String], cgroup: &Path, bpffs: &Path) {
+    for ns in namespaces {
         let out = Command::new("ip").args(["netns", "pids", ns]).output();
         kill_all(&out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default());
     }
     remove_cgroup(cgroup);
     for ns in namespaces {
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
     let _ = std::fs::remove_dir_all(bpffs);
 }
 
-/// The network namespaces of the node with `suffix` (`ic-<name>-<suffix>`).
-fn node_namespaces(suffix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output();
-    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let ending = format!("-{suffix}");
-    list.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|ns| ns.starts_with("ic-") && ns.ends_with(&ending))
-        .map(str::to_owned)
-        .collect()
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// SIGKILLs every PID listed one per line in `pids` (a cgroup's members, a namespace's processes).
@@ -602,6 +630,6 @@ impl Drop for Node {
             let _ = child.wait();
         }
         // What a child started itself may still be exiting (or alive) in the namespaces.
-        tear_down(&self.suffix, &self.cgroup, &self.bpffs);
+        tear_down(&lock(&self.namespaces), &self.cgroup, &self.bpffs);
     }
 }

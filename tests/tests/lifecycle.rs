@@ -115,39 +115,83 @@ fn pins_of_the_ipv4_only_layout_are_replaced_with_a_warning_not_a_failed_start()
     assert!(text.contains("interceptor_capture_connections_total{service=\"10.96.0.10:80\"} 4"), "{text}");
 }
 
+/// A `testnode` process and what it said it made. Should the test fail, dropping it kills the
+/// process and removes what it made, so a failed test leaves nothing behind either.
+struct Held {
+    process: std::process::Child,
+    /// The pod process it started.
+    pod: u64,
+    netns: Vec<String>,
+    cgroup: std::path::PathBuf,
+    bpffs: std::path::PathBuf,
+}
+
+impl Held {
+    /// Starts `testnode` and reads what it made.
+    fn start() -> Held {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+
+        let process =
+            Command::new(env!("CARGO_BIN_EXE_testnode")).stdout(Stdio::piped()).spawn().expect("testnode runs");
+        let mut held =
+            Held { process, pod: 0, netns: Vec::new(), cgroup: Default::default(), bpffs: Default::default() };
+        let mut line = String::new();
+        std::io::BufReader::new(held.process.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let made: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+        held.pod = made["pid"].as_u64().unwrap();
+        held.netns = made["netns"].as_array().unwrap().iter().map(text).collect();
+        (held.cgroup, held.bpffs) = (text(&made["cgroup"]).into(), text(&made["bpffs"]).into());
+        held
+    }
+
+    /// Waits (60 s at most) for the process to exit.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        testbed::poll_until("testnode to exit", Duration::from_secs(60), || {
+            status = self.process.try_wait()?;
+            Ok(status.is_some())
+        })
+        .unwrap();
+        status.unwrap()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.process.try_wait().ok().flatten().is_none() {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+        if std::thread::panicking() {
+            testbed::tear_down(&self.netns, &self.cgroup, &self.bpffs);
+        }
+    }
+}
+
 #[test]
 fn a_test_node_is_torn_down_when_its_process_is_told_to_stop() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut holder = Command::new(env!("CARGO_BIN_EXE_testnode"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("testnode runs");
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let made: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        let netns: Vec<&str> = made["netns"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-        let (cgroup, bpffs) = (made["cgroup"].as_str().unwrap(), made["bpffs"].as_str().unwrap());
-        let pod = made["pid"].as_u64().unwrap();
+        let mut held = Held::start();
         let listed = || String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
-        assert!(netns.iter().all(|ns| listed().contains(ns)), "made: {line}");
+        assert!(held.netns.iter().all(|ns| listed().contains(ns)), "made: {:?}", held.netns);
 
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(libc::pid_t::try_from(holder.id()).unwrap(), signal) };
-        let status = holder.wait().unwrap();
+        unsafe { libc::kill(libc::pid_t::try_from(held.process.id()).unwrap(), signal) };
+        let status = held.wait();
         assert_eq!(status.code(), Some(128 + signal), "exits as the signal would have ({signal})");
         let listed = listed();
-        for ns in &netns {
-            assert!(!listed.contains(ns), "{ns} left after signal {signal}");
+        for ns in &held.netns {
+            assert!(!listed.contains(ns.as_str()), "{ns} left after signal {signal}");
         }
-        assert!(!std::path::Path::new(cgroup).exists(), "{cgroup} left");
-        assert!(!std::path::Path::new(bpffs).exists(), "{bpffs} left");
+        assert!(!held.cgroup.exists(), "{} left", held.cgroup.display());
+        assert!(!held.bpffs.exists(), "{} left", held.bpffs.display());
         // Gone, or a zombie until whoever inherited it reaps it.
-        let stat = std::fs::read_to_string(format!("/proc/{pod}/stat")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", held.pod)).unwrap_or_default();
         let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-        assert!(matches!(state, None | Some('Z')), "the pod's process {pod} outlived its node: {stat}");
+        assert!(matches!(state, None | Some('Z')), "the pod's process {} outlived its node: {stat}", held.pod);
     }
 }
