@@ -22,18 +22,19 @@ pub struct OnInterrupt(u64);
 pub fn on_interrupt(teardown: impl Fn() + Send + Sync + 'static) -> OnInterrupt {
     INSTALL.call_once(install);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    lock().insert(id, Box::new(teardown));
+    lock(&TEARDOWNS).insert(id, Box::new(teardown));
     OnInterrupt(id)
 }
 
 impl Drop for OnInterrupt {
     fn drop(&mut self) {
-        lock().remove(&self.0);
+        lock(&TEARDOWNS).remove(&self.0);
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, BTreeMap<u64, Teardown>> {
-    TEARDOWNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Locks `mutex`, also after a panic elsewhere held it: a teardown must run all the same.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Catches the signals: the handler only writes the signal's number to a pipe (what a signal
@@ -67,7 +68,7 @@ fn install() {
         // SAFETY: read(2) of one byte into a local.
         while unsafe { libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1) } != 1 {}
         eprintln!("interrupt: signal {byte}: removing test nodes and stopping the processes they started");
-        let teardowns = std::mem::take(&mut *lock());
+        let teardowns = std::mem::take(&mut *lock(&TEARDOWNS));
         for teardown in teardowns.values().rev() {
             // One that panics must not keep the others from running, nor the process alive.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(teardown));

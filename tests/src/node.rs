@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::interrupt::{on_interrupt, OnInterrupt};
+use crate::interrupt::{lock, on_interrupt, OnInterrupt};
 use serde::Deserialize;
 
 /// The node's address on every pod link: pods' default gateway and the proxy's redirect address.
@@ -187,8 +187,7 @@ impl Node {
     /// # Errors
     /// Any `ip` command failing; what was created so far is removed.
     pub fn create(pods: &[PodSpec]) -> Result<Node> {
-        let (suffix, cgroup) = claim_suffix()?;
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}"));
+        let (suffix, cgroup, bpffs) = claim_suffix()?;
         let namespaces = Arc::new(Mutex::new(Vec::new()));
         let made = (namespaces.clone(), cgroup.clone(), bpffs.clone());
         let mut node = Node {
@@ -537,21 +536,23 @@ impl Node {
 
 /// Picks a suffix no node uses (none of its names exists) and claims it by creating the capture
 /// cgroup, which only one process can: names are never shared, so a teardown removes only its own.
-fn claim_suffix() -> Result<(String, PathBuf)> {
+/// Returns the suffix, the cgroup and the bpffs directory (not made: the agent makes it).
+fn claim_suffix() -> Result<(String, PathBuf, PathBuf)> {
     let root = cgroup2_root()?;
     let listed = Command::new("ip").args(["netns", "list"]).output().context("running ip netns list")?;
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     for _ in 0..16 {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let ending = format!("-{suffix}");
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{suffix}"));
         let in_use = listed.lines().filter_map(|l| l.split_whitespace().next()).any(|ns| ns.ends_with(&ending))
-            || Path::new(&format!("/sys/fs/bpf/interceptor-test-{suffix}")).exists();
+            || bpffs.exists();
         if in_use {
             continue;
         }
         let cgroup = root.join(format!("interceptor-test-{suffix}"));
         match std::fs::create_dir(&cgroup) {
-            Ok(()) => return Ok((suffix, cgroup)),
+            Ok(()) => return Ok((suffix, cgroup, bpffs)),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(err) => return Err(err).with_context(|| format!("creating cgroup {}", cgroup.display())),
         }
@@ -572,10 +573,6 @@ pub fn tear_down(namespaces: &[String], cgroup: &Path, bpffs: &Path) {
         let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
     let _ = std::fs::remove_dir_all(bpffs);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// SIGKILLs every PID listed one per line in `pids` (a cgroup's members, a namespace's processes).

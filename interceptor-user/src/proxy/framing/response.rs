@@ -84,9 +84,10 @@ impl ResponseHead {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encoding = true;
+                let codings = value();
                 let is_chunked = |t: &str| t.trim().eq_ignore_ascii_case("chunked");
-                chunked = value().rsplit(',').next().is_some_and(is_chunked);
-                chunked_codings += value().split(',').filter(|t| is_chunked(t)).count();
+                chunked = codings.rsplit(',').next().is_some_and(is_chunked);
+                chunked_codings += codings.split(',').filter(|t| is_chunked(t)).count();
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 let n = content_length(value()).ok_or_else(|| invalid("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
