@@ -32,15 +32,16 @@ spec:
   - {name: v2, labels: {version: v2}}
 ";
 
-/// `n` rules cycling through prefix, regex, header and method+exact matches, then a catch-all.
-fn virtual_service(n: usize) -> String {
+/// `n` rules cycling through prefix, regex (`/r<i>/` then `regex_tail`), header and method+exact
+/// matches, then a catch-all.
+fn virtual_service(n: usize, regex_tail: &str) -> String {
     let mut yaml = String::from(
         "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: big}\nspec:\n  hosts: [my-app]\n  http:\n",
     );
     for i in 0..n {
         let block = match i % 4 {
             0 => format!("    - uri: {{prefix: /svc{i}/}}\n"),
-            1 => format!("    - uri: {{regex: \"/r{i}/[a-z]+/[0-9]+\"}}\n"),
+            1 => format!("    - uri: {{regex: \"/r{i}/{regex_tail}\"}}\n"),
             2 => format!("    - headers:\n        x-tenant: {{exact: tenant-{i}}}\n"),
             _ => format!("    - method: {{exact: POST}}\n      uri: {{exact: /exact/{i}}}\n"),
         };
@@ -51,16 +52,21 @@ fn virtual_service(n: usize) -> String {
     yaml
 }
 
-fn parse(n: usize) -> Snapshot {
+/// An ASCII-only regex tail, and one with Unicode classes (`.`), as Istio's examples write them.
+const ASCII_TAIL: &str = "[a-z]+/[0-9]+";
+const DOT_TAIL: &str = ".*beta-tester.*";
+
+fn parse(n: usize, regex_tail: &str) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let mut errors = Vec::new();
-    snapshot.add_file(Path::new("bench.yaml"), &format!("{SERVICE}{}", virtual_service(n)), "default", &mut errors);
+    let yaml = format!("{SERVICE}{}", virtual_service(n, regex_tail));
+    snapshot.add_file(Path::new("bench.yaml"), &yaml, "default", &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     snapshot
 }
 
 fn compile(n: usize) -> RouteTable {
-    RouteTable::compile(&parse(n)).expect("the bench config compiles")
+    RouteTable::compile(&parse(n, ASCII_TAIL)).expect("the bench config compiles")
 }
 
 fn route_decision(c: &mut Criterion) {
@@ -100,8 +106,10 @@ fn route_decision(c: &mut Criterion) {
 fn compile_time(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
-    let snapshot = parse(10_000);
+    let snapshot = parse(10_000, ASCII_TAIL);
     group.bench_function("10000_rules", |b| b.iter(|| black_box(RouteTable::compile(&snapshot).is_ok())));
+    let dots = parse(10_000, DOT_TAIL);
+    group.bench_function("10000_rules_dot_regexes", |b| b.iter(|| black_box(RouteTable::compile(&dots).is_ok())));
     group.bench_function("10000_rules_with_yaml_parsing", |b| b.iter(|| black_box(compile(10_000))));
     group.finish();
 }
