@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::interrupt::{on_interrupt, OnInterrupt};
 use crate::node::{Node, GATEWAY, GATEWAY6};
 
 /// Capture mode of an agent under test.
@@ -39,6 +40,8 @@ pub struct Agent {
     child: Option<Child>,
     dir: PathBuf,
     log: PathBuf,
+    /// Removes `dir` should the process be told to stop (the node's teardown ends the agent).
+    _interrupt: OnInterrupt,
 }
 
 impl Agent {
@@ -196,7 +199,11 @@ impl Agent {
         let mut cmd = node.command_in(&node.node_netns(), in_captured_cgroup, &program, &all);
         cmd.env("RUST_LOG", "info,access=info").stdout(Stdio::null()).stderr(log_file);
         let child = cmd.spawn().context("starting the interceptor agent")?;
-        Ok(Agent { child: Some(child), dir, log })
+        let made = dir.clone();
+        let _interrupt = on_interrupt(move || {
+            let _ = std::fs::remove_dir_all(&made);
+        });
+        Ok(Agent { child: Some(child), dir, log, _interrupt })
     }
 
     /// The agent's process id, while it runs.

@@ -70,12 +70,28 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Whether `child` has exited, without reaping it (`WNOWAIT`): until it is reaped its PID cannot
+/// be reused, so a registered teardown may still signal it. A child already reaped counts too.
+fn exited(child: &Child) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(2) on our own child, into the local above.
+    let rc = unsafe { libc::waitid(libc::P_PID, child.id(), &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    if rc != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+    }
+    // With WNOHANG and the child still running, waitid succeeds and leaves si_pid 0.
+    // SAFETY: si_pid is the field waitid(2) fills for WEXITED.
+    unsafe { info.si_pid() != 0 }
+}
+
 /// A child process; dropping it stops the process.
 struct Process {
     name: &'static str,
     child: Child,
-    /// SIGKILL should this process be told to stop first; unregistered before the child is reaped,
-    /// so that its PID is never signalled once it may have been reused.
+    /// SIGKILL should this process be told to stop first; unregistered only once the child has
+    /// exited and just before it is reaped, so that its PID is never signalled once it may have
+    /// been reused, and a signal during [`Process::stop`]'s wait still ends it.
     interrupt: Option<OnInterrupt>,
 }
 
@@ -100,8 +116,9 @@ impl Process {
 
     /// Fails with the log's tail if the process has exited.
     fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
+        if exited(&self.child) {
             self.interrupt = None;
+            let status = self.child.wait()?;
             bail!("{} exited ({status})", self.name);
         }
         Ok(())
@@ -109,28 +126,25 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
     fn stop(&mut self) {
-        self.interrupt = None;
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+        if !exited(&self.child) {
+            if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+                // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while !exited(&self.child) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         self.kill();
     }
 
-    /// SIGKILL, and reaps it.
+    /// SIGKILL unless it has exited, and reaps it.
     fn kill(&mut self) {
+        if !exited(&self.child) {
+            let _ = self.child.kill();
+        }
         self.interrupt = None;
-        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -717,4 +731,28 @@ fn connect_each(accepted: &mpsc::Receiver<TcpStream>, target: SocketAddr, connec
 fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = io::copy(&mut from, &mut to);
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exited` sees the exit and leaves the child a zombie (its PID still ours), then reaped.
+    #[test]
+    fn exited_sees_an_exit_without_reaping_the_child() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep runs");
+        let proc_stat = format!("/proc/{}/stat", child.id());
+        assert!(!exited(&child), "a running child has not exited");
+        child.kill().expect("SIGKILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !exited(&child) {
+            assert!(Instant::now() < deadline, "the killed child never showed as exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let state = std::fs::read_to_string(&proc_stat).expect("the exited child is not reaped yet");
+        assert!(state.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')), "{state}");
+        assert!(child.wait().is_ok());
+        assert!(!Path::new(&proc_stat).exists(), "reaped by wait");
+        assert!(exited(&child), "a reaped child counts as exited");
+    }
 }

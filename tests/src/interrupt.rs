@@ -68,7 +68,9 @@ fn install() {
         // SAFETY: read(2) of one byte into a local.
         while unsafe { libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1) } != 1 {}
         eprintln!("interrupt: signal {byte}: removing test nodes and stopping the processes they started");
-        let teardowns = std::mem::take(&mut *lock(&TEARDOWNS));
+        // Held until the process exits: an owner cleaning up itself meanwhile blocks when it
+        // unregisters, so it reaps nothing a teardown here may still signal.
+        let teardowns = lock(&TEARDOWNS);
         for teardown in teardowns.values().rev() {
             // One that panics must not keep the others from running, nor the process alive.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(teardown));
