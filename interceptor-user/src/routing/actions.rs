@@ -165,8 +165,9 @@ impl Rewrite {
                     ("uriRegexRewrite.match".to_owned(), format!("invalid regex {:?}: {e}", rr.pattern))
                 })?;
                 // RE2 writes groups as \1; the regex crate as ${1}.
-                let group = Regex::new(r"\\(\d+)").expect("a valid literal regex");
-                Some((regex, group.replace_all(&rr.rewrite, "$${$1}").into_owned()))
+                static RE2_GROUP: std::sync::LazyLock<Regex> =
+                    std::sync::LazyLock::new(|| Regex::new(r"\\(\d+)").expect("a valid literal regex"));
+                Some((regex, RE2_GROUP.replace_all(&rr.rewrite, "$${$1}").into_owned()))
             }
         };
         Ok(Self { uri: r.uri.clone(), regex, authority: r.authority.clone() })
