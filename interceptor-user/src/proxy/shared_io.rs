@@ -1,5 +1,6 @@
-//! A downstream TCP stream shared between hyper and the proxy, so the proxy can still answer on it
-//! (408) after hyper gives up on a slow request head, without a second descriptor per connection.
+//! A downstream stream shared between hyper and the proxy, so the proxy can still answer on it
+//! (408) after hyper gives up on a slow request head, without a second descriptor per connection:
+//! a captured TCP stream without a lock, any other stream (a gateway's) behind one.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -48,6 +49,56 @@ impl AsyncRead for SharedStream {
                 }
             }
         }
+    }
+}
+
+/// Any stream (a gateway's, plain or TLS) shared between hyper and the proxy, which keeps the
+/// other end: each poll locks it, never contended, as hyper is done with it before the proxy
+/// writes.
+pub struct Shared<I>(Arc<std::sync::Mutex<I>>);
+
+impl<I> Shared<I> {
+    /// Shares `io`: one end for hyper, one kept by the caller.
+    pub fn new(io: I) -> (Self, Self) {
+        let io = Arc::new(std::sync::Mutex::new(io));
+        (Self(io.clone()), Self(io))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, I> {
+        // A panic while polling poisons it; the stream itself is still whole.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Shared<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Shared<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
     }
 }
 

@@ -25,6 +25,7 @@ use crate::proxy::framing::{RequestFraming, Verdicts, Watched};
 use crate::proxy::http1::ServiceFuture;
 use crate::proxy::limits::{self, Limits, Refusal};
 use crate::proxy::outbound::{ProxyBody, Relayed};
+use crate::proxy::shared_io::Shared;
 use crate::proxy::{metrics, Outbound, ProxyInputs};
 
 /// Header lines parsed to tell a complete request head from a partial one. A head with more is
@@ -149,12 +150,27 @@ pub(super) async fn serve<I>(
     // requests here; over HTTP/2 the watcher stops at the preface.
     let framing = RequestFraming::new(limits.max_header_bytes);
     let service = refusing(outbound, framing.verdicts());
-    let io = TokioIo::new(Watched::new(Prefixed::new(unrelayed, io), framing));
-    let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
-    // Told to stop before it read the request, hyper would drop it unanswered.
-    let ended = if draining { conn.as_mut().await } else { watch.run(conn, |conn| conn.graceful_shutdown()).await };
-    if let Err(err) = ended {
-        debug!(%err, "gateway connection ended with an error");
+    // hyper closes without a word when a request head is too slow; sharing the stream lets the
+    // gateway still answer 408 there, as it does before the hand-off.
+    let (io, spare) = Shared::new(Prefixed::new(unrelayed, io));
+    let io = TokioIo::new(Watched::new(io, framing));
+    let ended = {
+        let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+        // Told to stop before it read the request, hyper would drop it unanswered.
+        if draining {
+            conn.as_mut().await
+        } else {
+            watch.run(conn, |conn| conn.graceful_shutdown()).await
+        }
+    };
+    match ended {
+        Ok(()) => {}
+        Err(err) if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
+            debug!("request head not received in time; answering 408");
+            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+            limits::request_timeout(Client { io: spare, read: BytesMut::new(), ahead: 0 }).await;
+        }
+        Err(err) => debug!(%err, "gateway connection ended with an error"),
     }
 }
 
