@@ -40,7 +40,8 @@ pub struct Agent {
     child: Option<Child>,
     dir: PathBuf,
     log: PathBuf,
-    /// Removes `dir` should the process be told to stop (the node's teardown ends the agent).
+    /// Removes `dir` should the process be told to stop (the agent itself is ended by its node's
+    /// teardown).
     _interrupt: OnInterrupt,
 }
 
@@ -186,8 +187,13 @@ impl Agent {
     /// Spawns `interceptor run` with `args` in the node namespace (through `wrapper`, when not
     /// empty), logging to `dir`.
     fn launch(node: &Node, dir: PathBuf, args: &[&str], in_captured_cgroup: bool, wrapper: &[&str]) -> Result<Agent> {
-        let log = dir.join("agent.log");
-        let log_file = std::fs::File::create(&log)?;
+        let made = dir.clone();
+        let _interrupt = on_interrupt(move || {
+            let _ = std::fs::remove_dir_all(&made);
+        });
+        // Made before the process, so that a failure below removes the directory too.
+        let mut agent = Agent { child: None, log: dir.join("agent.log"), dir, _interrupt };
+        let log_file = std::fs::File::create(&agent.log)?;
         let binary = crate::workspace_binary("interceptor");
         let binary_arg = binary.display().to_string();
         let (program, mut all) = match wrapper.split_first() {
@@ -198,12 +204,8 @@ impl Agent {
         all.extend_from_slice(args);
         let mut cmd = node.command_in(&node.node_netns(), in_captured_cgroup, &program, &all);
         cmd.env("RUST_LOG", "info,access=info").stdout(Stdio::null()).stderr(log_file);
-        let child = cmd.spawn().context("starting the interceptor agent")?;
-        let made = dir.clone();
-        let _interrupt = on_interrupt(move || {
-            let _ = std::fs::remove_dir_all(&made);
-        });
-        Ok(Agent { child: Some(child), dir, log, _interrupt })
+        agent.child = Some(cmd.spawn().context("starting the interceptor agent")?);
+        Ok(agent)
     }
 
     /// The agent's process id, while it runs.

@@ -90,8 +90,9 @@ struct Process {
     name: &'static str,
     child: Child,
     /// SIGKILL should this process be told to stop first; unregistered only once the child has
-    /// exited and just before it is reaped, so that its PID is never signalled once it may have
-    /// been reused, and a signal during [`Process::stop`]'s wait still ends it.
+    /// exited and just before it is reaped (so `None` once reaped), so that its PID is never
+    /// signalled once it may have been reused, and a signal during [`Process::stop`]'s wait still
+    /// ends it.
     interrupt: Option<OnInterrupt>,
 }
 
@@ -116,9 +117,8 @@ impl Process {
 
     /// Fails with the log's tail if the process has exited.
     fn check_running(&mut self) -> Result<()> {
-        if exited(&self.child) {
-            self.interrupt = None;
-            let status = self.child.wait()?;
+        if self.exited() {
+            let status = self.reap()?;
             bail!("{} exited ({status})", self.name);
         }
         Ok(())
@@ -126,13 +126,13 @@ impl Process {
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
     fn stop(&mut self) {
-        if !exited(&self.child) {
+        if !self.exited() {
             if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
                 // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
             let deadline = Instant::now() + STOP_TIMEOUT;
-            while !exited(&self.child) && Instant::now() < deadline {
+            while !self.exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -141,11 +141,22 @@ impl Process {
 
     /// SIGKILL unless it has exited, and reaps it.
     fn kill(&mut self) {
-        if !exited(&self.child) {
+        if !self.exited() {
             let _ = self.child.kill();
         }
+        let _ = self.reap();
+    }
+
+    /// Whether the child has exited; once reaped, its PID (maybe another process's now) is not
+    /// asked about again.
+    fn exited(&self) -> bool {
+        self.interrupt.is_none() || exited(&self.child)
+    }
+
+    /// Unregisters the teardown, then reaps the child (in that order: see `interrupt`).
+    fn reap(&mut self) -> io::Result<std::process::ExitStatus> {
         self.interrupt = None;
-        let _ = self.child.wait();
+        self.child.wait()
     }
 }
 
@@ -738,21 +749,30 @@ mod tests {
     use super::*;
 
     /// `exited` sees the exit and leaves the child a zombie (its PID still ours), then reaped.
+    /// A child killed and reaped however the test ends.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn exited_sees_an_exit_without_reaping_the_child() {
-        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep runs");
-        let proc_stat = format!("/proc/{}/stat", child.id());
-        assert!(!exited(&child), "a running child has not exited");
-        child.kill().expect("SIGKILL");
+        let mut child = Reaped(Command::new("sleep").arg("30").spawn().expect("sleep runs"));
+        let proc_stat = format!("/proc/{}/stat", child.0.id());
+        assert!(!exited(&child.0), "a running child has not exited");
+        child.0.kill().expect("SIGKILL");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !exited(&child) {
+        while !exited(&child.0) {
             assert!(Instant::now() < deadline, "the killed child never showed as exited");
             std::thread::sleep(Duration::from_millis(10));
         }
         let state = std::fs::read_to_string(&proc_stat).expect("the exited child is not reaped yet");
         assert!(state.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')), "{state}");
-        assert!(child.wait().is_ok());
+        assert!(child.0.wait().is_ok());
         assert!(!Path::new(&proc_stat).exists(), "reaped by wait");
-        assert!(exited(&child), "a reaped child counts as exited");
     }
 }

@@ -55,6 +55,8 @@ pub struct Verdicts {
     switched: AtomicBool,
     /// An answer said `Connection: close`: hyper closes after it.
     closing: AtomicBool,
+    /// The bytes read so far end inside a request head (more of it than blank lines).
+    inside_head: AtomicBool,
 }
 
 impl Verdicts {
@@ -74,6 +76,13 @@ impl Verdicts {
         if self.refused.compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.refusal.store(why as u8, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the bytes read so far end inside a request head: hyper's header read timeout then
+    /// cuts a request short (408) rather than ending an idle connection (closed without a word).
+    /// False once the watcher stopped, unsure.
+    pub fn inside_head(&self) -> bool {
+        self.inside_head.load(Ordering::Relaxed)
     }
 
     /// Requests the service has been handed so far.
@@ -210,6 +219,8 @@ impl RequestFraming {
             joined.extend_from_slice(input);
             self.consume(&joined);
         }
+        let inside_head = self.state == State::Head && self.partial.iter().any(|b| !matches!(b, b'\r' | b'\n'));
+        self.verdicts.inside_head.store(inside_head, Ordering::Relaxed);
     }
 
     fn consume(&mut self, mut bytes: &[u8]) {
@@ -554,6 +565,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inside_a_head_means_more_of_one_than_blank_lines() {
+        let mut framing = RequestFraming::new(64 * 1024);
+        let verdicts = framing.verdicts();
+        let mut fed = |bytes: &[u8]| {
+            framing.feed(bytes);
+            verdicts.inside_head()
+        };
+        assert!(!fed(b"\r\n"), "blank lines before a head");
+        assert!(fed(b"GET / HTTP/1.1\r\nHost: a"));
+        assert!(!fed(b"\r\nContent-Length: 4\r\n\r\nab"), "inside a body");
+        assert!(!fed(b"cd"), "between requests");
+        assert!(fed(b"P"));
+        assert!(!fed(b"OST / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nGET"), "stopped");
+    }
 
     /// Feeds `stream` in pieces of `chunk` bytes and returns the verdict of each served request.
     fn judge(stream: &[u8], chunk: usize, requests: usize) -> (Vec<bool>, State) {

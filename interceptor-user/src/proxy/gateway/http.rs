@@ -149,9 +149,10 @@ pub(super) async fn serve<I>(
     // The framing watcher and the Host check of the capture listener (`http1`) refuse the same
     // requests here; over HTTP/2 the watcher stops at the preface.
     let framing = RequestFraming::new(limits.max_header_bytes);
-    let service = refusing(outbound, framing.verdicts());
-    // hyper closes without a word when a request head is too slow; sharing the stream lets the
-    // gateway still answer 408 there, as it does before the hand-off.
+    let verdicts = framing.verdicts();
+    let service = refusing(outbound, verdicts.clone());
+    // hyper closes without a word when its header read timeout passes; sharing the stream lets
+    // the gateway still answer 408 to a head too slow, as before the hand-off.
     let (io, spare) = Shared::new(Prefixed::new(unrelayed, io));
     let io = TokioIo::new(Watched::new(io, framing));
     let ended = {
@@ -166,9 +167,17 @@ pub(super) async fn serve<I>(
     match ended {
         Ok(()) => {}
         Err(err) if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) => {
-            debug!("request head not received in time; answering 408");
-            metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
-            limits::request_timeout(Client { io: spare, read: BytesMut::new(), ahead: 0 }).await;
+            let client = Client { io: spare, read: BytesMut::new(), ahead: 0 };
+            // hyper's timer runs from the moment it waits for a head, bytes or not: an idle
+            // connection is closed as the relay closes it (a 408 could cross the client's next
+            // request on the wire).
+            if verdicts.inside_head() {
+                debug!("request head not received in time; answering 408");
+                metrics.rejected(metrics::REJECT_HEADER_TIMEOUT);
+                limits::request_timeout(client).await;
+            } else {
+                answer_and_close(client, b"").await;
+            }
         }
         Err(err) => debug!(%err, "gateway connection ended with an error"),
     }
