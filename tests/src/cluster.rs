@@ -748,7 +748,6 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 mod tests {
     use super::*;
 
-    /// `exited` sees the exit and leaves the child a zombie (its PID still ours), then reaped.
     /// A child killed and reaped however the test ends.
     struct Reaped(Child);
 
@@ -759,6 +758,7 @@ mod tests {
         }
     }
 
+    /// `exited` sees the exit and leaves the child a zombie (its PID still ours), then reaped.
     #[test]
     fn exited_sees_an_exit_without_reaping_the_child() {
         let mut child = Reaped(Command::new("sleep").arg("30").spawn().expect("sleep runs"));

@@ -236,11 +236,14 @@ thread_local! {
     /// 10,000-entry cache of UTF-8 states (≈ 400 KiB) for its first Unicode class (`.` is one),
     /// which made that fill most of the cost of validating many regexes. What it keeps between
     /// patterns is that cache and the largest NFA seen, at most [`REGEX_MAX_NFA_BYTES`].
-    static NFA_COMPILER: regex_automata::nfa::thompson::Compiler = {
-        let mut compiler = regex_automata::nfa::thompson::Compiler::new();
-        compiler.configure(regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(REGEX_MAX_NFA_BYTES)));
-        compiler
-    };
+    static NFA_COMPILER: regex_automata::nfa::thompson::Compiler = size_check_compiler();
+}
+
+/// A compiler that refuses NFAs over [`REGEX_MAX_NFA_BYTES`].
+fn size_check_compiler() -> regex_automata::nfa::thompson::Compiler {
+    let mut compiler = regex_automata::nfa::thompson::Compiler::new();
+    compiler.configure(regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(REGEX_MAX_NFA_BYTES)));
+    compiler
 }
 
 /// The largest compiled program a route regex may have (1 MiB; the `regex` crate's default is 10).
@@ -631,8 +634,7 @@ mod tests {
     fn the_kept_size_check_compiler_decides_every_regex_as_a_new_one_would() {
         let new_compiler = |pattern: &str| {
             let hir = regex_syntax::Parser::new().parse(pattern).expect("valid syntax");
-            let config = regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(REGEX_MAX_NFA_BYTES));
-            regex_automata::nfa::thompson::Compiler::new().configure(config).build_from_hir(&hir).is_ok()
+            size_check_compiler().build_from_hir(&hir).is_ok()
         };
         // Around the limit, in an order where each refusal is followed by a pattern just under it.
         let mut outcomes = std::collections::BTreeSet::new();
