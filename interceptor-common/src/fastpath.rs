@@ -10,11 +10,14 @@ pub const FAST_PATH_MAP: &str = "FAST_PATH";
 /// Capacity of both maps: sockets of captured connections on one node.
 pub const FAST_PATH_MAX_ENTRIES: u32 = 65536;
 
-/// Bytes one socket may move into its peer's receive queue over a connection. The kernel gives
-/// that queue no flow control of its own (it is charged to the protocol's memory, not bounded
-/// by the receive buffer), so a peer that stops reading could make it grow without bound; past
-/// this many bytes the socket sends through TCP, whose window does bound it. 4 MiB: what one
-/// TCP receive buffer may hold by default (`tcp_rmem`'s maximum is 6 MiB).
+/// Bytes one socket may move into its peer's receive queue while the peer sends nothing back
+/// (one turn: each move of the peer starts a new one). The kernel gives that queue no flow
+/// control of its own (it is charged to the protocol's memory, not bounded by the receive
+/// buffer), so a peer that stops reading could make it grow without bound; past this many bytes
+/// in one turn the socket sends through TCP, whose window does bound it. Counted per turn, not
+/// per connection, so that a kept-alive connection — request, answer, request … — stays on the
+/// fast path for good, and a socket falls back only mid-way through a long one-way stream.
+/// 4 MiB: what one TCP receive buffer may hold by default (`tcp_rmem`'s maximum is 6 MiB).
 pub const FAST_PATH_BUDGET: u64 = 4 << 20;
 
 /// A TCP socket by its own view of the connection. Its peer on this node is [`Self::peer`].
@@ -41,7 +44,8 @@ const _: () = assert!(core::mem::size_of::<SockPair>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastPath {
-    /// Bytes it has moved into its peer so far (against [`FAST_PATH_BUDGET`]).
+    /// Bytes it has moved into its peer since the peer last moved any (against
+    /// [`FAST_PATH_BUDGET`]).
     pub moved: u64,
     /// One of the `FAST_PATH_*` states.
     pub state: u32,

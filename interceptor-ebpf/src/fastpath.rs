@@ -5,7 +5,8 @@
 //! Order is kept per direction: a socket decides at its first send whether its peer is there, and
 //! a socket that once sent through TCP never switches to the fast path (its bytes in flight would
 //! be overtaken). The other way is safe — the receiver reads its fast-path queue before its TCP
-//! one — so a socket falls back to TCP when its peer is gone or its budget is spent.
+//! one — so a socket falls back to TCP when its peer is gone or when it has spent its budget:
+//! [`FAST_PATH_BUDGET`] bytes moved while the peer sent nothing back.
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST},
@@ -140,22 +141,27 @@ fn send(ctx: &SkMsgContext) -> Outcome {
         return Outcome::Bypassed;
     }
     let mut peer = own.peer();
-    // SAFETY: copied out at once.
-    let partner = FAST_PATH.get_ptr(&peer).map(|p| unsafe { *p });
+    // SAFETY: the peer's entry, written here only to restart its turn (below).
+    let partner = FAST_PATH.get_ptr_mut(&peer).map(|p| unsafe { &mut *p });
     // Only into the very socket this one was paired with, and only while it moves too: a peer
     // not joined yet (this is the first send), gone back to TCP, or another socket under the key.
-    let bound = partner
-        .is_some_and(|p| p.state == FAST_PATH_ON && p.cookie == state.peer_cookie && p.peer_cookie == state.cookie);
+    let Some(partner) =
+        partner.filter(|p| p.state == FAST_PATH_ON && p.cookie == state.peer_cookie && p.peer_cookie == state.cookie)
+    else {
+        state.state = FAST_PATH_OFF;
+        return Outcome::Bypassed;
+    };
     let size = u64::from(ctx.size());
-    if !bound || state.moved + size > FAST_PATH_BUDGET {
+    if state.moved + size > FAST_PATH_BUDGET
+        || SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS)
+    {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     }
-    if SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS) {
-        state.moved += size;
-        Outcome::Captured
-    } else {
-        state.state = FAST_PATH_OFF;
-        Outcome::Bypassed
-    }
+    state.moved += size;
+    // This socket's owner is sending, so it is alive and reading (an HTTP client sends its next
+    // request once it has read the answer): the peer's turn starts over. A race with the peer's
+    // own send loses one count or one restart, either of which only moves its fallback.
+    partner.moved = 0;
+    Outcome::Captured
 }
