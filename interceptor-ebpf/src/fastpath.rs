@@ -8,9 +8,11 @@
 //! one — so a socket falls back to TCP when its peer is gone or when it has spent its budget:
 //! [`FAST_PATH_BUDGET`] bytes moved while the peer sent nothing back.
 
+use core::ptr;
+
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem},
     macros::sk_msg,
     programs::{SkMsgContext, SockOpsContext},
     EbpfContext as _,
@@ -86,7 +88,8 @@ pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
 
 /// The accepting end: paired only when its connecting peer expects it, from the namespace it
 /// expects (the proxy's accepted socket of a captured pod, or a pod's socket the proxy connected
-/// to); the two sockets' cookies bind them to each other.
+/// to); the two sockets' cookies bind them to each other. An opener whose first send came first
+/// leaves the sockhash instead.
 #[inline(always)]
 pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
     let mut own = sock_ops_pair(ctx);
@@ -98,10 +101,25 @@ pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
     if expected.state != FAST_PATH_EXPECTED || (expected.netns != ANY_NETNS && expected.netns != netns(ctx)) {
         return Ok(());
     }
+    let mut opener_key = own.peer();
+    // SAFETY: copied out at once.
+    let opener = FAST_PATH.get_ptr(&opener_key).map(|p| unsafe { *p });
+    if opener.is_some_and(|o| o.state == FAST_PATH_OFF && o.cookie == expected.peer_cookie) {
+        // Its first send beat this join: it sends through TCP for good, so this end has nothing
+        // to join. Out of the sockhash, its sends take TCP's own path again: the sockmap's hands
+        // each piece of a send to TCP on its own, which Nagle's algorithm can hold up for a
+        // delayed ACK. Nothing was moved into it (only this socket could have), so no queued
+        // bytes go with it. A failed delete leaves it as it was.
+        // SAFETY: the map and a key on this program's stack; sockops may delete from a sockhash.
+        let _ = unsafe {
+            bpf_map_delete_elem(ptr::from_ref(&SOCK_PAIRS).cast_mut().cast(), ptr::from_mut(&mut opener_key).cast())
+        };
+        return Ok(());
+    }
     let cookie = pair(ctx, &mut own)?;
     let on = FastPath { state: FAST_PATH_ON, cookie, peer_cookie: expected.peer_cookie, ..FastPath::default() };
     FAST_PATH.insert(&own, &on, u64::from(BPF_ANY))?;
-    if let Some(opener) = FAST_PATH.get_ptr_mut(&own.peer()) {
+    if let Some(opener) = FAST_PATH.get_ptr_mut(&opener_key) {
         // SAFETY: a plain value; the opener reads it only in its own sends, which now wait for it.
         let opener = unsafe { &mut *opener };
         if opener.cookie == expected.peer_cookie && opener.peer_cookie == 0 {

@@ -3,7 +3,8 @@
 //! TCP mid-stream) while a kept-alive connection carrying more than it over many turns stays on
 //! the fast path, a client that resets mid-body — with pods and agent in the capture cgroup as
 //! kubelet's pods are, so both legs (client ↔ proxy, proxy ↔ endpoint) are paired; and a pod
-//! forging a client's connection in its own namespace gets none of the client's bytes.
+//! forging a client's connection in its own namespace gets none of the client's bytes; a socket
+//! whose first send beat its peer's join leaves the sockhash.
 
 mod common;
 
@@ -210,4 +211,31 @@ fn a_pod_forging_a_clients_connection_gets_none_of_its_bytes() {
     assert!(client.response.starts_with("HTTP/1.1 200 OK\r\n"), "the client got {:?}", client.response);
     let forged: testbed::RawReport = serde_json::from_str(&read_stdout(&mut forged).unwrap()).unwrap();
     assert_eq!(forged.response, "forged", "the forger received the client's answer");
+}
+
+/// An upstream socket whose first send beats its peer's join — here every one: the endpoints
+/// accept a connection only once its data came (`TCP_DEFER_ACCEPT`) — sends through TCP for good.
+/// The endpoint's end does not join and the proxy's leaves the sockhash, so that neither sends
+/// through the sockmap's send path, which hands each piece of a send to TCP on its own (Nagle's
+/// algorithm then holds a piece up for a delayed ACK): `sk_msg` sees the first send of each
+/// upstream connection and no other, while the client's leg moves as usual.
+#[test]
+fn an_upstream_socket_whose_first_send_beats_its_peer_leaves_the_fast_path() {
+    const REQUESTS: usize = 20;
+    let mut node = node_with_pods().unwrap();
+    for pod in ["v1a", "v1b"] {
+        node.serve_captured(pod, "v1", &["--defer-accept"]).unwrap();
+    }
+    node.serve_captured("v2", "v2", &[]).unwrap();
+    let rules = v2_under("/to-v2");
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
+    let _agent = Agent::start_adding(&node, &files, &["--fast-path", "true"], true).unwrap();
+
+    let report = common::load(&node, REQUESTS, &[]);
+    assert_eq!(report.count("v1"), REQUESTS, "{report:?}");
+    // One kept-alive upstream connection per v1 endpoint the balancer picked.
+    let through_tcp = counters(&node, "interceptor_program_bypassed_total");
+    assert!((1.0..=2.0).contains(&through_tcp), "{through_tcp} sends went through TCP");
+    let moved = counters(&node, "interceptor_program_captured_total");
+    assert!(moved >= 2.0 * REQUESTS as f64, "only {moved} sends moved");
 }

@@ -57,6 +57,10 @@ enum Command {
         /// (benchmarks: throughput with large answers).
         #[arg(long)]
         large: Option<usize>,
+        /// Accept a connection only once its first data arrived (`TCP_DEFER_ACCEPT`): the
+        /// client's first send always comes before this end is established.
+        #[arg(long)]
+        defer_accept: bool,
     },
     /// Sends requests to `target` and prints a JSON [`Report`] on stdout.
     Load {
@@ -310,7 +314,7 @@ struct Mode {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, chunked, size, large } => {
+        Command::Serve { listen, name, status, delay_ms, body_bytes, body_ms, chunked, size, large, defer_accept } => {
             let options = ServeOptions {
                 status: hyper::StatusCode::from_u16(status)?,
                 delay: Duration::from_millis(delay_ms),
@@ -319,6 +323,7 @@ async fn main() -> Result<()> {
                 chunked,
                 size,
                 large,
+                defer_accept,
             };
             serve(listen, name, options).await
         }
@@ -405,6 +410,7 @@ struct ServeOptions {
     chunked: bool,
     size: Option<usize>,
     large: Option<usize>,
+    defer_accept: bool,
 }
 
 /// Answers `name` (HTTP/1.1 or HTTP/2, upgrades and gRPC-style calls too) with the options'
@@ -412,6 +418,20 @@ struct ServeOptions {
 /// header as `x-req-<name>`.
 async fn serve(listen: SocketAddr, name: String, options: ServeOptions) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+    if options.defer_accept {
+        let seconds: libc::c_int = 10;
+        // SAFETY: setsockopt on the listener's own descriptor, with an int it reads.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&listener),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                std::ptr::from_ref(&seconds).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(rc == 0, "TCP_DEFER_ACCEPT: {}", std::io::Error::last_os_error());
+    }
     eprintln!("serving {name} on {listen}");
     let header_name: hyper::header::HeaderValue = name.parse().context("backend names are header-safe")?;
     let body = match (options.body_bytes, options.size) {
