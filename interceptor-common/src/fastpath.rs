@@ -17,7 +17,12 @@ pub const FAST_PATH_MAX_ENTRIES: u32 = 65536;
 /// in one turn the socket sends through TCP, whose window does bound it. Counted per turn, not
 /// per connection, so that a kept-alive connection — request, answer, request … — stays on the
 /// fast path for good, and a socket falls back only mid-way through a long one-way stream.
-/// 4 MiB: what one TCP receive buffer may hold by default (`tcp_rmem`'s maximum is 6 MiB).
+/// The restart takes the peer's sending as the sign that it has read, which is not a proof: where
+/// the peer's owner sends without having read all that came — the proxy answering one pipelined
+/// request while more wait behind it, or relaying a TCP stream or a tunnel both ways — a socket
+/// can queue up to this much per send of its peer, without bound over a connection, charged to
+/// the receiver (for the proxy's sockets, the agent's memory). 4 MiB: what one TCP receive buffer
+/// may hold by default (`tcp_rmem`'s maximum is 6 MiB).
 pub const FAST_PATH_BUDGET: u64 = 4 << 20;
 
 /// A TCP socket by its own view of the connection. Its peer on this node is [`Self::peer`].

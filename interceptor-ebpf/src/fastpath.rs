@@ -102,18 +102,13 @@ pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
         return Ok(());
     }
     let mut opener_key = own.peer();
-    // SAFETY: copied out at once.
-    let opener = FAST_PATH.get_ptr(&opener_key).map(|p| unsafe { *p });
-    if opener.is_some_and(|o| o.state == FAST_PATH_OFF && o.cookie == expected.peer_cookie) {
+    if went_through_tcp(&opener_key, expected.peer_cookie) {
         // Its first send beat this join: it sends through TCP for good, so this end has nothing
-        // to join. Out of the sockhash, its sends take TCP's own path again: the sockmap's hands
-        // each piece of a send to TCP on its own, which Nagle's algorithm can hold up for a
-        // delayed ACK. Nothing was moved into it (only this socket could have), so no queued
-        // bytes go with it. A failed delete leaves it as it was.
-        // SAFETY: the map and a key on this program's stack; sockops may delete from a sockhash.
-        let _ = unsafe {
-            bpf_map_delete_elem(ptr::from_ref(&SOCK_PAIRS).cast_mut().cast(), ptr::from_mut(&mut opener_key).cast())
-        };
+        // to join, and the opener leaves the sockhash (nothing was moved into it: only this
+        // socket could have). Its sends then take TCP's own path again, not the sockmap's,
+        // which hands each piece of a send to TCP on its own — for Nagle's algorithm to hold up
+        // until a delayed ACK.
+        unpair(&mut opener_key);
         return Ok(());
     }
     let cookie = pair(ctx, &mut own)?;
@@ -126,7 +121,32 @@ pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
             opener.peer_cookie = cookie;
         }
     }
+    // The opener's first send may have run on another CPU between the check above and the
+    // binding: then neither socket moved anything, and both leave.
+    if went_through_tcp(&opener_key, expected.peer_cookie) {
+        unpair(&mut own);
+        unpair(&mut opener_key);
+    }
     Ok(())
+}
+
+/// The opener under `key`, bound by `cookie`, sent through TCP before it moved anything.
+#[inline(always)]
+fn went_through_tcp(key: &SockPair, cookie: u64) -> bool {
+    // SAFETY: copied out at once.
+    let opener = FAST_PATH.get_ptr(key).map(|p| unsafe { *p });
+    opener.is_some_and(|o| o.state == FAST_PATH_OFF && o.cookie == cookie && o.moved == 0)
+}
+
+/// Takes the socket under `key` out of `SOCK_PAIRS`: it sends and receives through TCP only. For
+/// a socket nothing was moved into — the kernel drops what is queued to a socket that leaves. A
+/// failed delete leaves it paired and switched off.
+#[inline(always)]
+fn unpair(key: &mut SockPair) {
+    // aya-ebpf's sockhash has no delete. `SOCK_PAIRS` is the map's definition itself (a transparent
+    // wrapper), so its address is the map pointer the helper wants.
+    // SAFETY: the map and a key on this program's stack; sockops may delete from a sockhash.
+    let _ = unsafe { bpf_map_delete_elem(ptr::from_ref(&SOCK_PAIRS).cast_mut().cast(), ptr::from_mut(key).cast()) };
 }
 
 /// Puts the socket in `SOCK_PAIRS` under its own key — never over another socket's (a closed
@@ -159,27 +179,31 @@ fn send(ctx: &SkMsgContext) -> Outcome {
         return Outcome::Bypassed;
     }
     let mut peer = own.peer();
-    // SAFETY: the peer's entry, written here only to restart its turn (below).
-    let partner = FAST_PATH.get_ptr_mut(&peer).map(|p| unsafe { &mut *p });
-    // Only into the very socket this one was paired with, and only while it moves too: a peer
-    // not joined yet (this is the first send), gone back to TCP, or another socket under the key.
-    let Some(partner) =
-        partner.filter(|p| p.state == FAST_PATH_ON && p.cookie == state.peer_cookie && p.peer_cookie == state.cookie)
-    else {
+    let Some(partner) = FAST_PATH.get_ptr_mut(&peer) else {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     };
+    // SAFETY: copied out at once; the entry is the peer's own (or, recycled, another socket's).
+    let bound = unsafe { *partner };
+    // Only into the very socket this one was paired with, and only while it moves too: a peer
+    // not joined yet (this is the first send), gone back to TCP, or another socket under the key.
     let size = u64::from(ctx.size());
-    if state.moved + size > FAST_PATH_BUDGET
+    if bound.state != FAST_PATH_ON
+        || bound.cookie != state.peer_cookie
+        || bound.peer_cookie != state.cookie
+        || state.moved + size > FAST_PATH_BUDGET
         || SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS)
     {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     }
     state.moved += size;
-    // This socket's owner is sending, so it is alive and reading (an HTTP client sends its next
-    // request once it has read the answer): the peer's turn starts over. A race with the peer's
-    // own send loses one count or one restart, either of which only moves its fallback.
-    partner.moved = 0;
+    // This socket's owner is sending, taken as the sign that it reads (an HTTP client sends its
+    // next request once it has read the answer): the peer's turn starts over. Not a proof: see
+    // FAST_PATH_BUDGET for what it leaves unbounded.
+    // SAFETY: one aligned store into a live map value. The peer's own send may be updating the
+    // same field on another CPU, or the LRU may have given the entry to another socket: either
+    // loses or misplaces one restart, which only moves a fallback.
+    unsafe { (*partner).moved = 0 };
     Outcome::Captured
 }
