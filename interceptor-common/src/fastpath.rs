@@ -7,22 +7,25 @@ use crate::SockAddr;
 pub const SOCK_PAIRS_MAP: &str = "SOCK_PAIRS";
 /// Map name: LRU hash, [`SockPair`] (as the socket sees itself) → [`FastPath`].
 pub const FAST_PATH_MAP: &str = "FAST_PATH";
+/// Global: byte offset of `sk_user_data` in the running kernel's `struct sock` (from its BTF;
+/// Rust programs get no CO-RE relocations), where a socket in a sockhash keeps its `sk_psock`.
+pub const SOCK_USER_DATA_OFFSET: &str = "SOCK_USER_DATA_OFFSET";
+/// Global: byte offset of `msg_tot_len` in the running kernel's `struct sk_psock`: bytes moved
+/// into the socket and not read yet.
+pub const PSOCK_QUEUED_OFFSET: &str = "PSOCK_QUEUED_OFFSET";
 /// Capacity of both maps: sockets of captured connections on one node.
 pub const FAST_PATH_MAX_ENTRIES: u32 = 65536;
 
-/// Bytes one socket may move into its peer's receive queue while the peer sends nothing back
-/// (one turn: each move of the peer starts a new one). The kernel gives that queue no flow
+/// Bytes a socket may hold moved into it and not read yet. The kernel gives that queue no flow
 /// control of its own (it is charged to the protocol's memory, not bounded by the receive
-/// buffer), so a peer that stops reading could make it grow without bound; past this many bytes
-/// in one turn the socket sends through TCP, whose window does bound it. Counted per turn, not
-/// per connection, so that a kept-alive connection — request, answer, request … — stays on the
-/// fast path for good, and a socket falls back only mid-way through a long one-way stream.
-/// The restart takes the peer's sending as the sign that it has read, which is not a proof: where
-/// the peer's owner sends without having read all that came — the proxy answering one pipelined
-/// request while more wait behind it, or relaying a TCP stream or a tunnel both ways — a socket
-/// can queue up to this much per send of its peer, without bound over a connection, charged to
-/// the receiver (for the proxy's sockets, the agent's memory). 4 MiB: what one TCP receive buffer
-/// may hold by default (`tcp_rmem`'s maximum is 6 MiB).
+/// buffer), so a reader that falls behind could make it grow without bound: a send that would
+/// take the queue past this many bytes goes through TCP instead, whose window does bound it, and
+/// so does the rest of that socket's connection. What counts is the kernel's own count of the
+/// queue (`sk_psock.msg_tot_len`), not a guess from traffic: a connection whose reader keeps up —
+/// kept alive, one-way stream or tunnel — stays on the fast path for good, and one whose reader
+/// does not (a pod that stops reading, the proxy behind a pipelining client) falls back at the
+/// same point whatever else it sends. 4 MiB: what one TCP receive buffer may hold by default
+/// (`tcp_rmem`'s maximum is 6 MiB).
 pub const FAST_PATH_BUDGET: u64 = 4 << 20;
 
 /// A TCP socket by its own view of the connection. Its peer on this node is [`Self::peer`].
@@ -49,8 +52,7 @@ const _: () = assert!(core::mem::size_of::<SockPair>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FastPath {
-    /// Bytes it has moved into its peer since the peer last moved any (against
-    /// [`FAST_PATH_BUDGET`]).
+    /// Bytes it has moved into its peer (0 for a socket whose first send went through TCP).
     pub moved: u64,
     /// One of the `FAST_PATH_*` states.
     pub state: u32,
@@ -64,19 +66,23 @@ pub struct FastPath {
     /// The cookie of the socket it is paired with (for [`FAST_PATH_EXPECTED`]: of the opener
     /// that expects it); 0 until the peer joins. Moves go only to that socket.
     pub peer_cookie: u64,
+    /// The kernel address of the socket's `struct sock`, once paired: its peer reads the socket's
+    /// queue of moved bytes through it (readable by root only, as the map is).
+    pub sock: u64,
 }
 
 /// The socket that will be this key's peer is in the sockhash; this one is not connected yet.
 pub const FAST_PATH_EXPECTED: u32 = 1;
-/// In the sockhash: its sends go to its peer while the peer is there and the budget lasts.
+/// In the sockhash: its sends go to its peer while the peer is there and reads (its queue under
+/// [`FAST_PATH_BUDGET`]).
 pub const FAST_PATH_ON: u32 = 2;
 /// Sends through TCP for the rest of the connection: its first send found no peer bound to it,
-/// the peer went back to TCP, or the budget ran out. Never back: data still in flight through
+/// the peer went back to TCP, or the peer's queue was full. Never back: data still in flight through
 /// TCP would be overtaken. Also written for the peer of an opener that could not pair, so the
 /// peer does not join.
 pub const FAST_PATH_OFF: u32 = 3;
 
-const _: () = assert!(core::mem::size_of::<FastPath>() == 40);
+const _: () = assert!(core::mem::size_of::<FastPath>() == 48);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, no padding (SockAddr's is explicit), every bit pattern valid.

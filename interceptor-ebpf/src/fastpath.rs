@@ -4,17 +4,17 @@
 //!
 //! Order is kept per direction: a socket decides at its first send whether its peer is there, and
 //! a socket that once sent through TCP never switches to the fast path (its bytes in flight would
-//! be overtaken). The other way is safe — the receiver reads its fast-path queue before its TCP
-//! one — so a socket falls back to TCP when its peer is gone or when it has spent its budget:
-//! [`FAST_PATH_BUDGET`] bytes moved while the peer sent nothing back.
+//! be overtaken). The other way is safe — what it sends through TCP joins its peer's queue behind
+//! the moved bytes (`sk_skb`) — so a socket falls back to TCP when its peer is gone or holds
+//! [`FAST_PATH_BUDGET`] bytes moved and unread.
 
 use core::ptr;
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_NOEXIST},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem},
-    macros::sk_msg,
-    programs::{SkMsgContext, SockOpsContext},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_delete_elem, bpf_probe_read_kernel},
+    macros::{sk_msg, stream_verdict},
+    programs::{SkBuffContext, SkMsgContext, SockOpsContext},
     EbpfContext as _,
 };
 use interceptor_common::{
@@ -71,7 +71,7 @@ pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
     let sent = unsafe { (*ctx.ops).data_segs_out };
     // Bytes already sent through TCP (TCP Fast Open's SYN data) would be overtaken by moved ones.
     let paired = if sent == 0 { pair(ctx, &mut own).map(Some) } else { Ok(None) };
-    let Ok(Some(cookie)) = paired else {
+    let Ok(Some(Paired { cookie, sock })) = paired else {
         // Not paired — in particular when another socket (a pod forging this 4-tuple in a
         // namespace of its own) holds the key: the peer must not join, or it would send this
         // connection's bytes to that socket.
@@ -82,7 +82,7 @@ pub fn open(ctx: &SockOpsContext, peer_netns: u64) -> Result<(), i32> {
     let expected =
         FastPath { state: FAST_PATH_EXPECTED, netns: peer_netns, peer_cookie: cookie, ..FastPath::default() };
     FAST_PATH.insert(&own.peer(), &expected, u64::from(BPF_ANY))?;
-    let on = FastPath { state: FAST_PATH_ON, cookie, ..FastPath::default() };
+    let on = FastPath { state: FAST_PATH_ON, cookie, sock, ..FastPath::default() };
     FAST_PATH.insert(&own, &on, u64::from(BPF_ANY))
 }
 
@@ -111,8 +111,8 @@ pub fn accept(ctx: &SockOpsContext) -> Result<(), i32> {
         unpair(&mut opener_key);
         return Ok(());
     }
-    let cookie = pair(ctx, &mut own)?;
-    let on = FastPath { state: FAST_PATH_ON, cookie, peer_cookie: expected.peer_cookie, ..FastPath::default() };
+    let Paired { cookie, sock } = pair(ctx, &mut own)?;
+    let on = FastPath { state: FAST_PATH_ON, cookie, peer_cookie: expected.peer_cookie, sock, ..FastPath::default() };
     FAST_PATH.insert(&own, &on, u64::from(BPF_ANY))?;
     if let Some(opener) = FAST_PATH.get_ptr_mut(&opener_key) {
         // SAFETY: a plain value; the opener reads it only in its own sends, which now wait for it.
@@ -149,14 +149,61 @@ fn unpair(key: &mut SockPair) {
     let _ = unsafe { bpf_map_delete_elem(ptr::from_ref(&SOCK_PAIRS).cast_mut().cast(), ptr::from_mut(key).cast()) };
 }
 
-/// Puts the socket in `SOCK_PAIRS` under its own key — never over another socket's (a closed
-/// socket leaves the map by itself) — and returns its cookie.
+/// Set by the loader from the running kernel's BTF: see `interceptor_common::fastpath`.
+#[unsafe(no_mangle)]
+static SOCK_USER_DATA_OFFSET: u32 = 0;
+/// Set by the loader from the running kernel's BTF: see `interceptor_common::fastpath`.
+#[unsafe(no_mangle)]
+static PSOCK_QUEUED_OFFSET: u32 = 0;
+
+/// `sk_user_data` holds an `sk_psock` (`SK_USER_DATA_PSOCK`, `<net/sock.h>`) …
+const SK_USER_DATA_PSOCK: u64 = 4;
+/// … in the bits above its three flags (`SK_USER_DATA_PTRMASK`).
+const SK_USER_DATA_PTRMASK: u64 = !7;
+
+/// Bytes moved into the socket at `sock` (a [`FastPath::sock`]) and not read yet: the kernel's own
+/// count in its `sk_psock`. `None` when it has no psock — it left the sockhash — or the address is
+/// stale (the entry outlived its socket; then the redirect fails too).
 #[inline(always)]
-fn pair(ctx: &SockOpsContext, own: &mut SockPair) -> Result<u64, i32> {
+fn queued(sock: u64) -> Option<u64> {
+    // SAFETY: globals of this object, frozen by the loader; volatile so that LLVM does not fold
+    // their compile-time zero.
+    let (user_data_at, queued_at) =
+        unsafe { (ptr::read_volatile(&SOCK_USER_DATA_OFFSET), ptr::read_volatile(&PSOCK_QUEUED_OFFSET)) };
+    // SAFETY: reads of kernel memory through the helper, which fails rather than faults. This
+    // program runs under RCU, where a TCP socket's memory stays a socket (its slab is
+    // SLAB_TYPESAFE_BY_RCU) and a psock is not freed: a socket closed meanwhile gives at worst
+    // another socket's count.
+    unsafe {
+        let user_data: u64 = bpf_probe_read_kernel((sock + u64::from(user_data_at)) as *const u64).ok()?;
+        if user_data & SK_USER_DATA_PSOCK == 0 {
+            return None;
+        }
+        let psock = user_data & SK_USER_DATA_PTRMASK;
+        let queued: u32 = bpf_probe_read_kernel((psock + u64::from(queued_at)) as *const u32).ok()?;
+        Some(u64::from(queued))
+    }
+}
+
+/// A socket just put in `SOCK_PAIRS`.
+struct Paired {
+    /// Its cookie.
+    cookie: u64,
+    /// Its `struct sock`'s address, for [`queued`].
+    sock: u64,
+}
+
+/// Puts the socket in `SOCK_PAIRS` under its own key — never over another socket's (a closed
+/// socket leaves the map by itself).
+#[inline(always)]
+fn pair(ctx: &SockOpsContext, own: &mut SockPair) -> Result<Paired, i32> {
     // SAFETY: the program's own context, an established full socket.
     SOCK_PAIRS.update(own, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))?;
-    // SAFETY: helper taking the program's own context.
-    Ok(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) })
+    // SAFETY: helper taking the program's own context; `sk` is a readable context field, the
+    // kernel's `struct sock` pointer (non-null: the update above took it). Kept as a number, which
+    // the verifier allows a privileged loader (the agent is one).
+    let (cookie, sk) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), (*ctx.ops).__bindgen_anon_2.sk) };
+    Ok(Paired { cookie, sock: sk as u64 })
 }
 
 #[sk_msg]
@@ -179,31 +226,36 @@ fn send(ctx: &SkMsgContext) -> Outcome {
         return Outcome::Bypassed;
     }
     let mut peer = own.peer();
-    let Some(partner) = FAST_PATH.get_ptr_mut(&peer) else {
+    let Some(partner) = FAST_PATH.get_ptr(&peer) else {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     };
     // SAFETY: copied out at once; the entry is the peer's own (or, recycled, another socket's).
     let bound = unsafe { *partner };
-    // Only into the very socket this one was paired with, and only while it moves too: a peer
-    // not joined yet (this is the first send), gone back to TCP, or another socket under the key.
+    // Only into the very socket this one was paired with — not a peer that has not joined yet
+    // (this is the first send: the binding is the join's), nor another socket under the key — and
+    // only while it reads. A peer that sends through TCP itself still takes moves: its
+    // fallback is about the order of its own sends.
     let size = u64::from(ctx.size());
-    if bound.state != FAST_PATH_ON
+    if state.peer_cookie == 0
         || bound.cookie != state.peer_cookie
         || bound.peer_cookie != state.cookie
-        || state.moved + size > FAST_PATH_BUDGET
+        || !queued(bound.sock).is_some_and(|queued| queued + size <= FAST_PATH_BUDGET)
         || SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS)
     {
         state.state = FAST_PATH_OFF;
         return Outcome::Bypassed;
     }
     state.moved += size;
-    // This socket's owner is sending, taken as the sign that it reads (an HTTP client sends its
-    // next request once it has read the answer): the peer's turn starts over. Not a proof: see
-    // FAST_PATH_BUDGET for what it leaves unbounded.
-    // SAFETY: one aligned store into a live map value. The peer's own send may be updating the
-    // same field on another CPU, or the LRU may have given the entry to another socket: either
-    // loses or misplaces one restart, which only moves a fallback.
-    unsafe { (*partner).moved = 0 };
     Outcome::Captured
+}
+
+/// What reaches a paired socket through TCP — its peer fell back — joins the queue of what was
+/// moved into it, behind those bytes. Left in TCP's own queue, it would come out only in a read
+/// after the one that empties the moved queue, and that read comes back short: a reader taking a
+/// short read for an empty socket (tokio, nginx) would then wait for a wake-up that may never
+/// come. Still bounded by TCP's window: the bytes stay charged to the receive buffer until read.
+#[stream_verdict]
+pub fn sk_skb_fast_path(_ctx: SkBuffContext) -> u32 {
+    SK_PASS
 }

@@ -10,11 +10,14 @@
 //!
 //! # Minimum kernel version
 //!
-//! 5.7 (bpf links for cgroup programs, BTF-defined maps, ring buffer for logs); tested on 6.18.
+//! 5.7 (bpf links for cgroup programs, BTF-defined maps, ring buffer for logs); tested on 6.18. The
+//! fast path needs the kernel's BTF and its count of a socket's moved queue (`sk_psock.msg_tot_len`,
+//! which 6.18 has): see [`QueueLayout`].
 
 mod addr;
 mod follow;
 mod interfaces;
+mod layout;
 mod links;
 mod maps;
 mod pins;
@@ -32,7 +35,9 @@ use std::{
 
 use aya::{
     maps::SockHash,
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SkMsg, SockOps, Xdp},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SkMsg, SkSkb, SockOps, Xdp,
+    },
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -42,7 +47,7 @@ pub use interceptor_common::{
 };
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
-    fastpath::{SockPair, SOCK_PAIRS_MAP},
+    fastpath::{SockPair, PSOCK_QUEUED_OFFSET, SOCK_PAIRS_MAP, SOCK_USER_DATA_OFFSET},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
     packet::{
         Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
@@ -53,6 +58,7 @@ use interceptor_common::{
 };
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
+pub use self::layout::QueueLayout;
 pub use self::maps::OrigDstTable;
 
 pub use self::sync::SyncReport;
@@ -71,6 +77,7 @@ const CONNECT4: &str = "connect4";
 const CONNECT6: &str = "connect6";
 const SOCKOPS: &str = "sockops_handover";
 const SK_MSG: &str = "sk_msg_fast_path";
+const SK_SKB: &str = "sk_skb_fast_path";
 const XDP: &str = "xdp_capture";
 const TC: &str = "tc_egress";
 
@@ -249,6 +256,12 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    /// The running kernel's BTF does not say where the fields the fast path reads are.
+    #[error("fast path: {reason}")]
+    KernelLayout {
+        /// What is missing.
+        reason: String,
+    },
     /// Kernel log forwarding could not start.
     #[error("starting eBPF log forwarding")]
     Logger {
@@ -345,8 +358,13 @@ impl Capture {
 
         let pin_paths: Vec<_> = PINNED_MAPS.iter().map(|spec| (spec.name, pins.path(spec.name))).collect();
         let log_level = kernel_log_level();
+        let layout = if settings.fast_path { Some(layout::QueueLayout::of_running_kernel()?) } else { None };
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &log_level, false);
+        if let Some(layout) = &layout {
+            loader.override_global(SOCK_USER_DATA_OFFSET, &layout.sock_user_data, true);
+            loader.override_global(PSOCK_QUEUED_OFFSET, &layout.psock_queued, true);
+        }
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -457,6 +475,9 @@ impl Capture {
             let prog: &mut SkMsg = program(&mut ebpf, SK_MSG)?;
             prog.load().map_err(prog_err(SK_MSG, "loading"))?;
             prog.attach(&fd).map_err(prog_err(SK_MSG, "attaching"))?;
+            let prog: &mut SkSkb = program(&mut ebpf, SK_SKB)?;
+            prog.load().map_err(prog_err(SK_SKB, "loading"))?;
+            prog.attach(&fd).map_err(prog_err(SK_SKB, "attaching"))?;
         }
         let prog: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         prog.load().map_err(prog_err(SOCKOPS, "loading"))?;

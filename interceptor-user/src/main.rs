@@ -30,6 +30,9 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Print where the fields the fast path reads lie in the running kernel (from its BTF), as
+    /// JSON; exit 1 with the reason when the kernel lacks them. The agent asks this way at start.
+    KernelLayout,
     /// Print the kernel counters (per program, top services) from the pinned maps.
     Stats {
         /// bpffs directory the agent pins to.
@@ -237,6 +240,22 @@ fn main() -> ExitCode {
             explain(&input, &namespace, gateway.as_deref(), &request)
         }
         Command::Stats { bpffs, top } => stats(&bpffs, top),
+        Command::KernelLayout => match interceptor::bpf::QueueLayout::parse_running_kernel() {
+            Ok(layout) => match serde_json::to_string(&layout) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -106,6 +106,13 @@ pub struct RawReport {
     pub elapsed_ms: u64,
     /// With `--h2`: the HTTP/2 frames read, in order.
     pub frames: Vec<H2Frame>,
+    /// Bytes waiting to be read when `--wait-ms` ended (`FIONREAD`; on the fast path, the
+    /// kernel's count of those moved into the socket).
+    pub unread: u64,
+    /// The socket's receive buffer then (`SO_RCVBUF`): what TCP may hold on top of what was moved.
+    pub rcvbuf: u64,
+    /// How many times `--trickle` was sent.
+    pub trickled: usize,
 }
 
 /// One HTTP/2 frame `pod raw --h2` read.

@@ -1,10 +1,12 @@
 //! End-to-end: the sockmap fast path (`fastPath: true`) carries the same bytes as TCP — kept-alive
-//! load, pipelined requests, a body larger than the per-turn budget (which then falls back to
-//! TCP mid-stream) while a kept-alive connection carrying more than it over many turns stays on
-//! the fast path, a client that resets mid-body — with pods and agent in the capture cgroup as
-//! kubelet's pods are, so both legs (client ↔ proxy, proxy ↔ endpoint) are paired; and a pod
-//! forging a client's connection in its own namespace gets none of the client's bytes; a socket
-//! whose first send beat its peer's join leaves the sockhash.
+//! load, pipelined requests, a body larger than the budget to a client that does not read (the
+//! rest then goes through TCP), a kept-alive connection carrying more than the budget, a client
+//! that resets mid-body — with pods and agent in the capture cgroup as kubelet's pods are, so
+//! both legs (client ↔ proxy, proxy ↔ endpoint) are paired; a socket holds at most the budget
+//! moved and unread, by the kernel's count, whatever its owner sends, and what comes through TCP
+//! after joins that queue (a reader gets it in one read); a pod forging a client's
+//! connection in its own namespace gets none of the client's bytes; a socket whose first send beat
+//! its peer's join leaves the sockhash; `interceptor kernel-layout` prints the offsets it reads.
 
 mod common;
 
@@ -17,11 +19,13 @@ use common::{
 };
 use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, ADMIN, GATEWAY};
 
-/// Larger than `FAST_PATH_BUDGET` (4 MiB): the endpoint's socket moves 4 MiB, then sends the rest
-/// through TCP, mid-body.
+/// `FAST_PATH_BUDGET`: what a socket may hold moved and unread.
+const BUDGET: u64 = 4 << 20;
+/// Larger than [`BUDGET`]: to a client that does not read, the proxy's socket moves 4 MiB, then
+/// sends the rest through TCP, mid-body.
 const BIG: usize = 6 << 20;
 /// Answers of the v1 endpoints at `/__large`, and how many of them one kept-alive connection
-/// fetches: 10 MiB in all, more than the budget, but a quarter MiB per turn.
+/// fetches: 10 MiB in all, more than the budget, a quarter MiB per answer.
 const TURN: usize = 256 << 10;
 const TURNS: usize = 40;
 
@@ -160,10 +164,71 @@ fn the_fast_path_carries_the_same_bytes_as_tcp() {
     // Every request and answer of the load runs crosses two pairs: at least 4 moves each.
     let moved = sends.moved;
     assert!(moved >= 4.0 * (300.0 + 2000.0 + TURNS as f64 + 200.0), "only {moved} sends moved");
-    // The big bodies outgrew the endpoint socket's budget in one turn and went on through TCP …
+    // The big body outgrew what the slow reader could hold and went on through TCP …
     assert!(sends.through_tcp >= 1.0, "the budget never ran out ({} sends through TCP)", sends.through_tcp);
-    // … but the kept-alive connection that carried more than the budget over many turns did not.
+    // … but the kept-alive connection that carried more than the budget to a reader did not.
     assert_eq!(sends.through_tcp_in_turns, 0.0, "{TURNS} answers of {TURN} bytes fell back to TCP");
+}
+
+/// The budget bounds what a socket holds moved and unread, by the kernel's own count, and what
+/// comes through TCP after it joins the same queue. A client that reads a one-way body three times
+/// the budget as it comes keeps all of it on the fast path. A client that reads nothing for two
+/// seconds and meanwhile pipelines small requests — sends that say nothing of its reading — holds
+/// at most the budget moved plus a receive buffer (`FIONREAD` on a socket in a sockhash counts its
+/// one queue), and still gets every byte in order. A body just over the budget to a client that
+/// reads only after a second: its tail comes through TCP behind 4 MiB moved; in a queue of its own
+/// the kernel would hand it out in a second read, and a reader that takes a short read for an
+/// empty socket, as tokio and nginx do, would not ask until something else came.
+#[test]
+fn a_socket_holds_at_most_the_budget_moved_and_unread() {
+    const STREAM: usize = 12 << 20;
+    const JUST_OVER: usize = (4 << 20) + (8 << 10);
+    let mut node = node_with_pods().unwrap();
+    // v1 answers at once (in 16 writes), but `/__count` with a few bytes.
+    let just_over = JUST_OVER.to_string();
+    node.serve_captured("v1a", "v1", &["--body-bytes", &just_over]).unwrap();
+    node.serve_captured("v1b", "v1", &["--body-bytes", &just_over]).unwrap();
+    // Streamed over 1.2 s, in 16 writes: 0.75 MiB at a time.
+    node.serve_captured("v2", "v2", &["--body-bytes", &STREAM.to_string(), "--body-ms", "1200"]).unwrap();
+    let rules = v2_under("/big");
+    let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
+    let _agent = Agent::start_adding(&node, &files, &["--fast-path", "true"], true).unwrap();
+    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n");
+    let bypassed = || counters(&node, "interceptor_program_bypassed_total");
+
+    // A new connection whose first send loses the pairing race rightly keeps to TCP (seldom): up
+    // to three, the last one's figures kept.
+    let keeping_up = || {
+        let before = bypassed();
+        let r = node.raw(CLIENT, &["--target", VIP, "--send", &get("/big", "Connection: close\\r\\n")]).unwrap();
+        (body(&r.response).as_bytes() == numbered_body("v2", STREAM), bypassed() - before)
+    };
+    let (mut intact, mut through_tcp) = keeping_up();
+    for _ in 1..3 {
+        if through_tcp == 0.0 {
+            break;
+        }
+        (intact, through_tcp) = keeping_up();
+    }
+    assert!(intact, "a reader keeping up got a damaged body");
+    assert_eq!(through_tcp, 0.0, "a reader keeping up with {STREAM} bytes, yet sends went through TCP");
+
+    let before = bypassed();
+    let args = ["--target", VIP, "--send", &get("/big", ""), "--wait-ms", "2000", "--read-ms", "3000"];
+    let r = node.raw(CLIENT, &[&args[..], &["--trickle", &get("/__count", "")]].concat()).unwrap();
+    assert!(bypassed() - before >= 1.0, "nothing went through TCP");
+    assert!(r.unread <= BUDGET + r.rcvbuf, "the client's socket held {} bytes unread ({} buffer)", r.unread, r.rcvbuf);
+    let (big, rest) = body(&r.response).as_bytes().split_at(STREAM.min(body(&r.response).len()));
+    assert!(big == numbered_body("v2", STREAM), "the slow reader got a damaged body");
+    let answers = String::from_utf8_lossy(rest).matches("HTTP/1.1 200 OK\r\n").count();
+    assert!(r.trickled >= 10, "only {} requests trickled", r.trickled);
+    assert_eq!(answers, r.trickled, "pipelined answers after the big one");
+
+    // Kept alive: a close would wake the reader by itself.
+    let args = ["--target", VIP, "--send", &get("/", ""), "--wait-ms", "1000", "--read-ms", "3000"];
+    let got = node.raw(CLIENT, &args).unwrap().response;
+    let got = body(&got);
+    assert!(got.as_bytes() == numbered_body("v1", JUST_OVER), "{} of {JUST_OVER} bytes in 3 s", got.len());
 }
 
 /// A pod with `NET_ADMIN` in its own namespace forges a client's 4-tuple there (the client's
@@ -242,4 +307,16 @@ fn an_upstream_socket_whose_first_send_beats_its_peer_leaves_the_fast_path() {
     // Neither end of the pooled connections is in the sockhash; at most the second load's client
     // socket lost its own race (its first send, then it left too).
     assert!(through_tcp <= 1.0, "{through_tcp} sends went through TCP");
+}
+
+/// `interceptor kernel-layout` prints where the fields the fast path reads lie in this kernel, from
+/// its BTF: what the agent asks of a child at start, so that the parse's memory is not its own.
+#[test]
+fn kernel_layout_prints_the_offsets_the_fast_path_reads() {
+    let (code, out) = testbed::run_agent_command(&["kernel-layout"]).unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let layout: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for field in ["sock.sk_user_data", "sk_psock.msg_tot_len"] {
+        assert!(layout[field].as_u64().is_some_and(|at| at > 0 && at < 4096), "{field} in {out}");
+    }
 }

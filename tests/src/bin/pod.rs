@@ -128,6 +128,13 @@ enum Command {
         /// Wait this long after sending before reading anything (a slow reader), in milliseconds.
         #[arg(long, default_value_t = 0)]
         wait_ms: u64,
+        /// While waiting, send these bytes (escapes as in `--send`) every `--trickle-ms`: a client
+        /// that sends without reading, pipelining.
+        #[arg(long)]
+        trickle: Option<String>,
+        /// How often `--trickle` is sent, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        trickle_ms: u64,
         /// Connect from this local address (ip:port) instead of one the kernel picks.
         #[arg(long)]
         bind: Option<SocketAddr>,
@@ -187,6 +194,13 @@ struct RawReport {
     elapsed_ms: u64,
     /// With `--h2`: the frames read, in order.
     frames: Vec<H2Frame>,
+    /// Bytes waiting to be read when the wait ended (`FIONREAD`; for a socket on the fast path,
+    /// the kernel counts those moved into it).
+    unread: u64,
+    /// The socket's receive buffer then (`SO_RCVBUF`): what TCP may hold on top.
+    rcvbuf: u64,
+    /// How many times `--trickle` was sent.
+    trickled: usize,
 }
 
 /// One HTTP/2 frame as read (RFC 9113 §4.1), summarised.
@@ -223,14 +237,36 @@ fn h2_frames(mut bytes: &[u8]) -> Vec<H2Frame> {
     frames
 }
 
-async fn raw(
+/// What `raw` sends and how it reads.
+struct RawPlan {
     target: SocketAddr,
     bind: Option<SocketAddr>,
     payload: Vec<u8>,
     read_for: Duration,
     wait: Duration,
+    /// Bytes sent every so often while waiting.
+    trickle: Option<(Vec<u8>, Duration)>,
     h2: bool,
-) -> Result<RawReport> {
+}
+
+/// Unescapes `\r` and `\n` as written on a command line.
+fn unescape(text: &str) -> Vec<u8> {
+    text.replace("\\r", "\r").replace("\\n", "\n").into_bytes()
+}
+
+/// Bytes waiting to be read on `stream` (`FIONREAD`).
+fn unread(stream: &TcpStream) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, to a live local.
+    if unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &raw mut unread) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("FIONREAD");
+    }
+    Ok(u64::try_from(unread)?)
+}
+
+async fn raw(plan: RawPlan) -> Result<RawReport> {
+    let RawPlan { target, bind, payload, read_for, wait, trickle, h2 } = plan;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut stream = match bind {
@@ -246,7 +282,17 @@ async fn raw(
     // A server may answer and close before it has read everything (a head over its limit): the
     // write then fails, and the answer is still there to read.
     let _ = stream.write_all(&payload).await;
-    tokio::time::sleep(wait).await;
+    let (waited, mut trickled) = (Instant::now() + wait, 0);
+    if let Some((bytes, every)) = &trickle {
+        while Instant::now() + *every <= waited {
+            tokio::time::sleep(*every).await;
+            stream.write_all(bytes).await.context("trickle")?;
+            trickled += 1;
+        }
+    }
+    tokio::time::sleep_until(waited.into()).await;
+    let unread = unread(&stream)?;
+    let rcvbuf = socket2::SockRef::from(&stream).recv_buffer_size().context("SO_RCVBUF")? as u64;
     let start = Instant::now();
     let mut response = Vec::new();
     let mut buf = [0u8; 16384];
@@ -263,6 +309,9 @@ async fn raw(
         closed,
         elapsed_ms: start.elapsed().as_millis() as u64,
         frames: if h2 { h2_frames(&response) } else { Vec::new() },
+        unread,
+        rcvbuf,
+        trickled,
     })
 }
 
@@ -328,13 +377,21 @@ async fn main() -> Result<()> {
             serve(listen, name, options).await
         }
         Command::Echo { listen, banner } => echo(listen, banner).await,
-        Command::Raw { target, send, send_file, read_ms, h2, wait_ms, bind } => {
+        Command::Raw { target, send, send_file, read_ms, h2, wait_ms, trickle, trickle_ms, bind } => {
             let payload = match send_file {
                 Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-                None => send.replace("\\r", "\r").replace("\\n", "\n").into_bytes(),
+                None => unescape(&send),
             };
-            let (read_for, wait) = (Duration::from_millis(read_ms), Duration::from_millis(wait_ms));
-            let report = raw(target, bind, payload, read_for, wait, h2).await?;
+            let report = raw(RawPlan {
+                target,
+                bind,
+                payload,
+                read_for: Duration::from_millis(read_ms),
+                wait: Duration::from_millis(wait_ms),
+                trickle: trickle.map(|bytes| (unescape(&bytes), Duration::from_millis(trickle_ms))),
+                h2,
+            })
+            .await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
