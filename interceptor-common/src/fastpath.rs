@@ -77,9 +77,9 @@ pub const FAST_PATH_EXPECTED: u32 = 1;
 /// [`FAST_PATH_BUDGET`]).
 pub const FAST_PATH_ON: u32 = 2;
 /// Sends through TCP for the rest of the connection: its first send found no peer bound to it,
-/// the peer went back to TCP, or the peer's queue was full. Never back: data still in flight through
-/// TCP would be overtaken. Also written for the peer of an opener that could not pair, so the
-/// peer does not join.
+/// the peer was gone, or its queue was full. Never back: data still in flight through TCP would
+/// be overtaken. Also written for the peer of an opener that could not pair, so the peer does not
+/// join.
 pub const FAST_PATH_OFF: u32 = 3;
 
 const _: () = assert!(core::mem::size_of::<FastPath>() == 48);

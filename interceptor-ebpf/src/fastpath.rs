@@ -162,18 +162,18 @@ const SK_USER_DATA_PSOCK: u64 = 4;
 const SK_USER_DATA_PTRMASK: u64 = !7;
 
 /// Bytes moved into the socket at `sock` (a [`FastPath::sock`]) and not read yet: the kernel's own
-/// count in its `sk_psock`. `None` when it has no psock — it left the sockhash — or the address is
-/// stale (the entry outlived its socket; then the redirect fails too).
+/// count in its `sk_psock`. `None` when it has no psock (it left the sockhash) or the read fails.
 #[inline(always)]
 fn queued(sock: u64) -> Option<u64> {
     // SAFETY: globals of this object, frozen by the loader; volatile so that LLVM does not fold
     // their compile-time zero.
     let (user_data_at, queued_at) =
         unsafe { (ptr::read_volatile(&SOCK_USER_DATA_OFFSET), ptr::read_volatile(&PSOCK_QUEUED_OFFSET)) };
-    // SAFETY: reads of kernel memory through the helper, which fails rather than faults. This
-    // program runs under RCU, where a TCP socket's memory stays a socket (its slab is
-    // SLAB_TYPESAFE_BY_RCU) and a psock is not freed: a socket closed meanwhile gives at worst
-    // another socket's count.
+    // SAFETY: reads of kernel memory through the helper, which fails rather than faults. The
+    // address is a live socket's whenever the cookies bound it to this one (a paired socket stays
+    // until it closes, and the program runs under RCU); an entry that outlived its socket may
+    // point at memory reused for anything, and a number read there only decides a fallback — the
+    // redirect looks the socket up in the sockhash itself.
     unsafe {
         let user_data: u64 = bpf_probe_read_kernel((sock + u64::from(user_data_at)) as *const u64).ok()?;
         if user_data & SK_USER_DATA_PSOCK == 0 {

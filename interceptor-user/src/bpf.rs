@@ -11,8 +11,8 @@
 //! # Minimum kernel version
 //!
 //! 5.7 (bpf links for cgroup programs, BTF-defined maps, ring buffer for logs); tested on 6.18. The
-//! fast path needs the kernel's BTF and its count of a socket's moved queue (`sk_psock.msg_tot_len`,
-//! which 6.18 has): see [`QueueLayout`].
+//! fast path needs the kernel's BTF and the sockmap fixes merged in bpf-next in January 2026 (its
+//! count of a socket's moved queue, `sk_psock.msg_tot_len`): see [`QueueLayout`].
 
 mod addr;
 mod follow;

@@ -240,8 +240,9 @@ fn main() -> ExitCode {
             explain(&input, &namespace, gateway.as_deref(), &request)
         }
         Command::Stats { bpffs, top } => stats(&bpffs, top),
-        Command::KernelLayout => match interceptor::bpf::QueueLayout::parse_running_kernel() {
-            Ok(layout) => match serde_json::to_string(&layout) {
+        Command::KernelLayout => {
+            let layout = interceptor::bpf::QueueLayout::parse_running_kernel().map_err(|e| e.to_string());
+            match layout.and_then(|layout| serde_json::to_string(&layout).map_err(|e| e.to_string())) {
                 Ok(json) => {
                     println!("{json}");
                     ExitCode::SUCCESS
@@ -250,12 +251,8 @@ fn main() -> ExitCode {
                     eprintln!("error: {err}");
                     ExitCode::FAILURE
                 }
-            },
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
             }
-        },
+        }
     }
 }
 

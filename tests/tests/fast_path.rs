@@ -225,9 +225,11 @@ fn a_socket_holds_at_most_the_budget_moved_and_unread() {
     assert_eq!(answers, r.trickled, "pipelined answers after the big one");
 
     // Kept alive: a close would wake the reader by itself.
+    let before = bypassed();
     let args = ["--target", VIP, "--send", &get("/", ""), "--wait-ms", "1000", "--read-ms", "3000"];
     let got = node.raw(CLIENT, &args).unwrap().response;
     let got = body(&got);
+    assert!(bypassed() - before >= 1.0, "no tail went through TCP: nothing to join");
     assert!(got.as_bytes() == numbered_body("v1", JUST_OVER), "{} of {JUST_OVER} bytes in 3 s", got.len());
 }
 

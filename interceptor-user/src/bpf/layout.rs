@@ -1,5 +1,6 @@
 //! Where the fields the fast path reads lie in the running kernel's structures, from its BTF: Rust
-//! programs get no CO-RE relocations, so the loader hands the offsets to them as globals.
+//! programs get no CO-RE relocations, so the loader hands the offsets to them as globals. The
+//! BTF also tells whether the kernel has the sockmap fixes the fast path relies on.
 
 use std::{path::Path, process::Command};
 
@@ -10,6 +11,12 @@ use super::BpfError;
 
 /// The running kernel's type information.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// What a kernel without them lacks: the sockmap series that counts a socket's moved queue
+/// (`msg_tot_len`, which `FIONREAD` reports) and keeps `copied_seq` to the socket's own bytes
+/// (`__sk_msg_recvmsg`'s `copied_from_self`), without which reading through the `sk_skb` verdict
+/// would move `copied_seq` past `rcv_nxt`.
+const NEEDS: &str = "the fast path needs the sockmap fixes \"bpf, sockmap: Fix FIONREAD for sockmap\" \
+                     and its copied_seq fix, merged in bpf-next in January 2026";
 
 /// The subcommand that prints [`QueueLayout::parse_running_kernel`] as JSON, or its error after
 /// `error: ` on stderr.
@@ -41,6 +48,8 @@ impl QueueLayout {
         let exe = std::env::current_exe().map_err(|e| layout_error(&format!("own executable: {e}")))?;
         let out = Command::new(&exe)
             .arg(KERNEL_LAYOUT_COMMAND)
+            // Its stderr is its error alone.
+            .env("RUST_LOG", "off")
             .output()
             .map_err(|e| layout_error(&format!("running {} {KERNEL_LAYOUT_COMMAND}: {e}", exe.display())))?;
         if !out.status.success() {
@@ -56,6 +65,7 @@ impl QueueLayout {
         let btf = Btf::from_file(path).map_err(|e| {
             layout_error(&format!("{} unreadable ({e}); the fast path needs the kernel's BTF", path.display()))
         })?;
+        has_parameter(&btf, "__sk_msg_recvmsg", "copied_from_self")?;
         Ok(Self {
             sock_user_data: member_offset(&btf, "sock", "sk_user_data")?,
             psock_queued: member_offset(&btf, "sk_psock", "msg_tot_len")?,
@@ -63,14 +73,18 @@ impl QueueLayout {
     }
 }
 
+/// The kernel's function `name` takes a parameter `parameter`.
+fn has_parameter(btf: &Btf, name: &str, parameter: &str) -> Result<(), BpfError> {
+    let found = btf.get_type_by_name(name).ok().filter(|f| f.is_function).is_some_and(|f| match &f.base_type {
+        Type::FunctionProto(proto) => proto.params.iter().any(|p| p.name.as_deref() == Some(parameter)),
+        _ => false,
+    });
+    found.then_some(()).ok_or_else(|| layout_error(&format!("the kernel's {name} has no {parameter} ({NEEDS})")))
+}
+
 /// Byte offset of `member` in `struct name`.
 fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u32, BpfError> {
-    let missing = || {
-        layout_error(&format!(
-            "the kernel has no struct {name}.{member} (the fast path needs a kernel whose sk_psock counts its \
-             queue of moved bytes, msg_tot_len: 6.18 has it)"
-        ))
-    };
+    let missing = || layout_error(&format!("the kernel has no struct {name}.{member} ({NEEDS})"));
     let Type::Struct(found) = &btf.get_type_by_name(name).map_err(|_| missing())?.base_type else {
         return Err(missing());
     };
@@ -90,8 +104,8 @@ fn layout_error(reason: &str) -> BpfError {
 mod tests {
     use super::*;
 
-    /// The machine's own kernel: both fields are there (the fast path needs the count of a
-    /// socket's moved queue that 6.18 keeps), word-aligned, inside their structures.
+    /// The machine's own kernel (6.18.44 with the sockmap fixes backported): both fields are
+    /// there, word-aligned, inside their structures, and the copied_seq fix too.
     #[test]
     fn the_running_kernel_has_the_fields_the_fast_path_reads() {
         let layout = QueueLayout::parse_running_kernel().unwrap();
@@ -107,6 +121,12 @@ mod tests {
     fn a_missing_field_names_the_structure_and_member() {
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         let err = member_offset(&btf, "sk_psock", "no_such_member").unwrap_err();
-        assert_eq!(err.to_string(), "fast path: the kernel has no struct sk_psock.no_such_member (the fast path needs a kernel whose sk_psock counts its queue of moved bytes, msg_tot_len: 6.18 has it)");
+        assert_eq!(err.to_string(), format!("fast path: the kernel has no struct sk_psock.no_such_member ({NEEDS})"));
+        let err = has_parameter(&btf, "__sk_msg_recvmsg", "no_such_parameter").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("fast path: the kernel's __sk_msg_recvmsg has no no_such_parameter ({NEEDS})")
+        );
+        assert!(NEEDS.contains("Fix FIONREAD for sockmap"), "{NEEDS}");
     }
 }
