@@ -442,6 +442,7 @@ impl Capture {
             redirect = %settings.redirect,
             redirect6 = ?settings.redirect6,
             fail_closed = settings.fail_closed,
+            fast_path = settings.fast_path,
             "capture attached (not ready yet)"
         );
         Ok(this)

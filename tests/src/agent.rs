@@ -35,6 +35,11 @@ pub const ADMIN: &str = "127.0.0.1:15000";
 /// How long the agent may take to load, attach and listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Set to `1`, every socket-mode agent the tests start runs with `--fast-path true`, inside the
+/// captured cgroup: `INTERCEPTOR_TEST_FAST_PATH=1 cargo test -p interceptor-tests` runs the
+/// suites through the sockmap fast path.
+pub const FAST_PATH_EVERYWHERE: &str = "INTERCEPTOR_TEST_FAST_PATH";
+
 /// A running agent. Dropping it sends SIGTERM and waits for a clean exit.
 pub struct Agent {
     child: Option<Child>,
@@ -142,8 +147,20 @@ impl Agent {
         let (cgroup, bpffs) = (node.cgroup().display().to_string(), node.bpffs().display().to_string());
         let mut args = vec!["--config", config_arg.as_str(), "--cgroup", &cgroup, "--bpffs", &bpffs];
         args.extend_from_slice(flags);
-        let mut agent = Self::launch(node, dir, &args, in_captured_cgroup, wrapper)?;
+        // Every socket-mode agent on the fast path, in the captured cgroup so that both legs pair:
+        // the whole suite then runs through it (not the confined ones, whose capabilities are
+        // the test).
+        let everywhere = std::env::var_os(FAST_PATH_EVERYWHERE).is_some_and(|on| on == "1")
+            && wrapper.is_empty()
+            && !flags.iter().any(|f| *f == "packet" || *f == "--fast-path");
+        if everywhere {
+            args.extend_from_slice(&["--fast-path", "true"]);
+        }
+        let mut agent = Self::launch(node, dir, &args, in_captured_cgroup || everywhere, wrapper)?;
         agent.wait_for_log("agent ready", READY_TIMEOUT)?;
+        if everywhere && !agent.log().contains("fast_path=true") {
+            bail!("{FAST_PATH_EVERYWHERE}=1, yet the agent did not turn the fast path on:\n{}", agent.log());
+        }
         Ok(agent)
     }
 
