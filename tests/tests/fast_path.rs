@@ -57,6 +57,31 @@ fn counters(node: &Node, name: &str) -> f64 {
     sample(&text, name, &["program=\"sk_msg\""]).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+/// A GET of `path` with `extra` header lines, escaped for `pod raw --send`.
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n")
+}
+
+/// Sends of paired sockets that went through TCP so far.
+fn bypassed(node: &Node) -> f64 {
+    counters(node, "interceptor_program_bypassed_total")
+}
+
+/// Runs `attempt` — what it saw, and how many sends went through TCP meanwhile — up to three times
+/// until none did: a new connection whose first send beats the proxy's end to the pairing rightly
+/// keeps to TCP (seldom: the proxy's end joins as the client's handshake ACK arrives). The last
+/// attempt's figures are kept.
+fn until_none_through_tcp<T>(mut attempt: impl FnMut() -> (T, f64)) -> (T, f64) {
+    let mut seen = attempt();
+    for _ in 1..3 {
+        if seen.1 == 0.0 {
+            break;
+        }
+        seen = attempt();
+    }
+    seen
+}
+
 /// The `sk_msg` counters after one run.
 struct Sends {
     moved: f64,
@@ -77,7 +102,6 @@ fn run(fast_path: bool) -> (Seen, Sends) {
     let files = [("svc.yaml", service.as_str()), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
     let agent = Agent::start_adding(&node, &files, &["--fast-path", on], true).unwrap();
 
-    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n");
     let two = format!("{}{}", get("/", ""), get("/", "Connection: close\\r\\n"));
     let r = node.raw(CLIENT, &["--target", VIP, "--send", &two, "--read-ms", "5000"]).unwrap();
     let pipelined: Vec<String> =
@@ -91,21 +115,11 @@ fn run(fast_path: bool) -> (Seen, Sends) {
 
     let report = common::load(&node, 300, &[]);
 
-    // A new connection whose first send beats the proxy's accepted socket to the pairing keeps to
-    // TCP, as it must (seldom: the proxy's end joins as the client's handshake ACK arrives); so up
-    // to three connections, the last one's figures kept.
-    let turns = || {
-        let before = counters(&node, "interceptor_program_bypassed_total");
+    let (turns_v1, through_tcp_in_turns) = until_none_through_tcp(|| {
+        let before = bypassed(&node);
         let report = common::load(&node, TURNS, &["--path", "/__large"]);
-        (report.count("v1"), counters(&node, "interceptor_program_bypassed_total") - before)
-    };
-    let (mut turns_v1, mut through_tcp_in_turns) = turns();
-    for _ in 1..3 {
-        if through_tcp_in_turns == 0.0 {
-            break;
-        }
-        (turns_v1, through_tcp_in_turns) = turns();
-    }
+        (report.count("v1"), bypassed(&node) - before)
+    });
 
     let beside = node.load_in_background(CLIENT, &["--target", VIP, "--host", HOST, "-n", "2000"]).unwrap();
     let r = node
@@ -137,7 +151,7 @@ fn run(fast_path: bool) -> (Seen, Sends) {
         after_reset,
         load_v6_v1: v6.count("v1"),
     };
-    let through_tcp = counters(&node, "interceptor_program_bypassed_total");
+    let through_tcp = bypassed(&node);
     drop(agent);
     (seen, Sends { moved, through_tcp, through_tcp_in_turns })
 }
@@ -193,30 +207,19 @@ fn a_socket_holds_at_most_the_budget_moved_and_unread() {
     let rules = v2_under("/big");
     let files = [("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", rules.as_str())];
     let _agent = Agent::start_adding(&node, &files, &["--fast-path", "true"], true).unwrap();
-    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\\r\\nHost: {HOST}\\r\\n{extra}\\r\\n");
-    let bypassed = || counters(&node, "interceptor_program_bypassed_total");
 
-    // A new connection whose first send loses the pairing race rightly keeps to TCP (seldom): up
-    // to three, the last one's figures kept.
-    let keeping_up = || {
-        let before = bypassed();
+    let (intact, through_tcp) = until_none_through_tcp(|| {
+        let before = bypassed(&node);
         let r = node.raw(CLIENT, &["--target", VIP, "--send", &get("/big", "Connection: close\\r\\n")]).unwrap();
-        (body(&r.response).as_bytes() == numbered_body("v2", STREAM), bypassed() - before)
-    };
-    let (mut intact, mut through_tcp) = keeping_up();
-    for _ in 1..3 {
-        if through_tcp == 0.0 {
-            break;
-        }
-        (intact, through_tcp) = keeping_up();
-    }
+        (body(&r.response).as_bytes() == numbered_body("v2", STREAM), bypassed(&node) - before)
+    });
     assert!(intact, "a reader keeping up got a damaged body");
     assert_eq!(through_tcp, 0.0, "a reader keeping up with {STREAM} bytes, yet sends went through TCP");
 
-    let before = bypassed();
+    let before = bypassed(&node);
     let args = ["--target", VIP, "--send", &get("/big", ""), "--wait-ms", "2000", "--read-ms", "3000"];
     let r = node.raw(CLIENT, &[&args[..], &["--trickle", &get("/__count", "")]].concat()).unwrap();
-    assert!(bypassed() - before >= 1.0, "nothing went through TCP");
+    assert!(bypassed(&node) - before >= 1.0, "nothing went through TCP");
     assert!(r.unread <= BUDGET + r.rcvbuf, "the client's socket held {} bytes unread ({} buffer)", r.unread, r.rcvbuf);
     let (big, rest) = body(&r.response).as_bytes().split_at(STREAM.min(body(&r.response).len()));
     assert!(big == numbered_body("v2", STREAM), "the slow reader got a damaged body");
@@ -225,11 +228,11 @@ fn a_socket_holds_at_most_the_budget_moved_and_unread() {
     assert_eq!(answers, r.trickled, "pipelined answers after the big one");
 
     // Kept alive: a close would wake the reader by itself.
-    let before = bypassed();
+    let before = bypassed(&node);
     let args = ["--target", VIP, "--send", &get("/", ""), "--wait-ms", "1000", "--read-ms", "3000"];
     let got = node.raw(CLIENT, &args).unwrap().response;
     let got = body(&got);
-    assert!(bypassed() - before >= 1.0, "no tail went through TCP: nothing to join");
+    assert!(bypassed(&node) - before >= 1.0, "no tail went through TCP: nothing to join");
     assert!(got.as_bytes() == numbered_body("v1", JUST_OVER), "{} of {JUST_OVER} bytes in 3 s", got.len());
 }
 
@@ -272,7 +275,7 @@ fn a_pod_forging_a_clients_connection_gets_none_of_its_bytes() {
     })
     .unwrap();
 
-    let request = format!("GET / HTTP/1.1\\r\\nHost: {HOST}\\r\\nConnection: close\\r\\n\\r\\n");
+    let request = get("/", "Connection: close\\r\\n");
     let client =
         node.raw(CLIENT, &["--target", VIP, "--bind", &source, "--send", &request, "--read-ms", "5000"]).unwrap();
     assert!(client.response.starts_with("HTTP/1.1 200 OK\r\n"), "the client got {:?}", client.response);
@@ -301,10 +304,10 @@ fn an_upstream_socket_whose_first_send_beats_its_peer_leaves_the_fast_path() {
     // The first load opens a kept-alive upstream connection to each v1 endpoint the balancer
     // picks, and each loses the race; the second load reuses them.
     let first = common::load(&node, REQUESTS, &[]);
-    let before = counters(&node, "interceptor_program_bypassed_total");
+    let before = bypassed(&node);
     assert!(before >= 1.0, "no send went through TCP: TCP_DEFER_ACCEPT did not delay the endpoints' end");
     let second = common::load(&node, REQUESTS, &[]);
-    let through_tcp = counters(&node, "interceptor_program_bypassed_total") - before;
+    let through_tcp = bypassed(&node) - before;
     assert_eq!((first.count("v1"), second.count("v1")), (REQUESTS, REQUESTS), "{first:?} {second:?}");
     // Neither end of the pooled connections is in the sockhash; at most the second load's client
     // socket lost its own race (its first send, then it left too).
