@@ -7,6 +7,9 @@ use crate::SockAddr;
 pub const SOCK_PAIRS_MAP: &str = "SOCK_PAIRS";
 /// Map name: LRU hash, [`SockPair`] (as the socket sees itself) → [`FastPath`].
 pub const FAST_PATH_MAP: &str = "FAST_PATH";
+/// Map name: LRU hash, [`SockPair`] of one of the proxy's two sockets of a spliced connection →
+/// [`Splice`]. Written by the proxy only.
+pub const SPLICE_MAP: &str = "SPLICE";
 /// Global: byte offset of `sk_user_data` in the running kernel's `struct sock` (from its BTF;
 /// Rust programs get no CO-RE relocations), where a socket in a sockhash keeps its `sk_psock`.
 pub const SOCK_USER_DATA_OFFSET: &str = "SOCK_USER_DATA_OFFSET";
@@ -69,6 +72,9 @@ pub struct FastPath {
     /// The kernel address of the socket's `struct sock`, once paired: its peer reads the socket's
     /// queue of moved bytes through it (readable by root only, as the map is).
     pub sock: u64,
+    /// Bytes it moved past its peer, the proxy, straight into the far end of a spliced connection
+    /// (not in [`Self::moved`], which counts what the proxy had to forward).
+    pub spliced: u64,
 }
 
 /// The socket that will be this key's peer is in the sockhash; this one is not connected yet.
@@ -82,7 +88,30 @@ pub const FAST_PATH_ON: u32 = 2;
 /// join.
 pub const FAST_PATH_OFF: u32 = 3;
 
-const _: () = assert!(core::mem::size_of::<FastPath>() == 48);
+const _: () = assert!(core::mem::size_of::<FastPath>() == 56);
+
+/// One of the proxy's two sockets of a connection it relays as a byte stream (a TCP route, both
+/// ends paired pods): the other one, and what the proxy forwarded from this one to it. While that
+/// is everything this socket's peer moved into it — nothing unread, nothing on its way — the
+/// peer's sends go straight into the far end's receive queue, behind all the proxy forwarded:
+/// the proxy's writes queue their bytes there before they return, and it publishes the count only
+/// then, so no byte can overtake another. Anything else (the count behind, a socket off the fast
+/// path, the far end's queue full) sends the usual way, through the proxy, which is never out of
+/// order either.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Splice {
+    /// This socket's cookie: the entry is for it only (its address may be reused).
+    pub cookie: u64,
+    /// The proxy's other socket of the connection, by its own view.
+    pub other: SockPair,
+    /// The other socket's cookie.
+    pub other_cookie: u64,
+    /// Bytes the proxy read from this socket and wrote on the other (all it ever read from it).
+    pub forwarded: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Splice>() == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, no padding (SockAddr's is explicit), every bit pattern valid.
@@ -90,6 +119,9 @@ unsafe impl aya::Pod for SockPair {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
 unsafe impl aya::Pod for FastPath {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, no padding (SockPair's is explicit), every bit pattern valid.
+unsafe impl aya::Pod for Splice {}
 
 #[cfg(test)]
 mod tests {

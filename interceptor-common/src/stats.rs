@@ -48,12 +48,22 @@ pub enum Program {
     /// `sk_msg` on the paired sockets (the fast path): `captured` counts sends moved into the
     /// peer, `bypassed` sends of a paired socket that went through TCP (no peer, budget spent).
     SkMsg = 5,
+    /// Not a program of its own: the `sk_msg` sends of a spliced connection. `captured` counts
+    /// sends moved past the proxy, straight into the far end.
+    Splice = 6,
 }
 
 impl Program {
     /// Every program, in slot order.
-    pub const ALL: [Program; 6] =
-        [Program::Connect4, Program::SockOps, Program::Xdp, Program::TcEgress, Program::Connect6, Program::SkMsg];
+    pub const ALL: [Program; 7] = [
+        Program::Connect4,
+        Program::SockOps,
+        Program::Xdp,
+        Program::TcEgress,
+        Program::Connect6,
+        Program::SkMsg,
+        Program::Splice,
+    ];
 
     /// Name as printed by the agent.
     pub const fn name(self) -> &'static str {
@@ -64,6 +74,7 @@ impl Program {
             Program::TcEgress => "tc_egress",
             Program::Connect6 => "connect6",
             Program::SkMsg => "sk_msg",
+            Program::Splice => "splice",
         }
     }
 }

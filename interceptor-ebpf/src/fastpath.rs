@@ -2,6 +2,10 @@
 //! same connection in `SOCK_PAIRS`, and `sk_msg` moves what one of them sends straight into the
 //! other's receive queue, skipping TCP/IP and the veth on both ends.
 //!
+//! A connection the proxy relays as a byte stream between two paired pods (a TCP route) is
+//! spliced: once the proxy has forwarded all a pod moved into it, that pod's sends go straight to
+//! the pod at the far end (see `interceptor_common::fastpath::Splice`).
+//!
 //! Order is kept per direction: a socket decides at its first send whether its peer is there, and
 //! a socket that once sent through TCP never switches to the fast path (its bytes in flight would
 //! be overtaken). The other way is safe — what it sends through TCP joins its peer's queue behind
@@ -19,13 +23,13 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     capture::PROXY_SOCKET_MARK,
-    fastpath::{FastPath, SockPair, FAST_PATH_BUDGET, FAST_PATH_EXPECTED, FAST_PATH_OFF, FAST_PATH_ON},
+    fastpath::{FastPath, SockPair, Splice, FAST_PATH_BUDGET, FAST_PATH_EXPECTED, FAST_PATH_OFF, FAST_PATH_ON},
     stats::Program,
 };
 
 use crate::{
     ctx_addr::{sk_msg_pair, sock_ops_pair},
-    maps::{FAST_PATH, PROXY_TARGET, SOCK_PAIRS},
+    maps::{FAST_PATH, PROXY_TARGET, SOCK_PAIRS, SPLICE},
     stats::{count, Outcome},
 };
 
@@ -237,10 +241,16 @@ fn send(ctx: &SkMsgContext) -> Outcome {
     // only while it reads. A peer that sends through TCP itself still takes moves: its
     // fallback is about the order of its own sends.
     let size = u64::from(ctx.size());
-    if state.peer_cookie == 0
-        || bound.cookie != state.peer_cookie
-        || bound.peer_cookie != state.cookie
-        || !queued(bound.sock).is_some_and(|queued| queued + size <= FAST_PATH_BUDGET)
+    if state.peer_cookie == 0 || bound.cookie != state.peer_cookie || bound.peer_cookie != state.cookie {
+        state.state = FAST_PATH_OFF;
+        return Outcome::Bypassed;
+    }
+    if past_the_proxy(ctx, state, &peer, size) {
+        state.spliced += size;
+        count(Program::Splice, Outcome::Captured);
+        return Outcome::Captured;
+    }
+    if !queued(bound.sock).is_some_and(|queued| queued + size <= FAST_PATH_BUDGET)
         || SOCK_PAIRS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS)) != i64::from(SK_PASS)
     {
         state.state = FAST_PATH_OFF;
@@ -248,6 +258,40 @@ fn send(ctx: &SkMsgContext) -> Outcome {
     }
     state.moved += size;
     Outcome::Captured
+}
+
+/// Redirects the message past `proxy` (this socket's peer, one of the proxy's two sockets of a
+/// spliced connection) into the far end of the connection, when the proxy has forwarded all this
+/// socket moved into `proxy` and every byte the proxy wrote on its other socket was moved into the
+/// far end too: then all that came before is already in that queue. Otherwise the message takes
+/// the usual way, through the proxy.
+#[inline(always)]
+fn past_the_proxy(ctx: &SkMsgContext, state: &FastPath, proxy: &SockPair, size: u64) -> bool {
+    let Some(splice) = SPLICE.get_ptr(proxy) else {
+        return false;
+    };
+    // SAFETY: copied out at once (the proxy replaces the entry as it forwards).
+    let splice: Splice = unsafe { *splice };
+    if splice.cookie != state.peer_cookie || splice.forwarded != state.moved {
+        return false;
+    }
+    // SAFETY: copied out at once.
+    let Some(other) = FAST_PATH.get_ptr(&splice.other).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    // On, so it never sent through TCP: what the proxy wrote on it is in the far end's queue.
+    if other.state != FAST_PATH_ON || other.cookie != splice.other_cookie || other.peer_cookie == 0 {
+        return false;
+    }
+    let mut far = splice.other.peer();
+    // SAFETY: copied out at once.
+    let Some(end) = FAST_PATH.get_ptr(&far).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    end.cookie == other.peer_cookie
+        && end.peer_cookie == other.cookie
+        && queued(end.sock).is_some_and(|queued| queued + size <= FAST_PATH_BUDGET)
+        && SOCK_PAIRS.redirect_msg(ctx, &mut far, u64::from(BPF_F_INGRESS)) == i64::from(SK_PASS)
 }
 
 /// What reaches a paired socket through TCP — its peer fell back — joins the queue of what was

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     capture::{CapturedService, ProxyTarget, CAPTURE_MAP, CAPTURE_MAX_ENTRIES, PROXY_TARGET_MAP},
-    fastpath::{FastPath, SockPair, FAST_PATH_MAP, FAST_PATH_MAX_ENTRIES, SOCK_PAIRS_MAP},
+    fastpath::{FastPath, SockPair, Splice, FAST_PATH_MAP, FAST_PATH_MAX_ENTRIES, SOCK_PAIRS_MAP, SPLICE_MAP},
     origdst::{ORIG_DST_BY_COOKIE_MAP, ORIG_DST_MAP, ORIG_DST_MAX_ENTRIES},
     packet::{
         Conntrack, PacketStats, CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, IFACE_STATS_MAP, IFACE_STATS_MAX_ENTRIES,
@@ -62,6 +62,11 @@ pub static SOCK_PAIRS: SockHash<SockPair, { FAST_PATH_MAX_ENTRIES as usize }> = 
 #[btf_map]
 pub static FAST_PATH: LruHashMap<SockPair, FastPath, { FAST_PATH_MAX_ENTRIES as usize }> = LruHashMap::new();
 
+/// Fast path: the proxy's sockets of the connections it relays as byte streams, each with the
+/// other and what the proxy forwarded between them. Written by the proxy only.
+#[btf_map]
+pub static SPLICE: LruHashMap<SockPair, Splice, { FAST_PATH_MAX_ENTRIES as usize }> = LruHashMap::new();
+
 /// `a == b` for `&str` in const context.
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -90,3 +95,4 @@ const _: () = assert!(same(IFACE_STATS_MAP, "IFACE_STATS"));
 const _: () = assert!(same(PACKET_STATS_MAP, "PACKET_STATS"));
 const _: () = assert!(same(SOCK_PAIRS_MAP, "SOCK_PAIRS"));
 const _: () = assert!(same(FAST_PATH_MAP, "FAST_PATH"));
+const _: () = assert!(same(SPLICE_MAP, "SPLICE"));

@@ -193,6 +193,7 @@ pub async fn run(settings: Settings, resources: Resources) -> Result<(), AgentEr
         }),
         metrics: proxy_metrics,
         limits: settings.limits,
+        splices: capture.splices(),
     };
     let listen = std::net::SocketAddr::V4(settings.listen);
     let upstream = inputs.upstream.clone();

@@ -21,6 +21,7 @@ mod layout;
 mod links;
 mod maps;
 mod pins;
+mod splice;
 mod sync;
 
 use std::{
@@ -60,6 +61,7 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 pub use self::layout::QueueLayout;
 pub use self::maps::OrigDstTable;
+pub use self::splice::{SpliceEnd, SpliceTable, Spliced, Toward};
 
 pub use self::sync::SyncReport;
 use self::{
@@ -256,6 +258,13 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    /// A socket's addresses or cookie, which name it to the kernel's programs, cannot be read.
+    #[error("reading a socket's addresses or cookie")]
+    SocketIdentity {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The running kernel's BTF does not say where the fields the fast path reads are.
     #[error("fast path: {reason}")]
     KernelLayout {
@@ -322,6 +331,7 @@ pub struct Capture {
     capture: CaptureMap,
     proxy_target: Arc<Mutex<ProxyTargetMap>>,
     orig_dst: OrigDstTable,
+    splices: Option<SpliceTable>,
     stats: StatsMaps,
     tasks: Vec<JoinHandle<()>>,
     settings: CaptureSettings,
@@ -380,6 +390,10 @@ impl Capture {
             CaptureKind::Packet { .. } => OrigDstTable::packet(ConntrackMap::take(&mut ebpf)?),
         };
         let stats = StatsMaps::take(&mut ebpf)?;
+        let splices = match (settings.fast_path, &settings.kind) {
+            (true, CaptureKind::Socket) => Some(SpliceTable::take(&mut ebpf)?),
+            _ => None,
+        };
         proxy_target.set(ProxyTarget {
             addr4: addr::to_kernel(settings.redirect.into()),
             // Port 0 is "unset": IPv6 destinations then stay uncaptured.
@@ -415,6 +429,7 @@ impl Capture {
             capture,
             proxy_target: Arc::new(Mutex::new(proxy_target)),
             orig_dst,
+            splices,
             stats,
             tasks: vec![logger],
             settings: settings.clone(),
@@ -558,6 +573,11 @@ impl Capture {
         Ok(self.orig_dst.clone())
     }
 
+    /// With the fast path on (socket mode): the handle the proxy splices its byte streams with.
+    pub fn splices(&self) -> Option<SpliceTable> {
+        self.splices.clone()
+    }
+
     /// Counters per captured service and per program, summed over CPUs.
     ///
     /// # Errors
@@ -627,18 +647,17 @@ fn beat(target: &Mutex<ProxyTargetMap>, ready: Option<bool>) -> Result<(), BpfEr
 /// This process's network namespace cookie, as `bpf_get_netns_cookie` reads it for its sockets.
 fn netns_cookie() -> io::Result<u64> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    cookie(&socket, libc::SO_NETNS_COOKIE)
+}
+
+/// A socket's 64-bit cookie `option` (`SO_COOKIE`, `SO_NETNS_COOKIE`), as the kernel's programs
+/// read it with their helpers.
+fn cookie(socket: &impl std::os::fd::AsRawFd, option: libc::c_int) -> io::Result<u64> {
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, option, (&raw mut cookie).cast(), &mut len) };
     if rc == 0 {
         Ok(cookie)
     } else {

@@ -156,6 +156,8 @@ pub struct ProxyInputs {
     pub metrics: Arc<metrics::ProxyMetrics>,
     /// Limits on downstream connections.
     pub limits: limits::Limits,
+    /// With the fast path on: where the proxy splices the byte streams it relays between pods.
+    pub splices: Option<crate::bpf::SpliceTable>,
 }
 
 /// The listeners for captured connections: one per family.

@@ -221,6 +221,7 @@ async fn harness_with(table: RouteTable, limits: Limits) -> Harness {
         upstream: upstream_client(None),
         metrics: Arc::new(ProxyMetrics::register(&mut registry)),
         limits,
+        splices: None,
     };
     let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs.clone()).await.unwrap();
     let mesh = proxy.local_addr().unwrap();

@@ -392,11 +392,24 @@ impl Node {
     /// # Errors
     /// The pod is unknown or the process cannot start.
     pub fn serve_tcp_echo(&mut self, pod: &str, port: u16, banner: &str) -> Result<()> {
+        self.serve_tcp_echo_in(pod, port, banner, false)
+    }
+
+    /// Like [`Node::serve_tcp_echo`], inside the capture cgroup (as kubelet's pods are), so that
+    /// the fast path pairs its sockets.
+    ///
+    /// # Errors
+    /// As [`Node::serve_tcp_echo`].
+    pub fn serve_tcp_echo_captured(&mut self, pod: &str, port: u16, banner: &str) -> Result<()> {
+        self.serve_tcp_echo_in(pod, port, banner, true)
+    }
+
+    fn serve_tcp_echo_in(&mut self, pod: &str, port: u16, banner: &str, captured: bool) -> Result<()> {
         let spec = self.pods.iter().find(|p| p.name == pod).with_context(|| format!("no pod {pod}"))?.clone();
         let listen = format!("{}:{port}", spec.ip);
         let mut cmd = self.command_in(
             &self.pod_netns(pod),
-            false,
+            captured,
             &crate::workspace_binary("pod"),
             &["echo", "--listen", &listen, "--banner", banner],
         );

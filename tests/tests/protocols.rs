@@ -4,27 +4,8 @@
 
 mod common;
 
-use common::{load, sample, split, v2_under, CLIENT, SERVICE, SUBSETS};
+use common::{echo_service, load, sample, split, v2_under, CLIENT, SERVICE, SUBSETS};
 use testbed::{Agent, Node, PodSpec, ADMIN};
-
-const ECHO: &str = "\
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata:
-  name: echo
-spec:
-  hosts:
-  - echo.default.svc.cluster.local
-  addresses:
-  - 10.96.0.30
-  ports:
-  - number: 9000
-    name: tcp
-    protocol: TCP
-  resolution: STATIC
-  endpoints:
-  - address: 10.244.0.14
-";
 
 #[test]
 fn non_http_connections_are_forwarded_as_tcp_to_their_service() {
@@ -42,7 +23,12 @@ fn non_http_connections_are_forwarded_as_tcp_to_their_service() {
     node.serve_tcp_echo("echo", 9000, "hello from echo\n").unwrap();
     let _agent = Agent::start(
         &node,
-        &[("svc.yaml", SERVICE), ("dr.yaml", SUBSETS), ("vs.yaml", &split(100, 0)), ("echo.yaml", ECHO)],
+        &[
+            ("svc.yaml", SERVICE),
+            ("dr.yaml", SUBSETS),
+            ("vs.yaml", &split(100, 0)),
+            ("echo.yaml", &echo_service("TCP")),
+        ],
         false,
     )
     .unwrap();

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use testbed::{Node, PodSpec};
 
-use contenders::{Front, Kind, Running, BACKENDS, CLIENT};
+use contenders::{Front, Job, Kind, Running, BACKENDS, CLIENT};
 pub use gateway::GatewayResults;
 
 /// Host header of the seed service.
@@ -64,6 +64,9 @@ pub enum Phase {
     /// Captured mesh traffic with the sockmap fast path (`fastPath: true`): as `mesh`, against
     /// HAProxy and direct (the interceptor without it is the `mesh` phase's).
     FastPath,
+    /// The same HTTP load to a TCP route (bytes relayed to a v1 backend): the fast path, which
+    /// splices such a connection, against HAProxy in TCP mode, direct, and the agent without it.
+    Tcp,
 }
 
 impl Plan {
@@ -205,6 +208,8 @@ pub struct Measured {
     pub mesh: Option<Vec<Results>>,
     pub gateway: Option<Vec<GatewayResults>>,
     pub fast_path: Option<Vec<Results>>,
+    /// The TCP phase: direct, the fast path and HAProxy, then the agent without the fast path.
+    pub tcp: Option<(Vec<Results>, Vec<Results>)>,
 }
 
 /// The node and its backends, then each selected phase with its own contenders (one interceptor
@@ -247,21 +252,41 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     } else {
         None
     };
+    let tcp_results = if wanted(Phase::Tcp) {
+        let spliced = [Kind::Direct, Kind::InterceptorFastPath, Kind::Haproxy];
+        let spliced = with_contenders(&mut node, &spliced, Front::Tcp, tools, mesh, &run_dir, |node, running| {
+            let results = phases(plan, node, running, &run_dir)?;
+            report_fast_path_use(node)?;
+            Ok(results)
+        })?;
+        let off =
+            with_contenders(&mut node, &[Kind::Interceptor], Front::Tcp, tools, mesh, &run_dir, |node, running| {
+                phases(plan, node, running, &run_dir)
+            })?;
+        Some((spliced, off))
+    } else {
+        None
+    };
     drop(node);
-    Ok(Measured { mesh: mesh_results, gateway: gateway_results, fast_path: fast_path_results })
+    Ok(Measured { mesh: mesh_results, gateway: gateway_results, fast_path: fast_path_results, tcp: tcp_results })
 }
 
-/// Prints how many sends the fast path moved and how many went through TCP (the kernel's
-/// `sk_msg` counters), so a report is never read as the fast path's when it did not take.
+/// Prints how many sends the fast path moved, how many of them past the proxy (a spliced TCP
+/// route) and how many went through TCP (the kernel's `sk_msg` counters), so a report is never
+/// read as the fast path's when it did not take.
 ///
 /// # Errors
 /// The agent's admin endpoint does not answer, or the fast path moved nothing.
 fn report_fast_path_use(node: &Node) -> Result<()> {
     let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
-    let counter = |name| testbed::fixtures::sample(&text, name, &["program=\"sk_msg\""]).unwrap_or(0.0);
-    let (moved, through_tcp) =
-        (counter("interceptor_program_captured_total"), counter("interceptor_program_bypassed_total"));
-    eprintln!("bench: the fast path moved {moved:.0} sends; {through_tcp:.0} went through TCP");
+    let counter = |name, program| {
+        let label = format!("program=\"{program}\"");
+        testbed::fixtures::sample(&text, name, &[&label]).unwrap_or(0.0)
+    };
+    let moved = counter("interceptor_program_captured_total", "sk_msg");
+    let through_tcp = counter("interceptor_program_bypassed_total", "sk_msg");
+    let past = counter("interceptor_program_captured_total", "splice");
+    eprintln!("bench: the fast path moved {moved:.0} sends, {past:.0} of them past the proxy; {through_tcp:.0} went through TCP");
     if moved == 0.0 {
         bail!("the fast path moved nothing: its figures would be the plain path's");
     }
@@ -404,10 +429,10 @@ fn per_connection(slowest: f64, fraction: f64, connections: u32) -> u32 {
     ((slowest * fraction / f64::from(connections)).round() as u32).max(1)
 }
 
-/// The lowest saturation req/s among the routing contenders.
+/// The lowest saturation req/s among the proxies.
 fn slowest(results: &[Results], running: &[Running]) -> Result<f64> {
-    let slowest =
-        results.iter().zip(running).filter(|(_, r)| r.routes).map(|(res, _)| res.rps()).fold(f64::INFINITY, f64::min);
+    let proxies = results.iter().zip(running).filter(|(_, r)| r.job != Job::Direct);
+    let slowest = proxies.map(|(res, _)| res.rps()).fold(f64::INFINITY, f64::min);
     if !slowest.is_finite() || slowest < 10.0 {
         bail!("the slowest proxy answered {slowest} req/s: too slow to measure latency at fixed rates");
     }
@@ -501,8 +526,11 @@ fn check_job(node: &Node, r: &Running, ask: Option<&Ask<'_>>) -> Result<()> {
     if v1 + v2 != 400 {
         bail!("{}: {} of 400 requests answered by a backend: {plain}", r.kind.name(), v1 + v2);
     }
-    if !r.routes {
-        return Ok(());
+    match r.job {
+        Job::Direct => return Ok(()),
+        Job::TcpToV1 if v1 != 400 => bail!("{}: v2 answered {v2} of 400 requests on a route to v1", r.kind.name()),
+        Job::TcpToV1 => return Ok(()),
+        Job::Seed => {}
     }
     // 400 draws at 10%: 40 ± 6 (σ); 12..=80 is far outside chance.
     if !(12..=80).contains(&v2) {

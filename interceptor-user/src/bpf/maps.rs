@@ -27,7 +27,7 @@ use super::{
 };
 
 /// Moves map `name` out of `ebpf` and converts it to the typed map `M`.
-fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
+pub(super) fn take<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
 where
     M: TryFrom<Map, Error = MapError>,
 {

@@ -317,6 +317,6 @@ async fn forward<I>(
         let sni = sni.as_deref().unwrap_or("-");
         return info!(target: "access", "[{kind}] gateway {server} port {port} from {client} sni={sni}: NR (no {kind} rule matched)");
     };
-    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref() };
+    let entry = tcp::Entry { client, original: destination, service: None, sni: sni.as_deref(), splice_from: None };
     tcp::forward(&inputs, stream, &entry, routed, hello).await;
 }

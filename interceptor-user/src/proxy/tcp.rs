@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::client_hello::ClientHello;
 use super::upstream::{connect, UpstreamStream};
 use super::ProxyInputs;
+use crate::bpf::{SpliceEnd, Spliced, Toward};
 use crate::endpoints::PickContext;
 use crate::routing::{Cluster, Target};
 
@@ -41,7 +42,12 @@ pub async fn serve(
         info!(target: "access", "[{kind}] {service} {original} from {client} sni={}: NR (no {kind} rule matched)", sni.as_deref().unwrap_or("-"));
         return;
     };
-    let entry = Entry { client, original, service: Some(&service), sni: sni.as_deref() };
+    // A pod's socket the kernel may splice to the endpoint's, when the fast path is on.
+    let splice_from = inputs
+        .splices
+        .as_ref()
+        .and_then(|_| SpliceEnd::of(&downstream).inspect_err(|err| debug!(%err, "not spliced")).ok());
+    let entry = Entry { client, original, service: Some(&service), sni: sni.as_deref(), splice_from };
     forward(&inputs, downstream, &entry, routed, hello).await;
 }
 
@@ -55,6 +61,9 @@ pub(super) struct Entry<'a> {
     pub service: Option<&'a str>,
     /// The ClientHello's server name, when there was one.
     pub sni: Option<&'a str>,
+    /// The proxy's socket of a captured pod's connection, which the kernel may splice to the
+    /// endpoint's (`None` at a gateway, or with the fast path off).
+    pub splice_from: Option<SpliceEnd>,
 }
 
 /// Forwards `downstream` to an endpoint of the target `routed` names (with the label of the rule
@@ -105,11 +114,19 @@ pub(super) async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
         },
         None => 0,
     };
-    let relayed = relay(&mut downstream, &mut upstream, cluster.tcp_idle_timeout).await;
+    let spliced = match (&inputs.splices, entry.splice_from, &upstream) {
+        (Some(splices), Some(from), UpstreamStream::Plain(to)) => {
+            splices.splice(from, to, replayed).inspect_err(|err| debug!(%err, "not spliced")).ok().flatten()
+        }
+        _ => None,
+    };
+    let relayed = relay(&mut downstream, &mut upstream, cluster.tcp_idle_timeout, spliced.as_ref()).await;
+    drop(spliced);
     let sent = relayed.sent + replayed;
     inputs.metrics.tcp_bytes(service, sent, relayed.received);
     let (received, idle) = (relayed.received, if relayed.idled { " idle timeout" } else { "" });
-    info!(target: "access", "[{kind}] {service} {original} -> {endpoint} from {client} sni={sni} rule={rule} cluster={} sent={sent} received={received}{idle}", cluster.name);
+    let past = if relayed.past_the_proxy > 0 { format!(" spliced={}", relayed.past_the_proxy) } else { String::new() };
+    info!(target: "access", "[{kind}] {service} {original} -> {endpoint} from {client} sni={sni} rule={rule} cluster={} sent={sent} received={received}{past}{idle}", cluster.name);
 }
 
 /// Connects to `endpoint` of `cluster`, with TLS when the cluster originates it; the handshake is
@@ -132,45 +149,66 @@ struct Relayed {
     sent: u64,
     /// Bytes from the endpoint to the client.
     received: u64,
+    /// Of those, the bytes the kernel moved past the proxy (a spliced connection).
+    past_the_proxy: u64,
     /// Closed because nothing moved either way for the idle timeout.
     idled: bool,
 }
 
 /// Copies both ways until both sides are done (or one fails), or until no byte moved either way
-/// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`).
+/// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`). A spliced connection publishes
+/// each write, and counts in what the kernel moved past the proxy.
 async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin>(
     downstream: &mut D,
     upstream: &mut U,
     idle: Duration,
+    spliced: Option<&Spliced>,
 ) -> Relayed {
     let start = Instant::now();
     // Milliseconds after `start` of the last byte read on either side.
     let last = AtomicU64::new(0);
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
-    let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start };
-    let mut endpoint = Counted { inner: upstream, bytes: &received, last: &last, start };
+    let written = |toward| spliced.map(|s| (s, toward));
+    let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start, written: written(Toward::Client) };
+    let mut endpoint =
+        Counted { inner: upstream, bytes: &received, last: &last, start, written: written(Toward::Endpoint) };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut endpoint);
     tokio::pin!(copy);
+    let past = || spliced.map_or((0, 0), Spliced::moved_past);
+    let mut seen_past = (0, 0);
     let idled = loop {
         let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
             _ = &mut copy => break false,
             () = tokio::time::sleep_until(quiet_until.into()) => {
-                if Instant::now() >= start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle {
+                // Bytes moved past the proxy are traffic too.
+                let now_past = past();
+                if now_past != seen_past {
+                    seen_past = now_past;
+                    last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                } else if Instant::now() >= start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle {
                     break true;
                 }
             }
         }
     };
-    Relayed { sent: sent.load(Ordering::Relaxed), received: received.load(Ordering::Relaxed), idled }
+    let (to_endpoint, to_client) = past();
+    Relayed {
+        sent: sent.load(Ordering::Relaxed) + to_endpoint,
+        received: received.load(Ordering::Relaxed) + to_client,
+        past_the_proxy: to_endpoint + to_client,
+        idled,
+    }
 }
 
-/// A stream that counts the bytes read from it and stamps when the last ones came.
+/// A stream that counts the bytes read from it and stamps when the last ones came; on a spliced
+/// connection, it publishes what was written on it.
 struct Counted<'a, S> {
     inner: &'a mut S,
     bytes: &'a AtomicU64,
     last: &'a AtomicU64,
     start: Instant,
+    written: Option<(&'a Spliced, Toward)>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
@@ -189,7 +227,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut *self.inner).poll_write(cx, data);
+        if let (Poll::Ready(Ok(n @ 1..)), Some((spliced, toward))) = (&polled, self.written) {
+            spliced.forwarded(toward, *n as u64);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -220,7 +262,7 @@ mod tests {
         let (mut client, mut downstream) = pair().await;
         let (mut upstream, mut endpoint) = pair().await;
         let idle = Duration::from_millis(300);
-        let relay = tokio::spawn(async move { relay(&mut downstream, &mut upstream, idle).await });
+        let relay = tokio::spawn(async move { relay(&mut downstream, &mut upstream, idle, None).await });
 
         client.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
@@ -233,7 +275,7 @@ mod tests {
         // Then nothing: the relay ends after the idle timeout and both sides see the close.
         let quiet = Instant::now();
         let relayed = relay.await.unwrap();
-        assert_eq!(relayed, Relayed { sent: 4, received: 5, idled: true });
+        assert_eq!(relayed, Relayed { sent: 4, received: 5, past_the_proxy: 0, idled: true });
         assert!(quiet.elapsed() >= Duration::from_millis(250), "{:?}", quiet.elapsed());
         assert_eq!(client.read(&mut back).await.unwrap(), 0, "the client sees the close");
         assert_eq!(endpoint.read(&mut got).await.unwrap(), 0, "the endpoint sees the close");
@@ -243,12 +285,13 @@ mod tests {
     async fn a_connection_that_ends_before_the_timeout_is_not_idle() {
         let (mut client, mut downstream) = pair().await;
         let (mut upstream, mut endpoint) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut downstream, &mut upstream, Duration::from_secs(60)).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut downstream, &mut upstream, Duration::from_secs(60), None).await });
         client.write_all(b"bye").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
         endpoint.read_to_end(&mut got).await.unwrap();
         drop(endpoint);
-        assert_eq!(relay.await.unwrap(), Relayed { sent: 3, received: 0, idled: false });
+        assert_eq!(relay.await.unwrap(), Relayed { sent: 3, received: 0, past_the_proxy: 0, idled: false });
     }
 }

@@ -78,6 +78,7 @@ pub async fn proxy(
         upstream: upstream_client(None),
         metrics: Arc::new(ProxyMetrics::register(&mut registry)),
         limits: Limits::default(),
+        splices: None,
     };
     let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap(), inputs).await.unwrap();
     let addr = proxy.local_addr().unwrap();

@@ -13,6 +13,33 @@ use testbed::{wait_for_listener, Agent, Node, GATEWAY};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
+/// The echo service: a ServiceEntry on 10.96.0.30:9000 whose one endpoint is the `echo` pod
+/// (10.244.0.14), its port declared with `protocol` (TCP, or HTTP for a port the proxy sniffs).
+#[allow(dead_code)] // not every test file talks to the echo pod
+pub fn echo_service(protocol: &str) -> String {
+    let name = protocol.to_ascii_lowercase();
+    format!(
+        "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: echo
+spec:
+  hosts:
+  - echo.default.svc.cluster.local
+  addresses:
+  - 10.96.0.30
+  ports:
+  - number: 9000
+    name: {name}
+    protocol: {protocol}
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.14
+"
+    )
+}
+
 /// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
 #[allow(dead_code)] // not every test file makes certificates
 pub fn certificates(dir: &Path, name: &str) {

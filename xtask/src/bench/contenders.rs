@@ -1,7 +1,8 @@
 //! The contenders and their configs: every proxy does the seed's job (user agents matching
 //! `beta-tester` go to v2, everyone else 90/10 between v1 and v2) over the same three backends,
 //! with one worker thread and no access log — in front of the mesh (plain HTTP; the interceptor
-//! through the capture path) or as an HTTPS gateway (TLS terminated with one certificate).
+//! through the capture path) or as an HTTPS gateway (TLS terminated with one certificate). On a
+//! TCP route, the job is to relay each connection's bytes to a v1 backend.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,59 @@ use testbed::{Node, GATEWAY};
 
 /// The seed service's VIP, captured by the interceptor.
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+/// The VIP of [`TCP_SERVICE`]'s TCP port.
+const TCP_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 9000);
+/// The seed's pods behind a TCP port, whose route takes every connection to the v1 subset: what
+/// the interceptor reads beside config/mesh in the TCP phase.
+const TCP_SERVICE: &str = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: my-app-tcp
+spec:
+  hosts:
+  - my-app-tcp.default.svc.cluster.local
+  addresses:
+  - 10.96.0.20
+  ports:
+  - number: 9000
+    name: tcp
+    protocol: TCP
+    targetPort: 8080
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: 10.244.0.11
+    labels: {app: my-app, version: v1}
+  - address: 10.244.0.12
+    labels: {app: my-app, version: v1}
+  - address: 10.244.0.13
+    labels: {app: my-app, version: v2}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: my-app-tcp
+spec:
+  host: my-app-tcp.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: my-app-tcp
+spec:
+  hosts:
+  - my-app-tcp.default.svc.cluster.local
+  tcp:
+  - route:
+    - destination:
+        host: my-app-tcp.default.svc.cluster.local
+        subset: v1
+";
 /// Backends: (pod, ip, version). The interceptor reads the same ones from config/mesh.
 pub const BACKENDS: [(&str, [u8; 4], &str); 3] =
     [("v1a", [10, 244, 0, 11], "v1"), ("v1b", [10, 244, 0, 12], "v1"), ("v2", [10, 244, 0, 13], "v2")];
@@ -32,6 +86,8 @@ pub enum Front<'a> {
     Mesh,
     /// HTTPS from outside the mesh, terminated with this certificate.
     Gateway(&'a Certificate),
+    /// Captured mesh traffic to a TCP port: bytes relayed to a v1 backend, not routed as HTTP.
+    Tcp,
 }
 
 impl std::fmt::Display for Front<'_> {
@@ -39,6 +95,7 @@ impl std::fmt::Display for Front<'_> {
         f.write_str(match self {
             Front::Mesh => "mesh",
             Front::Gateway(_) => "gateway",
+            Front::Tcp => "tcp route",
         })
     }
 }
@@ -97,8 +154,11 @@ impl Kind {
             (Kind::Envoy, Front::Gateway(_)) => 15111,
             (Kind::Haproxy, Front::Gateway(_)) => 15112,
             (Kind::Nginx, Front::Gateway(_)) => 15113,
+            (Kind::Envoy, Front::Tcp) => 15121,
+            (Kind::Haproxy, Front::Tcp) => 15122,
+            (Kind::Nginx, Front::Tcp) => 15123,
             (Kind::Interceptor | Kind::InterceptorFastPath, Front::Gateway(_)) => GATEWAY_PORT,
-            (Kind::Direct | Kind::Interceptor | Kind::InterceptorFastPath, Front::Mesh)
+            (Kind::Direct | Kind::Interceptor | Kind::InterceptorFastPath, Front::Mesh | Front::Tcp)
             | (Kind::Direct, Front::Gateway(_)) => INTERCEPTOR_PORT,
         };
         SocketAddrV4::new(GATEWAY, port)
@@ -115,10 +175,21 @@ pub struct Running {
     pub target: SocketAddr,
     /// Whether the client must run in the capture cgroup.
     pub captured: bool,
-    /// Only the direct contender skips routing (it always reaches one v1 backend).
-    pub routes: bool,
+    /// What its answers must show.
+    pub job: Job,
     /// HTTPS with this SNI and Host (gateway contenders); `None`: plain HTTP.
     pub sni: Option<&'static str>,
+}
+
+/// What a contender's answers must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Nothing routed: the client reaches one v1 backend (direct).
+    Direct,
+    /// The seed's HTTP routing: beta testers to v2, everyone else 90/10.
+    Seed,
+    /// A TCP route: every connection to a v1 backend.
+    TcpToV1,
 }
 
 /// Paths of the tools, found or installed by the bench setup.
@@ -132,18 +203,26 @@ fn backend(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(BACKENDS[i].1), 8080)
 }
 
-/// The interceptor's config: `config/mesh`'s directory, or for the gateway a directory under
-/// `dir` with config/mesh's and config/gateway's files together.
+/// The interceptor's config: `config/mesh`'s directory; for the gateway a directory under `dir`
+/// with config/mesh's and config/gateway's files together; for the TCP route one with
+/// config/mesh's files and [`TCP_SERVICE`].
 fn interceptor_config(front: Front<'_>, mesh: &Path, dir: &Path) -> Result<PathBuf> {
-    let Front::Gateway(_) = front else { return Ok(mesh.to_path_buf()) };
-    let combined = dir.join("gateway-config");
+    let (combined, sources) = match front {
+        Front::Mesh => return Ok(mesh.to_path_buf()),
+        Front::Gateway(_) => {
+            (dir.join("gateway-config"), vec![mesh.parent().context("config/mesh has a parent")?.join("gateway")])
+        }
+        Front::Tcp => (dir.join("tcp-config"), Vec::new()),
+    };
     std::fs::create_dir_all(&combined)?;
-    let gateway = mesh.parent().context("config/mesh has a parent")?.join("gateway");
-    for source in [mesh, gateway.as_path()] {
+    for source in std::iter::once(mesh).chain(sources.iter().map(PathBuf::as_path)) {
         for entry in std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))? {
             let path = entry?.path();
             std::fs::copy(&path, combined.join(path.file_name().context("file name")?))?;
         }
+    }
+    if let Front::Tcp = front {
+        std::fs::write(combined.join("my-app-tcp.yaml"), TCP_SERVICE)?;
     }
     Ok(combined)
 }
@@ -157,13 +236,14 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
     let suffix = match front {
         Front::Mesh => "",
         Front::Gateway(_) => "-gateway",
+        Front::Tcp => "-tcp",
     };
     let log = dir.join(format!("{}{suffix}.log", kind.name()));
     let listen_at = kind.listen(front);
     let (program, args, env): (PathBuf, Vec<String>, Vec<(&str, &str)>) = match kind {
         Kind::Direct => {
             let target = SocketAddr::V4(backend(0));
-            return Ok(Running { kind, pid: None, target, captured: false, routes: false, sni: None });
+            return Ok(Running { kind, pid: None, target, captured: false, job: Job::Direct, sni: None });
         }
         Kind::Interceptor | Kind::InterceptorFastPath => {
             let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INTERCEPTOR_PORT).to_string();
@@ -202,6 +282,7 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
             let env = vec![("RUST_LOG", "warn,interceptor=info"), ("TOKIO_WORKER_THREADS", "1")];
             (testbed::workspace_binary("interceptor"), args, env)
         }
+        Kind::Envoy | Kind::Nginx if matches!(front, Front::Tcp) => bail!("{} is not a TCP contender", kind.name()),
         Kind::Envoy => {
             let conf = dir.join(format!("envoy{suffix}.yaml"));
             std::fs::write(&conf, envoy_config(listen_at, front))?;
@@ -240,7 +321,7 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
     let listening = wait_until(pid, Duration::from_secs(30), || {
         if matches!(kind, Kind::Interceptor | Kind::InterceptorFastPath) {
             std::fs::read_to_string(&log).is_ok_and(|t| t.contains("agent ready"))
-                && (matches!(front, Front::Mesh) || wait_for_listener(&netns, &listen, Duration::ZERO).is_ok())
+                && (!matches!(front, Front::Gateway(_)) || wait_for_listener(&netns, &listen, Duration::ZERO).is_ok())
         } else {
             wait_for_listener(&netns, &listen, Duration::ZERO).is_ok()
         }
@@ -251,10 +332,12 @@ pub fn start(node: &mut Node, kind: Kind, front: Front<'_>, tools: &Tools, mesh:
     }
     let (target, captured, sni) = match (kind, front) {
         (Kind::Interceptor | Kind::InterceptorFastPath, Front::Mesh) => (SocketAddr::V4(VIP), true, None),
-        (_, Front::Mesh) => (SocketAddr::V4(listen_at), false, None),
+        (Kind::Interceptor | Kind::InterceptorFastPath, Front::Tcp) => (SocketAddr::V4(TCP_VIP), true, None),
+        (_, Front::Mesh | Front::Tcp) => (SocketAddr::V4(listen_at), false, None),
         (_, Front::Gateway(_)) => (SocketAddr::V4(listen_at), false, Some(GATEWAY_HOST)),
     };
-    Ok(Running { kind, pid: Some(pid), target, captured, routes: true, sni })
+    let job = if let Front::Tcp = front { Job::TcpToV1 } else { Job::Seed };
+    Ok(Running { kind, pid: Some(pid), target, captured, job, sni })
 }
 
 /// Polls `ready` until it holds, `pid` exits, or `timeout` passes.
@@ -310,7 +393,8 @@ pub fn envoy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
             .collect::<String>()
     };
     let (listener_filters, chain_match, transport, domains) = match front {
-        Front::Mesh => (String::new(), String::new(), String::new(), r#"["*"]"#.to_owned()),
+        // Never started on a TCP route (`start` refuses it).
+        Front::Mesh | Front::Tcp => (String::new(), String::new(), String::new(), r#"["*"]"#.to_owned()),
         Front::Gateway(cert) => (
             "    listener_filters:
     - name: envoy.filters.listener.tls_inspector
@@ -396,8 +480,25 @@ pub fn envoy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
 /// a name without a certificate is refused, as the other gateways refuse it.
 pub fn haproxy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
     let tls = match front {
-        Front::Mesh => String::new(),
+        Front::Mesh | Front::Tcp => String::new(),
         Front::Gateway(cert) => format!(" ssl crt {} alpn h2,http/1.1 strict-sni", cert.combined.display()),
+    };
+    let (mode, frontend, backends) = match front {
+        Front::Tcp => (
+            "tcp",
+            "  default_backend v1\n",
+            format!("backend v1\n  balance roundrobin\n  server v1a {}\n  server v1b {}\n", backend(0), backend(1)),
+        ),
+        Front::Mesh | Front::Gateway(_) => (
+            "http",
+            "  acl beta req.hdr(user-agent) -m reg beta-tester\n  use_backend v2 if beta\n  default_backend split\n",
+            format!(
+                "backend split\n  balance roundrobin\n  server v1a {a} weight 45\n  server v1b {b} weight 45\n  server v2 {c} weight 10\n\nbackend v2\n  server v2 {c}\n",
+                a = backend(0),
+                b = backend(1),
+                c = backend(2),
+            ),
+        ),
     };
     format!(
         "global
@@ -408,7 +509,7 @@ pub fn haproxy_config(listen: SocketAddrV4, front: Front<'_>) -> String {
   no strict-limits
 
 defaults
-  mode http
+  mode {mode}
   timeout connect 10s
   timeout client 300s
   timeout server 300s
@@ -416,22 +517,8 @@ defaults
 
 frontend bench
   bind {listen}{tls}
-  acl beta req.hdr(user-agent) -m reg beta-tester
-  use_backend v2 if beta
-  default_backend split
-
-backend split
-  balance roundrobin
-  server v1a {a} weight 45
-  server v1b {b} weight 45
-  server v2 {c} weight 10
-
-backend v2
-  server v2 {c}
-",
-        a = backend(0),
-        b = backend(1),
-        c = backend(2),
+{frontend}
+{backends}"
     )
 }
 
@@ -510,5 +597,14 @@ mod tests {
         assert!(!envoy_config(listen, Front::Mesh).contains("transport_socket"));
         let haproxy = haproxy_config(listen, Front::Gateway(&cert));
         assert!(haproxy.contains("bind 10.244.0.1:1 ssl crt /c/combined.pem alpn h2,http/1.1 strict-sni"), "{haproxy}");
+    }
+
+    #[test]
+    fn the_tcp_route_relays_to_the_v1_backends_only() {
+        let haproxy = haproxy_config(SocketAddrV4::new(GATEWAY, 1), Front::Tcp);
+        assert!(haproxy.contains("mode tcp") && haproxy.contains("default_backend v1"), "{haproxy}");
+        assert!(haproxy.contains("10.244.0.11") && haproxy.contains("10.244.0.12"), "{haproxy}");
+        assert!(!haproxy.contains("10.244.0.13") && !haproxy.contains("beta-tester"), "{haproxy}");
+        assert!(TCP_SERVICE.contains("protocol: TCP") && TCP_SERVICE.contains("subset: v1"));
     }
 }

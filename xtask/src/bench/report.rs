@@ -62,22 +62,25 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
         }
     }
     if let Some(results) = measured.fast_path.as_deref() {
-        let (direct, fast, haproxy) =
-            (find(results, "direct")?, find(results, "interceptor-fastpath")?, find(results, "haproxy")?);
         let off = measured.mesh.as_deref().and_then(|mesh| find(mesh, "interceptor").ok());
-        if !markdown.is_empty() {
-            markdown.push('\n');
-        }
-        markdown.push_str(&fast_path_markdown(plan, results, direct, fast, off));
-        let vs_haproxy = Ratios::of(fast, haproxy, direct);
-        let vs_off = off.map(|off| Ratios::of(fast, off, direct));
-        json.insert("fast_path".into(), json!({ "results": results, "vs_haproxy": vs_haproxy, "vs_off": vs_off }));
-        bench.push(format!("fp_rps_vs_haproxy={}", fmt_ratio(vs_haproxy.rps)));
-        bench.push(format!("fp_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
-        bench.push(format!("fp_p99_added_vs_haproxy={}", fmt_ratio(vs_haproxy.p99_added_at_50)));
-        bench.push(format!("fp_rps_per_core_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps_per_core))));
-        bench.push(format!("fp_large_vs_haproxy={}", fmt_ratio(vs_haproxy.large)));
-        bench.push(format!("fp_large_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.large))));
+        let phase = FastPathPhase {
+            key: "fast_path",
+            prefix: "fp",
+            heading: "Fast path: `fastPath: true`, agent and pods in the capture cgroup",
+            off_from: "mesh phase",
+            targets: true,
+        };
+        phase.write(plan, results, off, &mut markdown, &mut json, &mut bench)?;
+    }
+    if let Some((results, off)) = &measured.tcp {
+        let phase = FastPathPhase {
+            key: "tcp",
+            prefix: "tcp",
+            heading: "TCP route: the same load to a TCP port whose route relays the bytes to a v1 backend; the fast path splices it (HAProxy in `mode tcp`)",
+            off_from: "its own turns",
+            targets: false,
+        };
+        phase.write(plan, results, find(off, "interceptor").ok(), &mut markdown, &mut json, &mut bench)?;
     }
     std::fs::write(dir.join("report.md"), &markdown)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
@@ -285,34 +288,85 @@ fn contender_table(md: &mut String, plan: &Plan, results: &[Results], direct: &R
     }
 }
 
-/// The fast-path phase: its contenders, the fast path ÷ HAProxy (same phase) and ÷ the
-/// interceptor without it (`mesh` phase of the same run, when it ran), and the issue's targets.
-fn fast_path_markdown(
-    plan: &Plan,
-    results: &[Results],
-    direct: &Results,
-    fast: &Results,
-    off: Option<&Results>,
-) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "## Fast path: `fastPath: true`, agent and pods in the capture cgroup ({})\n", setup(plan));
-    contender_table(&mut md, plan, results, direct);
-    let _ = writeln!(md, "\n### Fast path ÷ each (HAProxy: same phase; interceptor without it: mesh phase)\n");
-    md.push_str(RATIO_HEADER);
-    for other in results.iter().filter(|r| r.name == "haproxy").chain(off) {
-        let x = Ratios::of(fast, other, direct);
-        // Fixed rates are fractions of each phase's slowest contender: across phases the p99s
-        // were taken at different offered rates, so only the same phase's ratio is shown.
-        let p99 = if other.name == "haproxy" { x.p99_added_at_50 } else { None };
-        ratio_row(&mut md, &other.name, &x.cells(p99));
+/// A phase of the fast path against HAProxy (same phase) and against the interceptor without it
+/// (`off`, measured in other turns of the same run, when they ran).
+struct FastPathPhase {
+    /// Its key in `report.json`.
+    key: &'static str,
+    /// Prefix of its figures on the `BENCH` line.
+    prefix: &'static str,
+    heading: &'static str,
+    /// Where the interceptor without the fast path was measured.
+    off_from: &'static str,
+    /// Whether issue 17's targets (req/s and added p99 against HAProxy) apply.
+    targets: bool,
+}
+
+impl FastPathPhase {
+    fn write(
+        &self,
+        plan: &Plan,
+        results: &[Results],
+        off: Option<&Results>,
+        markdown: &mut String,
+        json: &mut serde_json::Map<String, serde_json::Value>,
+        bench: &mut Vec<String>,
+    ) -> Result<()> {
+        let (direct, fast, haproxy) =
+            (find(results, "direct")?, find(results, "interceptor-fastpath")?, find(results, "haproxy")?);
+        if !markdown.is_empty() {
+            markdown.push('\n');
+        }
+        markdown.push_str(&self.markdown(plan, results, direct, fast, off));
+        let vs_haproxy = Ratios::of(fast, haproxy, direct);
+        let vs_off = off.map(|off| Ratios::of(fast, off, direct));
+        json.insert(
+            self.key.into(),
+            json!({ "results": results, "off": off, "vs_haproxy": vs_haproxy, "vs_off": vs_off }),
+        );
+        let p = self.prefix;
+        bench.push(format!("{p}_rps_vs_haproxy={}", fmt_ratio(vs_haproxy.rps)));
+        bench.push(format!("{p}_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
+        bench.push(format!("{p}_p99_added_vs_haproxy={}", fmt_ratio(vs_haproxy.p99_added_at_50)));
+        bench.push(format!("{p}_rps_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps))));
+        bench.push(format!("{p}_rps_per_core_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps_per_core))));
+        bench.push(format!("{p}_large_vs_haproxy={}", fmt_ratio(vs_haproxy.large)));
+        bench.push(format!("{p}_large_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.large))));
+        Ok(())
     }
-    if let Some(haproxy) = results.iter().find(|r| r.name == "haproxy") {
-        let h = Ratios::of(fast, haproxy, direct);
-        let _ = writeln!(md, "\n### Targets\n");
-        let _ = writeln!(md, "- req/s ≥ 1.3× HAProxy: {}", target(h.rps.map(|x| x >= 1.3)));
-        let _ = writeln!(md, "- added p99 at 50% load ≤ 0.7× HAProxy: {}", target(h.p99_added_at_50.map(|x| x <= 0.7)));
+
+    /// Its contenders, the fast path ÷ each, and the targets where they apply.
+    fn markdown(
+        &self,
+        plan: &Plan,
+        results: &[Results],
+        direct: &Results,
+        fast: &Results,
+        off: Option<&Results>,
+    ) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "## {} ({})\n", self.heading, setup(plan));
+        contender_table(&mut md, plan, results, direct);
+        let _ =
+            writeln!(md, "\n### Fast path ÷ each (HAProxy: same phase; interceptor without it: {})\n", self.off_from);
+        md.push_str(RATIO_HEADER);
+        for other in results.iter().filter(|r| r.name == "haproxy").chain(off) {
+            let x = Ratios::of(fast, other, direct);
+            // Fixed rates are fractions of each phase's slowest contender: across phases the p99s
+            // were taken at different offered rates, so only the same phase's ratio is shown.
+            let p99 = if other.name == "haproxy" { x.p99_added_at_50 } else { None };
+            ratio_row(&mut md, &other.name, &x.cells(p99));
+        }
+        let haproxy = results.iter().find(|r| r.name == "haproxy");
+        if let (true, Some(haproxy)) = (self.targets, haproxy) {
+            let h = Ratios::of(fast, haproxy, direct);
+            let _ = writeln!(md, "\n### Targets\n");
+            let _ = writeln!(md, "- req/s ≥ 1.3× HAProxy: {}", target(h.rps.map(|x| x >= 1.3)));
+            let _ =
+                writeln!(md, "- added p99 at 50% load ≤ 0.7× HAProxy: {}", target(h.p99_added_at_50.map(|x| x <= 0.7)));
+        }
+        md
     }
-    md
 }
 
 fn gateway_markdown(plan: &Plan, results: &[GatewayResults], direct: &GatewayResults, me: &GatewayResults) -> String {
