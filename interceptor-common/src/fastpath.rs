@@ -97,7 +97,8 @@ const _: () = assert!(core::mem::size_of::<FastPath>() == 56);
 /// the proxy's writes queue their bytes there before they return, and it publishes the count only
 /// then, so no byte can overtake another. Anything else (the count behind, a socket off the fast
 /// path, the far end's queue full) sends the usual way, through the proxy, which is never out of
-/// order either.
+/// order either. The proxy publishes the count whenever it has read all a side sent; each entry
+/// holds its socket's cookie, and the other socket's entry must name it back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Splice {

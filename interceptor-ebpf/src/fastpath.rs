@@ -275,6 +275,16 @@ fn past_the_proxy(ctx: &SkMsgContext, state: &FastPath, proxy: &SockPair, size: 
     if splice.cookie != state.peer_cookie || splice.forwarded != state.moved {
         return false;
     }
+    // The other socket's entry must name this one back, by cookie: a value is copied out of a slot
+    // the LRU may hand to another key mid-copy, so one entry alone could point at another
+    // connection's socket; two entries, each bound by its own socket's cookie, cannot.
+    // SAFETY: copied out at once.
+    let Some(back) = SPLICE.get_ptr(&splice.other).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    if back.cookie != splice.other_cookie || back.other_cookie != splice.cookie {
+        return false;
+    }
     // SAFETY: copied out at once.
     let Some(other) = FAST_PATH.get_ptr(&splice.other).map(|p| unsafe { *p }) else {
         return false;

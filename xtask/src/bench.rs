@@ -70,6 +70,13 @@ pub enum Phase {
 }
 
 impl Plan {
+    /// The TCP phase's: half the idle connections, because a relayed connection holds two
+    /// descriptors in each proxy, and this machine's hard limit (20,000) would refuse the
+    /// last of 10,000.
+    pub fn for_tcp(&self) -> Self {
+        Plan { idle_connections: self.idle_connections / 2, ..self.clone() }
+    }
+
     fn new(quick: bool, profile: bool) -> Self {
         if quick {
             Plan {
@@ -245,19 +252,16 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     let fast_path_results = if wanted(Phase::FastPath) {
         let kinds = [Kind::Direct, Kind::InterceptorFastPath, Kind::Haproxy];
         Some(with_contenders(&mut node, &kinds, Front::Mesh, tools, mesh, &run_dir, |node, running| {
-            let results = phases(plan, node, running, &run_dir)?;
-            report_fast_path_use(node)?;
-            Ok(results)
+            on_the_fast_path(node, false, || phases(plan, node, running, &run_dir))
         })?)
     } else {
         None
     };
     let tcp_results = if wanted(Phase::Tcp) {
+        let plan = &plan.for_tcp();
         let spliced = [Kind::Direct, Kind::InterceptorFastPath, Kind::Haproxy];
         let spliced = with_contenders(&mut node, &spliced, Front::Tcp, tools, mesh, &run_dir, |node, running| {
-            let results = phases(plan, node, running, &run_dir)?;
-            report_fast_path_use(node)?;
-            Ok(results)
+            on_the_fast_path(node, true, || phases(plan, node, running, &run_dir))
         })?;
         let off =
             with_contenders(&mut node, &[Kind::Interceptor], Front::Tcp, tools, mesh, &run_dir, |node, running| {
@@ -271,26 +275,50 @@ fn measure(plan: &Plan, tools: &contenders::Tools, mesh: &Path, dir: &Path, only
     Ok(Measured { mesh: mesh_results, gateway: gateway_results, fast_path: fast_path_results, tcp: tcp_results })
 }
 
-/// Prints how many sends the fast path moved, how many of them past the proxy (a spliced TCP
-/// route) and how many went through TCP (the kernel's `sk_msg` counters), so a report is never
-/// read as the fast path's when it did not take.
+/// Runs `measure` and prints how many sends the fast path moved meanwhile, how many of them past
+/// the proxy (a spliced TCP route) and how many went through TCP (the kernel's `sk_msg` counters,
+/// which earlier phases add to: the pinned counters are kept), so a report is never read as the
+/// fast path's, or the splice's when `spliced`, when it did not take.
 ///
 /// # Errors
-/// The agent's admin endpoint does not answer, or the fast path moved nothing.
-fn report_fast_path_use(node: &Node) -> Result<()> {
-    let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
-    let counter = |name, program| {
-        let label = format!("program=\"{program}\"");
-        testbed::fixtures::sample(&text, name, &[&label]).unwrap_or(0.0)
-    };
-    let moved = counter("interceptor_program_captured_total", "sk_msg");
-    let through_tcp = counter("interceptor_program_bypassed_total", "sk_msg");
-    let past = counter("interceptor_program_captured_total", "splice");
+/// `measure` fails, the agent's admin endpoint does not answer, or the fast path (the splice)
+/// moved nothing.
+fn on_the_fast_path<T>(node: &Node, spliced: bool, measure: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = FastPathUse::read(node)?;
+    let measured = measure()?;
+    let after = FastPathUse::read(node)?;
+    let (moved, past, through_tcp) =
+        (after.moved - before.moved, after.past - before.past, after.through_tcp - before.through_tcp);
     eprintln!("bench: the fast path moved {moved:.0} sends, {past:.0} of them past the proxy; {through_tcp:.0} went through TCP");
     if moved == 0.0 {
         bail!("the fast path moved nothing: its figures would be the plain path's");
     }
-    Ok(())
+    if spliced && past == 0.0 {
+        bail!("nothing moved past the proxy: its figures would be the relayed path's");
+    }
+    Ok(measured)
+}
+
+/// The agent's `sk_msg` and `splice` counters.
+struct FastPathUse {
+    moved: f64,
+    past: f64,
+    through_tcp: f64,
+}
+
+impl FastPathUse {
+    fn read(node: &Node) -> Result<Self> {
+        let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
+        let counter = |name, program| {
+            let label = format!("program=\"{program}\"");
+            testbed::fixtures::sample(&text, name, &[&label]).unwrap_or(0.0)
+        };
+        Ok(Self {
+            moved: counter("interceptor_program_captured_total", "sk_msg"),
+            past: counter("interceptor_program_captured_total", "splice"),
+            through_tcp: counter("interceptor_program_bypassed_total", "sk_msg"),
+        })
+    }
 }
 
 /// Starts `kinds` fronting `front`, runs `measure` with them, and stops them (also on failure).

@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, MapError},
+    maps::{HashMap, MapData},
     Ebpf,
 };
 use interceptor_common::fastpath::{FastPath, SockPair, Splice, FAST_PATH_MAP, FAST_PATH_ON, SPLICE_MAP};
@@ -47,13 +47,8 @@ impl SpliceTable {
         if !(self.on_fast_path(&client) && self.on_fast_path(&endpoint)) {
             return Ok(None);
         }
-        let spliced = Spliced {
-            table: self.clone(),
-            client,
-            endpoint,
-            to_endpoint: AtomicU64::new(written),
-            to_client: AtomicU64::new(0),
-        };
+        let to_endpoint = Forwarded { written: AtomicU64::new(written), published: AtomicU64::new(written) };
+        let spliced = Spliced { table: self.clone(), client, endpoint, to_endpoint, to_client: Forwarded::default() };
         // Both entries or neither: `Spliced` removes them when dropped.
         spliced.publish(&spliced.client, &spliced.endpoint, written)?;
         spliced.publish(&spliced.endpoint, &spliced.client, 0)?;
@@ -98,10 +93,18 @@ pub struct Spliced {
     table: SpliceTable,
     client: SpliceEnd,
     endpoint: SpliceEnd,
-    /// Bytes read from the client and written on the endpoint's socket.
-    to_endpoint: AtomicU64,
-    /// Bytes read from the endpoint and written on the client's socket.
-    to_client: AtomicU64,
+    /// Bytes read from the client and written on the endpoint's socket, and how many of them the
+    /// kernel was told about.
+    to_endpoint: Forwarded,
+    /// Bytes read from the endpoint and written on the client's socket, the same.
+    to_client: Forwarded,
+}
+
+/// One direction's count of bytes forwarded by the proxy.
+#[derive(Default)]
+struct Forwarded {
+    written: AtomicU64,
+    published: AtomicU64,
 }
 
 /// Which of a spliced connection's sockets the proxy wrote on.
@@ -113,19 +116,45 @@ pub enum Toward {
     Client,
 }
 
+impl Toward {
+    /// The other side.
+    pub fn opposite(self) -> Self {
+        match self {
+            Toward::Endpoint => Toward::Client,
+            Toward::Client => Toward::Endpoint,
+        }
+    }
+}
+
 impl Spliced {
     /// `n` more bytes were written toward one side (the write has returned: the kernel moved
     /// them), read from the other.
-    pub fn forwarded(&self, toward: Toward, n: u64) {
-        let (count, from, to) = match toward {
-            Toward::Endpoint => (&self.to_endpoint, &self.client, &self.endpoint),
-            Toward::Client => (&self.to_client, &self.endpoint, &self.client),
-        };
-        let total = count.fetch_add(n, Ordering::Relaxed) + n;
-        if let Err(err) = self.publish(from, to, total) {
+    pub fn wrote(&self, toward: Toward, n: u64) {
+        self.direction(toward).0.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The proxy has read all the other side sent so far toward this one: tells the kernel what
+    /// it has written of it, so that the pod's next sends can go past the proxy if that is all.
+    /// Only then: before, the count could not equal the pod's anyway, and a bulk transfer would
+    /// pay a system call per write.
+    pub fn caught_up(&self, toward: Toward) {
+        let (forwarded, from, to) = self.direction(toward);
+        let written = forwarded.written.load(Ordering::Relaxed);
+        if forwarded.published.swap(written, Ordering::Relaxed) == written {
+            return;
+        }
+        if let Err(err) = self.publish(from, to, written) {
             // An entry left behind only keeps that direction going through the proxy: its count
             // stays short of the pod's.
             tracing::debug!(%err, "splice count not published; the connection stays relayed");
+        }
+    }
+
+    /// Toward `toward`: its count, the proxy's socket it reads from, and the one it writes on.
+    fn direction(&self, toward: Toward) -> (&Forwarded, &SpliceEnd, &SpliceEnd) {
+        match toward {
+            Toward::Endpoint => (&self.to_endpoint, &self.client, &self.endpoint),
+            Toward::Client => (&self.to_client, &self.endpoint, &self.client),
         }
     }
 
@@ -155,11 +184,9 @@ impl Drop for Spliced {
     fn drop(&mut self) {
         let mut splices = lock(&self.table.splices);
         for end in [&self.client, &self.endpoint] {
-            match splices.remove(&end.key) {
-                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
-                // Evicted by the LRU in time, or bound to a cookie no socket will have again.
-                Err(err) => tracing::debug!(%err, "splice entry not removed"),
-            }
+            // Not there: the LRU evicted it. Left behind, it is bound to a cookie no socket will
+            // have again, and the LRU evicts it in time.
+            let _ = splices.remove(&end.key);
         }
     }
 }

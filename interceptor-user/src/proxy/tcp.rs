@@ -125,7 +125,10 @@ pub(super) async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
     let sent = relayed.sent + replayed;
     inputs.metrics.tcp_bytes(service, sent, relayed.received);
     let (received, idle) = (relayed.received, if relayed.idled { " idle timeout" } else { "" });
-    let past = if relayed.past_the_proxy > 0 { format!(" spliced={}", relayed.past_the_proxy) } else { String::new() };
+    let past = match relayed.past_the_proxy {
+        (0, 0) => String::new(),
+        (sent, received) => format!(" spliced={sent}/{received}"),
+    };
     info!(target: "access", "[{kind}] {service} {original} -> {endpoint} from {client} sni={sni} rule={rule} cluster={} sent={sent} received={received}{past}{idle}", cluster.name);
 }
 
@@ -149,15 +152,17 @@ struct Relayed {
     sent: u64,
     /// Bytes from the endpoint to the client.
     received: u64,
-    /// Of those, the bytes the kernel moved past the proxy (a spliced connection).
-    past_the_proxy: u64,
+    /// Of those, the bytes the kernel moved past the proxy (a spliced connection), each way.
+    past_the_proxy: (u64, u64),
     /// Closed because nothing moved either way for the idle timeout.
     idled: bool,
 }
 
 /// Copies both ways until both sides are done (or one fails), or until no byte moved either way
-/// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`). A spliced connection publishes
-/// each write, and counts in what the kernel moved past the proxy.
+/// for `idle` (DestinationRule `connectionPool.tcp.idleTimeout`). A spliced connection tells the
+/// kernel what it forwarded whenever it has read all a side sent, and counts in what the kernel
+/// moved past the proxy — as traffic too, sampled every quarter of the timeout (so such a
+/// connection closes within 1¼ timeouts of its last byte).
 async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin>(
     downstream: &mut D,
     upstream: &mut U,
@@ -168,16 +173,19 @@ async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Un
     // Milliseconds after `start` of the last byte read on either side.
     let last = AtomicU64::new(0);
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
-    let written = |toward| spliced.map(|s| (s, toward));
-    let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start, written: written(Toward::Client) };
+    let side = |toward| spliced.map(|s| (s, toward));
+    let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start, spliced: side(Toward::Client) };
     let mut endpoint =
-        Counted { inner: upstream, bytes: &received, last: &last, start, written: written(Toward::Endpoint) };
+        Counted { inner: upstream, bytes: &received, last: &last, start, spliced: side(Toward::Endpoint) };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut endpoint);
     tokio::pin!(copy);
     let past = || spliced.map_or((0, 0), Spliced::moved_past);
     let mut seen_past = (0, 0);
     let idled = loop {
-        let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        let mut quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        if spliced.is_some() {
+            quiet_until = quiet_until.min(Instant::now() + idle / 4);
+        }
         tokio::select! {
             _ = &mut copy => break false,
             () = tokio::time::sleep_until(quiet_until.into()) => {
@@ -196,19 +204,20 @@ async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Un
     Relayed {
         sent: sent.load(Ordering::Relaxed) + to_endpoint,
         received: received.load(Ordering::Relaxed) + to_client,
-        past_the_proxy: to_endpoint + to_client,
+        past_the_proxy: (to_endpoint, to_client),
         idled,
     }
 }
 
 /// A stream that counts the bytes read from it and stamps when the last ones came; on a spliced
-/// connection, it publishes what was written on it.
+/// connection (as the side `Toward` names), it counts what was written on it, and tells when all
+/// it sent was read.
 struct Counted<'a, S> {
     inner: &'a mut S,
     bytes: &'a AtomicU64,
     last: &'a AtomicU64,
     start: Instant,
-    written: Option<(&'a Spliced, Toward)>,
+    spliced: Option<(&'a Spliced, Toward)>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
@@ -221,6 +230,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
             let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.last.store(now, Ordering::Relaxed);
         }
+        if let (Poll::Pending, Some((spliced, side))) = (&polled, self.spliced) {
+            // Nothing more to read from this side: what it sent was all written on the other.
+            spliced.caught_up(side.opposite());
+        }
         polled
     }
 }
@@ -228,8 +241,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut *self.inner).poll_write(cx, data);
-        if let (Poll::Ready(Ok(n @ 1..)), Some((spliced, toward))) = (&polled, self.written) {
-            spliced.forwarded(toward, *n as u64);
+        if let (Poll::Ready(Ok(n @ 1..)), Some((spliced, side))) = (&polled, self.spliced) {
+            spliced.wrote(side, *n as u64);
         }
         polled
     }
@@ -275,7 +288,7 @@ mod tests {
         // Then nothing: the relay ends after the idle timeout and both sides see the close.
         let quiet = Instant::now();
         let relayed = relay.await.unwrap();
-        assert_eq!(relayed, Relayed { sent: 4, received: 5, past_the_proxy: 0, idled: true });
+        assert_eq!(relayed, Relayed { sent: 4, received: 5, past_the_proxy: (0, 0), idled: true });
         assert!(quiet.elapsed() >= Duration::from_millis(250), "{:?}", quiet.elapsed());
         assert_eq!(client.read(&mut back).await.unwrap(), 0, "the client sees the close");
         assert_eq!(endpoint.read(&mut got).await.unwrap(), 0, "the endpoint sees the close");
@@ -292,6 +305,6 @@ mod tests {
         let mut got = Vec::new();
         endpoint.read_to_end(&mut got).await.unwrap();
         drop(endpoint);
-        assert_eq!(relay.await.unwrap(), Relayed { sent: 3, received: 0, past_the_proxy: 0, idled: false });
+        assert_eq!(relay.await.unwrap(), Relayed { sent: 3, received: 0, past_the_proxy: (0, 0), idled: false });
     }
 }

@@ -69,6 +69,7 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
             heading: "Fast path: `fastPath: true`, agent and pods in the capture cgroup",
             off_from: "mesh phase",
             targets: true,
+            per_core: true,
         };
         phase.write(plan, results, off, &mut markdown, &mut json, &mut bench)?;
     }
@@ -79,8 +80,9 @@ pub fn write(plan: &Plan, measured: &Measured, dir: &Path) -> Result<()> {
             heading: "TCP route: the same load to a TCP port whose route relays the bytes to a v1 backend; the fast path splices it (HAProxy in `mode tcp`)",
             off_from: "its own turns",
             targets: false,
+            per_core: false,
         };
-        phase.write(plan, results, find(off, "interceptor").ok(), &mut markdown, &mut json, &mut bench)?;
+        phase.write(&plan.for_tcp(), results, find(off, "interceptor").ok(), &mut markdown, &mut json, &mut bench)?;
     }
     std::fs::write(dir.join("report.md"), &markdown)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
@@ -300,6 +302,9 @@ struct FastPathPhase {
     off_from: &'static str,
     /// Whether issue 17's targets (req/s and added p99 against HAProxy) apply.
     targets: bool,
+    /// Whether its per-core figures mean anything (a spliced connection's proxy spends next to no
+    /// CPU on it).
+    per_core: bool,
 }
 
 impl FastPathPhase {
@@ -326,10 +331,14 @@ impl FastPathPhase {
         );
         let p = self.prefix;
         bench.push(format!("{p}_rps_vs_haproxy={}", fmt_ratio(vs_haproxy.rps)));
-        bench.push(format!("{p}_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
+        if self.per_core {
+            bench.push(format!("{p}_rps_per_core_vs_haproxy={}", fmt_ratio(vs_haproxy.rps_per_core)));
+        }
         bench.push(format!("{p}_p99_added_vs_haproxy={}", fmt_ratio(vs_haproxy.p99_added_at_50)));
         bench.push(format!("{p}_rps_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps))));
-        bench.push(format!("{p}_rps_per_core_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps_per_core))));
+        if self.per_core {
+            bench.push(format!("{p}_rps_per_core_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.rps_per_core))));
+        }
         bench.push(format!("{p}_large_vs_haproxy={}", fmt_ratio(vs_haproxy.large)));
         bench.push(format!("{p}_large_vs_off={}", fmt_ratio(vs_off.and_then(|x| x.large))));
         Ok(())
