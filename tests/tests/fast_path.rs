@@ -6,16 +6,19 @@
 //! moved and unread, by the kernel's count, whatever its owner sends, and what comes through TCP
 //! after joins that queue (a reader gets it in one read); a pod forging a client's
 //! connection in its own namespace gets none of the client's bytes; a socket whose first send beat
-//! its peer's join leaves the sockhash; `interceptor kernel-layout` prints the offsets it reads.
+//! its peer's join leaves the sockhash; a byte stream the proxy relays between two paired pods (a
+//! TCP route, TLS passed through) is spliced past it with every byte in order; `interceptor
+//! kernel-layout` prints the offsets it reads.
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    echo_service, load_to, node_with_pods, numbered_body, sample, service_dual_stack, v2_under, CLIENT, HOST, SERVICE,
-    SUBSETS, VIP, VIP6,
+    certificates_for, echo_service, load_to, node_with_pods, numbered_body, sample, serve_https_captured,
+    service_dual_stack, v2_under, CLIENT, HOST, SECURE, SERVICE, SUBSETS, VIP, VIP6,
 };
 use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, PodSpec, ADMIN, GATEWAY};
 
@@ -375,12 +378,51 @@ fn a_tcp_route_between_pods_is_spliced_past_the_proxy_with_every_byte_in_order()
         log.lines().find(|l| l.contains("[tcp] echo.default.svc.cluster.local")).unwrap_or_else(|| panic!("{log}"));
     let (sent, received) = (sent.len(), expected.len());
     assert!(line.contains(&format!(" sent={sent} received={received} spliced=")), "{line}");
-    let past = line.split(" spliced=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or_default();
-    let past: Vec<usize> = past.split('/').filter_map(|n| n.parse().ok()).collect();
     // The kernel moved writes past the proxy each way once it had caught up; the client's first
     // bytes, sniffed, went through it.
-    assert!(past.len() == 2 && past[0] > 0 && past[1] > 0, "{line}");
-    assert!(past[0] < sent, "{line}");
+    let past = moved_past(line);
+    assert!(
+        past.is_some_and(|(to_endpoint, to_client)| to_endpoint > 0 && to_endpoint < sent && to_client > 0),
+        "{line}"
+    );
+}
+
+/// The `spliced=<to the endpoint>/<to the client>` counts of an access log line.
+fn moved_past(line: &str) -> Option<(usize, usize)> {
+    let counts = line.split(" spliced=").nth(1)?.split(' ').next()?;
+    let (to_endpoint, to_client) = counts.split_once('/')?;
+    Some((to_endpoint.parse().ok()?, to_client.parse().ok()?))
+}
+
+/// TLS passed through by its SNI between two paired pods is spliced too: the proxy read the
+/// ClientHello to route it and wrote it to the endpoint first, so its count starts at the hello's
+/// length, and the rest of the handshake and the answer move past it, both ways; curl checks the
+/// pod's certificate and gets its body.
+#[test]
+fn tls_passed_through_between_pods_is_spliced_after_its_hello() {
+    const CALLS: usize = 5;
+    let dir = std::env::temp_dir().join(format!("interceptor-e2e-splice-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    certificates_for(&dir, &["a.example.com"]);
+    let mut node = node_with_pods().unwrap();
+    serve_https_captured(&mut node, &dir, 8443);
+    let mut agent = Agent::start_adding(&node, &[("secure.yaml", SECURE)], &["--fast-path", "true"], true).unwrap();
+    let ca = dir.join("ca.pem").display().to_string();
+    let args = ["-sS", "--max-time", "5", "--cacert", &ca, "--resolve", "a.example.com:443:10.96.0.20"];
+    for _ in 0..CALLS {
+        let url = ["https://a.example.com/version"];
+        let mut curl = node.command_in(&node.pod_netns(CLIENT), true, Path::new("curl"), &[&args[..], &url].concat());
+        let out = curl.output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "v1", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    agent.wait_for_log_count("[tls] secure.default.svc.cluster.local", CALLS, Duration::from_secs(5)).unwrap();
+    let log = agent.log();
+    for line in log.lines().filter(|l| l.contains("[tls] secure.default.svc.cluster.local")) {
+        let past = moved_past(line);
+        assert!(past.is_some_and(|(to_endpoint, to_client)| to_endpoint > 0 && to_client > 0), "{line}");
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `interceptor kernel-layout` prints where the fields the fast path reads lie in this kernel, from

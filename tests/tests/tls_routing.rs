@@ -10,45 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{certificates_for, gateway_agent, node_with_pods, serve_https, CLIENT};
+use common::{certificates_for, gateway_agent, node_with_pods, serve_https, CLIENT, SECURE};
 use testbed::{Agent, Node, GATEWAY};
-
-/// `secure`: VIP 10.96.0.20, a `TLS` port 443 → 8443 on the pods, subsets by version, and `tls`
-/// rules: SNI `a.example.com` to v1, `b.example.com` to v2.
-const CONFIG: &str = "\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: secure}
-spec:
-  hosts: [secure.default.svc.cluster.local]
-  addresses: [10.96.0.20]
-  ports: [{number: 443, name: tls, protocol: TLS, targetPort: 8443}]
-  resolution: STATIC
-  endpoints:
-  - {address: 10.244.0.11, labels: {version: v1}}
-  - {address: 10.244.0.12, labels: {version: v1}}
-  - {address: 10.244.0.13, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: secure}
-spec:
-  host: secure.default.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: secure}
-spec:
-  hosts: [secure.default.svc.cluster.local, a.example.com, b.example.com]
-  tls:
-  - match: [{sniHosts: [a.example.com]}]
-    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
-  - match: [{sniHosts: [b.example.com]}]
-    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
-";
 
 /// curl in the client pod, inside the captured cgroup: `https://<sni>/version` at the VIP, the
 /// pod's certificate checked against the test CA. The body, or curl's error.
@@ -85,7 +48,7 @@ fn captured_tls_goes_to_the_subset_its_sni_names() {
     certificates_for(&dir, &["a.example.com", "b.example.com"]);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir, 8443);
-    let mut agent = Agent::start(&node, &[("secure.yaml", CONFIG)], false).unwrap();
+    let mut agent = Agent::start(&node, &[("secure.yaml", SECURE)], false).unwrap();
     for _ in 0..10 {
         assert_eq!(captured_https(&node, &dir, "a.example.com").as_deref(), Ok("v1"), "{}", agent.log());
         assert_eq!(captured_https(&node, &dir, "b.example.com").as_deref(), Ok("v2"), "{}", agent.log());
@@ -128,7 +91,7 @@ spec:
 "
     );
     let credentials = dir.join("credentials");
-    let mut agent = gateway_agent(&node, &[("secure.yaml", CONFIG), ("gw.yaml", &gateway)], &credentials);
+    let mut agent = gateway_agent(&node, &[("secure.yaml", SECURE), ("gw.yaml", &gateway)], &credentials);
     agent.wait_for_log("gateway listener open", Duration::from_secs(10)).unwrap();
     let gateway_address = GATEWAY.to_string();
     let through = |sni| https(&node, &dir, sni, &gateway_address, port, false);

@@ -82,6 +82,44 @@ pub fn gateway_agent(node: &Node, files: &[(&str, &str)], credentials: &Path) ->
     Agent::start_with(node, files, &flags, false).unwrap()
 }
 
+/// `secure`: VIP 10.96.0.20, a `TLS` port 443 → 8443 on the pods, subsets by version, and `tls`
+/// rules: SNI `a.example.com` to v1, `b.example.com` to v2.
+#[allow(dead_code)] // not every test file routes TLS
+pub const SECURE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  addresses: [10.96.0.20]
+  ports: [{number: 443, name: tls, protocol: TLS, targetPort: 8443}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.244.0.11, labels: {version: v1}}
+  - {address: 10.244.0.12, labels: {version: v1}}
+  - {address: 10.244.0.13, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure}
+spec:
+  hosts: [secure.default.svc.cluster.local, a.example.com, b.example.com]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v1}}]
+  - match: [{sniHosts: [b.example.com]}]
+    route: [{destination: {host: secure.default.svc.cluster.local, subset: v2}}]
+";
+
 /// The my-app pods: name, address, version.
 #[allow(dead_code)] // not every test file serves HTTPS
 pub const PODS: [(&str, &str, &str); 3] =
@@ -92,6 +130,17 @@ pub const PODS: [(&str, &str, &str); 3] =
 /// directory, the pod's version, as HTTP/1.0 ending with the connection.
 #[allow(dead_code)] // not every test file serves HTTPS
 pub fn serve_https(node: &mut Node, dir: &Path, port: u16) {
+    serve_https_in(node, dir, port, false);
+}
+
+/// As [`serve_https`], inside the capture cgroup (as kubelet's pods are): the fast path pairs
+/// the pods' sockets.
+#[allow(dead_code)] // not every test file serves HTTPS
+pub fn serve_https_captured(node: &mut Node, dir: &Path, port: u16) {
+    serve_https_in(node, dir, port, true);
+}
+
+fn serve_https_in(node: &mut Node, dir: &Path, port: u16, captured: bool) {
     let (crt, key) = (dir.join("tls.crt").display().to_string(), dir.join("tls.key").display().to_string());
     for (pod, ip, version) in PODS {
         let root = dir.join(pod);
@@ -99,7 +148,7 @@ pub fn serve_https(node: &mut Node, dir: &Path, port: u16) {
         std::fs::write(root.join("version"), version).unwrap();
         let listen = format!("{ip}:{port}");
         let args = ["s_server", "-quiet", "-accept", &listen, "-cert", &crt, "-key", &key, "-WWW"];
-        let mut cmd = node.command_in(&node.pod_netns(pod), false, Path::new("openssl"), &args);
+        let mut cmd = node.command_in(&node.pod_netns(pod), captured, Path::new("openssl"), &args);
         cmd.current_dir(&root).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         node.spawn(cmd).unwrap();
         wait_for_listener(&node.pod_netns(pod), &listen, Duration::from_secs(5)).unwrap();
