@@ -4,6 +4,7 @@
 pub mod access_log;
 mod body_count;
 pub mod client_hello;
+mod copy;
 mod cutoff;
 mod downstream;
 mod drain;

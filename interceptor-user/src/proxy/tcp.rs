@@ -177,7 +177,7 @@ async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Un
     let mut client = Counted { inner: downstream, bytes: &sent, last: &last, start, spliced: side(Toward::Client) };
     let mut endpoint =
         Counted { inner: upstream, bytes: &received, last: &last, start, spliced: side(Toward::Endpoint) };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut endpoint);
+    let copy = super::copy::both_ways(&mut client, &mut endpoint);
     tokio::pin!(copy);
     let past = || spliced.map_or((0, 0), Spliced::moved_past);
     let mut seen_past = (0, 0);

@@ -54,7 +54,7 @@ impl Upgrade {
         tokio::spawn(async move {
             let (up, down) = match tokio::join!(downstream, upstream) {
                 (Ok(down), Ok(up)) => {
-                    let copied = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                    let copied = super::copy::both_ways(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
                     debug!(?copied, "upgraded connection ended");
                     copied.unwrap_or_default()
                 }
