@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -52,7 +53,8 @@ where
 /// One direction's state.
 #[derive(Default)]
 struct OneWay {
-    /// Bytes read and not written yet (empty, and unallocated, while the writer keeps up).
+    /// Bytes read and not written yet. Its room is kept while the transfer goes on and given back
+    /// once the reader has nothing more.
     waiting: Vec<u8>,
     /// How many of `waiting` are written.
     written: usize,
@@ -78,28 +80,29 @@ impl OneWay {
                 let n = ready!(self.write(cx, writer, WhatWaits::Kept))?;
                 self.written += n;
             }
-            if !self.waiting.is_empty() {
-                // Drained: the buffer goes, so that a quiet connection holds none.
-                self.waiting = Vec::new();
-                self.written = 0;
-            }
+            self.waiting.clear();
+            self.written = 0;
             if self.read_done {
+                // Shutting down flushes first (`AsyncWrite`'s contract, kept by TLS streams).
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let mut bytes = [0u8; READ_SIZE];
-            let mut read = ReadBuf::new(&mut bytes);
+            // Not zeroed: readers fill what they report.
+            let mut bytes = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut bytes);
             match Pin::new(&mut *reader).poll_read(cx, &mut read) {
                 Poll::Pending => {
-                    // Nothing more for now: what was written goes out (a TLS writer holds records
-                    // until flushed).
+                    // Nothing more for now: the room goes, so that a quiet connection holds none,
+                    // and what was written goes out (a TLS writer holds records until flushed).
+                    self.waiting = Vec::new();
                     if self.unflushed {
                         ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;
                 }
+                Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Ready(Ok(())) if read.filled().is_empty() => self.read_done = true,
                 Poll::Ready(Ok(())) => {
@@ -110,7 +113,7 @@ impl OneWay {
                             Poll::Ready(result) => from += result?,
                             Poll::Pending => {
                                 // The writer is full: the rest waits, on the heap, until it is not.
-                                self.waiting = filled[from..].to_vec();
+                                self.waiting.extend_from_slice(&filled[from..]);
                                 return Poll::Pending;
                             }
                         }
@@ -131,9 +134,12 @@ impl OneWay {
             WhatWaits::Kept => &self.waiting[self.written..],
             WhatWaits::Read(bytes) => bytes,
         };
-        match ready!(Pin::new(&mut *writer).poll_write(cx, bytes))? {
-            0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            n => {
+        match ready!(Pin::new(&mut *writer).poll_write(cx, bytes)) {
+            // Written nothing; the caller's loop writes again.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Poll::Ready(Ok(0)),
+            Err(err) => Poll::Ready(Err(err)),
+            Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
                 self.unflushed = true;
                 self.copied += n as u64;
                 Poll::Ready(Ok(n))
@@ -180,19 +186,31 @@ mod tests {
             tx.write_all(&b).await.unwrap();
             tx.shutdown().await.unwrap();
         };
-        tokio::join!(send, async { rx.read_to_end(&mut got).await.unwrap() });
+        // A waker left unregistered would hang: bounded.
+        let both = async { tokio::join!(send, async { rx.read_to_end(&mut got).await.unwrap() }) };
+        tokio::time::timeout(std::time::Duration::from_secs(10), both).await.unwrap();
         assert!(got == forth, "a to b");
         assert!(client_side.await.unwrap() == back, "b to a");
         assert_eq!(copy.await.unwrap().unwrap(), (100_000, 70_000));
     }
 
     #[tokio::test]
-    async fn a_quiet_connection_holds_no_buffer() {
-        let (_client, mut near) = tokio::io::duplex(64);
-        let (mut far, _endpoint) = tokio::io::duplex(64);
+    async fn bytes_wait_while_the_writer_is_full_and_a_quiet_connection_holds_no_buffer() {
+        let (mut client, mut near) = tokio::io::duplex(1024);
+        let (mut far, mut endpoint) = tokio::io::duplex(64);
+        client.write_all(&[7u8; 512]).await.unwrap();
         let mut copy =
             Box::pin(BothWays { a: &mut near, b: &mut far, a_to_b: OneWay::default(), b_to_a: OneWay::default() });
-        assert!(copy.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop())).is_pending());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(copy.as_mut().poll(&mut cx).is_pending());
+        assert!(copy.a_to_b.waiting.len() > copy.a_to_b.written, "nothing waits for the full writer");
+        let mut got = vec![0u8; 512];
+        let mut read = 0;
+        while read < got.len() {
+            read += endpoint.read(&mut got[read..]).await.unwrap();
+            assert!(copy.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(got, vec![7u8; 512]);
         assert_eq!((copy.a_to_b.waiting.capacity(), copy.b_to_a.waiting.capacity()), (0, 0));
     }
 }
