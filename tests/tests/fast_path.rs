@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{
     certificates_for, echo_service, load_to, node_with_pods, numbered_body, sample, serve_https_captured,
-    service_dual_stack, v2_under, CLIENT, HOST, SECURE, SERVICE, SUBSETS, VIP, VIP6,
+    service_dual_stack, v2_under, Scratch, CLIENT, HOST, SECURE, SERVICE, SUBSETS, VIP, VIP6,
 };
 use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, PodSpec, ADMIN, GATEWAY};
 
@@ -401,8 +401,7 @@ fn moved_past(line: &str) -> Option<(usize, usize)> {
 #[test]
 fn tls_passed_through_between_pods_is_spliced_after_its_hello() {
     const CALLS: usize = 5;
-    let dir = std::env::temp_dir().join(format!("interceptor-e2e-splice-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new("fp-splice-tls");
     certificates_for(&dir, &["a.example.com"]);
     let mut node = node_with_pods().unwrap();
     serve_https_captured(&mut node, &dir, 8443);
@@ -422,7 +421,6 @@ fn tls_passed_through_between_pods_is_spliced_after_its_hello() {
         assert!(past.is_some_and(|(to_endpoint, to_client)| to_endpoint > 0 && to_client > 0), "{line}");
     }
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `interceptor kernel-layout` prints where the fields the fast path reads lie in this kernel, from

@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_share, certificates, gateway_agent, node, split, CLIENT, HOST, SERVICE, SUBSETS, VIP};
+use common::{assert_share, certificates, gateway_agent, node, split, Scratch, CLIENT, HOST, SERVICE, SUBSETS, VIP};
 use testbed::cluster::AGENT_NAMESPACE;
 use testbed::seed_cluster::{seed_plane, NODE};
 use testbed::{poll_until, read_stdout, Agent, ControlPlane, LoadReport, LoopbackBridge, Node, GATEWAY};
@@ -70,16 +70,10 @@ spec:
     )
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("interceptor-e2e-gw-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn curl_from_outside_the_mesh_is_routed_by_the_gateway_over_https() {
     let node = node().unwrap();
-    let dir = scratch("https");
+    let dir = Scratch::new("gw-https");
     certificates(&dir.join("my-app-cert"), "my-app.example.com");
     let redirect = format!(
         "  - port: {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
@@ -140,13 +134,12 @@ spec:
     let log = agent.log();
     let line = log.lines().find(|l| l.contains("default/edge#1")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&format!("{GATEWAY}:{HTTPS_PORT} ")), "downstream local address: {line}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_gateway_removed_on_reload_closes_its_port_while_captured_traffic_flows() {
     let node = node().unwrap();
-    let dir = scratch("reload");
+    let dir = Scratch::new("gw-reload");
     std::fs::create_dir_all(&dir).unwrap();
     let gw = gateway(
         "public",
@@ -217,13 +210,12 @@ fn a_gateway_removed_on_reload_closes_its_port_while_captured_traffic_flows() {
     let low_url = format!("http://{GATEWAY}:80/");
     let via_low = curl(&node, &["-sS", "--max-time", "5", "-H", "host: my-app.example.com", &low_url]);
     assert_eq!(via_low.as_deref(), Ok("v1"), "{}", agent.log());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     let node = node().unwrap();
-    let dir = scratch("rotate");
+    let dir = Scratch::new("gw-rotate");
     let credentials = dir.join("credentials");
     // Two certificates from two CAs; the credential is a link swapped in one step, as Kubernetes
     // swaps a mounted Secret's files.
@@ -254,7 +246,6 @@ fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
         .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", get("second"), agent.log()));
     assert_eq!(get("second").unwrap(), "v1");
     assert!(get("first").is_err(), "the old certificate is gone");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An agent following `plane` with the DaemonSet's service account, serving gateways on the
@@ -282,7 +273,7 @@ fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
     let vs = &edge("[public]", "v2");
     let node = node().unwrap();
     let plane = seed_plane(&[SUBSETS, &gw, vs]).unwrap();
-    let dir = scratch("kubernetes");
+    let dir = Scratch::new("gw-kubernetes");
     // The DaemonSet's service account: the ClusterRole must let it watch Gateways.
     let (mut agent, bridge) = kubernetes_gateway_agent(&node, &plane, &dir);
 
@@ -298,7 +289,6 @@ fn a_gateway_from_the_api_server_is_served_and_its_deletion_closes_its_port() {
     assert!(!agent.log().contains("left out of the config"), "{}", agent.log());
     drop(agent);
     drop(bridge);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Secret `name` of the agent's namespace holding `dir`'s certificate and key (written by
@@ -318,7 +308,7 @@ fn secret(name: &str, kind: &str, dir: &Path, (cert_key, key_key): (&str, &str))
 
 #[test]
 fn credentials_from_kubernetes_secrets_are_served_rotated_and_awaited_without_a_restart() {
-    let dir = scratch("secrets");
+    let dir = Scratch::new("gw-secrets");
     for set in ["first", "second", "late"] {
         let host = if set == "late" { "late.example.com" } else { "my-app.example.com" };
         certificates(&dir.join(set), host);
@@ -404,5 +394,4 @@ fn credentials_from_kubernetes_secrets_are_served_rotated_and_awaited_without_a_
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
     drop(agent);
     drop(bridge);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{certificates_for, gateway_agent, node_with_pods, serve_https, CLIENT, SECURE};
+use common::{certificates_for, gateway_agent, node_with_pods, serve_https, Scratch, CLIENT, SECURE};
 use testbed::{Agent, Node, GATEWAY};
 
 /// curl in the client pod, inside the captured cgroup: `https://<sni>/version` at the VIP, the
@@ -36,15 +36,9 @@ fn https(node: &Node, dir: &Path, sni: &str, address: &str, port: u16, captured:
     }
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("interceptor-e2e-sni-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn captured_tls_goes_to_the_subset_its_sni_names() {
-    let dir = scratch("subsets");
+    let dir = Scratch::new("sni-subsets");
     certificates_for(&dir, &["a.example.com", "b.example.com"]);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir, 8443);
@@ -56,12 +50,11 @@ fn captured_tls_goes_to_the_subset_its_sni_names() {
     // The access log names the SNI and the tls rule.
     agent.wait_for_log("sni=b.example.com rule=default/secure#tls-1", Duration::from_secs(5)).unwrap();
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_passthrough_gateway_sends_tls_on_by_sni_without_terminating() {
-    let dir = scratch("passthrough");
+    let dir = Scratch::new("sni-passthrough");
     certificates_for(&dir, &["a.example.com", "b.example.com", "c.example.com"]);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir, 8443);
@@ -103,5 +96,4 @@ spec:
     assert!(through("c.example.com").is_err());
     agent.wait_for_log("sni=c.example.com: NR", Duration::from_secs(5)).unwrap();
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }

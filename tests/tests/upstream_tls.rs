@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{certificates, node_with_pods, serve_https, CLIENT, HOST, SERVICE};
+use common::{certificates, node_with_pods, serve_https, Scratch, CLIENT, HOST, SERVICE};
 use testbed::{Agent, Node};
 
 /// `my-app`'s DestinationRule with subsets and `tls` as the service's TLS settings.
@@ -38,15 +38,9 @@ fn captured_get(node: &Node) -> (String, String) {
     (status.to_owned(), body.to_owned())
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("interceptor-e2e-utls-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
-    let dir = scratch("simple");
+    let dir = Scratch::new("utls-simple");
     certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir, 8080);
@@ -61,12 +55,11 @@ fn a_captured_plain_request_reaches_https_pods_over_originated_tls() {
     assert!(versions.iter().all(|v| v == "v1" || v == "v2"), "{versions:?}");
     assert!(versions.iter().any(|v| v == "v1"), "{versions:?}");
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn istio_mutual_is_answered_503_uf_by_the_agent() {
-    let dir = scratch("istio");
+    let dir = Scratch::new("utls-istio");
     certificates(&dir, HOST);
     let mut node = node_with_pods().unwrap();
     serve_https(&mut node, &dir, 8080);
@@ -77,5 +70,4 @@ fn istio_mutual_is_answered_503_uf_by_the_agent() {
     assert!(body.contains("ISTIO_MUTUAL") && body.contains("outbound|80||my-app.default.svc.cluster.local"), "{body}");
     agent.wait_for_log(" UF ", Duration::from_secs(5)).unwrap();
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,41 @@ spec:
     )
 }
 
+/// A directory for one test's files (certificates, credentials) in the temp directory, made
+/// empty when created and removed when dropped, also when the test fails.
+#[allow(dead_code)] // not every test file writes files of its own
+pub struct Scratch(std::path::PathBuf);
+
+#[allow(dead_code)]
+impl Scratch {
+    /// `interceptor-e2e-<name>-<pid>`, empty.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("interceptor-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A CA and a server certificate for `name`, written as `ca.pem`, `tls.crt`, `tls.key` in `dir`.
 #[allow(dead_code)] // not every test file makes certificates
 pub fn certificates(dir: &Path, name: &str) {
