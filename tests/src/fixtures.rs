@@ -231,6 +231,12 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The kernel program counter `name` (`interceptor_program_*_total`) of `program` (`sk_msg`,
+/// `splice`, …) in Prometheus text.
+pub fn program_sample(text: &str, name: &str, program: &str) -> Option<f64> {
+    sample(text, name, &[&format!("program=\"{program}\"")])
+}
+
 /// The body `pod serve --body-bytes n` answers with: `name`, then numbered records (`.0000000`,
 /// `.0000001`, …) up to `n` bytes, so a byte out of place anywhere shows.
 pub fn numbered_body(name: &str, n: usize) -> Vec<u8> {

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    certificates_for, echo_service, load_to, node_with_pods, numbered_body, sample, serve_https_captured,
+    certificates_for, echo_service, load_to, node_with_pods, numbered_body, program_sample, serve_https_captured,
     service_dual_stack, v2_under, Scratch, CLIENT, HOST, SECURE, SERVICE, SUBSETS, VIP, VIP6,
 };
 use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, PodSpec, ADMIN, GATEWAY};
@@ -61,8 +61,7 @@ fn counters(node: &Node, name: &str) -> f64 {
 
 fn counter_of(node: &Node, name: &str, program: &str) -> f64 {
     let (_, text) = node.node_get(ADMIN, "/stats/prometheus").unwrap();
-    let label = format!("program=\"{program}\"");
-    sample(&text, name, &[&label]).unwrap_or_else(|| panic!("no {name} of {program} in\n{text}"))
+    program_sample(&text, name, program).unwrap_or_else(|| panic!("no {name} of {program} in\n{text}"))
 }
 
 /// A GET of `path` with `extra` header lines, escaped for `pod raw --send`.

@@ -309,10 +309,7 @@ struct FastPathUse {
 impl FastPathUse {
     fn read(node: &Node) -> Result<Self> {
         let (_, text) = node.node_get(testbed::ADMIN, "/stats/prometheus")?;
-        let counter = |name, program| {
-            let label = format!("program=\"{program}\"");
-            testbed::fixtures::sample(&text, name, &[&label]).unwrap_or(0.0)
-        };
+        let counter = |name, program| testbed::fixtures::program_sample(&text, name, program).unwrap_or(0.0);
         Ok(Self {
             moved: counter("interceptor_program_captured_total", "sk_msg"),
             past: counter("interceptor_program_captured_total", "splice"),

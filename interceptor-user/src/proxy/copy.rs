@@ -58,8 +58,8 @@ struct OneWay {
     waiting: Vec<u8>,
     /// How many of `waiting` are written.
     written: usize,
-    /// Bytes written since the last flush.
-    unflushed: bool,
+    /// `copied` at the last flush.
+    flushed: u64,
     /// The reader ended: the writer is shut down next.
     read_done: bool,
     done: bool,
@@ -77,8 +77,7 @@ impl OneWay {
         }
         loop {
             while self.written < self.waiting.len() {
-                let n = ready!(self.write(cx, writer, WhatWaits::Kept))?;
-                self.written += n;
+                self.written += ready!(write_some(cx, writer, &self.waiting[self.written..], &mut self.copied))?;
             }
             self.waiting.clear();
             self.written = 0;
@@ -96,9 +95,9 @@ impl OneWay {
                     // Nothing more for now: the room goes, so that a quiet connection holds none,
                     // and what was written goes out (a TLS writer holds records until flushed).
                     self.waiting = Vec::new();
-                    if self.unflushed {
+                    if self.flushed != self.copied {
                         ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                        self.unflushed = false;
+                        self.flushed = self.copied;
                     }
                     return Poll::Pending;
                 }
@@ -109,7 +108,7 @@ impl OneWay {
                     let filled = read.filled();
                     let mut from = 0;
                     while from < filled.len() {
-                        match self.write(cx, writer, WhatWaits::Read(&filled[from..])) {
+                        match write_some(cx, writer, &filled[from..], &mut self.copied) {
                             Poll::Ready(result) => from += result?,
                             Poll::Pending => {
                                 // The writer is full: the rest waits, on the heap, until it is not.
@@ -122,38 +121,25 @@ impl OneWay {
             }
         }
     }
-
-    /// Writes some of what waits: the kept bytes, or those just read.
-    fn write<W: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        cx: &mut Context<'_>,
-        writer: &mut W,
-        what: WhatWaits<'_>,
-    ) -> Poll<io::Result<usize>> {
-        let bytes = match what {
-            WhatWaits::Kept => &self.waiting[self.written..],
-            WhatWaits::Read(bytes) => bytes,
-        };
-        match ready!(Pin::new(&mut *writer).poll_write(cx, bytes)) {
-            // Written nothing; the caller's loop writes again.
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => Poll::Ready(Ok(0)),
-            Err(err) => Poll::Ready(Err(err)),
-            Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => {
-                self.unflushed = true;
-                self.copied += n as u64;
-                Poll::Ready(Ok(n))
-            }
-        }
-    }
 }
 
-/// Which bytes [`OneWay::write`] writes.
-enum WhatWaits<'a> {
-    /// Those kept in the direction's buffer.
-    Kept,
-    /// Those of the current read.
-    Read(&'a [u8]),
+/// Writes some of `bytes`, counted in `copied`: how many (none when interrupted; the caller
+/// writes again).
+fn write_some<W: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    bytes: &[u8],
+    copied: &mut u64,
+) -> Poll<io::Result<usize>> {
+    match ready!(Pin::new(&mut *writer).poll_write(cx, bytes)) {
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => Poll::Ready(Ok(0)),
+        Err(err) => Poll::Ready(Err(err)),
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Ok(n) => {
+            *copied += n as u64;
+            Poll::Ready(Ok(n))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Un
                 let now_past = past();
                 if now_past != seen_past {
                     seen_past = now_past;
-                    last.store(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    last.store(millis_since(start), Ordering::Relaxed);
                 } else if Instant::now() >= start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle {
                     break true;
                 }
@@ -207,6 +207,11 @@ async fn relay<D: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Un
         past_the_proxy: (to_endpoint, to_client),
         idled,
     }
+}
+
+/// Milliseconds since `start`: the stamps of a relay's last traffic.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A stream that counts the bytes read from it and stamps when the last ones came; on a spliced
@@ -227,8 +232,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
             self.bytes.fetch_add(read, Ordering::Relaxed);
-            let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.last.store(now, Ordering::Relaxed);
+            self.last.store(millis_since(self.start), Ordering::Relaxed);
         }
         if let (Poll::Pending, Some((spliced, side))) = (&polled, self.spliced) {
             // Nothing more to read from this side: what it sent was all written on the other.
