@@ -22,8 +22,8 @@ use common::{
 };
 use testbed::{poll_until, read_stdout, wait_for_listener, Agent, Node, PodSpec, ADMIN, GATEWAY};
 
-/// `FAST_PATH_BUDGET`: what a socket may hold moved and unread.
-const BUDGET: u64 = 4 << 20;
+/// What a socket may hold moved and unread.
+const BUDGET: u64 = interceptor_common::fastpath::FAST_PATH_BUDGET;
 /// Larger than [`BUDGET`]: to a client that does not read, the proxy's socket moves 4 MiB, then
 /// sends the rest through TCP, mid-body.
 const BIG: usize = 6 << 20;

@@ -120,6 +120,11 @@ pub struct Latency {
     pub p90_us: u64,
     pub p99_us: u64,
     pub samples: usize,
+    /// CPU the whole machine spent per request (client, backends, proxy, kernel), µs: what bounds
+    /// req/s once every core is busy.
+    pub node_cpu_us_per_request: Option<f64>,
+    /// Time the proxy waited runnable for a CPU per request, µs (none for direct).
+    pub proxy_wait_us_per_request: Option<f64>,
 }
 
 /// Everything measured for one contender.
@@ -373,6 +378,10 @@ struct Turns {
     cpu_seconds: Option<f64>,
     /// Peak RSS after the last turn, KiB.
     hwm_kib: Option<u64>,
+    /// Busy CPU seconds of the whole machine over all turns.
+    node_cpu_seconds: f64,
+    /// Seconds the proxy waited runnable for a CPU over all turns (none for direct).
+    proxy_wait_seconds: Option<f64>,
     latencies_us: Vec<u64>,
     /// The TLS of the last turn (HTTPS contenders).
     tls: Option<load::TlsInfo>,
@@ -403,6 +412,7 @@ fn turns<'a>(
             let r = &running[i];
             let spec = spec(r);
             let before = r.pid.map(procstat::usage).transpose()?;
+            let node_before = procstat::node_busy_seconds()?;
             let recording = match (r.pid, profile) {
                 (Some(pid), Some(suffix)) if round == 0 => Some(profile::start(
                     pid,
@@ -413,6 +423,7 @@ fn turns<'a>(
                 _ => None,
             };
             let outcome = load::run(node, CLIENT.0, &spec)?;
+            let node_after = procstat::node_busy_seconds()?;
             let after = r.pid.map(procstat::usage).transpose()?;
             if let Some(recording) = recording {
                 eprintln!("bench: profile of {} in {}", r.kind.name(), recording.finish()?.display());
@@ -421,8 +432,10 @@ fn turns<'a>(
             let t = &mut out[i];
             t.rps.push(outcome.rps);
             t.requests += outcome.done;
+            t.node_cpu_seconds += node_after - node_before;
             if let (Some(b), Some(a)) = (before, after) {
                 *t.cpu_seconds.get_or_insert(0.0) += a.cpu_seconds - b.cpu_seconds;
+                *t.proxy_wait_seconds.get_or_insert(0.0) += a.run_delay_seconds - b.run_delay_seconds;
                 t.hwm_kib = Some(a.hwm_kib);
             }
             t.latencies_us.extend(outcome.latencies_us);
@@ -435,15 +448,14 @@ fn turns<'a>(
 impl Results {
     /// Saturation results of contender `name` from its turns of `seconds` each.
     fn saturated(name: &str, t: Turns, seconds: u64) -> Results {
-        let rps = t.mean_rps();
         Results {
             name: name.into(),
             load_seconds: (seconds as usize * t.rps.len()) as f64,
             requests: t.requests,
             cpu_seconds: t.cpu_seconds,
             rss_peak_kib: t.hwm_kib,
-            saturation: latency(0.0, 0.0, rps, t.latencies_us),
-            rps_turns: t.rps,
+            rps_turns: t.rps.clone(),
+            saturation: latency(0.0, 0.0, t),
             ..Results::default()
         }
     }
@@ -491,7 +503,7 @@ fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Resu
         let offered = f64::from(rate * plan.rate_connections);
         eprintln!("bench: fixed rate {:.0}% of {slowest:.0} req/s = {offered:.0} req/s done", fraction * 100.0);
         for (res, t) in results.iter_mut().zip(rated) {
-            res.rates.push(latency(fraction, offered, t.mean_rps(), t.latencies_us));
+            res.rates.push(latency(fraction, offered, t));
         }
     }
 
@@ -511,7 +523,12 @@ fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Resu
     Ok(results)
 }
 
-fn latency(fraction: f64, offered: f64, achieved: f64, mut samples: Vec<u64>) -> Latency {
+fn latency(fraction: f64, offered: f64, t: Turns) -> Latency {
+    let achieved = t.mean_rps();
+    let per_request = |seconds: f64| (t.requests > 0).then(|| seconds * 1e6 / t.requests as f64);
+    let (node_cpu_us_per_request, proxy_wait_us_per_request) =
+        (per_request(t.node_cpu_seconds), t.proxy_wait_seconds.and_then(per_request));
+    let mut samples = t.latencies_us;
     samples.sort_unstable();
     let q = |p| load::quantile(&samples, p).unwrap_or(0);
     Latency {
@@ -522,6 +539,8 @@ fn latency(fraction: f64, offered: f64, achieved: f64, mut samples: Vec<u64>) ->
         p90_us: q(0.9),
         p99_us: q(0.99),
         samples: samples.len(),
+        node_cpu_us_per_request,
+        proxy_wait_us_per_request,
     }
 }
 

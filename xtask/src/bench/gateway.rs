@@ -155,7 +155,7 @@ pub fn phases(
         RATE_FRACTION * 100.0
     );
     for (res, t) in results.iter_mut().zip(rated) {
-        res.keep_alive.rates.push(latency(RATE_FRACTION, offered, t.mean_rps(), t.latencies_us));
+        res.keep_alive.rates.push(latency(RATE_FRACTION, offered, t));
     }
     Ok(results)
 }

@@ -12,6 +12,8 @@ pub struct Usage {
     pub rss_kib: u64,
     /// Sum of VmHWM (peak RSS over each process's life), KiB.
     pub hwm_kib: u64,
+    /// Time the tree's threads waited runnable for a CPU (schedstat's run_delay), in seconds.
+    pub run_delay_seconds: f64,
 }
 
 /// Reads `pid` and all its descendants.
@@ -28,8 +30,35 @@ pub fn usage(pid: u32) -> Result<Usage> {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
         total.rss_kib += status_kib(&status, "VmRSS:").unwrap_or(0);
         total.hwm_kib += status_kib(&status, "VmHWM:").unwrap_or(0);
+        total.run_delay_seconds += run_delay_ns(p) as f64 / 1e9;
     }
     Ok(total)
+}
+
+/// Nanoseconds the threads of process `pid` waited runnable on a run queue (the second field
+/// of each thread's schedstat); 0 where the kernel keeps no schedstats.
+fn run_delay_ns(pid: u32) -> u64 {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    threads
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU seconds the whole machine has spent busy since boot (every CPU; /proc/stat's first line
+/// less idle and iowait): what the client, the backends, the proxy and the kernel's softirqs
+/// took together.
+///
+/// # Errors
+/// /proc/stat cannot be read or parsed.
+pub fn node_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")).context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(busy as f64 / clock_ticks())
 }
 
 /// `pid` and its descendants (children found through the ppid field of every /proc entry).
@@ -131,5 +160,16 @@ mod tests {
     fn reads_this_process() {
         let u = usage(std::process::id()).unwrap();
         assert!(u.rss_kib > 0 && u.hwm_kib >= u.rss_kib);
+    }
+
+    #[test]
+    fn the_machine_counts_this_process_busy() {
+        let before = node_busy_seconds().unwrap();
+        // Spins until the machine has counted a busy tick: this thread alone makes one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while node_busy_seconds().unwrap() == before {
+            assert!(std::time::Instant::now() < deadline, "no busy tick counted in 5 s of spinning");
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        }
     }
 }

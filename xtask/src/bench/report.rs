@@ -288,6 +288,31 @@ fn contender_table(md: &mut String, plan: &Plan, results: &[Results], direct: &R
     if let Some(l) = at(direct, 0.5) {
         let _ = writeln!(md, "\nFixed rate at 50%: {:.0} req/s offered.", l.offered_rps);
     }
+    per_request_table(md, results, 0.5);
+}
+
+/// Per request, at saturation and at `fraction`: the whole machine's CPU (client, backends,
+/// proxy, kernel: with every core busy it bounds req/s), and the time the proxy waited runnable
+/// for a CPU (a share of its latency that is the scheduler's, not its own work).
+fn per_request_table<'a>(md: &mut String, results: impl IntoIterator<Item = &'a Results>, fraction: f64) {
+    let pct = fraction * 100.0;
+    let _ = writeln!(
+        md,
+        "\n| per request, µs | node CPU at saturation | node CPU at {pct:.0}% | proxy's run-queue wait at saturation | at {pct:.0}% |\n|---|---:|---:|---:|---:|"
+    );
+    let us = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{v:.1}"));
+    for r in results {
+        let rated = at(r, fraction);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            r.name,
+            us(r.saturation.node_cpu_us_per_request),
+            us(rated.and_then(|l| l.node_cpu_us_per_request)),
+            us(r.saturation.proxy_wait_us_per_request),
+            us(rated.and_then(|l| l.proxy_wait_us_per_request)),
+        );
+    }
 }
 
 /// A phase of the fast path against HAProxy (same phase) and against the interceptor without it
@@ -419,6 +444,7 @@ fn gateway_markdown(plan: &Plan, results: &[GatewayResults], direct: &GatewayRes
     if let Some(l) = at(&direct.keep_alive, RATE_FRACTION) {
         let _ = writeln!(md, "\nFixed rate: {:.0} req/s offered.", l.offered_rps);
     }
+    per_request_table(&mut md, results.iter().map(|g| &g.keep_alive), RATE_FRACTION);
     let _ = writeln!(md, "\n### Interceptor ÷ each gateway (same run)\n");
     md.push_str("| vs | req/s | req/s per core | added p99 | handshakes/s | handshakes per core |\n|---|---:|---:|---:|---:|---:|\n");
     for other in results.iter().filter(|r| r.name != "direct" && r.name != "interceptor") {
@@ -458,6 +484,21 @@ mod tests {
             rss_idle_kib: rss_idle,
             ..Results::default()
         }
+    }
+
+    #[test]
+    fn the_per_request_table_shows_both_loads_and_dashes_what_was_not_measured() {
+        let mut me = contender("interceptor", 3000.0, 300, None);
+        me.saturation.node_cpu_us_per_request = Some(24.31);
+        me.saturation.proxy_wait_us_per_request = Some(2.5);
+        me.rates[0].node_cpu_us_per_request = Some(27.2);
+        me.rates[0].proxy_wait_us_per_request = Some(4.56);
+        let mut direct = contender("direct", 4000.0, 100, None);
+        direct.rates[0].node_cpu_us_per_request = Some(9.8);
+        let mut md = String::new();
+        per_request_table(&mut md, [&direct, &me], 0.5);
+        assert!(md.contains("| direct | – | 9.8 | – | – |"), "{md}");
+        assert!(md.contains("| interceptor | 24.3 | 27.2 | 2.5 | 4.6 |"), "{md}");
     }
 
     #[test]
