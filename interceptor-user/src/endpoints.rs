@@ -43,7 +43,7 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// Namespace the workload lives in.
     pub namespace: Arc<str>,
-    /// Labels subsets select on.
+    /// Labels subsets select on (shared: an endpoint is kept once per service and per workload).
     pub labels: BTreeMap<String, String>,
     /// Port name → port on the workload.
     pub ports: BTreeMap<String, u16>,
@@ -140,7 +140,7 @@ impl Registry {
             .iter()
             .filter_map(|we| {
                 let (namespace, workload) = (we.meta.namespace.as_str().into(), we.meta.name.as_str().into());
-                let endpoint = endpoint(&we.spec, &namespace, &workload, &we.source, "spec", diagnostics)?;
+                let endpoint = endpoint(&we.spec, &namespace, &workload, &we.source, &|| "spec".into(), diagnostics)?;
                 Some((endpoint, we))
             })
             .collect();
@@ -182,19 +182,21 @@ impl Registry {
         }
         let mut ports = Vec::new();
         for (i, port) in se.spec.ports.iter().enumerate() {
-            let field = format!("spec.ports[{i}]");
-            let Some(number) = valid_port(port.number, &format!("{field}.number"), src, diagnostics) else {
+            let field = || format!("spec.ports[{i}]");
+            let Some(number) = valid_port(port.number, || format!("{}.number", field()), src, diagnostics) else {
                 continue;
             };
             let target = match port.target_port {
                 // 0 is proto3's "unset".
-                Some(t) if t != 0 => valid_port(t, &format!("{field}.targetPort"), src, diagnostics).unwrap_or(number),
+                Some(t) if t != 0 => {
+                    valid_port(t, || format!("{}.targetPort", field()), src, diagnostics).unwrap_or(number)
+                }
                 _ => number,
             };
             if ports.iter().any(|p: &ServicePort| p.number == number) {
                 diagnostics.push(src.diagnostic(
                     Severity::Error,
-                    format!("{field}.number"),
+                    format!("{}.number", field()),
                     format!("port {number} is listed twice"),
                 ));
             }
@@ -228,7 +230,7 @@ impl Registry {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| {
-                endpoint(e, &shared_namespace, &workload, src, &format!("spec.endpoints[{i}]"), diagnostics)
+                endpoint(e, &shared_namespace, &workload, src, &|| format!("spec.endpoints[{i}]"), diagnostics)
             })
             .collect();
         if let Some(selector) = &se.spec.workload_selector {
@@ -286,11 +288,17 @@ impl Registry {
     }
 }
 
-fn valid_port(n: u32, field: &str, src: &crate::config::Source, diagnostics: &mut Vec<Diagnostic>) -> Option<u16> {
+/// `n` as a port, or an error at `field` (made only then: this runs for every endpoint).
+fn valid_port(
+    n: u32,
+    field: impl FnOnce() -> String,
+    src: &crate::config::Source,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<u16> {
     match u16::try_from(n) {
         Ok(p) if p > 0 => Some(p),
         _ => {
-            diagnostics.push(src.diagnostic(Severity::Error, field, format!("{n} is not a port (1-65535)")));
+            diagnostics.push(src.diagnostic(Severity::Error, field(), format!("{n} is not a port (1-65535)")));
             None
         }
     }
@@ -301,7 +309,7 @@ fn endpoint(
     namespace: &Arc<str>,
     workload: &Arc<str>,
     src: &crate::config::Source,
-    field: &str,
+    field: &dyn Fn() -> String,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Endpoint> {
     let ip = match spec.address.parse::<IpAddr>() {
@@ -310,7 +318,7 @@ fn endpoint(
             // Istio accepts DNS names, Unix sockets and network-only entries: left out, not refused.
             diagnostics.push(src.diagnostic(
                 Severity::Warning,
-                format!("{field}.address"),
+                format!("{}.address", field()),
                 format!("{:?} is not an IP address (DNS endpoints are not supported yet); left out", spec.address),
             ));
             return None;
@@ -318,10 +326,11 @@ fn endpoint(
     };
     let mut ports = BTreeMap::new();
     for (name, number) in &spec.ports {
-        let port = valid_port(*number, &format!("{field}.ports.{name}"), src, diagnostics)?;
+        let port = valid_port(*number, || format!("{}.ports.{name}", field()), src, diagnostics)?;
         ports.insert(name.clone(), port);
     }
-    Some(Endpoint { ip, namespace: namespace.clone(), labels: spec.labels.clone(), ports, workload: workload.clone() })
+    let labels = spec.labels.clone();
+    Some(Endpoint { ip, namespace: namespace.clone(), labels, ports, workload: workload.clone() })
 }
 
 #[cfg(test)]
@@ -373,6 +382,17 @@ mod tests {
         assert!(service.endpoint_addrs(&port, &v2).is_empty());
     }
 
+    /// The snapshot of one YAML file (which must parse), its registry, and the registry's
+    /// diagnostics.
+    fn registry_of(text: &str) -> (Snapshot, Registry, Vec<Diagnostic>) {
+        let mut snapshot = Snapshot::default();
+        let mut diagnostics = Vec::new();
+        snapshot.add_file(std::path::Path::new("t.yaml"), text, "default", &mut diagnostics);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let registry = Registry::build(&snapshot, &mut diagnostics);
+        (snapshot, registry, diagnostics)
+    }
+
     #[test]
     fn workloads_are_named_after_their_entry_as_istio_does() {
         let text = "\
@@ -392,16 +412,41 @@ spec:
   resolution: STATIC
   endpoints: [{address: 10.0.0.6}]
 ";
-        let mut snapshot = Snapshot::default();
-        let mut errors = Vec::new();
-        snapshot.add_file(std::path::Path::new("t.yaml"), text, "default", &mut errors);
-        assert!(errors.is_empty(), "{errors:?}");
-        let registry = Registry::build(&snapshot, &mut errors);
+        let (_, registry, _) = registry_of(text);
         let vm = registry.workload("10.0.0.5".parse().unwrap()).unwrap();
         assert_eq!((&*vm.workload, &*vm.namespace), ("billing-vm", "pay"));
         let inline = registry.workload("10.0.0.6".parse().unwrap()).unwrap();
         assert_eq!((&*inline.workload, &*inline.namespace), ("legacy", "default"));
         assert!(registry.workload("10.0.0.7".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn diagnostics_name_the_field_of_the_endpoint_or_port_at_fault() {
+        // The field paths are built only for a diagnostic: each must still name its place.
+        let text = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: faulty}
+spec:
+  hosts: [faulty.example.com]
+  ports: [{number: 80, name: http}, {number: 70000, name: big}, {number: 81, name: t, targetPort: 70001}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.6, labels: {app: '-x'}}, {address: 10.0.0.7, ports: {http: 70002}}, {address: vm.example.com}]
+";
+        let (snapshot, _, diagnostics) = registry_of(text);
+        let fields: Vec<&str> = diagnostics.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.ports[1].number",
+                "spec.ports[2].targetPort",
+                "spec.endpoints[1].ports.http",
+                "spec.endpoints[2].address"
+            ]
+        );
+        let validated = snapshot.validate();
+        let at = |field: &str| validated.iter().filter(|d| d.field == field).count();
+        assert_eq!((at("spec.endpoints[0].labels"), at("spec.endpoints[1].ports.http")), (1, 1), "{validated:?}");
     }
 
     #[test]
@@ -417,10 +462,7 @@ spec:
   resolution: STATIC
   endpoints: [{address: 10.244.0.11}, {address: \"fd00:10:244::11\"}]
 ";
-        let mut snapshot = Snapshot::default();
-        let mut diagnostics = Vec::new();
-        snapshot.add_file(std::path::Path::new("t.yaml"), text, "default", &mut diagnostics);
-        let registry = Registry::build(&snapshot, &mut diagnostics);
+        let (_, registry, diagnostics) = registry_of(text);
         let service = registry.service("dual.example.com").unwrap();
         // An IPv4-mapped VIP is the IPv4 address the kernel keys it by.
         let vips: Vec<IpAddr> = ["10.96.0.10", "fd00:10:96::10", "10.96.0.11"].map(|a| a.parse().unwrap()).into();

@@ -35,13 +35,16 @@ impl Validate for DestinationRule {
             } else if !rules::is_dns1123_label(&subset.name) {
                 f.error(format!("{at}.name"), format!("subset name is invalid: {}", subset.name));
             }
-            f.errors(&format!("{at}.labels"), rules::labels(&subset.labels));
+            f.errors(|| format!("{at}.labels"), rules::labels(&subset.labels));
             if let Some(policy) = &subset.traffic_policy {
                 traffic_policy(policy, &meta.namespace, &format!("{at}.trafficPolicy"), f);
             }
         }
         let selects_workloads = self.workload_selector.is_some();
-        f.errors("spec.exportTo", rules::export_to(&meta.namespace, &self.export_to, false, selects_workloads));
+        f.errors(
+            || "spec.exportTo".into(),
+            rules::export_to(&meta.namespace, &self.export_to, false, selects_workloads),
+        );
         if let Some(selector) = &self.workload_selector {
             for (key, value) in &selector.match_labels {
                 if key.is_empty() {

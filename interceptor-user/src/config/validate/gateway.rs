@@ -50,7 +50,7 @@ impl Validate for Gateway {
                 f.warning(format!("{at}.tls.httpsRedirect"), "tls.httpsRedirect should only be used with http servers");
             }
         }
-        f.errors("spec.selector", rules::labels(&self.selector));
+        f.errors(|| "spec.selector".into(), rules::labels(&self.selector));
     }
 }
 

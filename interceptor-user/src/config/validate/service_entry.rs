@@ -66,7 +66,7 @@ impl Validate for ServiceEntry {
                 f.error("spec.hosts", "multiple hosts provided with non-HTTP, non-TLS ports");
             }
         }
-        f.errors("spec.exportTo", rules::export_to(&meta.namespace, &self.export_to, true, false));
+        f.errors(|| "spec.exportTo".into(), rules::export_to(&meta.namespace, &self.export_to, true, false));
     }
 }
 
@@ -153,7 +153,7 @@ fn resolution_rules(se: &ServiceEntry, resolution: &str, port_names: &[&str], me
                         format!("endpoint address {:?} is not a valid FQDN or an IP address", endpoint.address),
                     );
                 }
-                f.errors(&format!("{at}.labels"), rules::labels(&endpoint.labels));
+                f.errors(|| format!("{at}.labels"), rules::labels(&endpoint.labels));
                 endpoint_ports(endpoint, Some(port_names), &at, f);
             }
             if !se.addresses.is_empty() && se.hosts.len() > 1 {

@@ -69,13 +69,13 @@ impl Validate for VirtualService {
         for (i, route) in self.tcp.iter().enumerate() {
             tcp_route(route, &format!("spec.tcp[{i}]"), f);
         }
-        f.errors("spec.exportTo", rules::export_to(&meta.namespace, &self.export_to, false, false));
+        f.errors(|| "spec.exportTo".into(), rules::export_to(&meta.namespace, &self.export_to, false, false));
     }
 }
 
 fn gateway_names(names: &[String], at: &str, f: &mut Findings<'_>) {
     let (errors, warnings) = rules::gateway_names(names);
-    f.errors(at, errors);
+    f.errors(|| at.to_owned(), errors);
     for warning in warnings {
         f.warning(at, warning);
     }
@@ -295,7 +295,7 @@ fn match_request(m: &HttpMatchRequest, at: &str, f: &mut Findings<'_>) {
     if let Some(port) = m.port.filter(|p| *p != 0) {
         f.check(format!("{at}.port"), rules::port(u64::from(port)));
     }
-    f.errors(&format!("{at}.sourceLabels"), rules::labels(&m.source_labels));
+    f.errors(|| format!("{at}.sourceLabels"), rules::labels(&m.source_labels));
     gateway_names(&m.gateways, &format!("{at}.gateways"), f);
     if !m.source_namespace.is_empty() && !rules::is_dns1123_label(&m.source_namespace) {
         f.error(format!("{at}.sourceNamespace"), format!("sourceNamespace match {} is invalid", m.source_namespace));
@@ -639,7 +639,7 @@ fn l4_match(
     if let Some(port) = port.filter(|p| *p != 0) {
         f.check(format!("{at}.port"), rules::port(u64::from(port)));
     }
-    f.errors(&format!("{at}.sourceLabels"), rules::labels(source_labels));
+    f.errors(|| format!("{at}.sourceLabels"), rules::labels(source_labels));
     gateway_names(gateways, &format!("{at}.gateways"), f);
 }
 

@@ -48,7 +48,7 @@ pub(super) fn workload_entry(
         }
     }
     endpoint_ports(we, service_ports, at, f);
-    f.errors(&format!("{at}.labels"), rules::labels(&we.labels));
+    f.errors(|| format!("{at}.labels"), rules::labels(&we.labels));
     if unix.is_some() && service_ports.is_some_and(|ports| ports.len() != 1) {
         f.error(format!("{at}.address"), "exactly 1 service port required for unix endpoints");
     }
@@ -57,12 +57,17 @@ pub(super) fn workload_entry(
 /// Port names must be service port names (when known) and DNS labels; numbers in range.
 pub(super) fn endpoint_ports(we: &WorkloadEntry, service_ports: Option<&[&str]>, at: &str, f: &mut Findings<'_>) {
     for (name, number) in &we.ports {
+        let undefined = service_ports.is_some_and(|ports| !ports.contains(&name.as_str()));
+        let (named, numbered) = (rules::port_name(name), rules::port(u64::from(*number)));
+        if !undefined && named.is_ok() && numbered.is_ok() {
+            continue;
+        }
         let pat = format!("{at}.ports.{name}");
-        if service_ports.is_some_and(|ports| !ports.contains(&name.as_str())) {
+        if undefined {
             f.error(&pat, format!("endpoint port {number} is not defined by the service entry"));
         }
-        f.check(&pat, rules::port_name(name));
-        f.check(&pat, rules::port(u64::from(*number)));
+        f.check(&pat, named);
+        f.check(&pat, numbered);
     }
 }
 
