@@ -46,9 +46,9 @@ fn run_delay_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// CPU seconds the whole machine has spent busy since boot (every CPU; /proc/stat's first line
-/// less idle and iowait): what the client, the backends, the proxy and the kernel's softirqs
-/// took together.
+/// CPU seconds the whole machine has spent busy since boot (every CPU; /proc/stat's first line:
+/// user, nice, system, irq and softirq): what the client, the backends, the proxy and the
+/// kernel's softirqs took together.
 ///
 /// # Errors
 /// /proc/stat cannot be read or parsed.
@@ -56,8 +56,9 @@ pub fn node_busy_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")).context("no cpu line in /proc/stat")?;
     let ticks: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user already).
-    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    // user nice system (idle iowait) irq softirq; not steal, which the hypervisor took from the
+    // machine, nor guest, which user already holds.
+    let busy: u64 = ticks.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
     Ok(busy as f64 / clock_ticks())
 }
 
