@@ -43,7 +43,7 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// Namespace the workload lives in.
     pub namespace: Arc<str>,
-    /// Labels subsets select on (shared: an endpoint is kept once per service and per workload).
+    /// Labels subsets select on.
     pub labels: BTreeMap<String, String>,
     /// Port name → port on the workload.
     pub ports: BTreeMap<String, u16>,
@@ -329,8 +329,7 @@ fn endpoint(
         let port = valid_port(*number, || format!("{}.ports.{name}", field()), src, diagnostics)?;
         ports.insert(name.clone(), port);
     }
-    let labels = spec.labels.clone();
-    Some(Endpoint { ip, namespace: namespace.clone(), labels, ports, workload: workload.clone() })
+    Some(Endpoint { ip, namespace: namespace.clone(), labels: spec.labels.clone(), ports, workload: workload.clone() })
 }
 
 #[cfg(test)]

@@ -412,7 +412,6 @@ fn turns<'a>(
             let r = &running[i];
             let spec = spec(r);
             let before = r.pid.map(procstat::usage).transpose()?;
-            let node_before = procstat::node_busy_seconds()?;
             let recording = match (r.pid, profile) {
                 (Some(pid), Some(suffix)) if round == 0 => Some(profile::start(
                     pid,
@@ -423,7 +422,6 @@ fn turns<'a>(
                 _ => None,
             };
             let outcome = load::run(node, CLIENT.0, &spec)?;
-            let node_after = procstat::node_busy_seconds()?;
             let after = r.pid.map(procstat::usage).transpose()?;
             if let Some(recording) = recording {
                 eprintln!("bench: profile of {} in {}", r.kind.name(), recording.finish()?.display());
@@ -432,10 +430,12 @@ fn turns<'a>(
             let t = &mut out[i];
             t.rps.push(outcome.rps);
             t.requests += outcome.done;
-            t.node_cpu_seconds += node_after - node_before;
+            t.node_cpu_seconds += outcome.node_cpu_seconds;
             if let (Some(b), Some(a)) = (before, after) {
                 *t.cpu_seconds.get_or_insert(0.0) += a.cpu_seconds - b.cpu_seconds;
-                *t.proxy_wait_seconds.get_or_insert(0.0) += a.run_delay_seconds - b.run_delay_seconds;
+                if let (Some(waited), Some(before)) = (a.run_delay_seconds, b.run_delay_seconds) {
+                    *t.proxy_wait_seconds.get_or_insert(0.0) += waited - before;
+                }
                 t.hwm_kib = Some(a.hwm_kib);
             }
             t.latencies_us.extend(outcome.latencies_us);
@@ -523,6 +523,8 @@ fn phases(plan: &Plan, node: &Node, running: &[Running], run_dir: &Path) -> Resu
     Ok(results)
 }
 
+/// The latency quantiles of `t`'s turns at `fraction` of the slowest peak (`offered` req/s), and
+/// their machine CPU and proxy run-queue wait per request.
 fn latency(fraction: f64, offered: f64, t: Turns) -> Latency {
     let achieved = t.mean_rps();
     let per_request = |seconds: f64| (t.requests > 0).then(|| seconds * 1e6 / t.requests as f64);

@@ -55,6 +55,8 @@ pub struct Outcome {
     pub latencies_us: Vec<u64>,
     /// What TLS the first connection negotiated (HTTPS runs).
     pub tls: Option<TlsInfo>,
+    /// Busy CPU seconds of the whole machine while h2load ran.
+    pub node_cpu_seconds: f64,
 }
 
 /// The TLS h2load reports for its first connection.
@@ -99,12 +101,15 @@ pub fn run(node: &Node, client: &str, spec: &Spec<'_>) -> Result<Outcome> {
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Around h2load alone: reading its log below takes CPU the run did not.
+    let node_before = super::procstat::node_busy_seconds()?;
     let out = node
         .command_in(&node.pod_netns(client), spec.captured, Path::new(H2LOAD), &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .context("running h2load")?;
+    let node_cpu_seconds = super::procstat::node_busy_seconds()? - node_before;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("h2load {args:?} failed ({}): {text}{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -126,7 +131,7 @@ pub fn run(node: &Node, client: &str, spec: &Spec<'_>) -> Result<Outcome> {
     if spec.sni.is_some() && tls.is_none() {
         bail!("h2load reported no TLS for {}:\n{text}", spec.target);
     }
-    Ok(Outcome { rps: summary.rps, done: summary.done, latencies_us, tls })
+    Ok(Outcome { rps: summary.rps, done: summary.done, latencies_us, tls, node_cpu_seconds })
 }
 
 /// Reads `TLS Protocol: …`, `Cipher: …`, `Server Temp Key: …` and `Application protocol: …`.

@@ -12,8 +12,9 @@ pub struct Usage {
     pub rss_kib: u64,
     /// Sum of VmHWM (peak RSS over each process's life), KiB.
     pub hwm_kib: u64,
-    /// Time the tree's threads waited runnable for a CPU (schedstat's run_delay), in seconds.
-    pub run_delay_seconds: f64,
+    /// Time the tree's threads waited runnable for a CPU (schedstat's run_delay), in seconds;
+    /// none where the kernel keeps no schedstats.
+    pub run_delay_seconds: Option<f64>,
 }
 
 /// Reads `pid` and all its descendants.
@@ -30,20 +31,22 @@ pub fn usage(pid: u32) -> Result<Usage> {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else { continue };
         total.rss_kib += status_kib(&status, "VmRSS:").unwrap_or(0);
         total.hwm_kib += status_kib(&status, "VmHWM:").unwrap_or(0);
-        total.run_delay_seconds += run_delay_ns(p) as f64 / 1e9;
+        if let Some(ns) = run_delay_ns(p) {
+            *total.run_delay_seconds.get_or_insert(0.0) += ns as f64 / 1e9;
+        }
     }
     Ok(total)
 }
 
 /// Nanoseconds the threads of process `pid` waited runnable on a run queue (the second field
-/// of each thread's schedstat); 0 where the kernel keeps no schedstats.
-fn run_delay_ns(pid: u32) -> u64 {
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+/// of each thread's schedstat); none where the kernel keeps no schedstats.
+fn run_delay_ns(pid: u32) -> Option<u64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     threads
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+        .reduce(|a, b| a + b)
 }
 
 /// CPU seconds the whole machine has spent busy since boot (every CPU; /proc/stat's first line:
@@ -161,6 +164,8 @@ mod tests {
     fn reads_this_process() {
         let u = usage(std::process::id()).unwrap();
         assert!(u.rss_kib > 0 && u.hwm_kib >= u.rss_kib);
+        // This kernel keeps schedstats (the bench's run-queue figures need them).
+        assert!(u.run_delay_seconds.is_some());
     }
 
     #[test]
